@@ -1,0 +1,250 @@
+//! H.264 / H.265 Annex-B: NAL unit splitting, parameter sets, key frames, picture size.
+//!
+//! Sans-IO, no allocation per NAL unit: NAL units are sub-slices of the access unit. SPS
+//! syntax is parsed by the `scuffle-h264` / `scuffle-h265` crates; only the fixed-position
+//! profile bytes the decoder configuration records need are read here.
+
+use memchr::memmem;
+
+/// Which of the two video codecs an access unit is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VideoCodec {
+    /// H.264 / AVC (ITU-T H.264).
+    H264,
+    /// H.265 / HEVC (ITU-T H.265).
+    H265,
+}
+
+/// What a NAL unit is, as far as muxing cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NalKind {
+    /// Video parameter set (H.265 type 32).
+    Vps,
+    /// Sequence parameter set (H.264 type 7, H.265 type 33).
+    Sps,
+    /// Picture parameter set (H.264 type 8, H.265 type 34).
+    Pps,
+    /// Access unit delimiter (H.264 type 9, H.265 type 35).
+    Aud,
+    /// Slice of a random access picture (H.264 IDR type 5, H.265 IRAP types 16..=23).
+    KeySlice,
+    /// Any other slice.
+    Slice,
+    /// SEI, filler, and everything else.
+    Other,
+}
+
+/// Iterator over the NAL units of an Annex-B byte stream (start codes removed).
+#[derive(Debug, Clone)]
+pub struct NalUnits<'a> {
+    rest: &'a [u8],
+}
+
+/// Splits an Annex-B access unit into NAL units. Data before the first start code (a device
+/// that sends one bare NAL unit) is returned as a NAL unit too.
+pub fn nal_units(data: &[u8]) -> NalUnits<'_> {
+    NalUnits { rest: data }
+}
+
+impl<'a> Iterator for NalUnits<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        loop {
+            if self.rest.is_empty() {
+                return None;
+            }
+            let start = match memmem::find(self.rest, &[0, 0, 1]) {
+                Some(0) => 3,
+                _ => 0,
+            };
+            let body = self.rest.get(start..).unwrap_or(&[]);
+            let end = memmem::find(body, &[0, 0, 1]).unwrap_or(body.len());
+            let nal = body.get(..end).unwrap_or(&[]);
+            self.rest = body.get(end..).unwrap_or(&[]);
+            // trailing zero bytes belong to the next (4-byte) start code
+            let trimmed_len = nal.len() - nal.iter().rev().take_while(|b| **b == 0).count();
+            let nal = nal.get(..trimmed_len).unwrap_or(&[]);
+            if !nal.is_empty() {
+                return Some(nal);
+            }
+        }
+    }
+}
+
+impl VideoCodec {
+    /// Classifies a NAL unit by its header.
+    pub fn nal_kind(self, nal: &[u8]) -> NalKind {
+        let Some(&first) = nal.first() else {
+            return NalKind::Other;
+        };
+        match self {
+            VideoCodec::H264 => match first & 0x1f {
+                7 => NalKind::Sps,
+                8 => NalKind::Pps,
+                9 => NalKind::Aud,
+                5 => NalKind::KeySlice,
+                1..=4 => NalKind::Slice,
+                _ => NalKind::Other,
+            },
+            VideoCodec::H265 => match (first >> 1) & 0x3f {
+                32 => NalKind::Vps,
+                33 => NalKind::Sps,
+                34 => NalKind::Pps,
+                35 => NalKind::Aud,
+                16..=23 => NalKind::KeySlice,
+                0..=9 => NalKind::Slice,
+                _ => NalKind::Other,
+            },
+        }
+    }
+
+    /// True if the access unit contains a random access slice.
+    pub fn is_key_frame(self, access_unit: &[u8]) -> bool {
+        nal_units(access_unit).any(|nal| self.nal_kind(nal) == NalKind::KeySlice)
+    }
+
+    /// True if the access unit contains any slice (not only parameter sets or SEI).
+    pub fn has_slice(self, access_unit: &[u8]) -> bool {
+        nal_units(access_unit)
+            .any(|nal| matches!(self.nal_kind(nal), NalKind::KeySlice | NalKind::Slice))
+    }
+
+    /// The first NAL unit of the given kind.
+    pub fn find<'a>(self, access_unit: &'a [u8], kind: NalKind) -> Option<&'a [u8]> {
+        nal_units(access_unit).find(|nal| self.nal_kind(nal) == kind)
+    }
+
+    /// Parses an SPS NAL unit (with its header).
+    pub fn parse_sps(self, sps: &[u8]) -> Option<SpsInfo> {
+        match self {
+            VideoCodec::H264 => {
+                let parsed = scuffle_h264::Sps::parse_with_emulation_prevention(sps).ok()?;
+                Some(SpsInfo {
+                    width: u32::try_from(parsed.width()).ok()?,
+                    height: u32::try_from(parsed.height()).ok()?,
+                    frame_rate: parsed.frame_rate(),
+                    profile: [*sps.get(1)?, *sps.get(2)?, *sps.get(3)?],
+                    hevc: None,
+                })
+            }
+            VideoCodec::H265 => {
+                let parsed = scuffle_h265::SpsNALUnit::parse(sps).ok()?;
+                let rbsp = &parsed.rbsp;
+                // sps_video_parameter_set_id .. level: the first 13 bytes of the RBSP
+                let prefix = rbsp_prefix(sps.get(2..)?, 13);
+                let general_profile_tier_level: [u8; 12] = prefix.get(1..13)?.try_into().ok()?;
+                Some(SpsInfo {
+                    width: u32::try_from(rbsp.cropped_width()).ok()?,
+                    height: u32::try_from(rbsp.cropped_height()).ok()?,
+                    frame_rate: None,
+                    profile: [
+                        general_profile_tier_level[0],
+                        general_profile_tier_level[1],
+                        general_profile_tier_level[11],
+                    ],
+                    hevc: Some(HevcSpsInfo {
+                        general_profile_tier_level,
+                        chroma_format_idc: rbsp.chroma_format_idc,
+                        bit_depth_luma_minus8: rbsp.bit_depth_luma_minus8,
+                        bit_depth_chroma_minus8: rbsp.bit_depth_chroma_minus8,
+                        max_sub_layers_minus1: rbsp.sps_max_sub_layers_minus1,
+                        temporal_id_nesting: rbsp.sps_temporal_id_nesting_flag,
+                    }),
+                })
+            }
+        }
+    }
+}
+
+/// What the gateway needs from an SPS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpsInfo {
+    /// Picture width after cropping.
+    pub width: u32,
+    /// Picture height after cropping.
+    pub height: u32,
+    /// Frame rate from the VUI timing info, when present.
+    pub frame_rate: Option<f64>,
+    /// H.264: profile_idc, constraint flags, level_idc. H.265: the first two bytes of the
+    /// general profile and the level.
+    pub profile: [u8; 3],
+    /// H.265 fields the HEVC decoder configuration record needs.
+    pub hevc: Option<HevcSpsInfo>,
+}
+
+/// H.265 SPS fields for the HEVCDecoderConfigurationRecord (ISO/IEC 14496-15 §8.3.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HevcSpsInfo {
+    /// general_profile_space .. general_level_idc, 12 bytes as coded.
+    pub general_profile_tier_level: [u8; 12],
+    /// chroma_format_idc.
+    pub chroma_format_idc: u8,
+    /// bit_depth_luma_minus8.
+    pub bit_depth_luma_minus8: u8,
+    /// bit_depth_chroma_minus8.
+    pub bit_depth_chroma_minus8: u8,
+    /// sps_max_sub_layers_minus1.
+    pub max_sub_layers_minus1: u8,
+    /// sps_temporal_id_nesting_flag.
+    pub temporal_id_nesting: bool,
+}
+
+/// The first `n` bytes of a NAL payload with emulation prevention bytes removed.
+fn rbsp_prefix(payload: &[u8], n: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n);
+    let mut zeros = 0;
+    for &b in payload {
+        if out.len() == n {
+            break;
+        }
+        if zeros >= 2 && b == 3 {
+            zeros = 0;
+            continue;
+        }
+        zeros = if b == 0 { zeros + 1 } else { 0 };
+        out.push(b);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_three_and_four_byte_start_codes() {
+        let au = [0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 1, 0x65, 4, 5];
+        let nals: Vec<&[u8]> = nal_units(&au).collect();
+        assert_eq!(nals, vec![&[0x67, 1, 2][..], &[0x68, 3][..], &[0x65, 4, 5][..]]);
+        assert!(VideoCodec::H264.is_key_frame(&au));
+        assert_eq!(VideoCodec::H264.find(&au, NalKind::Pps), Some(&[0x68, 3][..]));
+    }
+
+    #[test]
+    fn bare_nal_without_start_code_is_one_unit() {
+        let nals: Vec<&[u8]> = nal_units(&[0x41, 9, 9]).collect();
+        assert_eq!(nals, vec![&[0x41, 9, 9][..]]);
+        assert_eq!(VideoCodec::H264.nal_kind(nals[0]), NalKind::Slice);
+    }
+
+    #[test]
+    fn h265_nal_types() {
+        assert_eq!(VideoCodec::H265.nal_kind(&[0x40, 1]), NalKind::Vps);
+        assert_eq!(VideoCodec::H265.nal_kind(&[0x42, 1]), NalKind::Sps);
+        assert_eq!(VideoCodec::H265.nal_kind(&[0x44, 1]), NalKind::Pps);
+        assert_eq!(VideoCodec::H265.nal_kind(&[0x26, 1]), NalKind::KeySlice); // IDR_W_RADL
+        assert_eq!(VideoCodec::H265.nal_kind(&[0x02, 1]), NalKind::Slice); // TRAIL_R
+    }
+
+    #[test]
+    fn removes_emulation_prevention() {
+        assert_eq!(rbsp_prefix(&[1, 0, 0, 3, 1, 2], 5), vec![1, 0, 0, 1, 2]);
+    }
+
+    #[test]
+    fn garbage_sps_is_none_not_panic() {
+        assert!(VideoCodec::H264.parse_sps(&[0x67]).is_none());
+        assert!(VideoCodec::H265.parse_sps(&[0x42, 0x01, 0xff]).is_none());
+    }
+}

@@ -1,0 +1,26 @@
+//! jt1078-gateway: a JT/T 1078 vehicle video gateway.
+//!
+//! Bytes enter at the edges, become typed values in pure codecs, and meet in one hub:
+//!
+//! ```text
+//! device TCP → ingest → codec::jt1078 → media::Frame → hub → output::http_flv → viewer
+//! ```
+//!
+//! - [`codec`]: sans-IO JT/T 1078, H.264/H.265 and FLV codecs.
+//! - [`media`]: the types that cross the hub (ids, stream keys, frames, timestamps).
+//! - [`hub`]: the only place streams live; one publisher, many bounded readers.
+//! - [`ingest`]: the JT/T 1078 TCP listeners (live and playback).
+//! - [`output`]: HTTP-FLV and the stream API.
+//! - [`simulate`]: the device simulator and load generator.
+//! - [`app`]: the composition root; [`config`] the settings tree.
+
+pub mod app;
+pub mod cli;
+pub mod codec;
+pub mod config;
+pub mod hub;
+pub mod ingest;
+pub mod media;
+pub mod output;
+pub mod simulate;
+pub mod telemetry;
