@@ -1,1 +1,99 @@
-//! app
+//! Composition root: binds the listeners, builds the hub, spawns each side, shuts down.
+//!
+//! Tests bind port 0 through the same path ([`App::bind`] with addresses in the settings)
+//! and stop the gateway with a [`CancellationToken`].
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::Settings;
+use crate::hub::Hub;
+use crate::ingest::IngestServer;
+use crate::output::{api, http_flv};
+
+/// A gateway with its listeners bound, ready to run.
+#[derive(Debug)]
+pub struct App {
+    settings: Settings,
+    hub: Hub,
+    live: TcpListener,
+    playback: TcpListener,
+    http: TcpListener,
+}
+
+/// The addresses the gateway actually listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoundAddrs {
+    /// Live JT/T 1078 ingest.
+    pub live: SocketAddr,
+    /// Playback JT/T 1078 ingest.
+    pub playback: SocketAddr,
+    /// HTTP (FLV, API).
+    pub http: SocketAddr,
+}
+
+impl App {
+    /// Binds every listener named in `settings`.
+    pub async fn bind(settings: Settings) -> anyhow::Result<App> {
+        let bind = |addr: SocketAddr, key: &'static str| async move {
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {key} = {addr}"))
+        };
+        let live = bind(settings.ingest.live_listen, "ingest.live_listen").await?;
+        let playback = bind(settings.ingest.playback_listen, "ingest.playback_listen").await?;
+        let http = bind(settings.http.listen, "http.listen").await?;
+        let hub = Hub::new(settings.hub_settings());
+        Ok(App {
+            settings,
+            hub,
+            live,
+            playback,
+            http,
+        })
+    }
+
+    /// Where the listeners are bound.
+    pub fn local_addrs(&self) -> anyhow::Result<BoundAddrs> {
+        Ok(BoundAddrs {
+            live: self.live.local_addr()?,
+            playback: self.playback.local_addr()?,
+            http: self.http.local_addr()?,
+        })
+    }
+
+    /// The hub (for embedding and tests).
+    pub fn hub(&self) -> Hub {
+        self.hub.clone()
+    }
+
+    /// Runs until `shutdown` is cancelled.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let addrs = self.local_addrs()?;
+        info!(
+            live = %addrs.live,
+            playback = %addrs.playback,
+            http = %addrs.http,
+            "jt1078-gateway listening"
+        );
+        let ingest = IngestServer::new(&self.settings.ingest, self.live, self.playback, self.hub.clone());
+        let router = Router::new()
+            .merge(http_flv::routes(self.hub.clone(), self.settings.http.flv_wait_timeout))
+            .merge(api::routes(self.hub.clone()));
+        let http_shutdown = shutdown.clone();
+        let http = async move {
+            axum::serve(self.http, router)
+                .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+                .await
+                .context("HTTP server failed")
+        };
+        let (http_result, ()) = tokio::join!(http, ingest.run(shutdown.clone()));
+        info!("jt1078-gateway stopped");
+        http_result
+    }
+}

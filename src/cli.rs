@@ -1,1 +1,156 @@
-//! cli
+//! Command line: `serve`, `simulate`, `print-config`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::config::Settings;
+use crate::media::DeviceId;
+use crate::simulate::{self, Pace, SimulateOptions};
+
+/// JT/T 1078 vehicle video gateway.
+#[derive(Debug, Parser)]
+#[command(name = "jt1078-gateway", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Configuration file overlaid on the built-in defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Replay a recorded .jt1078 stream into a gateway as one or more devices.
+    Simulate {
+        /// The recorded stream (raw JT/T 1078 bytes as a device sends them).
+        #[arg(long)]
+        file: PathBuf,
+        /// Gateway ingest address, e.g. 127.0.0.1:9501.
+        #[arg(long)]
+        server: String,
+        /// Device id to send as (default: the file's SIM); further devices count up.
+        #[arg(long)]
+        device: Option<String>,
+        /// Logical channel to send as (default: the file's).
+        #[arg(long)]
+        channel: Option<u8>,
+        /// Number of simulated devices.
+        #[arg(long, default_value_t = 1)]
+        devices: usize,
+        /// Pacing: by the stream's timestamps, or as fast as possible.
+        #[arg(long, value_enum, default_value_t = Pace::Realtime)]
+        pace: Pace,
+        /// Start over at the end of the file, forever.
+        #[arg(long = "loop")]
+        looping: bool,
+    },
+    /// Print the merged configuration (defaults, file, environment) as TOML-like JSON.
+    PrintConfig {
+        /// Configuration file overlaid on the built-in defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+impl Cli {
+    /// Runs the chosen subcommand until it finishes or Ctrl-C.
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Serve { config } => {
+                let settings = Settings::load(config.as_deref())?;
+                crate::telemetry::init(&settings.log.level);
+                let app = App::bind(settings).await?;
+                app.run(shutdown_on_ctrl_c()).await
+            }
+            Command::Simulate {
+                file,
+                server,
+                device,
+                channel,
+                devices,
+                pace,
+                looping,
+            } => {
+                crate::telemetry::init("info");
+                let server = resolve(&server).await?;
+                let device = device
+                    .map(|d| DeviceId::parse(&d))
+                    .transpose()
+                    .context("--device")?;
+                let packets = simulate::load_file(&file)?;
+                let options = SimulateOptions {
+                    packets: Arc::new(packets),
+                    server,
+                    device,
+                    channel,
+                    devices,
+                    pace,
+                    looping,
+                };
+                let report = simulate::run(options, shutdown_on_ctrl_c()).await?;
+                if report.connected == 0 {
+                    anyhow::bail!("no simulated device could connect to {server}");
+                }
+                Ok(())
+            }
+            Command::PrintConfig { config } => {
+                let settings = Settings::load(config.as_deref())?;
+                println!("{}", serde_json::to_string_pretty(&settings)?);
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn resolve(server: &str) -> anyhow::Result<SocketAddr> {
+    tokio::net::lookup_host(server)
+        .await
+        .with_context(|| format!("--server {server}"))?
+        .next()
+        .with_context(|| format!("--server {server}: no address"))
+}
+
+/// A token cancelled on Ctrl-C or SIGTERM.
+fn shutdown_on_ctrl_c() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    // Owned by the runtime for the life of the process: it only cancels the token.
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        trigger.cancel();
+    });
+    token
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                // No SIGTERM handler possible: Ctrl-C only.
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,1 +1,176 @@
-//! config
+//! Settings: the embedded `config/default.toml`, overlaid by `--config FILE`, overlaid by
+//! `JTGW__SECTION__KEY` environment variables. Parsed once into typed values; an unknown or
+//! malformed key fails start-up with its name.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use config::{Config, Environment, File, FileFormat};
+use serde::{Deserialize, Serialize};
+
+/// The built-in defaults, compiled into the binary.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// All settings.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// JT/T 1078 TCP ingest.
+    pub ingest: IngestSettings,
+    /// HTTP server (HTTP-FLV, API).
+    pub http: HttpSettings,
+    /// Stream hub.
+    pub hub: HubConfig,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// `[ingest]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IngestSettings {
+    /// Live stream listener.
+    pub live_listen: SocketAddr,
+    /// Playback stream listener.
+    pub playback_listen: SocketAddr,
+    /// Idle timeout per device connection.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Connection cap.
+    pub max_connections: NonZeroUsize,
+    /// Packet body cap in bytes.
+    pub max_body: NonZeroUsize,
+    /// Reassembled frame cap in bytes.
+    pub max_frame: NonZeroUsize,
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// HTTP listener.
+    pub listen: SocketAddr,
+    /// Wait for a stream that is not live yet.
+    #[serde(with = "humantime_serde")]
+    pub flv_wait_timeout: Duration,
+}
+
+/// `[hub]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    /// Reader queue length in frames.
+    pub reader_queue: NonZeroUsize,
+    /// GOP cache cap in bytes.
+    pub gop_cache_max_bytes: NonZeroUsize,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// tracing filter.
+    pub level: String,
+}
+
+impl Settings {
+    /// Loads defaults, then `file`, then the process environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Settings> {
+        Settings::load_from(file, None)
+    }
+
+    /// Loads defaults, then `file`, then `env` (a map of `JTGW__…` variables) or, when
+    /// `None`, the process environment. Tests pass a map instead of setting variables.
+    pub fn load_from(
+        file: Option<&Path>,
+        env: Option<HashMap<String, String>>,
+    ) -> anyhow::Result<Settings> {
+        let mut builder =
+            Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        if let Some(path) = file {
+            builder = builder.add_source(File::from(path).format(FileFormat::Toml));
+        }
+        let environment = Environment::with_prefix("JTGW")
+            .separator("__")
+            .prefix_separator("__")
+            .source(env);
+        let config = builder
+            .add_source(environment)
+            .build()
+            .with_context(|| match file {
+                Some(path) => format!("reading configuration file {}", path.display()),
+                None => "reading configuration".to_owned(),
+            })?;
+        config
+            .try_deserialize()
+            .context("invalid configuration (see docs/configuration.md)")
+    }
+
+    /// The hub's part.
+    pub fn hub_settings(&self) -> crate::hub::HubSettings {
+        crate::hub::HubSettings {
+            reader_queue: self.hub.reader_queue.get(),
+            gop_cache_max_bytes: self.hub.gop_cache_max_bytes.get(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_with_the_documented_ports() {
+        let s = Settings::load_from(None, Some(HashMap::new())).unwrap();
+        assert_eq!(s.ingest.live_listen.port(), 9501);
+        assert_eq!(s.ingest.playback_listen.port(), 9502);
+        assert_eq!(s.http.listen.port(), 9531);
+        assert_eq!(s.http.flv_wait_timeout, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn environment_overrides_every_section() {
+        let env = HashMap::from([
+            ("JTGW__INGEST__LIVE_LISTEN".to_owned(), "127.0.0.1:19501".to_owned()),
+            ("JTGW__HTTP__LISTEN".to_owned(), "127.0.0.1:19531".to_owned()),
+            ("JTGW__INGEST__IDLE_TIMEOUT".to_owned(), "2m".to_owned()),
+            ("JTGW__HUB__READER_QUEUE".to_owned(), "1000".to_owned()),
+        ]);
+        let s = Settings::load_from(None, Some(env)).unwrap();
+        assert_eq!(s.ingest.live_listen, "127.0.0.1:19501".parse().unwrap());
+        assert_eq!(s.http.listen, "127.0.0.1:19531".parse().unwrap());
+        assert_eq!(s.ingest.idle_timeout, Duration::from_secs(120));
+        assert_eq!(s.hub.reader_queue.get(), 1000);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let env = HashMap::from([("JTGW__INGEST__IDLE_TIMEOUT".to_owned(), "soon".to_owned())]);
+        let err = format!("{:#}", Settings::load_from(None, Some(env)).unwrap_err());
+        assert!(err.contains("idle_timeout"), "{err}");
+        let env = HashMap::from([("JTGW__INGEST__NO_SUCH_KEY".to_owned(), "1".to_owned())]);
+        let err = format!("{:#}", Settings::load_from(None, Some(env)).unwrap_err());
+        assert!(err.contains("no_such_key"), "{err}");
+    }
+
+    #[test]
+    fn every_default_key_is_documented() {
+        let doc = include_str!("../docs/configuration.md");
+        let defaults: HashMap<String, HashMap<String, config::Value>> = Config::builder()
+            .add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap();
+        for (section, keys) in defaults {
+            for key in keys.keys() {
+                let name = format!("`{section}.{key}`");
+                assert!(doc.contains(&name), "docs/configuration.md does not document {name}");
+            }
+        }
+    }
+}

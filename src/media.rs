@@ -181,6 +181,14 @@ impl Codec {
         matches!(self, Codec::H264 | Codec::H265)
     }
 
+    /// The hub codec of a video codec.
+    pub const fn from_video(codec: crate::codec::h26x::VideoCodec) -> Codec {
+        match codec {
+            crate::codec::h26x::VideoCodec::H264 => Codec::H264,
+            crate::codec::h26x::VideoCodec::H265 => Codec::H265,
+        }
+    }
+
     /// Duration of an audio frame of `len` bytes, where the codec makes it computable.
     pub fn audio_duration(self, len: usize) -> Option<Duration> {
         match self {

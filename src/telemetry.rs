@@ -1,1 +1,16 @@
-//! telemetry
+//! Logging set-up: a tracing subscriber writing to stderr, filtered by `RUST_LOG` or
+//! `log.level`.
+
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber; a second call (tests) is a no-op.
+pub fn init(level: &str) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Err means a subscriber is already installed, which is fine.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

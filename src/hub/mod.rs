@@ -1,0 +1,226 @@
+//! The stream hub: the only place streams live.
+//!
+//! A [`Hub`] is a cheap `Clone` handle. Streams are keyed by [`StreamKey`]; each has one
+//! [`Publisher`] and any number of [`Reader`]s. The registry lock is held briefly and never
+//! across `.await`; frames never pass through it. The hub names no protocol: outputs
+//! subscribe, ingest publishes.
+
+mod reader;
+mod stream;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+pub use reader::Reader;
+pub use stream::{MediaInfo, Publisher, StreamStats};
+
+use crate::media::{Codec, StreamKey};
+use stream::Stream;
+
+/// Hub tuning, from the `[hub]` config section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HubSettings {
+    /// Frames a reader may fall behind before it skips to the next key frame.
+    pub reader_queue: usize,
+    /// Largest GOP cache per stream in bytes; past it new readers wait for the next key frame.
+    pub gop_cache_max_bytes: usize,
+}
+
+impl Default for HubSettings {
+    fn default() -> Self {
+        HubSettings {
+            reader_queue: 256,
+            gop_cache_max_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// Stream lifecycle events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HubEvent {
+    /// A publisher appeared for a key that had none.
+    StreamUp(StreamKey),
+    /// The last publisher of a key went away.
+    StreamDown(StreamKey),
+}
+
+/// Handle to the hub.
+#[derive(Clone, Debug)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    streams: Mutex<HashMap<StreamKey, Arc<Stream>>>,
+    events_tx: broadcast::Sender<HubEvent>,
+    settings: HubSettings,
+}
+
+/// A snapshot of one stream for the API.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StreamSnapshot {
+    /// Canonical device id.
+    pub device: String,
+    /// Logical channel.
+    pub channel: u8,
+    /// `live` or `playback`.
+    pub kind: crate::media::StreamKind,
+    /// Video codec, once seen.
+    pub video_codec: Option<Codec>,
+    /// Audio codec, once seen.
+    pub audio_codec: Option<Codec>,
+    /// Picture width from the SPS.
+    pub width: Option<u32>,
+    /// Picture height from the SPS.
+    pub height: Option<u32>,
+    /// Video frames per second on the stream clock.
+    pub fps: f64,
+    /// Incoming bitrate in kbit/s since the stream started.
+    pub bitrate_kbps: f64,
+    /// Readers attached now.
+    pub viewers: u64,
+    /// Frames published.
+    pub frames_in: u64,
+    /// Video frames published.
+    pub video_frames: u64,
+    /// Audio frames published.
+    pub audio_frames: u64,
+    /// JT/T 1078 bytes received from the device.
+    pub bytes_in: u64,
+    /// Bytes written to readers.
+    pub bytes_out: u64,
+    /// Frames readers skipped because they fell behind, plus frames ingest dropped.
+    pub frames_dropped: u64,
+    /// Times ingest lost alignment on the wire.
+    pub resyncs: u64,
+    /// Seconds since the stream came up.
+    pub uptime_secs: f64,
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new(settings: HubSettings) -> Hub {
+        let (events_tx, _) = broadcast::channel(1024);
+        Hub {
+            inner: Arc::new(Inner {
+                streams: Mutex::new(HashMap::new()),
+                events_tx,
+                settings,
+            }),
+        }
+    }
+
+    /// Becomes the publisher of `key`. A previous publisher is replaced: its `on_replaced`
+    /// token is cancelled and its sends fail; readers stay attached.
+    pub fn publish(&self, key: StreamKey, on_replaced: CancellationToken) -> Publisher {
+        let mut streams = self.registry();
+        let (stream, fresh) = match streams.get(&key) {
+            Some(stream) => (Arc::clone(stream), false),
+            None => {
+                let stream = Arc::new(Stream::new(key.clone(), self.inner.settings));
+                streams.insert(key.clone(), Arc::clone(&stream));
+                (stream, true)
+            }
+        };
+        let generation = stream.take_over(on_replaced);
+        drop(streams);
+        if fresh {
+            // No receiver is a normal state (nobody listens for events yet).
+            let _ = self.inner.events_tx.send(HubEvent::StreamUp(key));
+        }
+        Publisher::new(self.clone(), stream, generation)
+    }
+
+    /// A reader of `key`, starting at the latest key frame; `None` if nothing publishes it.
+    pub fn subscribe(&self, key: &StreamKey) -> Option<Reader> {
+        let stream = self.registry().get(key).map(Arc::clone)?;
+        stream.reader()
+    }
+
+    /// Like [`Hub::subscribe`], but waits up to `timeout` for the stream to come up.
+    pub async fn subscribe_or_wait(&self, key: &StreamKey, timeout: Duration) -> Option<Reader> {
+        let mut events = self.inner.events_tx.subscribe();
+        if let Some(reader) = self.subscribe(key) {
+            return Some(reader);
+        }
+        let wait = async {
+            loop {
+                match events.recv().await {
+                    Ok(HubEvent::StreamUp(up)) if &up == key => {
+                        if let Some(reader) = self.subscribe(key) {
+                            return Some(reader);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        if let Some(reader) = self.subscribe(key) {
+                            return Some(reader);
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.ok().flatten()
+    }
+
+    /// Stream up/down events.
+    pub fn events(&self) -> broadcast::Receiver<HubEvent> {
+        self.inner.events_tx.subscribe()
+    }
+
+    /// True if `key` has a publisher.
+    pub fn is_live(&self, key: &StreamKey) -> bool {
+        self.registry().contains_key(key)
+    }
+
+    /// Snapshots of all live streams, sorted by key.
+    pub fn list(&self) -> Vec<StreamSnapshot> {
+        let mut streams: Vec<Arc<Stream>> = self.registry().values().map(Arc::clone).collect();
+        streams.sort_by(|a, b| a.key().cmp(b.key()));
+        streams.iter().map(|s| s.snapshot()).collect()
+    }
+
+    /// Removes `key` if `generation` still publishes it (called when a publisher drops).
+    fn unpublish(&self, stream: &Arc<Stream>, generation: u64) {
+        let mut streams = self.registry();
+        if !stream.release(generation) {
+            return;
+        }
+        if streams
+            .get(stream.key())
+            .is_some_and(|current| Arc::ptr_eq(current, stream))
+        {
+            streams.remove(stream.key());
+        }
+        drop(streams);
+        let _ = self
+            .inner
+            .events_tx
+            .send(HubEvent::StreamDown(stream.key().clone()));
+    }
+
+    fn registry(&self) -> MutexGuard<'_, HashMap<StreamKey, Arc<Stream>>> {
+        // A panic while holding this lock leaves the map consistent (single inserts and
+        // removes), so a poisoned lock is still usable.
+        self.inner
+            .streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub::new(HubSettings::default())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,96 @@
+//! A reader of one stream: GOP backlog first, then live frames from a bounded queue.
+//!
+//! A reader that falls more than the queue length behind loses the oldest frames; it then
+//! skips to the next key frame (counted in the stream's `frames_dropped`), so a slow viewer
+//! never grows memory and never sees a broken GOP. The publisher never waits for it.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::broadcast;
+
+use super::stream::{MediaInfo, Stream};
+use crate::media::{Frame, StreamKey, Track};
+
+/// Receives the frames of one stream.
+#[derive(Debug)]
+pub struct Reader {
+    stream: Arc<Stream>,
+    rx: broadcast::Receiver<Frame>,
+    backlog: VecDeque<Frame>,
+    info: MediaInfo,
+    waiting_for_key: bool,
+}
+
+impl Reader {
+    pub(crate) fn new(
+        stream: Arc<Stream>,
+        rx: broadcast::Receiver<Frame>,
+        backlog: Vec<Frame>,
+        info: MediaInfo,
+    ) -> Reader {
+        stream.stats().viewers.fetch_add(1, Ordering::Relaxed);
+        Reader {
+            waiting_for_key: backlog.is_empty(),
+            stream,
+            rx,
+            backlog: backlog.into(),
+            info,
+        }
+    }
+
+    /// The stream being read.
+    pub fn key(&self) -> &StreamKey {
+        self.stream.key()
+    }
+
+    /// Media info as known when the reader attached.
+    pub fn info(&self) -> &MediaInfo {
+        &self.info
+    }
+
+    /// The next frame; `None` once the stream has ended.
+    pub async fn recv(&mut self) -> Option<Frame> {
+        if let Some(frame) = self.backlog.pop_front() {
+            return Some(frame);
+        }
+        loop {
+            match self.rx.recv().await {
+                Ok(frame) => {
+                    if self.waiting_for_key {
+                        let starts = frame.is_key
+                            || (frame.track() == Track::Audio && !self.stream.has_video());
+                        if !starts {
+                            continue;
+                        }
+                        self.waiting_for_key = false;
+                    }
+                    return Some(frame);
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    self.stream
+                        .stats()
+                        .frames_dropped
+                        .fetch_add(missed, Ordering::Relaxed);
+                    self.waiting_for_key = true;
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    /// Adds bytes this reader's output wrote, for the stream's counters.
+    pub fn add_bytes_out(&self, n: u64) {
+        self.stream
+            .stats()
+            .bytes_out
+            .fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.stream.stats().viewers.fetch_sub(1, Ordering::Relaxed);
+    }
+}

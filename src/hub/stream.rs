@@ -1,0 +1,314 @@
+//! One stream: the publisher slot, the GOP cache, media info and counters.
+//!
+//! The per-stream lock guards the GOP cache and the broadcast sender together, so a new
+//! reader's snapshot and its live queue meet without a gap or a duplicate. It is held for
+//! a push and a send, never across `.await`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::reader::Reader;
+use super::{Hub, HubSettings, StreamSnapshot};
+use crate::media::{Codec, Frame, StreamKey, Track};
+
+/// What is known about a stream's media.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MediaInfo {
+    /// Video codec, once a video frame was published.
+    pub video: Option<Codec>,
+    /// Audio codec, once an audio frame was published.
+    pub audio: Option<Codec>,
+    /// Picture width and height from the latest SPS.
+    pub resolution: Option<(u32, u32)>,
+}
+
+/// Counters of one stream, updated without locks.
+#[derive(Debug, Default)]
+pub struct StreamStats {
+    pub(crate) frames_in: AtomicU64,
+    pub(crate) video_frames: AtomicU64,
+    pub(crate) audio_frames: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    pub(crate) frames_dropped: AtomicU64,
+    pub(crate) resyncs: AtomicU64,
+    pub(crate) viewers: AtomicU64,
+    pub(crate) first_video_pts: AtomicU64,
+    pub(crate) last_video_pts: AtomicU64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Stream {
+    key: StreamKey,
+    started: Instant,
+    settings: HubSettings,
+    has_video: AtomicBool,
+    stats: StreamStats,
+    state: Mutex<StreamState>,
+}
+
+#[derive(Debug)]
+struct StreamState {
+    generation: u64,
+    publishing: bool,
+    on_replaced: CancellationToken,
+    tx: Option<broadcast::Sender<Frame>>,
+    gop: GopCache,
+    info: MediaInfo,
+    last_pts: u64,
+}
+
+/// Frames from the latest video key frame on, so a new reader starts at once.
+#[derive(Debug, Default)]
+struct GopCache {
+    frames: Vec<Frame>,
+    bytes: usize,
+    overflowed: bool,
+}
+
+/// The publishing side of a stream. Dropping it ends the stream (unless a newer publisher
+/// replaced it), which ends every reader.
+#[derive(Debug)]
+pub struct Publisher {
+    hub: Hub,
+    stream: Arc<Stream>,
+    generation: u64,
+}
+
+/// Why a frame was not published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// Another connection publishes this stream now.
+    #[error("replaced by a newer publisher")]
+    Replaced,
+}
+
+impl Stream {
+    pub(crate) fn new(key: StreamKey, settings: HubSettings) -> Stream {
+        Stream {
+            key,
+            started: Instant::now(),
+            settings,
+            has_video: AtomicBool::new(false),
+            stats: StreamStats::default(),
+            state: Mutex::new(StreamState {
+                generation: 0,
+                publishing: false,
+                on_replaced: CancellationToken::new(),
+                tx: None,
+                gop: GopCache::default(),
+                info: MediaInfo::default(),
+                last_pts: 0,
+            }),
+        }
+    }
+
+    pub(crate) fn key(&self) -> &StreamKey {
+        &self.key
+    }
+
+    pub(crate) fn stats(&self) -> &StreamStats {
+        &self.stats
+    }
+
+    pub(crate) fn has_video(&self) -> bool {
+        self.has_video.load(Ordering::Relaxed)
+    }
+
+    /// Makes a new publisher generation current; cancels the previous one's token.
+    pub(crate) fn take_over(&self, on_replaced: CancellationToken) -> u64 {
+        let mut state = self.lock();
+        if state.publishing {
+            state.on_replaced.cancel();
+        }
+        state.generation += 1;
+        state.publishing = true;
+        state.on_replaced = on_replaced;
+        if state.tx.is_none() {
+            state.tx = Some(broadcast::channel(self.settings.reader_queue.max(1)).0);
+        }
+        state.generation
+    }
+
+    /// Ends publishing if `generation` is current; true if it was (the stream is down).
+    pub(crate) fn release(&self, generation: u64) -> bool {
+        let mut state = self.lock();
+        if state.generation != generation || !state.publishing {
+            return false;
+        }
+        state.publishing = false;
+        state.tx = None;
+        state.gop = GopCache::default();
+        true
+    }
+
+    pub(crate) fn reader(self: &Arc<Self>) -> Option<Reader> {
+        let state = self.lock();
+        let rx = state.tx.as_ref()?.subscribe();
+        let backlog = state.gop.frames.clone();
+        let info = state.info.clone();
+        drop(state);
+        Some(Reader::new(Arc::clone(self), rx, backlog, info))
+    }
+
+    fn send(&self, generation: u64, frame: Frame) -> Result<(), PublishError> {
+        let mut state = self.lock();
+        if state.generation != generation || !state.publishing {
+            return Err(PublishError::Replaced);
+        }
+        state.last_pts = state.last_pts.max(frame.pts);
+        let has_video = self.has_video();
+        state.gop.push(&frame, has_video, self.settings.gop_cache_max_bytes);
+        if let Some(tx) = &state.tx {
+            // No reader is a normal state, not an error.
+            let _ = tx.send(frame);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn snapshot(&self) -> StreamSnapshot {
+        let info = self.lock().info.clone();
+        let s = &self.stats;
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let uptime = self.started.elapsed().as_secs_f64();
+        let video_frames = load(&s.video_frames);
+        let span = load(&s.last_video_pts).saturating_sub(load(&s.first_video_pts));
+        let fps = if span > 0 && video_frames > 1 {
+            (video_frames - 1) as f64 * 1000.0 / span as f64
+        } else {
+            0.0
+        };
+        StreamSnapshot {
+            device: self.key.device.to_string(),
+            channel: self.key.channel.0,
+            kind: self.key.kind,
+            video_codec: info.video,
+            audio_codec: info.audio,
+            width: info.resolution.map(|r| r.0),
+            height: info.resolution.map(|r| r.1),
+            fps: (fps * 100.0).round() / 100.0,
+            bitrate_kbps: if uptime > 0.0 {
+                ((load(&s.bytes_in) as f64 * 8.0 / 1000.0 / uptime) * 10.0).round() / 10.0
+            } else {
+                0.0
+            },
+            viewers: load(&s.viewers),
+            frames_in: load(&s.frames_in),
+            video_frames,
+            audio_frames: load(&s.audio_frames),
+            bytes_in: load(&s.bytes_in),
+            bytes_out: load(&s.bytes_out),
+            frames_dropped: load(&s.frames_dropped),
+            resyncs: load(&s.resyncs),
+            uptime_secs: (uptime * 10.0).round() / 10.0,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, StreamState> {
+        // Every critical section leaves the state consistent, so poison is harmless.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl GopCache {
+    fn push(&mut self, frame: &Frame, has_video: bool, max_bytes: usize) {
+        if frame.is_key {
+            self.frames.clear();
+            self.bytes = 0;
+            self.overflowed = false;
+        } else if self.frames.is_empty() || self.overflowed || !has_video {
+            // Nothing to start from yet (or audio-only: readers start anywhere).
+            return;
+        }
+        if self.bytes + frame.data.len() > max_bytes {
+            self.frames.clear();
+            self.bytes = 0;
+            self.overflowed = true;
+            return;
+        }
+        self.bytes += frame.data.len();
+        self.frames.push(frame.clone());
+    }
+}
+
+impl Publisher {
+    pub(crate) fn new(hub: Hub, stream: Arc<Stream>, generation: u64) -> Publisher {
+        Publisher {
+            hub,
+            stream,
+            generation,
+        }
+    }
+
+    /// The stream this publisher feeds.
+    pub fn key(&self) -> &StreamKey {
+        self.stream.key()
+    }
+
+    /// The highest timestamp published on this stream so far (a replacing publisher
+    /// continues from it).
+    pub fn last_pts(&self) -> u64 {
+        self.stream.lock().last_pts
+    }
+
+    /// Publishes a frame to every reader and the GOP cache. Never waits for readers.
+    pub fn send(&self, frame: Frame) -> Result<(), PublishError> {
+        let stats = self.stream.stats();
+        stats.frames_in.fetch_add(1, Ordering::Relaxed);
+        match frame.track() {
+            Track::Video => {
+                if stats.video_frames.fetch_add(1, Ordering::Relaxed) == 0 {
+                    stats.first_video_pts.store(frame.pts, Ordering::Relaxed);
+                }
+                stats.last_video_pts.store(frame.pts, Ordering::Relaxed);
+            }
+            Track::Audio => {
+                stats.audio_frames.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.stream.send(self.generation, frame)
+    }
+
+    /// Records the video codec and picture size (from a new SPS).
+    pub fn set_video(&self, codec: Codec, resolution: Option<(u32, u32)>) {
+        self.stream.has_video.store(true, Ordering::Relaxed);
+        let mut state = self.stream.lock();
+        state.info.video = Some(codec);
+        if resolution.is_some() {
+            state.info.resolution = resolution;
+        }
+    }
+
+    /// Records the audio codec.
+    pub fn set_audio(&self, codec: Codec) {
+        self.stream.lock().info.audio = Some(codec);
+    }
+
+    /// Adds wire bytes received for this stream.
+    pub fn add_bytes_in(&self, n: u64) {
+        self.stream.stats().bytes_in.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Adds frames ingest dropped (gaps, orphans, oversize).
+    pub fn add_dropped(&self, n: u64) {
+        self.stream
+            .stats()
+            .frames_dropped
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Sets the connection's resync count.
+    pub fn set_resyncs(&self, n: u64) {
+        self.stream.stats().resyncs.store(n, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.hub.unpublish(&self.stream, self.generation);
+    }
+}

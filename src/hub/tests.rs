@@ -1,0 +1,107 @@
+//! Hub tests: GOP start, fan-out, lag policy, replacement, lifecycle.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::media::{Channel, DeviceId, Frame, StreamKind};
+
+fn key() -> StreamKey {
+    StreamKey::new(DeviceId::parse("13800138000").unwrap(), Channel(1), StreamKind::Live)
+}
+
+fn video(pts: u64, is_key: bool) -> Frame {
+    Frame { codec: Codec::H264, is_key, pts, data: Bytes::from(vec![0u8; 100]) }
+}
+
+fn audio(pts: u64) -> Frame {
+    Frame { codec: Codec::G711A, is_key: false, pts, data: Bytes::from(vec![0u8; 160]) }
+}
+
+#[tokio::test]
+async fn new_reader_starts_at_latest_key_frame() {
+    let hub = Hub::default();
+    let publisher = hub.publish(key(), CancellationToken::new());
+    publisher.set_video(Codec::H264, Some((352, 288)));
+    for (i, k) in [true, false, false, true, false].into_iter().enumerate() {
+        publisher.send(video(i as u64 * 40, k)).unwrap();
+    }
+    publisher.send(audio(170)).unwrap();
+    let mut reader = hub.subscribe(&key()).unwrap();
+    let got: Vec<u64> = [reader.recv().await, reader.recv().await, reader.recv().await]
+        .into_iter()
+        .map(|f| f.unwrap().pts)
+        .collect();
+    assert_eq!(got, vec![120, 160, 170]);
+    publisher.send(video(200, false)).unwrap();
+    assert_eq!(reader.recv().await.unwrap().pts, 200);
+    assert_eq!(hub.list()[0].viewers, 1);
+}
+
+#[tokio::test]
+async fn slow_reader_skips_to_next_key_frame_and_counts_drops() {
+    let hub = Hub::new(HubSettings { reader_queue: 4, ..HubSettings::default() });
+    let publisher = hub.publish(key(), CancellationToken::new());
+    publisher.set_video(Codec::H264, None);
+    publisher.send(video(0, true)).unwrap();
+    let mut reader = hub.subscribe(&key()).unwrap();
+    assert_eq!(reader.recv().await.unwrap().pts, 0);
+    for i in 1..=10 {
+        publisher.send(video(i * 40, false)).unwrap();
+    }
+    publisher.send(video(440, true)).unwrap();
+    publisher.send(video(480, false)).unwrap();
+    // the P-frames still queued after the lag are skipped too: the next frame is the key
+    let next = reader.recv().await.unwrap();
+    assert!(next.is_key);
+    assert_eq!(next.pts, 440);
+    assert_eq!(reader.recv().await.unwrap().pts, 480);
+    assert!(hub.list()[0].frames_dropped >= 7);
+}
+
+#[tokio::test]
+async fn replacing_publisher_cancels_the_old_one_and_keeps_readers() {
+    let hub = Hub::default();
+    let first_token = CancellationToken::new();
+    let first = hub.publish(key(), first_token.clone());
+    first.send(video(0, true)).unwrap();
+    let mut reader = hub.subscribe(&key()).unwrap();
+    assert!(reader.recv().await.is_some());
+    let mut events = hub.events();
+    let second = hub.publish(key(), CancellationToken::new());
+    assert!(first_token.is_cancelled());
+    assert_eq!(first.send(video(40, false)), Err(stream::PublishError::Replaced));
+    drop(first);
+    assert!(hub.is_live(&key()), "dropping the replaced publisher keeps the stream");
+    second.send(video(80, true)).unwrap();
+    assert_eq!(reader.recv().await.unwrap().pts, 80);
+    drop(second);
+    assert_eq!(events.recv().await.unwrap(), HubEvent::StreamDown(key()));
+    assert!(reader.recv().await.is_none(), "readers end with the stream");
+    assert!(!hub.is_live(&key()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn subscribe_or_wait_waits_for_the_publisher_and_times_out() {
+    let hub = Hub::default();
+    assert!(hub.subscribe_or_wait(&key(), Duration::from_secs(15)).await.is_none());
+    let waiter = {
+        let hub = hub.clone();
+        tokio::spawn(async move { hub.subscribe_or_wait(&key(), Duration::from_secs(15)).await.is_some() })
+    };
+    tokio::task::yield_now().await;
+    let _publisher = hub.publish(key(), CancellationToken::new());
+    assert!(waiter.await.unwrap());
+}
+
+#[tokio::test]
+async fn audio_only_stream_reader_starts_on_audio() {
+    let hub = Hub::default();
+    let publisher = hub.publish(key(), CancellationToken::new());
+    publisher.send(audio(0)).unwrap();
+    let mut reader = hub.subscribe(&key()).unwrap();
+    publisher.send(audio(20)).unwrap();
+    assert_eq!(reader.recv().await.unwrap().pts, 20);
+}

@@ -1,0 +1,329 @@
+//! One device connection: read, decode, reassemble, translate, publish.
+//!
+//! The loop is thin; the translation from JT/T 1078 frames to hub frames (`to_frame`)
+//! is the one place where wire types become `media` types.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Span, debug, info, instrument, warn};
+
+use crate::codec::h26x::{NalKind, VideoCodec, nal_units};
+use crate::codec::jt1078::{self, DataType, Decoder, Reassembler, Sim};
+use crate::hub::{Hub, Publisher};
+use crate::media::{Channel, Codec, DeviceId, Frame, StreamKey, StreamKind, TimestampNormaliser, Track};
+
+/// Per-connection limits from `[ingest]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnectionLimits {
+    pub(crate) idle_timeout: Duration,
+    pub(crate) max_body: usize,
+    pub(crate) max_frame: usize,
+}
+
+pub(crate) struct Connection {
+    socket: TcpStream,
+    peer: SocketAddr,
+    kind: StreamKind,
+    limits: ConnectionLimits,
+    hub: Hub,
+}
+
+/// State of one logical channel on this connection.
+struct ChannelIngest {
+    sim: Sim,
+    channel: u8,
+    publisher: Publisher,
+    reassembler: Reassembler,
+    normaliser: TimestampNormaliser,
+    parameter_sets: ParameterSets,
+    audio_codec: Option<Codec>,
+    bytes_in: u64,
+    reported_drops: u64,
+}
+
+/// The latest parameter sets of a video stream, so every key frame carries them.
+#[derive(Default)]
+struct ParameterSets {
+    codec: Option<VideoCodec>,
+    vps: Option<Bytes>,
+    sps: Option<Bytes>,
+    pps: Option<Bytes>,
+    parsed_sps: Option<Bytes>,
+}
+
+/// Read buffer growth step: one read takes up to this much.
+const READ_CHUNK: usize = 64 * 1024;
+
+impl Connection {
+    pub(crate) fn new(
+        socket: TcpStream,
+        peer: SocketAddr,
+        kind: StreamKind,
+        limits: ConnectionLimits,
+        hub: Hub,
+    ) -> Connection {
+        Connection {
+            socket,
+            peer,
+            kind,
+            limits,
+            hub,
+        }
+    }
+
+    #[instrument(name = "ingest_conn", skip_all, fields(peer = %self.peer, kind = %self.kind, device, channel))]
+    pub(crate) async fn run(mut self, cancel: CancellationToken) {
+        let replaced = CancellationToken::new();
+        let mut decoder = Decoder::new(self.limits.max_body);
+        let mut channels: Vec<ChannelIngest> = Vec::new();
+        debug!("device connected");
+        let reason = loop {
+            let buf = decoder.buffer_mut();
+            if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+                buf.reserve(READ_CHUNK);
+            }
+            let read = tokio::select! {
+                () = cancel.cancelled() => break "shutdown",
+                () = replaced.cancelled() => break "replaced by a newer connection",
+                r = tokio::time::timeout(self.limits.idle_timeout, self.socket.read_buf(buf)) => r,
+            };
+            match read {
+                Err(_) => break "idle timeout",
+                Ok(Ok(0)) => break "closed by device",
+                Ok(Err(error)) => {
+                    debug!(%error, "read failed");
+                    break "read error";
+                }
+                Ok(Ok(_)) => {}
+            }
+            let now = Instant::now();
+            while let Some(packet) = decoder.next_packet() {
+                let at = match channels
+                    .iter()
+                    .position(|c| c.channel == packet.channel && c.sim == packet.sim)
+                {
+                    Some(at) => at,
+                    None => {
+                        channels.push(self.open_channel(&packet, &replaced));
+                        channels.len() - 1
+                    }
+                };
+                let Some(ch) = channels.get_mut(at) else {
+                    continue;
+                };
+                ch.bytes_in += packet.encoded_len() as u64;
+                let Some(frame) = ch.reassembler.push(packet) else {
+                    continue;
+                };
+                let Some(frame) = ch.to_frame(frame, now) else {
+                    continue;
+                };
+                if ch.publisher.send(frame).is_err() {
+                    replaced.cancel();
+                }
+            }
+            let resyncs = decoder.stats().resyncs;
+            for ch in &mut channels {
+                ch.report(resyncs);
+            }
+        };
+        let stats = decoder.stats();
+        if stats.resyncs > 0 {
+            warn!(
+                resyncs = stats.resyncs,
+                skipped_bytes = stats.skipped_bytes,
+                oversized = stats.oversized,
+                "garbage on the wire was skipped"
+            );
+        }
+        info!(reason, packets = stats.packets, "device disconnected");
+    }
+
+    fn open_channel(&self, packet: &jt1078::Packet, replaced: &CancellationToken) -> ChannelIngest {
+        let device = DeviceId::from_sim(&packet.sim);
+        let key = StreamKey::new(device.clone(), Channel(packet.channel), self.kind);
+        let span = Span::current();
+        span.record("device", tracing::field::display(&device));
+        span.record("channel", packet.channel);
+        let publisher = self.hub.publish(key.clone(), replaced.clone());
+        let origin = publisher.last_pts();
+        info!(stream = %key, layout = ?packet.layout(), "stream up");
+        ChannelIngest {
+            sim: packet.sim,
+            channel: packet.channel,
+            publisher,
+            reassembler: Reassembler::new(self.limits.max_frame),
+            normaliser: TimestampNormaliser::default().starting_at(origin),
+            parameter_sets: ParameterSets::default(),
+            audio_codec: None,
+            bytes_in: 0,
+            reported_drops: 0,
+        }
+    }
+}
+
+impl ChannelIngest {
+    /// The translation point: a JT/T 1078 frame becomes a hub frame (or nothing, for
+    /// transparent data, parameter-set-only frames and codecs the hub cannot carry).
+    fn to_frame(&mut self, frame: jt1078::Frame, now: Instant) -> Option<Frame> {
+        let codec = Codec::from(frame.payload_type);
+        match frame.data_type {
+            DataType::Transparent => None,
+            DataType::Audio => {
+                let data = strip_hisilicon_header(frame.data);
+                if self.audio_codec != Some(codec) {
+                    self.audio_codec = Some(codec);
+                    self.publisher.set_audio(codec);
+                }
+                let hint = codec.audio_duration(data.len());
+                let pts = self.normaliser.normalise(Track::Audio, frame.timestamp, hint, now);
+                Some(Frame {
+                    codec,
+                    is_key: false,
+                    pts,
+                    data,
+                })
+            }
+            DataType::IFrame | DataType::PFrame | DataType::BFrame => {
+                let video = match codec {
+                    Codec::H264 => VideoCodec::H264,
+                    Codec::H265 => VideoCodec::H265,
+                    _ => {
+                        self.publisher.add_dropped(1);
+                        return None;
+                    }
+                };
+                let data = self.parameter_sets.complete(video, frame.data, &self.publisher)?;
+                let is_key = video.is_key_frame(&data);
+                let hint = frame
+                    .last_frame_interval
+                    .map(|ms| Duration::from_millis(u64::from(ms)));
+                let pts = self.normaliser.normalise(Track::Video, frame.timestamp, hint, now);
+                Some(Frame {
+                    codec,
+                    is_key,
+                    pts,
+                    data,
+                })
+            }
+        }
+    }
+
+    /// Flushes counters to the hub.
+    fn report(&mut self, resyncs: u64) {
+        self.publisher.add_bytes_in(std::mem::take(&mut self.bytes_in));
+        self.publisher.set_resyncs(resyncs);
+        let s = self.reassembler.stats();
+        let drops = s.broken_frames + s.oversized_frames + s.skipped_waiting_for_key;
+        if drops > self.reported_drops {
+            self.publisher.add_dropped(drops - self.reported_drops);
+            self.reported_drops = drops;
+        }
+    }
+}
+
+impl ParameterSets {
+    /// Remembers parameter sets and makes key frames self-contained. Returns `None` for an
+    /// access unit with no slice (some devices send SPS/PPS as frames of their own).
+    fn complete(&mut self, codec: VideoCodec, data: Bytes, publisher: &Publisher) -> Option<Bytes> {
+        if self.codec != Some(codec) {
+            *self = ParameterSets {
+                codec: Some(codec),
+                ..ParameterSets::default()
+            };
+            publisher.set_video(Codec::from_video(codec), None);
+        }
+        let (mut has_vps, mut has_sps, mut has_pps, mut has_key) = (false, false, false, false);
+        for nal in nal_units(&data) {
+            let slot = match codec.nal_kind(nal) {
+                NalKind::Vps => {
+                    has_vps = true;
+                    &mut self.vps
+                }
+                NalKind::Sps => {
+                    has_sps = true;
+                    &mut self.sps
+                }
+                NalKind::Pps => {
+                    has_pps = true;
+                    &mut self.pps
+                }
+                NalKind::KeySlice => {
+                    has_key = true;
+                    continue;
+                }
+                _ => continue,
+            };
+            if slot.as_deref() != Some(nal) {
+                *slot = Some(data.slice_ref(nal));
+            }
+        }
+        self.update_resolution(codec, publisher);
+        if !codec.has_slice(&data) {
+            return None;
+        }
+        let needs_vps = codec == VideoCodec::H265 && !has_vps;
+        if !has_key || (has_sps && has_pps && !needs_vps) {
+            return Some(data);
+        }
+        let mut out = BytesMut::with_capacity(data.len() + 256);
+        let missing = [
+            (needs_vps, &self.vps),
+            (!has_sps, &self.sps),
+            (!has_pps, &self.pps),
+        ];
+        for (is_missing, set) in missing {
+            if let (true, Some(set)) = (is_missing, set) {
+                out.put_slice(&[0, 0, 0, 1]);
+                out.put_slice(set);
+            }
+        }
+        out.put_slice(&data);
+        Some(out.freeze())
+    }
+
+    fn update_resolution(&mut self, codec: VideoCodec, publisher: &Publisher) {
+        let Some(sps) = &self.sps else { return };
+        if self.parsed_sps.as_ref() == Some(sps) {
+            return;
+        }
+        self.parsed_sps = Some(sps.clone());
+        match codec.parse_sps(sps) {
+            Some(info) => {
+                publisher.set_video(Codec::from_video(codec), Some((info.width, info.height)));
+            }
+            None => warn!("SPS does not parse; resolution unknown"),
+        }
+    }
+}
+
+/// Drops the 4-byte HiSilicon audio frame header (`00 01 LL 00`, LL = 16-bit words that
+/// follow) that many devices put in front of each audio frame.
+fn strip_hisilicon_header(data: Bytes) -> Bytes {
+    match data.get(..4) {
+        Some(&[0, 1, words, 0]) if usize::from(words) * 2 == data.len() - 4 => data.slice(4..),
+        _ => data,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hisilicon_header_is_stripped_only_when_it_matches() {
+        let mut framed = vec![0, 1, 80, 0];
+        framed.extend(std::iter::repeat_n(0xd5, 160));
+        assert_eq!(strip_hisilicon_header(Bytes::from(framed)).len(), 160);
+        let plain = Bytes::from(vec![0xd5; 160]);
+        assert_eq!(strip_hisilicon_header(plain.clone()), plain);
+        let wrong_len = Bytes::from(vec![0, 1, 10, 0, 1, 2]);
+        assert_eq!(strip_hisilicon_header(wrong_len.clone()), wrong_len);
+    }
+}

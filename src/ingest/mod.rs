@@ -1,0 +1,7 @@
+//! JT/T 1078 TCP ingest: the live and playback listeners and one task per device
+//! connection. Uses `codec::jt1078` to decode and the hub to publish; knows no output.
+
+mod connection;
+mod server;
+
+pub use server::{IngestServer, IngestStats};

@@ -1,0 +1,105 @@
+//! The live and playback listeners: accept, cap, spawn a connection task each.
+//!
+//! The stream kind comes from the port a device connected to (the packet cannot say).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use super::connection::{Connection, ConnectionLimits};
+use crate::config::IngestSettings;
+use crate::hub::Hub;
+use crate::media::StreamKind;
+
+/// Counters across all connections.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    /// Connections accepted.
+    pub accepted: AtomicU64,
+    /// Connections refused because of the cap.
+    pub refused: AtomicU64,
+}
+
+/// Both ingest listeners.
+#[derive(Debug)]
+pub struct IngestServer {
+    live: TcpListener,
+    playback: TcpListener,
+    limits: ConnectionLimits,
+    max_connections: usize,
+    hub: Hub,
+    stats: Arc<IngestStats>,
+}
+
+impl IngestServer {
+    /// Wraps already bound listeners.
+    pub fn new(
+        settings: &IngestSettings,
+        live: TcpListener,
+        playback: TcpListener,
+        hub: Hub,
+    ) -> IngestServer {
+        IngestServer {
+            live,
+            playback,
+            limits: ConnectionLimits {
+                idle_timeout: settings.idle_timeout,
+                max_body: settings.max_body.get(),
+                max_frame: settings.max_frame.get(),
+            },
+            max_connections: settings.max_connections.get(),
+            hub,
+            stats: Arc::new(IngestStats::default()),
+        }
+    }
+
+    /// Shared counters.
+    pub fn stats(&self) -> Arc<IngestStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Accepts until `shutdown`; then waits for the connection tasks to finish.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(self.max_connections));
+        let tasks = TaskTracker::new();
+        loop {
+            let (accepted, kind) = tokio::select! {
+                () = shutdown.cancelled() => break,
+                r = self.live.accept() => (r, StreamKind::Live),
+                r = self.playback.accept() => (r, StreamKind::Playback),
+            };
+            let (socket, peer) = match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    // EMFILE and friends: the listener itself is fine; keep accepting.
+                    warn!(%error, "accept failed");
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+            };
+            let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                warn!(%peer, max = self.max_connections, "connection cap reached; refusing device");
+                continue;
+            };
+            self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+            if let Err(error) = socket.set_nodelay(true) {
+                warn!(%peer, %error, "set_nodelay failed");
+            }
+            let connection = Connection::new(socket, peer, kind, self.limits, self.hub.clone());
+            let cancel = shutdown.child_token();
+            tasks.spawn(async move {
+                connection.run(cancel).await;
+                drop(permit);
+            });
+        }
+        tasks.close();
+        tasks.wait().await;
+        info!("ingest stopped");
+    }
+}

@@ -1,0 +1,218 @@
+//! HTTP-FLV: `GET /live/{device}_{channel}.flv` and `GET /playback/{device}_{channel}.flv`.
+//!
+//! A request for a stream that is not live waits (`http.flv_wait_timeout`) for the device
+//! to connect, then starts at the latest key frame; 404 after the wait. The response ends
+//! cleanly when the device disconnects. [`FlvMuxer`] is the pure part: hub frames in, FLV
+//! bytes out.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::{Bytes, BytesMut};
+use futures_util::stream;
+use tracing::{debug, info};
+
+use crate::codec::flv::{self, SoundFormat};
+use crate::codec::h26x::{NalKind, VideoCodec};
+use crate::hub::{Hub, MediaInfo};
+use crate::media::{Channel, Codec, DeviceId, Frame, StreamKey, StreamKind};
+
+#[derive(Clone)]
+struct FlvState {
+    hub: Hub,
+    wait: Duration,
+}
+
+/// The HTTP-FLV routes.
+pub fn routes(hub: Hub, wait: Duration) -> Router {
+    Router::new()
+        .route("/live/{file}", get(play_live))
+        .route("/playback/{file}", get(play_playback))
+        .with_state(FlvState { hub, wait })
+}
+
+async fn play_live(state: State<FlvState>, file: Path<String>) -> Response {
+    play(state, file, StreamKind::Live).await
+}
+
+async fn play_playback(state: State<FlvState>, file: Path<String>) -> Response {
+    play(state, file, StreamKind::Playback).await
+}
+
+async fn play(State(state): State<FlvState>, Path(file): Path<String>, kind: StreamKind) -> Response {
+    let key = match parse_stream_file(&file, kind) {
+        Ok(key) => key,
+        Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
+    };
+    let Some(reader) = state.hub.subscribe_or_wait(&key, state.wait).await else {
+        let message = format!(
+            "stream {key} is not live: the device did not connect within {}s\n",
+            state.wait.as_secs()
+        );
+        return (StatusCode::NOT_FOUND, message).into_response();
+    };
+    info!(stream = %key, "flv viewer joined");
+    let muxer = FlvMuxer::new(reader.info());
+    let body = stream::unfold((reader, muxer), |(mut reader, mut muxer)| async move {
+        loop {
+            let Some(frame) = reader.recv().await else {
+                debug!(stream = %reader.key(), "flv viewer stream ended");
+                return None;
+            };
+            let bytes = muxer.push(&frame);
+            if !bytes.is_empty() {
+                reader.add_bytes_out(bytes.len() as u64);
+                return Some((Ok::<Bytes, std::convert::Infallible>(bytes), (reader, muxer)));
+            }
+        }
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "video/x-flv"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
+
+/// Parses `{device}_{channel}.flv`.
+fn parse_stream_file(file: &str, kind: StreamKind) -> Result<StreamKey, String> {
+    let usage = "expected /{live|playback}/{device}_{channel}.flv, e.g. /live/13800138000_1.flv";
+    let stem = file
+        .strip_suffix(".flv")
+        .ok_or_else(|| format!("{file:?}: {usage}\n"))?;
+    let (device, channel) = stem
+        .rsplit_once('_')
+        .ok_or_else(|| format!("{file:?}: {usage}\n"))?;
+    let device = DeviceId::parse(device).map_err(|e| format!("{e}\n"))?;
+    let channel: u8 = channel
+        .parse()
+        .map_err(|_| format!("invalid channel {channel:?}: expected 0 to 255\n"))?;
+    Ok(StreamKey::new(device, Channel(channel), kind))
+}
+
+/// Hub frames → FLV bytes for one viewer. Writes the file header first, a sequence header
+/// before the first key frame and whenever the parameter sets change, and rebases
+/// timestamps so the viewer's clock starts at 0.
+#[derive(Debug)]
+pub struct FlvMuxer {
+    header_pending: bool,
+    audio: Option<SoundFormat>,
+    has_video: bool,
+    sent_config: Option<Bytes>,
+    base_pts: Option<u64>,
+}
+
+impl FlvMuxer {
+    /// A muxer for a stream with this media info (decides the header's track flags).
+    pub fn new(info: &MediaInfo) -> FlvMuxer {
+        FlvMuxer {
+            header_pending: true,
+            audio: info.audio.and_then(sound_format),
+            has_video: info.video.is_some() || info.audio.is_none(),
+            sent_config: None,
+            base_pts: None,
+        }
+    }
+
+    /// The bytes to write for one frame (empty if the frame cannot be carried yet).
+    pub fn push(&mut self, frame: &Frame) -> Bytes {
+        let mut out = BytesMut::new();
+        if self.header_pending {
+            out.extend_from_slice(&flv::file_header(self.audio.is_some(), self.has_video));
+            self.header_pending = false;
+        }
+        let base = *self.base_pts.get_or_insert(frame.pts);
+        let ts = frame.pts.saturating_sub(base);
+        match frame.codec {
+            Codec::H264 | Codec::H265 => self.push_video(frame, ts, &mut out),
+            codec => {
+                if let Some(format) = sound_format(codec) {
+                    flv::write_audio_frame(&mut out, format, ts, &frame.data);
+                }
+            }
+        }
+        out.freeze()
+    }
+
+    fn push_video(&mut self, frame: &Frame, ts: u64, out: &mut BytesMut) {
+        let codec = match frame.codec {
+            Codec::H265 => VideoCodec::H265,
+            _ => VideoCodec::H264,
+        };
+        if frame.is_key {
+            if let Some((record, size)) = decoder_config(codec, &frame.data) {
+                if self.sent_config.as_ref() != Some(&record) {
+                    if self.sent_config.is_none() {
+                        flv::write_metadata(out, Some((codec, size.0, size.1)), self.audio);
+                    }
+                    flv::write_video_config(out, codec, ts, &record);
+                    self.sent_config = Some(record);
+                }
+            }
+        }
+        if self.sent_config.is_some() {
+            flv::write_video_frame(out, codec, ts, frame.is_key, &frame.data);
+        }
+    }
+}
+
+/// The FLV sound format for an audio codec, where FLV has one the gateway writes.
+fn sound_format(codec: Codec) -> Option<SoundFormat> {
+    match codec {
+        Codec::G711A => Some(SoundFormat::G711A),
+        Codec::G711U => Some(SoundFormat::G711U),
+        _ => None,
+    }
+}
+
+/// The decoder configuration record and picture size from a key frame's parameter sets.
+fn decoder_config(codec: VideoCodec, access_unit: &[u8]) -> Option<(Bytes, (u32, u32))> {
+    let sps = codec.find(access_unit, NalKind::Sps)?;
+    let pps = codec.find(access_unit, NalKind::Pps)?;
+    let info = codec.parse_sps(sps)?;
+    let record = match codec {
+        VideoCodec::H264 => flv::avc_decoder_config(sps, pps, &info),
+        VideoCodec::H265 => {
+            let vps = codec.find(access_unit, NalKind::Vps)?;
+            flv::hevc_decoder_config(vps, sps, pps, &info)?
+        }
+    };
+    Some((record, (info.width, info.height)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_file_names_parse_to_canonical_keys() {
+        let key = parse_stream_file("013800138000_1.flv", StreamKind::Live).unwrap();
+        assert_eq!(key.to_string(), "live/13800138000_1");
+        assert!(parse_stream_file("13800138000_1.mp4", StreamKind::Live).is_err());
+        assert!(parse_stream_file("abc_1.flv", StreamKind::Live).unwrap_err().contains("invalid device id"));
+        assert!(parse_stream_file("13800138000_x.flv", StreamKind::Live).unwrap_err().contains("channel"));
+    }
+
+    #[test]
+    fn muxer_waits_for_a_key_frame_with_parameter_sets() {
+        let info = MediaInfo { video: Some(Codec::H264), audio: Some(Codec::G711A), resolution: None };
+        let mut muxer = FlvMuxer::new(&info);
+        let p = Frame { codec: Codec::H264, is_key: false, pts: 1000, data: Bytes::from_static(&[0, 0, 1, 0x41, 1]) };
+        let header_only = muxer.push(&p);
+        assert_eq!(&header_only[..3], b"FLV");
+        assert_eq!(header_only.len(), 13, "no video tag before a key frame");
+        let a = Frame { codec: Codec::G711A, is_key: false, pts: 1020, data: Bytes::from(vec![0xd5; 160]) };
+        let tag = muxer.push(&a);
+        assert_eq!(tag[0], 8);
+        assert_eq!(&tag[4..7], &[0, 0, 20], "timestamps rebased to the first frame");
+        assert_eq!(tag[11] >> 4, 7);
+    }
+}
