@@ -11,7 +11,19 @@ use tokio_util::sync::CancellationToken;
 use crate::app::App;
 use crate::config::Settings;
 use crate::media::DeviceId;
+use crate::codec::h26x::VideoCodec;
+use crate::codec::jt1078::{PayloadType, SimLayout};
+use crate::simulate::pack::{PackOptions, pack};
 use crate::simulate::{self, Pace, SimulateOptions};
+
+/// Video codecs `pack` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PackCodec {
+    /// H.264 Annex-B.
+    H264,
+    /// H.265 Annex-B.
+    H265,
+}
 
 /// JT/T 1078 vehicle video gateway.
 #[derive(Debug, Parser)]
@@ -54,6 +66,34 @@ pub enum Command {
         /// Start over at the end of the file, forever.
         #[arg(long = "loop")]
         looping: bool,
+    },
+    /// Pack an H.264/H.265 Annex-B file (and optional raw G.711 audio) into a .jt1078
+    /// recording that `simulate` can replay.
+    Pack {
+        /// Annex-B video elementary stream.
+        #[arg(long)]
+        video: PathBuf,
+        /// Video codec of `--video`.
+        #[arg(long, value_enum, default_value_t = PackCodec::H264)]
+        codec: PackCodec,
+        /// Video frame rate.
+        #[arg(long, default_value_t = 25)]
+        fps: u32,
+        /// Raw 8 kHz mono G.711 A-law samples (e.g. `ffmpeg ... -f alaw`).
+        #[arg(long)]
+        alaw: Option<PathBuf>,
+        /// Device id to write into the SIM field.
+        #[arg(long, default_value = "13800138000")]
+        device: String,
+        /// Logical channel.
+        #[arg(long, default_value_t = 1)]
+        channel: u8,
+        /// Use the 20-digit SIM header (JT/T 808-2019) instead of the 2016 one.
+        #[arg(long)]
+        sim20: bool,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Print the merged configuration (defaults, file, environment) as TOML-like JSON.
     PrintConfig {
@@ -102,6 +142,39 @@ impl Cli {
                 if report.connected == 0 {
                     anyhow::bail!("no simulated device could connect to {server}");
                 }
+                Ok(())
+            }
+            Command::Pack {
+                video,
+                codec,
+                fps,
+                alaw,
+                device,
+                channel,
+                sim20,
+                out,
+            } => {
+                let video_bytes =
+                    std::fs::read(&video).with_context(|| format!("reading {}", video.display()))?;
+                let audio_bytes = alaw
+                    .map(|p| std::fs::read(&p).with_context(|| format!("reading {}", p.display())))
+                    .transpose()?;
+                let options = PackOptions {
+                    device: DeviceId::parse(&device).context("--device")?.to_string(),
+                    channel,
+                    layout: if sim20 { SimLayout::Bcd10 } else { SimLayout::Bcd6 },
+                    fps,
+                    ..PackOptions::default()
+                };
+                let codec = match codec {
+                    PackCodec::H264 => VideoCodec::H264,
+                    PackCodec::H265 => VideoCodec::H265,
+                };
+                let audio = audio_bytes.as_deref().map(|a| (PayloadType::G711A, a));
+                let packed = pack(codec, &video_bytes, audio, &options)
+                    .context("--device does not fit the SIM field")?;
+                std::fs::write(&out, &packed).with_context(|| format!("writing {}", out.display()))?;
+                println!("wrote {} ({} bytes)", out.display(), packed.len());
                 Ok(())
             }
             Command::PrintConfig { config } => {

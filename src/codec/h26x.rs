@@ -111,7 +111,7 @@ impl VideoCodec {
     }
 
     /// The first NAL unit of the given kind.
-    pub fn find<'a>(self, access_unit: &'a [u8], kind: NalKind) -> Option<&'a [u8]> {
+    pub fn find(self, access_unit: &[u8], kind: NalKind) -> Option<&[u8]> {
         nal_units(access_unit).find(|nal| self.nal_kind(nal) == kind)
     }
 
@@ -155,6 +155,36 @@ impl VideoCodec {
             }
         }
     }
+}
+
+/// Splits an Annex-B elementary stream into access units (frames): parameter sets, SEI and
+/// delimiters attach to the next picture; a slice that starts a new picture (first_mb_in_slice
+/// = 0 in H.264, first_slice_segment_in_pic_flag in H.265) starts a new access unit.
+pub fn access_units(codec: VideoCodec, stream: &[u8]) -> Vec<Vec<u8>> {
+    let mut units = Vec::new();
+    let mut current: Vec<u8> = Vec::new();
+    let mut has_slice = false;
+    for nal in nal_units(stream) {
+        let kind = codec.nal_kind(nal);
+        let is_slice = matches!(kind, NalKind::KeySlice | NalKind::Slice);
+        let header_len = match codec {
+            VideoCodec::H264 => 1,
+            VideoCodec::H265 => 2,
+        };
+        // both flags are the first bit after the NAL header (ue(v) 0 is a single 1 bit)
+        let starts_picture = is_slice && nal.get(header_len).is_some_and(|b| b & 0x80 != 0);
+        if has_slice && (starts_picture || !is_slice) {
+            units.push(std::mem::take(&mut current));
+            has_slice = false;
+        }
+        current.extend_from_slice(&[0, 0, 0, 1]);
+        current.extend_from_slice(nal);
+        has_slice |= is_slice;
+    }
+    if !current.is_empty() {
+        units.push(current);
+    }
+    units
 }
 
 /// What the gateway needs from an SPS.
@@ -235,6 +265,20 @@ mod tests {
         assert_eq!(VideoCodec::H265.nal_kind(&[0x44, 1]), NalKind::Pps);
         assert_eq!(VideoCodec::H265.nal_kind(&[0x26, 1]), NalKind::KeySlice); // IDR_W_RADL
         assert_eq!(VideoCodec::H265.nal_kind(&[0x02, 1]), NalKind::Slice); // TRAIL_R
+    }
+
+    #[test]
+    fn access_units_group_parameter_sets_with_their_picture() {
+        let stream = [
+            0, 0, 0, 1, 0x67, 1, 0, 0, 1, 0x68, 2, 0, 0, 1, 0x65, 0x88, // SPS PPS IDR
+            0, 0, 1, 0x41, 0x9a, 0, 0, 1, 0x41, 0x9b, // two P pictures
+            0, 0, 1, 0x41, 0x40, // second slice of the last picture (first_mb != 0)
+        ];
+        let units = access_units(VideoCodec::H264, &stream);
+        assert_eq!(units.len(), 3);
+        assert!(VideoCodec::H264.is_key_frame(&units[0]));
+        assert_eq!(nal_units(&units[0]).count(), 3);
+        assert_eq!(nal_units(&units[2]).count(), 2);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! One device connection: read, decode, reassemble, translate, publish.
 //!
-//! The loop is thin; the translation from JT/T 1078 frames to hub frames (`to_frame`)
+//! The loop is thin; the translation from JT/T 1078 frames to hub frames (`ChannelIngest::translate`)
 //! is the one place where wire types become `media` types.
 
 use std::net::SocketAddr;
@@ -121,7 +121,7 @@ impl Connection {
                 let Some(frame) = ch.reassembler.push(packet) else {
                     continue;
                 };
-                let Some(frame) = ch.to_frame(frame, now) else {
+                let Some(frame) = ch.translate(frame, now) else {
                     continue;
                 };
                 if ch.publisher.send(frame).is_err() {
@@ -171,7 +171,7 @@ impl Connection {
 impl ChannelIngest {
     /// The translation point: a JT/T 1078 frame becomes a hub frame (or nothing, for
     /// transparent data, parameter-set-only frames and codecs the hub cannot carry).
-    fn to_frame(&mut self, frame: jt1078::Frame, now: Instant) -> Option<Frame> {
+    fn translate(&mut self, frame: jt1078::Frame, now: Instant) -> Option<Frame> {
         let codec = Codec::from(frame.payload_type);
         match frame.data_type {
             DataType::Transparent => None,

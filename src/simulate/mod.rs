@@ -4,6 +4,8 @@
 //! The file is parsed once; every simulated device shares its packets and patches a copy
 //! of each header into its own write buffer, so a thousand devices cost little.
 
+pub mod pack;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
