@@ -1,4 +1,7 @@
-#![expect(clippy::expect_used, reason = "a benchmark without its input cannot run")]
+#![expect(
+    clippy::expect_used,
+    reason = "a benchmark without its input cannot run"
+)]
 
 //! Criterion: JT/T 1078 decode + reassembly throughput over the recorded test streams, and
 //! FLV muxing of the reassembled frames.
@@ -49,12 +52,19 @@ fn bench_decode(c: &mut Criterion) {
     let mut group = c.benchmark_group("jt1078_decode");
     for path in streams() {
         let bytes = std::fs::read(&path).expect("test stream");
-        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let (packets, _) = decode(&bytes, 16 * 1024);
         group.throughput(Throughput::Bytes(bytes.len() as u64));
-        group.bench_function(format!("{name}/bytes"), |b| b.iter(|| decode(&bytes, 16 * 1024)));
+        group.bench_function(format!("{name}/bytes"), |b| {
+            b.iter(|| decode(&bytes, 16 * 1024))
+        });
         group.throughput(Throughput::Elements(packets as u64));
-        group.bench_function(format!("{name}/packets"), |b| b.iter(|| decode(&bytes, 16 * 1024)));
+        group.bench_function(format!("{name}/packets"), |b| {
+            b.iter(|| decode(&bytes, 16 * 1024))
+        });
     }
     group.finish();
 }
@@ -63,7 +73,10 @@ fn bench_flv_mux(c: &mut Criterion) {
     let mut group = c.benchmark_group("flv_mux");
     for path in streams() {
         let bytes = std::fs::read(&path).expect("test stream");
-        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let mut decoder = Decoder::new(DEFAULT_MAX_BODY);
         let mut reassembler = Reassembler::default();
         decoder.push(&bytes);
@@ -80,7 +93,11 @@ fn bench_flv_mux(c: &mut Criterion) {
             }
         }
         let total: u64 = frames.iter().map(|f| f.data.len() as u64).sum();
-        let info = MediaInfo { video: Some(Codec::H264), audio: Some(Codec::G711A), resolution: None };
+        let info = MediaInfo {
+            video: Some(Codec::H264),
+            audio: Some(Codec::G711A),
+            resolution: None,
+        };
         group.throughput(Throughput::Bytes(total));
         group.bench_function(name, |b| {
             b.iter(|| {

@@ -81,9 +81,17 @@ impl App {
             http = %addrs.http,
             "jt1078-gateway listening"
         );
-        let ingest = IngestServer::new(&self.settings.ingest, self.live, self.playback, self.hub.clone());
+        let ingest = IngestServer::new(
+            &self.settings.ingest,
+            self.live,
+            self.playback,
+            self.hub.clone(),
+        );
         let router = Router::new()
-            .merge(http_flv::routes(self.hub.clone(), self.settings.http.flv_wait_timeout))
+            .merge(http_flv::routes(
+                self.hub.clone(),
+                self.settings.http.flv_wait_timeout,
+            ))
             .merge(api::routes(self.hub.clone()));
         let http_shutdown = shutdown.clone();
         let http = async move {

@@ -9,10 +9,10 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
-use crate::config::Settings;
-use crate::media::DeviceId;
 use crate::codec::h26x::VideoCodec;
 use crate::codec::jt1078::{PayloadType, SimLayout};
+use crate::config::Settings;
+use crate::media::DeviceId;
 use crate::simulate::pack::{PackOptions, pack};
 use crate::simulate::{self, Pace, SimulateOptions};
 
@@ -154,15 +154,19 @@ impl Cli {
                 sim20,
                 out,
             } => {
-                let video_bytes =
-                    std::fs::read(&video).with_context(|| format!("reading {}", video.display()))?;
+                let video_bytes = std::fs::read(&video)
+                    .with_context(|| format!("reading {}", video.display()))?;
                 let audio_bytes = alaw
                     .map(|p| std::fs::read(&p).with_context(|| format!("reading {}", p.display())))
                     .transpose()?;
                 let options = PackOptions {
                     device: DeviceId::parse(&device).context("--device")?.to_string(),
                     channel,
-                    layout: if sim20 { SimLayout::Bcd10 } else { SimLayout::Bcd6 },
+                    layout: if sim20 {
+                        SimLayout::Bcd10
+                    } else {
+                        SimLayout::Bcd6
+                    },
                     fps,
                     ..PackOptions::default()
                 };
@@ -173,7 +177,8 @@ impl Cli {
                 let audio = audio_bytes.as_deref().map(|a| (PayloadType::G711A, a));
                 let packed = pack(codec, &video_bytes, audio, &options)
                     .context("--device does not fit the SIM field")?;
-                std::fs::write(&out, &packed).with_context(|| format!("writing {}", out.display()))?;
+                std::fs::write(&out, &packed)
+                    .with_context(|| format!("writing {}", out.display()))?;
                 println!("wrote {} ({} bytes)", out.display(), packed.len());
                 Ok(())
             }
@@ -209,14 +214,15 @@ fn shutdown_on_ctrl_c() -> CancellationToken {
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                // No SIGTERM handler possible: Ctrl-C only.
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    // No SIGTERM handler possible: Ctrl-C only.
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

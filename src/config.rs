@@ -135,8 +135,14 @@ mod tests {
     #[test]
     fn environment_overrides_every_section() {
         let env = HashMap::from([
-            ("JTGW__INGEST__LIVE_LISTEN".to_owned(), "127.0.0.1:19501".to_owned()),
-            ("JTGW__HTTP__LISTEN".to_owned(), "127.0.0.1:19531".to_owned()),
+            (
+                "JTGW__INGEST__LIVE_LISTEN".to_owned(),
+                "127.0.0.1:19501".to_owned(),
+            ),
+            (
+                "JTGW__HTTP__LISTEN".to_owned(),
+                "127.0.0.1:19531".to_owned(),
+            ),
             ("JTGW__INGEST__IDLE_TIMEOUT".to_owned(), "2m".to_owned()),
             ("JTGW__HUB__READER_QUEUE".to_owned(), "1000".to_owned()),
         ]);
@@ -169,7 +175,10 @@ mod tests {
         for (section, keys) in defaults {
             for key in keys.keys() {
                 let name = format!("`{section}.{key}`");
-                assert!(doc.contains(&name), "docs/configuration.md does not document {name}");
+                assert!(
+                    doc.contains(&name),
+                    "docs/configuration.md does not document {name}"
+                );
             }
         }
     }

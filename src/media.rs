@@ -374,9 +374,9 @@ fn first_out(
             }
         }
         _ => {
-            let since = other
-                .last_arrival
-                .map_or(0, |t| u64::try_from(now.duration_since(t).as_millis()).unwrap_or(0));
+            let since = other.last_arrival.map_or(0, |t| {
+                u64::try_from(now.duration_since(t).as_millis()).unwrap_or(0)
+            });
             other_out + since
         }
     }
@@ -388,7 +388,12 @@ mod tests {
 
     #[test]
     fn device_ids_are_canonical() {
-        for input in ["013800138000", "13800138000", "00000000013800138000", " 013800138000"] {
+        for input in [
+            "013800138000",
+            "13800138000",
+            "00000000013800138000",
+            " 013800138000",
+        ] {
             assert_eq!(DeviceId::parse(input).unwrap().as_str(), "13800138000");
         }
         assert_eq!(DeviceId::parse("000000000000").unwrap().as_str(), "0");
@@ -401,7 +406,11 @@ mod tests {
 
     #[test]
     fn stream_key_formats_as_url_path() {
-        let key = StreamKey::new(DeviceId::parse("013800138000").unwrap(), Channel(2), StreamKind::Playback);
+        let key = StreamKey::new(
+            DeviceId::parse("013800138000").unwrap(),
+            Channel(2),
+            StreamKind::Playback,
+        );
         assert_eq!(key.to_string(), "playback/13800138000_2");
         assert_eq!(key.name(), "13800138000_2");
     }
@@ -426,7 +435,9 @@ mod tests {
     fn frozen_clock_falls_back_to_interval_hint() {
         let t0 = Instant::now();
         let mut n = TimestampNormaliser::default();
-        let outs: Vec<u64> = (0..4).map(|_| n.normalise(Track::Video, Some(5), Some(ms(40)), t0)).collect();
+        let outs: Vec<u64> = (0..4)
+            .map(|_| n.normalise(Track::Video, Some(5), Some(ms(40)), t0))
+            .collect();
         assert_eq!(outs, vec![0, 40, 80, 120]);
     }
 
@@ -457,8 +468,14 @@ mod tests {
     fn separate_audio_clock_aligns_on_arrival() {
         let t0 = Instant::now();
         let mut n = TimestampNormaliser::default();
-        assert_eq!(n.normalise(Track::Video, Some(1_700_000_000_000), None, t0), 0);
-        assert_eq!(n.normalise(Track::Video, Some(1_700_000_000_040), None, t0 + ms(40)), 40);
+        assert_eq!(
+            n.normalise(Track::Video, Some(1_700_000_000_000), None, t0),
+            0
+        );
+        assert_eq!(
+            n.normalise(Track::Video, Some(1_700_000_000_040), None, t0 + ms(40)),
+            40
+        );
         // audio on a relative clock, arriving 10 ms after the last video frame
         assert_eq!(n.normalise(Track::Audio, Some(0), None, t0 + ms(50)), 50);
         assert_eq!(n.normalise(Track::Audio, Some(20), None, t0 + ms(70)), 70);

@@ -194,7 +194,12 @@ mod tests {
     #[test]
     fn tag_layout_and_previous_size() {
         let mut out = BytesMut::new();
-        write_tag(&mut out, TagType::Audio, 0x0102_0304, &[&[0x72], &[1, 2, 3]]);
+        write_tag(
+            &mut out,
+            TagType::Audio,
+            0x0102_0304,
+            &[&[0x72], &[1, 2, 3]],
+        );
         assert_eq!(&out[..11], &[8, 0, 0, 4, 0x02, 0x03, 0x04, 0x01, 0, 0, 0]);
         assert_eq!(&out[11..15], &[0x72, 1, 2, 3]);
         assert_eq!(&out[15..], &[0, 0, 0, 15]);
@@ -202,7 +207,9 @@ mod tests {
 
     #[test]
     fn video_frame_is_length_prefixed_without_parameter_sets() {
-        let au = [0, 0, 0, 1, 0x67, 1, 0, 0, 1, 0x68, 2, 0, 0, 1, 0x65, 7, 7, 7];
+        let au = [
+            0, 0, 0, 1, 0x67, 1, 0, 0, 1, 0x68, 2, 0, 0, 1, 0x65, 7, 7, 7,
+        ];
         let mut out = BytesMut::new();
         write_video_frame(&mut out, VideoCodec::H264, 40, true, &au);
         let body = &out[11..out.len() - 4];

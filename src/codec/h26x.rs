@@ -244,11 +244,19 @@ mod tests {
 
     #[test]
     fn splits_three_and_four_byte_start_codes() {
-        let au = [0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 1, 0x65, 4, 5];
+        let au = [
+            0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 1, 0x65, 4, 5,
+        ];
         let nals: Vec<&[u8]> = nal_units(&au).collect();
-        assert_eq!(nals, vec![&[0x67, 1, 2][..], &[0x68, 3][..], &[0x65, 4, 5][..]]);
+        assert_eq!(
+            nals,
+            vec![&[0x67, 1, 2][..], &[0x68, 3][..], &[0x65, 4, 5][..]]
+        );
         assert!(VideoCodec::H264.is_key_frame(&au));
-        assert_eq!(VideoCodec::H264.find(&au, NalKind::Pps), Some(&[0x68, 3][..]));
+        assert_eq!(
+            VideoCodec::H264.find(&au, NalKind::Pps),
+            Some(&[0x68, 3][..])
+        );
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub enum HubEvent {
     StreamUp(StreamKey),
     /// The last publisher of a key went away.
     StreamDown(StreamKey),
+    /// A reader is waiting for a key that nobody publishes yet (demand for the stream).
+    ReaderWaiting(StreamKey),
 }
 
 /// Handle to the hub.
@@ -120,17 +122,14 @@ impl Hub {
     /// token is cancelled and its sends fail; readers stay attached.
     pub fn publish(&self, key: StreamKey, on_replaced: CancellationToken) -> Publisher {
         let mut streams = self.registry();
-        let (stream, fresh) = match streams.get(&key) {
-            Some(stream) => (Arc::clone(stream), false),
-            None => {
-                let stream = Arc::new(Stream::new(key.clone(), self.inner.settings));
-                streams.insert(key.clone(), Arc::clone(&stream));
-                (stream, true)
-            }
-        };
-        let generation = stream.take_over(on_replaced);
+        let stream = Arc::clone(
+            streams
+                .entry(key.clone())
+                .or_insert_with(|| Arc::new(Stream::new(key.clone(), self.inner.settings))),
+        );
+        let (generation, was_publishing) = stream.take_over(on_replaced);
         drop(streams);
-        if fresh {
+        if !was_publishing {
             // No receiver is a normal state (nobody listens for events yet).
             let _ = self.inner.events_tx.send(HubEvent::StreamUp(key));
         }
@@ -140,34 +139,53 @@ impl Hub {
     /// A reader of `key`, starting at the latest key frame; `None` if nothing publishes it.
     pub fn subscribe(&self, key: &StreamKey) -> Option<Reader> {
         let stream = self.registry().get(key).map(Arc::clone)?;
+        if !stream.is_publishing() {
+            return None;
+        }
         stream.reader()
     }
 
-    /// Like [`Hub::subscribe`], but waits up to `timeout` for the stream to come up.
+    /// Like [`Hub::subscribe`], but waits up to `timeout` for the stream to come up. A
+    /// waiting reader is attached before the publisher arrives, so it gets every frame
+    /// from the first one.
     pub async fn subscribe_or_wait(&self, key: &StreamKey, timeout: Duration) -> Option<Reader> {
         let mut events = self.inner.events_tx.subscribe();
-        if let Some(reader) = self.subscribe(key) {
+        let (stream, reader) = {
+            let mut streams = self.registry();
+            let stream = Arc::clone(
+                streams
+                    .entry(key.clone())
+                    .or_insert_with(|| Arc::new(Stream::new(key.clone(), self.inner.settings))),
+            );
+            let reader = stream.reader()?;
+            (stream, reader)
+        };
+        if stream.is_publishing() {
             return Some(reader);
         }
-        let wait = async {
+        let _ = self
+            .inner
+            .events_tx
+            .send(HubEvent::ReaderWaiting(key.clone()));
+        let up = async {
             loop {
                 match events.recv().await {
-                    Ok(HubEvent::StreamUp(up)) if &up == key => {
-                        if let Some(reader) = self.subscribe(key) {
-                            return Some(reader);
+                    Ok(HubEvent::StreamUp(up)) if &up == key => return true,
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        if stream.is_publishing() {
+                            return true;
                         }
                     }
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        if let Some(reader) = self.subscribe(key) {
-                            return Some(reader);
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
+                    Err(broadcast::error::RecvError::Closed) => return false,
                 }
             }
         };
-        tokio::time::timeout(timeout, wait).await.ok().flatten()
+        if tokio::time::timeout(timeout, up).await == Ok(true) {
+            return Some(reader);
+        }
+        drop(reader);
+        self.discard_if_unused(&stream);
+        None
     }
 
     /// Stream up/down events.
@@ -177,12 +195,17 @@ impl Hub {
 
     /// True if `key` has a publisher.
     pub fn is_live(&self, key: &StreamKey) -> bool {
-        self.registry().contains_key(key)
+        self.registry().get(key).is_some_and(|s| s.is_publishing())
     }
 
     /// Snapshots of all live streams, sorted by key.
     pub fn list(&self) -> Vec<StreamSnapshot> {
-        let mut streams: Vec<Arc<Stream>> = self.registry().values().map(Arc::clone).collect();
+        let mut streams: Vec<Arc<Stream>> = self
+            .registry()
+            .values()
+            .filter(|s| s.is_publishing())
+            .map(Arc::clone)
+            .collect();
         streams.sort_by(|a, b| a.key().cmp(b.key()));
         streams.iter().map(|s| s.snapshot()).collect()
     }
@@ -204,6 +227,19 @@ impl Hub {
             .inner
             .events_tx
             .send(HubEvent::StreamDown(stream.key().clone()));
+    }
+
+    /// Removes a stream nobody publishes or waits for (a viewer's wait timed out).
+    fn discard_if_unused(&self, stream: &Arc<Stream>) {
+        let mut streams = self.registry();
+        if !stream.is_publishing()
+            && !stream.has_readers()
+            && streams
+                .get(stream.key())
+                .is_some_and(|current| Arc::ptr_eq(current, stream))
+        {
+            streams.remove(stream.key());
+        }
     }
 
     fn registry(&self) -> MutexGuard<'_, HashMap<StreamKey, Arc<Stream>>> {

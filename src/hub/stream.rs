@@ -99,7 +99,7 @@ impl Stream {
                 generation: 0,
                 publishing: false,
                 on_replaced: CancellationToken::new(),
-                tx: None,
+                tx: Some(broadcast::channel(settings.reader_queue.max(1)).0),
                 gop: GopCache::default(),
                 info: MediaInfo::default(),
                 last_pts: 0,
@@ -120,9 +120,11 @@ impl Stream {
     }
 
     /// Makes a new publisher generation current; cancels the previous one's token.
-    pub(crate) fn take_over(&self, on_replaced: CancellationToken) -> u64 {
+    /// Returns the generation and whether another publisher was active.
+    pub(crate) fn take_over(&self, on_replaced: CancellationToken) -> (u64, bool) {
         let mut state = self.lock();
-        if state.publishing {
+        let was_publishing = state.publishing;
+        if was_publishing {
             state.on_replaced.cancel();
         }
         state.generation += 1;
@@ -131,7 +133,18 @@ impl Stream {
         if state.tx.is_none() {
             state.tx = Some(broadcast::channel(self.settings.reader_queue.max(1)).0);
         }
-        state.generation
+        (state.generation, was_publishing)
+    }
+
+    pub(crate) fn is_publishing(&self) -> bool {
+        self.lock().publishing
+    }
+
+    pub(crate) fn has_readers(&self) -> bool {
+        self.lock()
+            .tx
+            .as_ref()
+            .is_some_and(|tx| tx.receiver_count() > 0)
     }
 
     /// Ends publishing if `generation` is current; true if it was (the stream is down).
@@ -162,7 +175,9 @@ impl Stream {
         }
         state.last_pts = state.last_pts.max(frame.pts);
         let has_video = self.has_video();
-        state.gop.push(&frame, has_video, self.settings.gop_cache_max_bytes);
+        state
+            .gop
+            .push(&frame, has_video, self.settings.gop_cache_max_bytes);
         if let Some(tx) = &state.tx {
             // No reader is a normal state, not an error.
             let _ = tx.send(frame);

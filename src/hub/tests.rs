@@ -9,15 +9,29 @@ use super::*;
 use crate::media::{Channel, DeviceId, Frame, StreamKind};
 
 fn key() -> StreamKey {
-    StreamKey::new(DeviceId::parse("13800138000").unwrap(), Channel(1), StreamKind::Live)
+    StreamKey::new(
+        DeviceId::parse("13800138000").unwrap(),
+        Channel(1),
+        StreamKind::Live,
+    )
 }
 
 fn video(pts: u64, is_key: bool) -> Frame {
-    Frame { codec: Codec::H264, is_key, pts, data: Bytes::from(vec![0u8; 100]) }
+    Frame {
+        codec: Codec::H264,
+        is_key,
+        pts,
+        data: Bytes::from(vec![0u8; 100]),
+    }
 }
 
 fn audio(pts: u64) -> Frame {
-    Frame { codec: Codec::G711A, is_key: false, pts, data: Bytes::from(vec![0u8; 160]) }
+    Frame {
+        codec: Codec::G711A,
+        is_key: false,
+        pts,
+        data: Bytes::from(vec![0u8; 160]),
+    }
 }
 
 #[tokio::test]
@@ -30,10 +44,14 @@ async fn new_reader_starts_at_latest_key_frame() {
     }
     publisher.send(audio(170)).unwrap();
     let mut reader = hub.subscribe(&key()).unwrap();
-    let got: Vec<u64> = [reader.recv().await, reader.recv().await, reader.recv().await]
-        .into_iter()
-        .map(|f| f.unwrap().pts)
-        .collect();
+    let got: Vec<u64> = [
+        reader.recv().await,
+        reader.recv().await,
+        reader.recv().await,
+    ]
+    .into_iter()
+    .map(|f| f.unwrap().pts)
+    .collect();
     assert_eq!(got, vec![120, 160, 170]);
     publisher.send(video(200, false)).unwrap();
     assert_eq!(reader.recv().await.unwrap().pts, 200);
@@ -42,7 +60,10 @@ async fn new_reader_starts_at_latest_key_frame() {
 
 #[tokio::test]
 async fn slow_reader_skips_to_next_key_frame_and_counts_drops() {
-    let hub = Hub::new(HubSettings { reader_queue: 4, ..HubSettings::default() });
+    let hub = Hub::new(HubSettings {
+        reader_queue: 4,
+        ..HubSettings::default()
+    });
     let publisher = hub.publish(key(), CancellationToken::new());
     publisher.set_video(Codec::H264, None);
     publisher.send(video(0, true)).unwrap();
@@ -72,9 +93,15 @@ async fn replacing_publisher_cancels_the_old_one_and_keeps_readers() {
     let mut events = hub.events();
     let second = hub.publish(key(), CancellationToken::new());
     assert!(first_token.is_cancelled());
-    assert_eq!(first.send(video(40, false)), Err(stream::PublishError::Replaced));
+    assert_eq!(
+        first.send(video(40, false)),
+        Err(stream::PublishError::Replaced)
+    );
     drop(first);
-    assert!(hub.is_live(&key()), "dropping the replaced publisher keeps the stream");
+    assert!(
+        hub.is_live(&key()),
+        "dropping the replaced publisher keeps the stream"
+    );
     second.send(video(80, true)).unwrap();
     assert_eq!(reader.recv().await.unwrap().pts, 80);
     drop(second);
@@ -86,10 +113,18 @@ async fn replacing_publisher_cancels_the_old_one_and_keeps_readers() {
 #[tokio::test(start_paused = true)]
 async fn subscribe_or_wait_waits_for_the_publisher_and_times_out() {
     let hub = Hub::default();
-    assert!(hub.subscribe_or_wait(&key(), Duration::from_secs(15)).await.is_none());
+    assert!(
+        hub.subscribe_or_wait(&key(), Duration::from_secs(15))
+            .await
+            .is_none()
+    );
     let waiter = {
         let hub = hub.clone();
-        tokio::spawn(async move { hub.subscribe_or_wait(&key(), Duration::from_secs(15)).await.is_some() })
+        tokio::spawn(async move {
+            hub.subscribe_or_wait(&key(), Duration::from_secs(15))
+                .await
+                .is_some()
+        })
     };
     tokio::task::yield_now().await;
     let _publisher = hub.publish(key(), CancellationToken::new());

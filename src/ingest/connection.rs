@@ -16,7 +16,9 @@ use tracing::{Span, debug, info, instrument, warn};
 use crate::codec::h26x::{NalKind, VideoCodec, nal_units};
 use crate::codec::jt1078::{self, DataType, Decoder, Reassembler, Sim};
 use crate::hub::{Hub, Publisher};
-use crate::media::{Channel, Codec, DeviceId, Frame, StreamKey, StreamKind, TimestampNormaliser, Track};
+use crate::media::{
+    Channel, Codec, DeviceId, Frame, StreamKey, StreamKind, TimestampNormaliser, Track,
+};
 
 /// Per-connection limits from `[ingest]`.
 #[derive(Debug, Clone, Copy)]
@@ -182,7 +184,9 @@ impl ChannelIngest {
                     self.publisher.set_audio(codec);
                 }
                 let hint = codec.audio_duration(data.len());
-                let pts = self.normaliser.normalise(Track::Audio, frame.timestamp, hint, now);
+                let pts = self
+                    .normaliser
+                    .normalise(Track::Audio, frame.timestamp, hint, now);
                 Some(Frame {
                     codec,
                     is_key: false,
@@ -199,12 +203,16 @@ impl ChannelIngest {
                         return None;
                     }
                 };
-                let data = self.parameter_sets.complete(video, frame.data, &self.publisher)?;
+                let data = self
+                    .parameter_sets
+                    .complete(video, frame.data, &self.publisher)?;
                 let is_key = video.is_key_frame(&data);
                 let hint = frame
                     .last_frame_interval
                     .map(|ms| Duration::from_millis(u64::from(ms)));
-                let pts = self.normaliser.normalise(Track::Video, frame.timestamp, hint, now);
+                let pts = self
+                    .normaliser
+                    .normalise(Track::Video, frame.timestamp, hint, now);
                 Some(Frame {
                     codec,
                     is_key,
@@ -217,7 +225,8 @@ impl ChannelIngest {
 
     /// Flushes counters to the hub.
     fn report(&mut self, resyncs: u64) {
-        self.publisher.add_bytes_in(std::mem::take(&mut self.bytes_in));
+        self.publisher
+            .add_bytes_in(std::mem::take(&mut self.bytes_in));
         self.publisher.set_resyncs(resyncs);
         let s = self.reassembler.stats();
         let drops = s.broken_frames + s.oversized_frames + s.skipped_waiting_for_key;

@@ -44,7 +44,11 @@ async fn play_playback(state: State<FlvState>, file: Path<String>) -> Response {
     play(state, file, StreamKind::Playback).await
 }
 
-async fn play(State(state): State<FlvState>, Path(file): Path<String>, kind: StreamKind) -> Response {
+async fn play(
+    State(state): State<FlvState>,
+    Path(file): Path<String>,
+    kind: StreamKind,
+) -> Response {
     let key = match parse_stream_file(&file, kind) {
         Ok(key) => key,
         Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
@@ -67,7 +71,10 @@ async fn play(State(state): State<FlvState>, Path(file): Path<String>, kind: Str
             let bytes = muxer.push(&frame);
             if !bytes.is_empty() {
                 reader.add_bytes_out(bytes.len() as u64);
-                return Some((Ok::<Bytes, std::convert::Infallible>(bytes), (reader, muxer)));
+                return Some((
+                    Ok::<Bytes, std::convert::Infallible>(bytes),
+                    (reader, muxer),
+                ));
             }
         }
     });
@@ -197,22 +204,48 @@ mod tests {
         let key = parse_stream_file("013800138000_1.flv", StreamKind::Live).unwrap();
         assert_eq!(key.to_string(), "live/13800138000_1");
         assert!(parse_stream_file("13800138000_1.mp4", StreamKind::Live).is_err());
-        assert!(parse_stream_file("abc_1.flv", StreamKind::Live).unwrap_err().contains("invalid device id"));
-        assert!(parse_stream_file("13800138000_x.flv", StreamKind::Live).unwrap_err().contains("channel"));
+        assert!(
+            parse_stream_file("abc_1.flv", StreamKind::Live)
+                .unwrap_err()
+                .contains("invalid device id")
+        );
+        assert!(
+            parse_stream_file("13800138000_x.flv", StreamKind::Live)
+                .unwrap_err()
+                .contains("channel")
+        );
     }
 
     #[test]
     fn muxer_waits_for_a_key_frame_with_parameter_sets() {
-        let info = MediaInfo { video: Some(Codec::H264), audio: Some(Codec::G711A), resolution: None };
+        let info = MediaInfo {
+            video: Some(Codec::H264),
+            audio: Some(Codec::G711A),
+            resolution: None,
+        };
         let mut muxer = FlvMuxer::new(&info);
-        let p = Frame { codec: Codec::H264, is_key: false, pts: 1000, data: Bytes::from_static(&[0, 0, 1, 0x41, 1]) };
+        let p = Frame {
+            codec: Codec::H264,
+            is_key: false,
+            pts: 1000,
+            data: Bytes::from_static(&[0, 0, 1, 0x41, 1]),
+        };
         let header_only = muxer.push(&p);
         assert_eq!(&header_only[..3], b"FLV");
         assert_eq!(header_only.len(), 13, "no video tag before a key frame");
-        let a = Frame { codec: Codec::G711A, is_key: false, pts: 1020, data: Bytes::from(vec![0xd5; 160]) };
+        let a = Frame {
+            codec: Codec::G711A,
+            is_key: false,
+            pts: 1020,
+            data: Bytes::from(vec![0xd5; 160]),
+        };
         let tag = muxer.push(&a);
         assert_eq!(tag[0], 8);
-        assert_eq!(&tag[4..7], &[0, 0, 20], "timestamps rebased to the first frame");
+        assert_eq!(
+            &tag[4..7],
+            &[0, 0, 20],
+            "timestamps rebased to the first frame"
+        );
         assert_eq!(tag[11] >> 4, 7);
     }
 }

@@ -78,12 +78,18 @@ pub fn load_file(path: &Path) -> anyhow::Result<Vec<Packet>> {
 }
 
 /// Replays until done (or forever with `looping`) or until `cancel`.
-pub async fn run(options: SimulateOptions, cancel: CancellationToken) -> anyhow::Result<SimulateReport> {
+pub async fn run(
+    options: SimulateOptions,
+    cancel: CancellationToken,
+) -> anyhow::Result<SimulateReport> {
     let first = options.packets.first().context("empty recording")?;
     let layout = first.layout();
     let base: u64 = match &options.device {
         Some(device) => device.as_str().parse().context("device id")?,
-        None => DeviceId::from_sim(&first.sim).as_str().parse().context("device id")?,
+        None => DeviceId::from_sim(&first.sim)
+            .as_str()
+            .parse()
+            .context("device id")?,
     };
     let tasks = TaskTracker::new();
     let (report_tx, mut report_rx) = tokio::sync::mpsc::channel(options.devices.max(1));
@@ -142,7 +148,11 @@ struct Device {
 const BATCH: usize = 64 * 1024;
 
 impl Device {
-    async fn run(self, server: SocketAddr, cancel: CancellationToken) -> anyhow::Result<SimulateReport> {
+    async fn run(
+        self,
+        server: SocketAddr,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<SimulateReport> {
         let mut socket = TcpStream::connect(server)
             .await
             .with_context(|| format!("connecting to {server}"))?;
@@ -246,7 +256,8 @@ impl PaceClock {
             *origin = ts - elapsed;
             offset = elapsed;
         }
-        let due = self.start + Duration::from_millis(u64::try_from(offset.max(elapsed)).unwrap_or(0));
+        let due =
+            self.start + Duration::from_millis(u64::try_from(offset.max(elapsed)).unwrap_or(0));
         self.last_due = due;
         due
     }

@@ -66,7 +66,11 @@ pub fn pack(
             ts,
             Frame {
                 payload_type,
-                data_type: if is_key { DataType::IFrame } else { DataType::PFrame },
+                data_type: if is_key {
+                    DataType::IFrame
+                } else {
+                    DataType::PFrame
+                },
                 sim,
                 channel: options.channel,
                 timestamp: Some(ts),

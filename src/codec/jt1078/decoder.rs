@@ -274,7 +274,11 @@ impl Decoder {
             }
         }
         match chain {
-            ChainFit { packets: 0, broken: true, .. } => Chain::Invalid,
+            ChainFit {
+                packets: 0,
+                broken: true,
+                ..
+            } => Chain::Invalid,
             ChainFit { packets: 0, .. } => Chain::NeedMore,
             fit => Chain::Valid(fit),
         }

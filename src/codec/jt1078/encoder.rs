@@ -37,7 +37,11 @@ impl Encoder {
         } else {
             (0..frame.data.len())
                 .step_by(self.max_body)
-                .map(|at| frame.data.slice(at..(at + self.max_body).min(frame.data.len())))
+                .map(|at| {
+                    frame
+                        .data
+                        .slice(at..(at + self.max_body).min(frame.data.len()))
+                })
                 .collect()
         };
         let count = pieces.len();

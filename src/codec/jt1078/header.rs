@@ -311,7 +311,10 @@ impl Sim {
         }
         let mut bytes = [0u8; 10];
         bytes.get_mut(..bcd.len())?.copy_from_slice(bcd);
-        Some(Sim { bytes, len: bcd.len() as u8 })
+        Some(Sim {
+            bytes,
+            len: bcd.len() as u8,
+        })
     }
 
     /// Encodes a decimal digit string into a SIM of the given layout, left-padding with

@@ -16,7 +16,7 @@ pub use header::{
     DataType, FRAME_MARKER, PayloadType, STANDARD_MAX_BODY, Sim, SimLayout, Subpackage,
 };
 pub use packet::Packet;
-pub use reassembly::{DEFAULT_MAX_FRAME, Frame, ReassemblyStats, Reassembler};
+pub use reassembly::{DEFAULT_MAX_FRAME, Frame, Reassembler, ReassemblyStats};
 
 #[cfg(test)]
 mod tests;

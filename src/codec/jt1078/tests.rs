@@ -6,7 +6,13 @@ use proptest::prelude::*;
 
 use super::*;
 
-fn frame(layout: SimLayout, data_type: DataType, payload_type: PayloadType, len: usize, ts: u64) -> Frame {
+fn frame(
+    layout: SimLayout,
+    data_type: DataType,
+    payload_type: PayloadType,
+    len: usize,
+    ts: u64,
+) -> Frame {
     let sim = Sim::from_digits("13800138000", layout).unwrap();
     Frame {
         payload_type,
@@ -64,7 +70,13 @@ fn layout_strategy() -> impl Strategy<Value = SimLayout> {
 #[test]
 fn packet_encode_decode_round_trips_every_layout_and_type() {
     for layout in [SimLayout::Bcd6, SimLayout::Bcd10] {
-        for dt in [DataType::IFrame, DataType::PFrame, DataType::BFrame, DataType::Audio, DataType::Transparent] {
+        for dt in [
+            DataType::IFrame,
+            DataType::PFrame,
+            DataType::BFrame,
+            DataType::Audio,
+            DataType::Transparent,
+        ] {
             let f = frame(layout, dt, PayloadType::H265, 100, 1_700_000_000_123);
             let packets = Encoder::new().packets(&f);
             let mut wire = BytesMut::new();
@@ -88,8 +100,20 @@ fn packet_encode_decode_round_trips_every_layout_and_type() {
 
 #[test]
 fn audio_between_video_pieces_keeps_both_frames() {
-    let video = frame(SimLayout::Bcd6, DataType::IFrame, PayloadType::H264, 3000, 1000);
-    let audio = frame(SimLayout::Bcd6, DataType::Audio, PayloadType::G711A, 160, 1000);
+    let video = frame(
+        SimLayout::Bcd6,
+        DataType::IFrame,
+        PayloadType::H264,
+        3000,
+        1000,
+    );
+    let audio = frame(
+        SimLayout::Bcd6,
+        DataType::Audio,
+        PayloadType::G711A,
+        160,
+        1000,
+    );
     let mut encoder = Encoder::new();
     let mut vp = encoder.packets(&video);
     let ap = encoder.packets(&audio);
@@ -111,7 +135,13 @@ fn audio_between_video_pieces_keeps_both_frames() {
 
 #[test]
 fn orphan_middle_and_last_are_dropped() {
-    let video = frame(SimLayout::Bcd6, DataType::IFrame, PayloadType::H264, 3000, 1000);
+    let video = frame(
+        SimLayout::Bcd6,
+        DataType::IFrame,
+        PayloadType::H264,
+        3000,
+        1000,
+    );
     let mut packets = Encoder::new().packets(&video);
     packets.remove(0);
     let mut wire = BytesMut::new();
@@ -125,12 +155,39 @@ fn orphan_middle_and_last_are_dropped() {
 
 #[test]
 fn sequence_gap_drops_frame_and_waits_for_key() {
-    let i1 = frame(SimLayout::Bcd6, DataType::IFrame, PayloadType::H264, 2000, 0);
-    let p1 = frame(SimLayout::Bcd6, DataType::PFrame, PayloadType::H264, 2000, 40);
-    let p2 = frame(SimLayout::Bcd6, DataType::PFrame, PayloadType::H264, 500, 80);
-    let i2 = frame(SimLayout::Bcd6, DataType::IFrame, PayloadType::H264, 500, 120);
+    let i1 = frame(
+        SimLayout::Bcd6,
+        DataType::IFrame,
+        PayloadType::H264,
+        2000,
+        0,
+    );
+    let p1 = frame(
+        SimLayout::Bcd6,
+        DataType::PFrame,
+        PayloadType::H264,
+        2000,
+        40,
+    );
+    let p2 = frame(
+        SimLayout::Bcd6,
+        DataType::PFrame,
+        PayloadType::H264,
+        500,
+        80,
+    );
+    let i2 = frame(
+        SimLayout::Bcd6,
+        DataType::IFrame,
+        PayloadType::H264,
+        500,
+        120,
+    );
     let mut encoder = Encoder::new();
-    let mut packets: Vec<Packet> = [&i1, &p1, &p2, &i2].iter().flat_map(|f| encoder.packets(f)).collect();
+    let mut packets: Vec<Packet> = [&i1, &p1, &p2, &i2]
+        .iter()
+        .flat_map(|f| encoder.packets(f))
+        .collect();
     // lose the middle piece of p1 (packets: i1 x3, p1 x3, p2, i2)
     packets.remove(4);
     let mut wire = BytesMut::new();
@@ -169,13 +226,23 @@ fn oversized_length_is_skipped_not_awaited() {
     for _ in 0..4 {
         Encoder::new().encode(&small, &mut wire);
     }
-    let big = frame(SimLayout::Bcd6, DataType::IFrame, PayloadType::H264, 20_000, 0);
+    let big = frame(
+        SimLayout::Bcd6,
+        DataType::IFrame,
+        PayloadType::H264,
+        20_000,
+        0,
+    );
     Encoder::with_max_body(20_000).encode(&big, &mut wire);
     Encoder::new().encode(&small, &mut wire);
     Encoder::new().encode(&small, &mut wire);
     let (frames, d, _) = decode_all(&wire, &[]);
     assert_eq!(d.stats().oversized, 1);
-    assert_eq!(frames.len(), 6, "the oversized packet is skipped, the rest decode");
+    assert_eq!(
+        frames.len(),
+        6,
+        "the oversized packet is skipped, the rest decode"
+    );
 }
 
 proptest! {
