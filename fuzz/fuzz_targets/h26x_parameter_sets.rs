@@ -1,0 +1,22 @@
+//! Arbitrary access units through NAL splitting, SPS parsing and the FLV decoder
+//! configuration records: must never panic.
+#![no_main]
+
+use jt1078_gateway::codec::flv;
+use jt1078_gateway::codec::h26x::{NalKind, VideoCodec, nal_units};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    for codec in [VideoCodec::H264, VideoCodec::H265] {
+        let _ = nal_units(data).count();
+        let _ = codec.is_key_frame(data);
+        if let Some(sps) = codec.find(data, NalKind::Sps) {
+            if let Some(info) = codec.parse_sps(sps) {
+                let _ = flv::avc_decoder_config(sps, sps, &info);
+                let _ = flv::hevc_decoder_config(sps, sps, sps, &info);
+            }
+        }
+        let mut out = bytes::BytesMut::new();
+        flv::write_video_frame(&mut out, codec, 0, true, data);
+    }
+});

@@ -1,0 +1,23 @@
+//! Arbitrary bytes, cut into arbitrary reads, through the JT/T 1078 decoder and reassembler:
+//! must never panic, and never buffer more than the body cap allows.
+#![no_main]
+
+use jt1078_gateway::codec::jt1078::{Decoder, Reassembler};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&cut, bytes)) = data.split_first() else {
+        return;
+    };
+    let read = usize::from(cut).max(1);
+    let mut decoder = Decoder::new(2000);
+    let mut reassembler = Reassembler::new(64 * 1024);
+    for chunk in bytes.chunks(read) {
+        decoder.push(chunk);
+        while let Some(packet) = decoder.next_packet() {
+            assert!(packet.body.len() <= 2000);
+            let _ = reassembler.push(packet);
+        }
+        assert!(decoder.buffered() <= 2000 + 64 + read);
+    }
+});
