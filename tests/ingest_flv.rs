@@ -392,3 +392,28 @@ async fn h265_with_20_digit_sim_hisilicon_audio_and_garbage_plays() {
     let snapshot = &gateway.hub.list();
     assert!(snapshot.is_empty(), "stream down after the device left");
 }
+
+#[tokio::test]
+async fn idle_devices_are_closed_and_the_connection_cap_holds() {
+    let gateway = Gateway::start(&[
+        ("JTGW__INGEST__IDLE_TIMEOUT", "300ms"),
+        ("JTGW__INGEST__MAX_CONNECTIONS", "1"),
+    ])
+    .await;
+    let mut first = TcpStream::connect(gateway.addrs.live).await.unwrap();
+    first.write_all(b"01").await.unwrap();
+    // over the cap: closed at once
+    let mut second = TcpStream::connect(gateway.addrs.live).await.unwrap();
+    let mut buf = [0u8; 8];
+    let refused = tokio::time::timeout(Duration::from_secs(5), second.read(&mut buf))
+        .await
+        .expect("refused quickly");
+    assert!(matches!(refused, Ok(0) | Err(_)));
+    // the idle one is closed after the timeout
+    let started = tokio::time::Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(5), first.read(&mut buf))
+        .await
+        .expect("idle closed");
+    assert!(matches!(closed, Ok(0) | Err(_)));
+    assert!(started.elapsed() >= Duration::from_millis(200));
+}
