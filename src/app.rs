@@ -9,9 +9,11 @@ use anyhow::Context;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use crate::config::Settings;
+use crate::control::ControlContext;
 use crate::hub::Hub;
 use crate::ingest::IngestServer;
 use crate::output::{api, http_flv};
@@ -81,6 +83,13 @@ impl App {
             http = %addrs.http,
             "jt1078-gateway listening"
         );
+        let tasks = TaskTracker::new();
+        let control = ControlContext::new(
+            &self.settings.mqtt,
+            &self.settings.control,
+            (addrs.live.port(), addrs.playback.port(), addrs.http.port()),
+        );
+        crate::control::spawn(control, self.hub.clone(), &tasks, shutdown.clone())?;
         let ingest = IngestServer::new(
             &self.settings.ingest,
             self.live,
@@ -101,6 +110,8 @@ impl App {
                 .context("HTTP server failed")
         };
         let (http_result, ()) = tokio::join!(http, ingest.run(shutdown.clone()));
+        tasks.close();
+        tasks.wait().await;
         info!("jt1078-gateway stopped");
         http_result
     }

@@ -25,6 +25,10 @@ pub struct Settings {
     pub http: HttpSettings,
     /// Stream hub.
     pub hub: HubConfig,
+    /// MQTT broker and connection.
+    pub mqtt: MqttSettings,
+    /// Control plane policy.
+    pub control: ControlSettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -67,6 +71,53 @@ pub struct HubConfig {
     pub reader_queue: NonZeroUsize,
     /// GOP cache cap in bytes.
     pub gop_cache_max_bytes: NonZeroUsize,
+}
+
+/// `[mqtt]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSettings {
+    /// Run the embedded broker.
+    pub embedded: bool,
+    /// Embedded broker MQTT listener.
+    pub embedded_listen: SocketAddr,
+    /// Embedded broker WebSocket listener.
+    pub embedded_ws_listen: SocketAddr,
+    /// External broker URL.
+    pub url: String,
+    /// External broker user name.
+    pub username: String,
+    /// External broker password.
+    pub password: String,
+    /// Topic prefix.
+    pub topic_prefix: String,
+    /// Gateway id.
+    pub gateway_id: String,
+    /// Heartbeat period.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// MQTT keep-alive.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+}
+
+/// `[control]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ControlSettings {
+    /// Host for REQPULL and play URLs.
+    pub public_host: String,
+    /// Linger before STOP.
+    #[serde(with = "humantime_serde")]
+    pub stop_linger: Duration,
+    /// Subscription lease.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// Wait for the device after a pull.
+    #[serde(with = "humantime_serde")]
+    pub pull_timeout: Duration,
+    /// Pull attempts.
+    pub pull_attempts: u32,
 }
 
 /// `[log]`

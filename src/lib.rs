@@ -11,6 +11,7 @@
 //! - [`hub`]: the only place streams live; one publisher, many bounded readers.
 //! - [`ingest`]: the JT/T 1078 TCP listeners (live and playback).
 //! - [`output`]: HTTP-FLV and the stream API.
+//! - [`control`]: the MQTT control plane (requests, demand, device commands, status).
 //! - [`simulate`]: the device simulator and load generator.
 //! - [`app`]: the composition root; [`config`] the settings tree.
 
@@ -18,6 +19,7 @@ pub mod app;
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod control;
 pub mod hub;
 pub mod ingest;
 pub mod media;

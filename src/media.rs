@@ -92,7 +92,9 @@ impl fmt::Display for Channel {
 }
 
 /// Live video or history playback; decided by the port or request, never by the packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum StreamKind {
     /// Real-time stream (0x9101).

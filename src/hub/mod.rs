@@ -49,6 +49,13 @@ pub enum HubEvent {
     StreamDown(StreamKey),
     /// A reader is waiting for a key that nobody publishes yet (demand for the stream).
     ReaderWaiting(StreamKey),
+    /// The number of readers of a key (live or waiting) changed.
+    ReadersChanged {
+        /// The stream.
+        key: StreamKey,
+        /// Readers now.
+        readers: u64,
+    },
 }
 
 /// Handle to the hub.
@@ -122,11 +129,13 @@ impl Hub {
     /// token is cancelled and its sends fail; readers stay attached.
     pub fn publish(&self, key: StreamKey, on_replaced: CancellationToken) -> Publisher {
         let mut streams = self.registry();
-        let stream = Arc::clone(
-            streams
-                .entry(key.clone())
-                .or_insert_with(|| Arc::new(Stream::new(key.clone(), self.inner.settings))),
-        );
+        let stream = Arc::clone(streams.entry(key.clone()).or_insert_with(|| {
+            Arc::new(Stream::new(
+                key.clone(),
+                self.inner.settings,
+                self.inner.events_tx.clone(),
+            ))
+        }));
         let (generation, was_publishing) = stream.take_over(on_replaced);
         drop(streams);
         if !was_publishing {
@@ -152,11 +161,13 @@ impl Hub {
         let mut events = self.inner.events_tx.subscribe();
         let (stream, reader) = {
             let mut streams = self.registry();
-            let stream = Arc::clone(
-                streams
-                    .entry(key.clone())
-                    .or_insert_with(|| Arc::new(Stream::new(key.clone(), self.inner.settings))),
-            );
+            let stream = Arc::clone(streams.entry(key.clone()).or_insert_with(|| {
+                Arc::new(Stream::new(
+                    key.clone(),
+                    self.inner.settings,
+                    self.inner.events_tx.clone(),
+                ))
+            }));
             let reader = stream.reader()?;
             (stream, reader)
         };
@@ -208,6 +219,21 @@ impl Hub {
             .collect();
         streams.sort_by(|a, b| a.key().cmp(b.key()));
         streams.iter().map(|s| s.snapshot()).collect()
+    }
+
+    /// Reader counts of every stream that has readers, live or waiting (to resynchronise
+    /// after missing events).
+    pub fn reader_counts(&self) -> Vec<(StreamKey, u64)> {
+        self.registry()
+            .values()
+            .map(|s| {
+                (
+                    s.key().clone(),
+                    s.stats().viewers.load(std::sync::atomic::Ordering::Relaxed),
+                )
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 
     /// Removes `key` if `generation` still publishes it (called when a publisher drops).

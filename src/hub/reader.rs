@@ -30,7 +30,7 @@ impl Reader {
         backlog: Vec<Frame>,
         info: MediaInfo,
     ) -> Reader {
-        stream.stats().viewers.fetch_add(1, Ordering::Relaxed);
+        stream.reader_delta(true);
         Reader {
             waiting_for_key: backlog.is_empty(),
             stream,
@@ -91,6 +91,6 @@ impl Reader {
 
 impl Drop for Reader {
     fn drop(&mut self) {
-        self.stream.stats().viewers.fetch_sub(1, Ordering::Relaxed);
+        self.stream.reader_delta(false);
     }
 }

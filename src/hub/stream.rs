@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::reader::Reader;
-use super::{Hub, HubSettings, StreamSnapshot};
+use super::{Hub, HubEvent, HubSettings, StreamSnapshot};
 use crate::media::{Codec, Frame, StreamKey, Track};
 
 /// What is known about a stream's media.
@@ -48,6 +48,7 @@ pub(crate) struct Stream {
     settings: HubSettings,
     has_video: AtomicBool,
     stats: StreamStats,
+    events_tx: broadcast::Sender<HubEvent>,
     state: Mutex<StreamState>,
 }
 
@@ -88,13 +89,18 @@ pub enum PublishError {
 }
 
 impl Stream {
-    pub(crate) fn new(key: StreamKey, settings: HubSettings) -> Stream {
+    pub(crate) fn new(
+        key: StreamKey,
+        settings: HubSettings,
+        events_tx: broadcast::Sender<HubEvent>,
+    ) -> Stream {
         Stream {
             key,
             started: Instant::now(),
             settings,
             has_video: AtomicBool::new(false),
             stats: StreamStats::default(),
+            events_tx,
             state: Mutex::new(StreamState {
                 generation: 0,
                 publishing: false,
@@ -113,6 +119,23 @@ impl Stream {
 
     pub(crate) fn stats(&self) -> &StreamStats {
         &self.stats
+    }
+
+    /// Counts a reader in or out and tells the event listeners.
+    pub(crate) fn reader_delta(&self, joined: bool) {
+        let readers = if joined {
+            self.stats.viewers.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.stats
+                .viewers
+                .fetch_sub(1, Ordering::Relaxed)
+                .saturating_sub(1)
+        };
+        // No listener is a normal state.
+        let _ = self.events_tx.send(HubEvent::ReadersChanged {
+            key: self.key.clone(),
+            readers,
+        });
     }
 
     pub(crate) fn has_video(&self) -> bool {

@@ -39,12 +39,21 @@ impl Gateway {
     /// Starts a gateway on 127.0.0.1 port 0 with extra `JTGW__…` settings.
     pub(crate) async fn start(extra: &[(&str, &str)]) -> Gateway {
         let mut env: HashMap<String, String> = [
-            ("JTGW__INGEST__LIVE_LISTEN", "127.0.0.1:0"),
-            ("JTGW__INGEST__PLAYBACK_LISTEN", "127.0.0.1:0"),
-            ("JTGW__HTTP__LISTEN", "127.0.0.1:0"),
+            ("JTGW__INGEST__LIVE_LISTEN", "127.0.0.1:0".to_owned()),
+            ("JTGW__INGEST__PLAYBACK_LISTEN", "127.0.0.1:0".to_owned()),
+            ("JTGW__HTTP__LISTEN", "127.0.0.1:0".to_owned()),
+            // the embedded broker cannot report a port it chose: give it free ones
+            (
+                "JTGW__MQTT__EMBEDDED_LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            ),
+            (
+                "JTGW__MQTT__EMBEDDED_WS_LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            ),
         ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
         .collect();
         for (k, v) in extra {
             env.insert(k.to_string(), v.to_string());
@@ -117,6 +126,15 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         self.cancel.cancel();
     }
+}
+
+/// A loopback port that was free a moment ago.
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// `../shared/testdata/{name}`.

@@ -1,0 +1,518 @@
+//! Demand counting: who wants which stream, and when to tell the device to push or stop.
+//!
+//! Sans-IO: inputs are requests, releases, stream up/down and `now`; outputs are
+//! [`Action`]s the control task performs (REQPULL, STOP, failure replies). Every requester
+//! holds a lease; the device gets one pull per stream however many ask, and one stop after
+//! the last requester leaves and the linger time passes (a new request inside it cancels the
+//! stop). A pull that never arrives is retried a bounded number of times, then fails.
+//! Streams a device pushes without being asked are never stopped from here.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::media::StreamKey;
+
+/// Tuning, from `[control]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DemandSettings {
+    /// Wait after the last requester leaves before stopping the device.
+    pub stop_linger: Duration,
+    /// How long a requester's subscription lasts without renewal.
+    pub lease: Duration,
+    /// How long to wait for the device after a pull before asking again.
+    pub pull_timeout: Duration,
+    /// Pulls sent before giving up.
+    pub pull_attempts: u32,
+}
+
+/// Who asked: an MQTT client (`client_id`), or a viewer attached to the hub.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RequesterId {
+    /// A requester identified by its `client_id` (or its `seqid` when it has none).
+    Client(String),
+    /// The hub's readers of the stream (HTTP-FLV viewers and other outputs), as one.
+    Viewers,
+}
+
+/// Something the control task must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Ask the device to connect and push (REQPULL / PLAYBACK). `attempt` counts from 1.
+    Pull {
+        /// The stream.
+        key: StreamKey,
+        /// Which try this is.
+        attempt: u32,
+    },
+    /// Tell the device to stop pushing (STOP / PLAYBACK_CTRL end).
+    Stop {
+        /// The stream.
+        key: StreamKey,
+    },
+    /// The stream never arrived: tell these requesters (by the seqid of their request).
+    Failed {
+        /// The stream.
+        key: StreamKey,
+        /// `(requester, seqid)` of everyone who was waiting.
+        requesters: Vec<(RequesterId, Option<String>)>,
+        /// Pulls sent.
+        attempts: u32,
+    },
+}
+
+/// What a request found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestOutcome {
+    /// The stream is live now.
+    Live,
+    /// The device has been asked (now or earlier) and is expected.
+    Pulling,
+}
+
+#[derive(Debug)]
+struct Lease {
+    expires: Option<Instant>,
+    seqid: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Nobody asked the device (it may still push on its own).
+    Idle,
+    /// Asked; waiting for the stream.
+    Pulling { attempt: u32, retry_at: Instant },
+    /// Asked and live.
+    Live,
+    /// Asked, nobody wants it any more: stop at `stop_at` unless someone asks.
+    Lingering { stop_at: Instant },
+}
+
+#[derive(Debug)]
+struct Entry {
+    requesters: HashMap<RequesterId, Lease>,
+    phase: Phase,
+    live: bool,
+}
+
+/// The demand state machine for all streams.
+#[derive(Debug)]
+pub struct Demand {
+    settings: DemandSettings,
+    entries: HashMap<StreamKey, Entry>,
+}
+
+impl Demand {
+    /// Empty state.
+    pub fn new(settings: DemandSettings) -> Demand {
+        Demand {
+            settings,
+            entries: HashMap::new(),
+        }
+    }
+
+    /// A requester wants `key` (or renews its lease). `lease` false for requesters whose
+    /// presence is tracked otherwise (viewers).
+    pub fn request(
+        &mut self,
+        key: &StreamKey,
+        requester: RequesterId,
+        seqid: Option<String>,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) -> RequestOutcome {
+        let expires = match requester {
+            RequesterId::Viewers => None,
+            RequesterId::Client(_) => Some(now + self.settings.lease),
+        };
+        let timeout = self.settings.pull_timeout;
+        let entry = self.entry(key);
+        entry.requesters.insert(requester, Lease { expires, seqid });
+        match entry.phase {
+            Phase::Idle if entry.live => RequestOutcome::Live,
+            Phase::Idle => {
+                entry.phase = Phase::Pulling {
+                    attempt: 1,
+                    retry_at: now + timeout,
+                };
+                actions.push(Action::Pull {
+                    key: key.clone(),
+                    attempt: 1,
+                });
+                RequestOutcome::Pulling
+            }
+            Phase::Pulling { .. } => RequestOutcome::Pulling,
+            Phase::Live => RequestOutcome::Live,
+            Phase::Lingering { .. } => {
+                if entry.live {
+                    entry.phase = Phase::Live;
+                    RequestOutcome::Live
+                } else {
+                    entry.phase = Phase::Pulling {
+                        attempt: 1,
+                        retry_at: now + timeout,
+                    };
+                    actions.push(Action::Pull {
+                        key: key.clone(),
+                        attempt: 1,
+                    });
+                    RequestOutcome::Pulling
+                }
+            }
+        }
+    }
+
+    /// A requester no longer wants `key`. True if it was a requester.
+    pub fn release(&mut self, key: &StreamKey, requester: &RequesterId, now: Instant) -> bool {
+        let linger = self.settings.stop_linger;
+        let Some(entry) = self.entries.get_mut(key) else {
+            return false;
+        };
+        let was = entry.requesters.remove(requester).is_some();
+        if entry.requesters.is_empty() {
+            entry.phase = match entry.phase {
+                Phase::Idle => Phase::Idle,
+                _ => Phase::Lingering {
+                    stop_at: now + linger,
+                },
+            };
+        }
+        self.forget_if_unused(key);
+        was
+    }
+
+    /// The stream came up (the device connected, asked or not).
+    pub fn stream_up(&mut self, key: &StreamKey) {
+        let entry = self.entry(key);
+        entry.live = true;
+        if let Phase::Pulling { .. } = entry.phase {
+            entry.phase = Phase::Live;
+        }
+    }
+
+    /// The stream went down. If requesters still want it, the device is asked again.
+    pub fn stream_down(&mut self, key: &StreamKey, now: Instant, actions: &mut Vec<Action>) {
+        let timeout = self.settings.pull_timeout;
+        let Some(entry) = self.entries.get_mut(key) else {
+            return;
+        };
+        entry.live = false;
+        match entry.phase {
+            Phase::Live if !entry.requesters.is_empty() => {
+                entry.phase = Phase::Pulling {
+                    attempt: 1,
+                    retry_at: now + timeout,
+                };
+                actions.push(Action::Pull {
+                    key: key.clone(),
+                    attempt: 1,
+                });
+            }
+            // gone on its own while lingering: nothing left to stop
+            Phase::Lingering { .. } | Phase::Live => entry.phase = Phase::Idle,
+            Phase::Idle | Phase::Pulling { .. } => {}
+        }
+        self.forget_if_unused(key);
+    }
+
+    /// Performs what is due at `now`: lease expiry, stops after linger, retries, failures.
+    pub fn poll(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let settings = self.settings;
+        let keys: Vec<StreamKey> = self.entries.keys().cloned().collect();
+        for key in keys {
+            let Some(entry) = self.entries.get_mut(&key) else {
+                continue;
+            };
+            let before = entry.requesters.len();
+            entry
+                .requesters
+                .retain(|_, lease| lease.expires.is_none_or(|t| t > now));
+            if before > 0 && entry.requesters.is_empty() && entry.phase != Phase::Idle {
+                entry.phase = Phase::Lingering {
+                    stop_at: now + settings.stop_linger,
+                };
+            }
+            match entry.phase {
+                Phase::Pulling { attempt, retry_at } if retry_at <= now => {
+                    if attempt < settings.pull_attempts {
+                        let next = attempt + 1;
+                        let backoff = settings.pull_timeout * next;
+                        entry.phase = Phase::Pulling {
+                            attempt: next,
+                            retry_at: now + backoff,
+                        };
+                        actions.push(Action::Pull {
+                            key: key.clone(),
+                            attempt: next,
+                        });
+                    } else {
+                        let requesters = entry
+                            .requesters
+                            .drain()
+                            .map(|(id, lease)| (id, lease.seqid))
+                            .collect();
+                        entry.phase = Phase::Idle;
+                        actions.push(Action::Failed {
+                            key: key.clone(),
+                            requesters,
+                            attempts: attempt,
+                        });
+                    }
+                }
+                Phase::Lingering { stop_at } if stop_at <= now => {
+                    entry.phase = Phase::Idle;
+                    actions.push(Action::Stop { key: key.clone() });
+                }
+                _ => {}
+            }
+            self.forget_if_unused(&key);
+        }
+    }
+
+    /// When `poll` next has something to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.entries
+            .values()
+            .flat_map(|entry| {
+                let phase = match entry.phase {
+                    Phase::Pulling { retry_at, .. } => Some(retry_at),
+                    Phase::Lingering { stop_at } => Some(stop_at),
+                    Phase::Idle | Phase::Live => None,
+                };
+                entry
+                    .requesters
+                    .values()
+                    .filter_map(|lease| lease.expires)
+                    .chain(phase)
+            })
+            .min()
+    }
+
+    /// Requesters of `key` (for status and tests).
+    pub fn requesters(&self, key: &StreamKey) -> usize {
+        self.entries.get(key).map_or(0, |e| e.requesters.len())
+    }
+
+    /// Streams with requesters.
+    pub fn wanted(&self) -> impl Iterator<Item = &StreamKey> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| !e.requesters.is_empty())
+            .map(|(k, _)| k)
+    }
+
+    fn entry(&mut self, key: &StreamKey) -> &mut Entry {
+        self.entries.entry(key.clone()).or_insert_with(|| Entry {
+            requesters: HashMap::new(),
+            phase: Phase::Idle,
+            live: false,
+        })
+    }
+
+    fn forget_if_unused(&mut self, key: &StreamKey) {
+        if self
+            .entries
+            .get(key)
+            .is_some_and(|e| e.requesters.is_empty() && e.phase == Phase::Idle && !e.live)
+        {
+            self.entries.remove(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::{Channel, DeviceId, StreamKind};
+
+    fn key() -> StreamKey {
+        StreamKey::new(
+            DeviceId::parse("13800138000").unwrap(),
+            Channel(1),
+            StreamKind::Live,
+        )
+    }
+
+    fn settings() -> DemandSettings {
+        DemandSettings {
+            stop_linger: Duration::from_secs(30),
+            lease: Duration::from_secs(120),
+            pull_timeout: Duration::from_secs(10),
+            pull_attempts: 3,
+        }
+    }
+
+    fn client(name: &str) -> RequesterId {
+        RequesterId::Client(name.to_owned())
+    }
+
+    fn step(d: &mut Demand, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        d.poll(now, &mut actions);
+        actions
+    }
+
+    #[test]
+    fn two_requesters_one_pull_one_stop_after_both_leave_and_linger() {
+        let t0 = Instant::now();
+        let mut d = Demand::new(settings());
+        let mut actions = Vec::new();
+        assert_eq!(
+            d.request(&key(), client("a"), Some("s1".into()), t0, &mut actions),
+            RequestOutcome::Pulling
+        );
+        assert_eq!(
+            d.request(&key(), client("b"), Some("s2".into()), t0, &mut actions),
+            RequestOutcome::Pulling
+        );
+        // the same client twice counts once
+        d.request(&key(), client("a"), Some("s3".into()), t0, &mut actions);
+        assert_eq!(
+            actions,
+            vec![Action::Pull {
+                key: key(),
+                attempt: 1
+            }]
+        );
+        assert_eq!(d.requesters(&key()), 2);
+        d.stream_up(&key());
+        d.release(&key(), &client("a"), t0);
+        assert!(
+            step(&mut d, t0 + Duration::from_secs(60)).is_empty(),
+            "b still watches"
+        );
+        let t1 = t0 + Duration::from_secs(61);
+        d.release(&key(), &client("b"), t1);
+        assert!(
+            step(&mut d, t1 + Duration::from_secs(29)).is_empty(),
+            "lingering"
+        );
+        assert_eq!(
+            step(&mut d, t1 + Duration::from_secs(30)),
+            vec![Action::Stop { key: key() }]
+        );
+        assert!(
+            step(&mut d, t1 + Duration::from_secs(300)).is_empty(),
+            "one stop only"
+        );
+    }
+
+    #[test]
+    fn a_request_inside_the_linger_cancels_the_stop() {
+        let t0 = Instant::now();
+        let mut d = Demand::new(settings());
+        let mut actions = Vec::new();
+        d.request(&key(), client("a"), None, t0, &mut actions);
+        d.stream_up(&key());
+        d.release(&key(), &client("a"), t0);
+        let mut again = Vec::new();
+        assert_eq!(
+            d.request(
+                &key(),
+                client("b"),
+                None,
+                t0 + Duration::from_secs(10),
+                &mut again
+            ),
+            RequestOutcome::Live
+        );
+        assert!(again.is_empty(), "no second pull while the stream is live");
+        assert!(step(&mut d, t0 + Duration::from_secs(40)).is_empty());
+    }
+
+    #[test]
+    fn leases_expire_unless_renewed() {
+        let t0 = Instant::now();
+        let mut d = Demand::new(settings());
+        let mut actions = Vec::new();
+        d.request(&key(), client("crashed"), None, t0, &mut actions);
+        d.stream_up(&key());
+        // renewed once at 100 s, then silence
+        d.request(
+            &key(),
+            client("crashed"),
+            None,
+            t0 + Duration::from_secs(100),
+            &mut actions,
+        );
+        assert!(step(&mut d, t0 + Duration::from_secs(200)).is_empty());
+        assert_eq!(d.requesters(&key()), 1);
+        assert!(
+            step(&mut d, t0 + Duration::from_secs(220)).is_empty(),
+            "lease over, linger starts"
+        );
+        assert_eq!(d.requesters(&key()), 0);
+        assert_eq!(
+            step(&mut d, t0 + Duration::from_secs(250)),
+            vec![Action::Stop { key: key() }]
+        );
+    }
+
+    #[test]
+    fn a_stream_that_never_arrives_is_retried_then_fails() {
+        let t0 = Instant::now();
+        let mut d = Demand::new(settings());
+        let mut actions = Vec::new();
+        d.request(&key(), client("a"), Some("s1".into()), t0, &mut actions);
+        let mut now = t0;
+        let mut pulls = 1;
+        let mut failed = None;
+        while failed.is_none() {
+            now = d.poll_timeout().unwrap();
+            for action in step(&mut d, now) {
+                match action {
+                    Action::Pull { attempt, .. } => {
+                        pulls += 1;
+                        assert_eq!(attempt, pulls);
+                    }
+                    Action::Failed {
+                        requesters,
+                        attempts,
+                        ..
+                    } => failed = Some((requesters, attempts)),
+                    Action::Stop { .. } => panic!("nothing to stop"),
+                }
+            }
+        }
+        let (requesters, attempts) = failed.unwrap();
+        assert_eq!(attempts, 3);
+        assert_eq!(pulls, 3);
+        assert_eq!(requesters, vec![(client("a"), Some("s1".to_owned()))]);
+        assert!(now - t0 >= Duration::from_secs(10 + 20 + 30));
+        assert!(d.poll_timeout().is_none(), "nothing left to do");
+    }
+
+    #[test]
+    fn pushing_on_its_own_is_never_stopped() {
+        let t0 = Instant::now();
+        let mut d = Demand::new(settings());
+        d.stream_up(&key());
+        let mut actions = Vec::new();
+        assert_eq!(
+            d.request(&key(), RequesterId::Viewers, None, t0, &mut actions),
+            RequestOutcome::Live
+        );
+        assert!(actions.is_empty(), "no pull for a live stream");
+        d.release(&key(), &RequesterId::Viewers, t0);
+        assert!(step(&mut d, t0 + Duration::from_secs(3600)).is_empty());
+    }
+
+    #[test]
+    fn device_dropping_while_wanted_is_pulled_again() {
+        let t0 = Instant::now();
+        let mut d = Demand::new(settings());
+        let mut actions = Vec::new();
+        d.request(&key(), client("a"), None, t0, &mut actions);
+        d.stream_up(&key());
+        actions.clear();
+        d.stream_down(&key(), t0, &mut actions);
+        assert_eq!(
+            actions,
+            vec![Action::Pull {
+                key: key(),
+                attempt: 1
+            }]
+        );
+    }
+}

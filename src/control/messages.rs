@@ -1,0 +1,407 @@
+//! The JSON bodies of control messages, and parsing requests into typed commands.
+//!
+//! Field names follow the seed design (`seqid`, `mode`, `video`, `audio`, `offer`,
+//! `iceserver`, `streamname`, `topicprefix`, `pull_stream_from_device`) plus `channel`,
+//! `kind` and `client_id`. Unknown fields are ignored (older clients send more); a field
+//! of the wrong type is an error that names it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::media::{Channel, DeviceId, StreamKey, StreamKind};
+
+/// Stable error codes carried by `ERROR`/`REFUSE` replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The body is not JSON, or not an object.
+    InvalidJson,
+    /// A field has the wrong type or value.
+    InvalidField,
+    /// A required field is missing.
+    MissingField,
+    /// The device id in the topic is not 1 to 20 digits.
+    InvalidDevice,
+    /// The topic's mode is not one the gateway knows.
+    UnknownMode,
+    /// The mode is known but not available in this version.
+    NotSupported,
+    /// The device did not connect after the pull was retried.
+    DeviceUnavailable,
+    /// The request was about a stream the requester did not subscribe to.
+    NotSubscribed,
+}
+
+/// Request modes on `{prefix}/gateway/{device}/{MODE}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Want a stream (live, or playback with `kind: playback`).
+    Subscribe,
+    /// No longer want it.
+    Unsubscribe,
+    /// Want a history playback stream (same as SUBSCRIBE with `kind: playback`).
+    Playback,
+    /// Pause / resume / seek a playback (0x9202).
+    PlaybackCtrl,
+    /// A device announces it pushes on its own.
+    DevPush,
+    /// A device heartbeat.
+    Heart,
+    /// RTMP republish (later issue).
+    Rtmp,
+    /// WebRTC offer (later issue).
+    WebRtc,
+}
+
+impl Mode {
+    /// Parses a topic's MODE segment (case-insensitive).
+    pub fn parse(mode: &str) -> Option<Mode> {
+        Some(match mode.to_ascii_uppercase().as_str() {
+            "SUBSCRIBE" => Mode::Subscribe,
+            "UNSUBSCRIBE" => Mode::Unsubscribe,
+            "PLAYBACK" => Mode::Playback,
+            "PLAYBACK_CTRL" => Mode::PlaybackCtrl,
+            "DEVPUSH" => Mode::DevPush,
+            "HEART" => Mode::Heart,
+            "RTMP" => Mode::Rtmp,
+            "WEBRTC" => Mode::WebRtc,
+            _ => return None,
+        })
+    }
+}
+
+/// A request body. Every field is optional on the wire; `Request::parse` checks types.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct Request {
+    /// Correlates the reply; chosen by the requester.
+    pub seqid: Option<String>,
+    /// Identifies the requester (a backend, a browser tab).
+    pub client_id: Option<String>,
+    /// Logical channel, default 1.
+    pub channel: Option<u8>,
+    /// `live` (default) or `playback`.
+    pub kind: Option<StreamKind>,
+    /// Want video (default true).
+    pub video: Option<bool>,
+    /// Want audio (default true).
+    pub audio: Option<bool>,
+    /// 0 main stream (default), 1 sub stream.
+    pub stream_type: Option<u8>,
+    /// 0x9201: 0 audio+video, 1 audio, 2 video, 3 audio or video.
+    pub media_type: Option<u8>,
+    /// 0x9201: 0 main or backup, 1 main, 2 backup.
+    pub storage_type: Option<u8>,
+    /// 0x9201: 0 normal, 1 fast forward, 2 key frame rewind, 3 key frame play, 4 single frame.
+    pub playback_mode: Option<u8>,
+    /// 0x9201/0x9202: 0 n/a, 1..5 = 1x, 2x, 4x, 8x, 16x.
+    pub speed: Option<u8>,
+    /// 0x9201 start time, `YYMMDDhhmmss` or `YYYY-MM-DD hh:mm:ss`.
+    pub start_time: Option<String>,
+    /// 0x9201 end time (absent or 0 = until the end).
+    pub end_time: Option<String>,
+    /// 0x9202 control: 0 start, 1 pause, 2 end, 3 fast forward, 4 key frame rewind, 5 seek,
+    /// 6 key frame play.
+    pub control: Option<u8>,
+    /// 0x9202 seek position.
+    pub seek_time: Option<String>,
+    /// Batch: several streams in one request.
+    pub pull_stream_from_device: Option<Vec<BatchItem>>,
+}
+
+/// One stream of a batch request.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct BatchItem {
+    /// Device id (any form).
+    pub device: String,
+    /// Channel, default 1.
+    pub channel: Option<u8>,
+    /// Kind, default live.
+    pub kind: Option<StreamKind>,
+}
+
+/// Why a request body was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct RequestError {
+    /// Stable code.
+    pub code: ErrorCode,
+    /// What a person can act on.
+    pub message: String,
+    /// The seqid, if the body had one.
+    pub seqid: Option<String>,
+}
+
+impl Request {
+    /// Parses a body. The seqid is recovered even when the rest is wrong, so the error can
+    /// be answered.
+    pub fn parse(payload: &[u8]) -> Result<Request, RequestError> {
+        let value: Value = serde_json::from_slice(payload).map_err(|e| RequestError {
+            code: ErrorCode::InvalidJson,
+            message: format!("body is not valid JSON: {e}"),
+            seqid: None,
+        })?;
+        let Value::Object(map) = &value else {
+            return Err(RequestError {
+                code: ErrorCode::InvalidJson,
+                message: "body must be a JSON object".to_owned(),
+                seqid: None,
+            });
+        };
+        let seqid = match map.get("seqid") {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        let mut normalised = map.clone();
+        if let Some(s) = &seqid {
+            normalised.insert("seqid".to_owned(), Value::String(s.clone()));
+        }
+        serde_json::from_value(Value::Object(normalised)).map_err(|e| RequestError {
+            code: ErrorCode::InvalidField,
+            message: format!("invalid request: {e}"),
+            seqid,
+        })
+    }
+
+    /// The stream this request is about, on `device`.
+    pub fn stream_key(&self, device: &DeviceId, mode: Mode) -> StreamKey {
+        let kind = match mode {
+            Mode::Playback | Mode::PlaybackCtrl => StreamKind::Playback,
+            _ => self.kind.unwrap_or(StreamKind::Live),
+        };
+        StreamKey::new(device.clone(), Channel(self.channel.unwrap_or(1)), kind)
+    }
+}
+
+/// Normalises a 0x9201/0x9202 time to the 12 BCD digits `YYMMDDhhmmss`.
+pub fn bcd_time(input: &str) -> Option<String> {
+    let digits: String = input.chars().filter(char::is_ascii_digit).collect();
+    let digits = match digits.len() {
+        1 if digits == "0" => "000000000000".to_owned(),
+        12 => digits,
+        14 => digits.get(2..)?.to_owned(),
+        _ => return None,
+    };
+    let field = |at: usize| digits.get(at..at + 2)?.parse::<u8>().ok();
+    let (month, day, hour, minute, second) =
+        (field(2)?, field(4)?, field(6)?, field(8)?, field(10)?);
+    let zero = digits.bytes().all(|b| b == b'0');
+    let valid = (1..=12).contains(&month)
+        && (1..=31).contains(&day)
+        && hour < 24
+        && minute < 60
+        && second < 60;
+    (zero || valid).then_some(digits)
+}
+
+/// A reply on `{prefix}/client/{seqid}/{MODE}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Reply {
+    /// The request's seqid.
+    pub seqid: String,
+    /// `OK`, `REFUSE` or `ERROR`.
+    pub mode: String,
+    /// The device (canonical id), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// The channel, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel: Option<u8>,
+    /// The stream kind, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<StreamKind>,
+    /// `live` (playing now) or `pulling` (the device has been asked), for OK.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Play URLs, for OK.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub urls: Option<PlayUrls>,
+    /// Seconds the subscription lasts without renewal, for OK to SUBSCRIBE.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_secs: Option<u64>,
+    /// Error code, for ERROR/REFUSE.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<ErrorCode>,
+    /// Human-readable message, for ERROR/REFUSE.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Where to play a stream.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PlayUrls {
+    /// HTTP-FLV.
+    pub flv: String,
+}
+
+impl Reply {
+    /// An error or refusal.
+    pub fn error(seqid: &str, mode: &str, code: ErrorCode, message: impl Into<String>) -> Reply {
+        Reply {
+            seqid: seqid.to_owned(),
+            mode: mode.to_owned(),
+            device: None,
+            channel: None,
+            kind: None,
+            state: None,
+            urls: None,
+            lease_secs: None,
+            code: Some(code),
+            message: Some(message.into()),
+        }
+    }
+}
+
+/// Commands to a device on `{prefix}/device/{device}/{MODE}`, mirroring JT/T 1078.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "mode")]
+pub enum DeviceCommand {
+    /// 0x9101 real-time AV request: connect to `server_host:tcp_port` and push.
+    #[serde(rename = "REQPULL")]
+    ReqPull {
+        /// Correlation id.
+        seqid: String,
+        /// Canonical device id.
+        device: String,
+        /// Where to connect.
+        server_host: String,
+        /// TCP port (live ingest).
+        tcp_port: u16,
+        /// UDP port, 0 = not used.
+        udp_port: u16,
+        /// Logical channel.
+        channel: u8,
+        /// 0 audio+video, 1 video, 2 two-way talk, 3 listen, 4 broadcast, 5 transparent.
+        data_type: u8,
+        /// 0 main, 1 sub.
+        stream_type: u8,
+    },
+    /// 0x9102 real-time AV control.
+    #[serde(rename = "STOP")]
+    Stop {
+        /// Correlation id.
+        seqid: String,
+        /// Canonical device id.
+        device: String,
+        /// Logical channel.
+        channel: u8,
+        /// 0 close transmission, 1 switch stream, 2 pause, 3 resume, 4 close talk.
+        command: u8,
+        /// 0 audio and video, 1 audio only, 2 video only.
+        close_type: u8,
+        /// New stream type when switching.
+        stream_type: u8,
+    },
+    /// 0x9201 playback request: connect to `server_host:tcp_port` (playback ingest).
+    #[serde(rename = "PLAYBACK")]
+    Playback {
+        /// Correlation id.
+        seqid: String,
+        /// Canonical device id.
+        device: String,
+        /// Where to connect.
+        server_host: String,
+        /// TCP port (playback ingest).
+        tcp_port: u16,
+        /// UDP port, 0 = not used.
+        udp_port: u16,
+        /// Logical channel.
+        channel: u8,
+        /// 0 audio+video, 1 audio, 2 video, 3 audio or video.
+        media_type: u8,
+        /// 0 main or sub, 1 main, 2 sub.
+        stream_type: u8,
+        /// 0 main or backup, 1 main, 2 backup.
+        storage_type: u8,
+        /// 0 normal, 1 fast forward, 2 key frame rewind, 3 key frame play, 4 single frame.
+        playback_mode: u8,
+        /// 0 n/a, 1..5 = 1x..16x.
+        speed: u8,
+        /// `YYMMDDhhmmss`.
+        start_time: String,
+        /// `YYMMDDhhmmss`, all zeros = until the end.
+        end_time: String,
+    },
+    /// 0x9202 playback control.
+    #[serde(rename = "PLAYBACK_CTRL")]
+    PlaybackCtrl {
+        /// Correlation id.
+        seqid: String,
+        /// Canonical device id.
+        device: String,
+        /// Logical channel.
+        channel: u8,
+        /// 0 start, 1 pause, 2 end, 3 fast forward, 4 key frame rewind, 5 seek, 6 key frame play.
+        control: u8,
+        /// 0 n/a, 1..5 = 1x..16x.
+        speed: u8,
+        /// Seek position `YYMMDDhhmmss` (control 5).
+        seek_time: String,
+    },
+}
+
+impl DeviceCommand {
+    /// The MODE segment of the device topic.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            DeviceCommand::ReqPull { .. } => "REQPULL",
+            DeviceCommand::Stop { .. } => "STOP",
+            DeviceCommand::Playback { .. } => "PLAYBACK",
+            DeviceCommand::PlaybackCtrl { .. } => "PLAYBACK_CTRL",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seqid_survives_a_bad_field() {
+        let err = Request::parse(br#"{"seqid":"s1","channel":"one"}"#).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidField);
+        assert_eq!(err.seqid.as_deref(), Some("s1"));
+        assert!(
+            err.message.contains("channel") || err.message.contains("u8"),
+            "{}",
+            err.message
+        );
+        let err = Request::parse(b"{not json").unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidJson);
+        assert_eq!(
+            Request::parse(b"[1]").unwrap_err().code,
+            ErrorCode::InvalidJson
+        );
+        let ok = Request::parse(br#"{"seqid":7,"client_id":"b","unknown":1,"kind":"playback"}"#)
+            .unwrap();
+        assert_eq!(ok.seqid.as_deref(), Some("7"));
+        assert_eq!(ok.kind, Some(StreamKind::Playback));
+    }
+
+    #[test]
+    fn times_normalise_to_bcd_digits() {
+        assert_eq!(
+            bcd_time("2026-11-22 10:00:00").as_deref(),
+            Some("261122100000")
+        );
+        assert_eq!(bcd_time("261122100000").as_deref(), Some("261122100000"));
+        assert_eq!(bcd_time("0").as_deref(), Some("000000000000"));
+        assert_eq!(bcd_time("2026-13-22 10:00:00"), None);
+        assert_eq!(bcd_time("yesterday"), None);
+    }
+
+    #[test]
+    fn device_commands_carry_their_mode() {
+        let cmd = DeviceCommand::Stop {
+            seqid: "g1".into(),
+            device: "1".into(),
+            channel: 1,
+            command: 0,
+            close_type: 0,
+            stream_type: 0,
+        };
+        let json = serde_json::to_value(&cmd).unwrap();
+        assert_eq!(json["mode"], "STOP");
+        assert_eq!(cmd.mode(), "STOP");
+    }
+}

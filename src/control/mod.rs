@@ -1,0 +1,117 @@
+//! The control plane: JSON over MQTT on topics keyed by device id.
+//!
+//! `mqtt.rs` is the I/O edge (embedded broker, client loop), `messages.rs` and `topics.rs`
+//! the wire types, `demand.rs` the sans-IO policy (who wants what, when to pull and stop),
+//! `dispatch.rs` the one task that owns the state and performs the actions. Control drives
+//! the rest of the gateway only through the hub handle `app` passes in.
+
+pub mod demand;
+mod dispatch;
+pub mod messages;
+pub mod mqtt;
+pub mod topics;
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{ControlSettings, MqttSettings};
+use crate::hub::Hub;
+use demand::DemandSettings;
+use dispatch::{Control, GatewayStatus};
+use topics::Topics;
+
+/// What the control task needs to know about the gateway.
+#[derive(Debug, Clone)]
+pub struct ControlContext {
+    /// `[mqtt]`.
+    pub mqtt: MqttSettings,
+    /// Demand tuning from `[control]`.
+    pub demand: DemandSettings,
+    /// Host devices connect to and play URLs use.
+    pub public_host: String,
+    /// Live ingest port.
+    pub live_port: u16,
+    /// Playback ingest port.
+    pub playback_port: u16,
+    /// HTTP port.
+    pub http_port: u16,
+}
+
+impl ControlContext {
+    /// From the settings and the bound ports.
+    pub fn new(mqtt: &MqttSettings, control: &ControlSettings, ports: (u16, u16, u16)) -> Self {
+        ControlContext {
+            mqtt: mqtt.clone(),
+            demand: DemandSettings {
+                stop_linger: control.stop_linger,
+                lease: control.lease,
+                pull_timeout: control.pull_timeout,
+                pull_attempts: control.pull_attempts.max(1),
+            },
+            public_host: control.public_host.clone(),
+            live_port: ports.0,
+            playback_port: ports.1,
+            http_port: ports.2,
+        }
+    }
+}
+
+/// Starts the MQTT connection and the control task on `tasks`; both stop with `cancel`.
+pub fn spawn(
+    ctx: ControlContext,
+    hub: Hub,
+    tasks: &TaskTracker,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let topics = Topics::new(&ctx.mqtt.topic_prefix);
+    let url = if ctx.mqtt.embedded {
+        mqtt::start_embedded_broker(&ctx.mqtt)?;
+        let port = ctx.mqtt.embedded_listen.port();
+        format!("mqtt://127.0.0.1:{port}")
+    } else {
+        ctx.mqtt.url.clone()
+    };
+    let offline = serde_json::to_vec(&GatewayStatus {
+        gateway_id: &ctx.mqtt.gateway_id,
+        status: "offline",
+    })?;
+    let (client, eventloop) = mqtt::connect(&ctx.mqtt, &url, &topics, offline)?;
+    let (inbound_tx, inbound_rx) = mpsc::channel(1024);
+    let (connected_tx, connected_rx) = watch::channel(0);
+    // The connection outlives the control task long enough to send its last words.
+    let connection_stop = CancellationToken::new();
+    let connection_done = CancellationToken::new();
+    tasks.spawn({
+        let (client, stop, done) = (
+            client.clone(),
+            connection_stop.clone(),
+            connection_done.clone(),
+        );
+        async move {
+            mqtt::run_connection(
+                eventloop,
+                client,
+                topics.requests_filter(),
+                inbound_tx,
+                connected_tx,
+                stop,
+            )
+            .await;
+            done.cancel();
+        }
+    });
+    let control = Control::new(ctx, hub, client.clone());
+    tasks.spawn(async move {
+        control.run(inbound_rx, connected_rx, cancel).await;
+        // A clean DISCONNECT (after the retained "offline"), so the broker drops the will.
+        if let Err(error) = client.try_disconnect() {
+            tracing::debug!(%error, "could not queue DISCONNECT");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), connection_done.cancelled()).await;
+        connection_stop.cancel();
+    });
+    Ok(())
+}
