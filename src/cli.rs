@@ -48,9 +48,17 @@ pub enum Command {
         /// The recorded stream (raw JT/T 1078 bytes as a device sends them).
         #[arg(long)]
         file: PathBuf,
-        /// Gateway ingest address, e.g. 127.0.0.1:9501.
+        /// Gateway ingest address, e.g. 127.0.0.1:9501 (not needed with --mqtt).
+        #[arg(long, required_unless_present = "mqtt")]
+        server: Option<String>,
+        /// Act as MQTT-controlled devices: wait for REQPULL/PLAYBACK on
+        /// {prefix}/device/{id}/# at this broker (mqtt://host:port), push where it says,
+        /// stop on STOP.
         #[arg(long)]
-        server: String,
+        mqtt: Option<String>,
+        /// Topic prefix with --mqtt.
+        #[arg(long, default_value = "jt1078")]
+        topic_prefix: String,
         /// Device id to send as (default: the file's SIM); further devices count up.
         #[arg(long)]
         device: Option<String>,
@@ -121,14 +129,39 @@ impl Cli {
                 devices,
                 pace,
                 looping,
+                mqtt,
+                topic_prefix,
             } => {
                 crate::telemetry::init("info");
-                let server = resolve(&server).await?;
                 let device = device
                     .map(|d| DeviceId::parse(&d))
                     .transpose()
                     .context("--device")?;
                 let packets = simulate::load_file(&file)?;
+                if let Some(url) = mqtt {
+                    let first = match &device {
+                        Some(d) => d.clone(),
+                        None => packets
+                            .first()
+                            .map(|p| DeviceId::from_sim(&p.sim))
+                            .context("empty recording")?,
+                    };
+                    let base: u64 = first.as_str().parse().context("--device")?;
+                    let devices = (0..devices.max(1) as u64)
+                        .map(|i| DeviceId::parse(&(base + i).to_string()))
+                        .collect::<Result<Vec<_>, _>>()
+                        .context("--device")?;
+                    let options = simulate::mqtt_device::MqttDeviceOptions {
+                        packets: Arc::new(packets),
+                        url,
+                        topic_prefix,
+                        devices,
+                        pace,
+                        looping,
+                    };
+                    return simulate::mqtt_device::run(options, shutdown_on_ctrl_c()).await;
+                }
+                let server = resolve(server.as_deref().unwrap_or_default()).await?;
                 let options = SimulateOptions {
                     packets: Arc::new(packets),
                     server,

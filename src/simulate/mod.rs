@@ -4,6 +4,7 @@
 //! The file is parsed once; every simulated device shares its packets and patches a copy
 //! of each header into its own write buffer, so a thousand devices cost little.
 
+pub mod mqtt_device;
 pub mod pack;
 
 use std::net::SocketAddr;
@@ -136,12 +137,12 @@ pub async fn run(
     Ok(report)
 }
 
-struct Device {
-    sim: Sim,
-    channel: Option<u8>,
-    packets: Arc<Vec<Packet>>,
-    pace: Pace,
-    looping: bool,
+pub(crate) struct Device {
+    pub(crate) sim: Sim,
+    pub(crate) channel: Option<u8>,
+    pub(crate) packets: Arc<Vec<Packet>>,
+    pub(crate) pace: Pace,
+    pub(crate) looping: bool,
 }
 
 /// Largest write the fast pace batches.

@@ -1,0 +1,159 @@
+//! The simulator as an MQTT-controlled device: subscribes to `{prefix}/device/{id}/#`,
+//! connects and replays on REQPULL / PLAYBACK, stops on STOP / PLAYBACK_CTRL end, and
+//! sends heartbeats, the way a terminal behind an 808 platform does.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rumqttc::{AsyncClient, Event, Packet, QoS};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use super::{Device, Pace};
+use crate::codec::jt1078::{Packet as Jt1078Packet, Sim};
+use crate::control::messages::DeviceCommand;
+use crate::control::mqtt::mqtt_options;
+use crate::control::topics::Topics;
+use crate::media::DeviceId;
+
+/// Heartbeat period of a simulated device.
+const HEARTBEAT: Duration = Duration::from_secs(10);
+/// Wait between reconnection attempts.
+const RECONNECT_DELAY: Duration = Duration::from_millis(500);
+
+/// What the MQTT-controlled simulator needs.
+#[derive(Debug, Clone)]
+pub struct MqttDeviceOptions {
+    /// The recording.
+    pub packets: Arc<Vec<Jt1078Packet>>,
+    /// Broker URL (`mqtt://host:port`).
+    pub url: String,
+    /// Topic prefix.
+    pub topic_prefix: String,
+    /// The simulated device ids.
+    pub devices: Vec<DeviceId>,
+    /// Pacing of replays.
+    pub pace: Pace,
+    /// Loop replays until STOP.
+    pub looping: bool,
+}
+
+/// Runs until `cancel`.
+pub async fn run(options: MqttDeviceOptions, cancel: CancellationToken) -> anyhow::Result<()> {
+    let topics = Topics::new(&options.topic_prefix);
+    let layout = options.packets.first().context("empty recording")?.layout();
+    let client_id = format!(
+        "jt1078-sim-{}-{}",
+        std::process::id(),
+        options.devices.first().map(DeviceId::as_str).unwrap_or("0")
+    );
+    let mut mqtt = mqtt_options(&options.url, &client_id)?;
+    mqtt.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = AsyncClient::new(mqtt, 1024);
+    let tasks = TaskTracker::new();
+    let mut running: HashMap<(DeviceId, u8), CancellationToken> = HashMap::new();
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    loop {
+        let event = tokio::select! {
+            () = cancel.cancelled() => break,
+            _ = heartbeat.tick() => {
+                for device in &options.devices {
+                    let body = format!(r#"{{"seqid":"hb-{device}","client_id":"{device}"}}"#);
+                    if let Err(error) = client.try_publish(topics.request(device.as_str(), "HEART"), QoS::AtMostOnce, false, body) {
+                        warn!(%error, "heartbeat not queued");
+                    }
+                }
+                continue;
+            }
+            event = eventloop.poll() => event,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                for device in &options.devices {
+                    client
+                        .try_subscribe(topics.device_filter(device.as_str()), QoS::AtLeastOnce)
+                        .context("subscribing")?;
+                }
+                info!(devices = options.devices.len(), "simulated devices waiting for commands");
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let command: DeviceCommand = match serde_json::from_slice(&publish.payload) {
+                    Ok(command) => command,
+                    Err(error) => {
+                        warn!(%error, topic = %publish.topic, "not a device command");
+                        continue;
+                    }
+                };
+                match command {
+                    DeviceCommand::ReqPull { device, server_host, tcp_port, channel, .. }
+                    | DeviceCommand::Playback { device, server_host, tcp_port, channel, .. } => {
+                        let Ok(device) = DeviceId::parse(&device) else { continue };
+                        let Some(sim) = Sim::from_digits(device.as_str(), layout) else { continue };
+                        let server = match resolve(&server_host, tcp_port).await {
+                            Ok(server) => server,
+                            Err(error) => {
+                                warn!("{error:#}");
+                                continue;
+                            }
+                        };
+                        let slot = (device.clone(), channel);
+                        if running.get(&slot).is_some_and(|t| !t.is_cancelled()) {
+                            continue; // already pushing this channel
+                        }
+                        let stop = cancel.child_token();
+                        running.insert(slot, stop.clone());
+                        let device_task = Device {
+                            sim,
+                            channel: Some(channel),
+                            packets: Arc::clone(&options.packets),
+                            pace: options.pace,
+                            looping: options.looping,
+                        };
+                        info!(%device, channel, %server, "pushing on request");
+                        tasks.spawn(async move {
+                            if let Err(error) = device_task.run(server, stop.clone()).await {
+                                warn!("simulated device: {error:#}");
+                            }
+                            stop.cancel();
+                        });
+                    }
+                    DeviceCommand::Stop { device, channel, .. }
+                    | DeviceCommand::PlaybackCtrl { device, channel, control: 2, .. } => {
+                        let Ok(device) = DeviceId::parse(&device) else { continue };
+                        if let Some(stop) = running.remove(&(device.clone(), channel)) {
+                            info!(%device, channel, "stopping on request");
+                            stop.cancel();
+                        }
+                    }
+                    DeviceCommand::PlaybackCtrl { .. } => {}
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                warn!(%error, "MQTT connection failed; retrying");
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(RECONNECT_DELAY) => {}
+                }
+            }
+        }
+    }
+    for stop in running.values() {
+        stop.cancel();
+    }
+    tasks.close();
+    tasks.wait().await;
+    Ok(())
+}
+
+async fn resolve(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
+    tokio::net::lookup_host((host, port))
+        .await
+        .with_context(|| format!("resolving {host}:{port}"))?
+        .next()
+        .with_context(|| format!("{host}:{port}: no address"))
+}
