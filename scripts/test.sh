@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs what the tests need
-# (ffmpeg/ffprobe; later mosquitto, redis, nginx-rtmp, chromium) when missing, then runs
+# (ffmpeg/ffprobe, mosquitto and its clients; later redis, nginx-rtmp, chromium) when missing, then runs
 # formatting, lints, unit/property/integration tests, docs and the purity check.
 # Usage: ./scripts/test.sh
 set -euo pipefail
@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 need=()
 command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
 command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
+command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
+command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing: ${need[*]}"
   sudo=""

@@ -156,9 +156,9 @@ impl Request {
         if let Some(s) = &seqid {
             normalised.insert("seqid".to_owned(), Value::String(s.clone()));
         }
-        serde_json::from_value(Value::Object(normalised)).map_err(|e| RequestError {
+        serde_path_to_error::deserialize(Value::Object(normalised)).map_err(|e| RequestError {
             code: ErrorCode::InvalidField,
-            message: format!("invalid request: {e}"),
+            message: format!("field {:?}: {}", e.path().to_string(), e.inner()),
             seqid,
         })
     }

@@ -77,8 +77,21 @@ pub async fn run(options: MqttDeviceOptions, cancel: CancellationToken) -> anyho
                     client
                         .try_subscribe(topics.device_filter(device.as_str()), QoS::AtLeastOnce)
                         .context("subscribing")?;
+                    // after the subscription, so a listener knows the device is reachable
+                    let body = format!(r#"{{"seqid":"hb-{device}","client_id":"{device}"}}"#);
+                    client
+                        .try_publish(
+                            topics.request(device.as_str(), "HEART"),
+                            QoS::AtLeastOnce,
+                            false,
+                            body,
+                        )
+                        .context("heartbeat")?;
                 }
-                info!(devices = options.devices.len(), "simulated devices waiting for commands");
+                info!(
+                    devices = options.devices.len(),
+                    "simulated devices waiting for commands"
+                );
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 let command: DeviceCommand = match serde_json::from_slice(&publish.payload) {
@@ -89,10 +102,26 @@ pub async fn run(options: MqttDeviceOptions, cancel: CancellationToken) -> anyho
                     }
                 };
                 match command {
-                    DeviceCommand::ReqPull { device, server_host, tcp_port, channel, .. }
-                    | DeviceCommand::Playback { device, server_host, tcp_port, channel, .. } => {
-                        let Ok(device) = DeviceId::parse(&device) else { continue };
-                        let Some(sim) = Sim::from_digits(device.as_str(), layout) else { continue };
+                    DeviceCommand::ReqPull {
+                        device,
+                        server_host,
+                        tcp_port,
+                        channel,
+                        ..
+                    }
+                    | DeviceCommand::Playback {
+                        device,
+                        server_host,
+                        tcp_port,
+                        channel,
+                        ..
+                    } => {
+                        let Ok(device) = DeviceId::parse(&device) else {
+                            continue;
+                        };
+                        let Some(sim) = Sim::from_digits(device.as_str(), layout) else {
+                            continue;
+                        };
                         let server = match resolve(&server_host, tcp_port).await {
                             Ok(server) => server,
                             Err(error) => {
@@ -121,9 +150,18 @@ pub async fn run(options: MqttDeviceOptions, cancel: CancellationToken) -> anyho
                             stop.cancel();
                         });
                     }
-                    DeviceCommand::Stop { device, channel, .. }
-                    | DeviceCommand::PlaybackCtrl { device, channel, control: 2, .. } => {
-                        let Ok(device) = DeviceId::parse(&device) else { continue };
+                    DeviceCommand::Stop {
+                        device, channel, ..
+                    }
+                    | DeviceCommand::PlaybackCtrl {
+                        device,
+                        channel,
+                        control: 2,
+                        ..
+                    } => {
+                        let Ok(device) = DeviceId::parse(&device) else {
+                            continue;
+                        };
                         if let Some(stop) = running.remove(&(device.clone(), channel)) {
                             info!(%device, channel, "stopping on request");
                             stop.cancel();
