@@ -1,11 +1,6 @@
 //! The `mosquitto_pub` examples in docs/mqtt.md work as written: each is run (through the
 //! shell, as a user would paste it) against a gateway, and answered as the page says.
 
-#![expect(
-    clippy::unwrap_used,
-    reason = "helpers of tests: a failure is a test failure"
-)]
-
 mod common;
 
 use std::time::Duration;
