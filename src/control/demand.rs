@@ -8,9 +8,7 @@
 //! Streams a device pushes without being asked are never stopped from here.
 
 use std::collections::HashMap;
-use std::time::Duration;
-
-use tokio::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::media::StreamKey;
 
@@ -326,6 +324,12 @@ mod tests {
     use super::*;
     use crate::media::{Channel, DeviceId, StreamKind};
 
+    /// The origin of the hand-driven clock.
+    #[expect(clippy::disallowed_methods, reason = "one fixed origin; the tests move time by hand")]
+    fn origin() -> Instant {
+        Instant::now()
+    }
+
     fn key() -> StreamKey {
         StreamKey::new(
             DeviceId::parse("13800138000").unwrap(),
@@ -355,7 +359,7 @@ mod tests {
 
     #[test]
     fn two_requesters_one_pull_one_stop_after_both_leave_and_linger() {
-        let t0 = Instant::now();
+        let t0 = origin();
         let mut d = Demand::new(settings());
         let mut actions = Vec::new();
         assert_eq!(
@@ -400,7 +404,7 @@ mod tests {
 
     #[test]
     fn a_request_inside_the_linger_cancels_the_stop() {
-        let t0 = Instant::now();
+        let t0 = origin();
         let mut d = Demand::new(settings());
         let mut actions = Vec::new();
         d.request(&key(), client("a"), None, t0, &mut actions);
@@ -423,7 +427,7 @@ mod tests {
 
     #[test]
     fn leases_expire_unless_renewed() {
-        let t0 = Instant::now();
+        let t0 = origin();
         let mut d = Demand::new(settings());
         let mut actions = Vec::new();
         d.request(&key(), client("crashed"), None, t0, &mut actions);
@@ -451,7 +455,7 @@ mod tests {
 
     #[test]
     fn a_stream_that_never_arrives_is_retried_then_fails() {
-        let t0 = Instant::now();
+        let t0 = origin();
         let mut d = Demand::new(settings());
         let mut actions = Vec::new();
         d.request(&key(), client("a"), Some("s1".into()), t0, &mut actions);
@@ -485,7 +489,7 @@ mod tests {
 
     #[test]
     fn pushing_on_its_own_is_never_stopped() {
-        let t0 = Instant::now();
+        let t0 = origin();
         let mut d = Demand::new(settings());
         d.stream_up(&key());
         let mut actions = Vec::new();
@@ -500,7 +504,7 @@ mod tests {
 
     #[test]
     fn device_dropping_while_wanted_is_pulled_again() {
-        let t0 = Instant::now();
+        let t0 = origin();
         let mut d = Demand::new(settings());
         let mut actions = Vec::new();
         d.request(&key(), client("a"), None, t0, &mut actions);

@@ -122,9 +122,9 @@ impl Control {
                     }
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
-                () = sleep_until_opt(wake) => {
+                () = sleep_until_opt(wake.map(Instant::from_std)) => {
                     let mut actions = Vec::new();
-                    self.demand.poll(Instant::now(), &mut actions);
+                    self.demand.poll(Instant::now().into_std(), &mut actions);
                     self.perform(actions);
                 }
                 _ = heartbeat.tick() => self.publish_heartbeat(),
@@ -258,7 +258,7 @@ impl Control {
                 &key,
                 requester.clone(),
                 Some(seqid.clone()),
-                Instant::now(),
+                Instant::now().into_std(),
                 &mut actions,
             );
             let state = match outcome {
@@ -281,7 +281,7 @@ impl Control {
         let key = request.stream_key(device, Mode::Unsubscribe);
         let requester =
             RequesterId::Client(request.client_id.clone().unwrap_or_else(|| seqid.clone()));
-        if self.demand.release(&key, &requester, Instant::now()) {
+        if self.demand.release(&key, &requester, Instant::now().into_std()) {
             info!(stream = %key, requester = ?requester, "unsubscribed");
             self.reply_ok(&seqid, &key, None, None);
         } else {
@@ -342,7 +342,7 @@ impl Control {
     }
 
     fn handle_hub_event(&mut self, event: HubEvent) {
-        let now = Instant::now();
+        let now = Instant::now().into_std();
         let mut actions = Vec::new();
         match event {
             HubEvent::StreamUp(key) => {
@@ -368,7 +368,7 @@ impl Control {
 
     /// After missed events: viewers as the hub counts them now.
     fn resync_viewers(&mut self) {
-        let now = Instant::now();
+        let now = Instant::now().into_std();
         let counts: HashMap<StreamKey, u64> = self.hub.reader_counts().into_iter().collect();
         let wanted: Vec<StreamKey> = self.demand.wanted().cloned().collect();
         let mut actions = Vec::new();
