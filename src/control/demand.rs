@@ -325,7 +325,10 @@ mod tests {
     use crate::media::{Channel, DeviceId, StreamKind};
 
     /// The origin of the hand-driven clock.
-    #[expect(clippy::disallowed_methods, reason = "one fixed origin; the tests move time by hand")]
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "one fixed origin; the tests move time by hand"
+    )]
     fn origin() -> Instant {
         Instant::now()
     }

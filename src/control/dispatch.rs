@@ -281,7 +281,10 @@ impl Control {
         let key = request.stream_key(device, Mode::Unsubscribe);
         let requester =
             RequesterId::Client(request.client_id.clone().unwrap_or_else(|| seqid.clone()));
-        if self.demand.release(&key, &requester, Instant::now().into_std()) {
+        if self
+            .demand
+            .release(&key, &requester, Instant::now().into_std())
+        {
             info!(stream = %key, requester = ?requester, "unsubscribed");
             self.reply_ok(&seqid, &key, None, None);
         } else {
