@@ -1,0 +1,197 @@
+//! First frame: from a viewer's request to its first decodable video frame, for a stream
+//! already live (served from the GOP cache) and for a cold start (request → REQPULL over
+//! the gateway's embedded MQTT broker → the device connects → first frame).
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use jt1078_gateway::codec::jt1078::{Sim, SimLayout};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde::Serialize;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::capacity::percentile_ms;
+use crate::device::{Device, DeviceCounters, Schedule};
+use crate::gateway::GatewayProcess;
+use crate::viewer;
+
+/// Milliseconds: p50, p99, max.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct Spread {
+    pub(crate) p50: f64,
+    pub(crate) p99: f64,
+    pub(crate) max: f64,
+}
+
+impl Spread {
+    fn of(ms: &[f64]) -> Spread {
+        let mut us: Vec<u32> = ms.iter().map(|m| (m * 1000.0) as u32).collect();
+        us.sort_unstable();
+        Spread {
+            p50: percentile_ms(&us, 50.0),
+            p99: percentile_ms(&us, 99.0),
+            max: percentile_ms(&us, 100.0),
+        }
+    }
+}
+
+/// First-frame figures.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct FirstFrame {
+    pub(crate) runs: usize,
+    /// Stream already live: request → first key frame.
+    pub(crate) live: Spread,
+    /// Cold: request → first key frame, all of it.
+    pub(crate) cold_total: Spread,
+    /// Cold: request → REQPULL reaches the device (gateway + its embedded broker).
+    pub(crate) cold_request_to_reqpull: Spread,
+    /// Cold: REQPULL → TCP connected (the device's share).
+    pub(crate) cold_device_connect: Spread,
+    /// Cold: the device's first write → the viewer's first key frame (gateway).
+    pub(crate) cold_first_packet_to_frame: Spread,
+    /// Cold: the gateway's own share (request → REQPULL + first packet → frame).
+    pub(crate) cold_gateway_share: Spread,
+}
+
+fn device(schedule: &Arc<Schedule>, layout: SimLayout, id: &str) -> anyhow::Result<Device> {
+    Ok(Device {
+        schedule: Arc::clone(schedule),
+        sim: Sim::from_digits(id, layout).context("sim")?,
+        // no matching here: keep the queue short by never noting frames
+        in_flight: Arc::new(Mutex::new(VecDeque::new())),
+        counters: Arc::new(DeviceCounters::default()),
+        window_start: Instant::now(),
+    })
+}
+
+/// Measures both, `runs` times each.
+pub(crate) async fn measure(
+    bin: &Path,
+    schedule: &Arc<Schedule>,
+    layout: SimLayout,
+    runs: usize,
+) -> anyhow::Result<FirstFrame> {
+    let gateway = GatewayProcess::start(bin).await?;
+    let live = live(&gateway, schedule, layout, runs).await?;
+    let cold = cold(&gateway, schedule, layout, runs).await?;
+    gateway.stop().await?;
+    let column = |i: usize| Spread::of(&cold.iter().map(|c| c[i]).collect::<Vec<_>>());
+    Ok(FirstFrame {
+        runs,
+        live: Spread::of(&live),
+        cold_total: column(0),
+        cold_request_to_reqpull: column(1),
+        cold_device_connect: column(2),
+        cold_first_packet_to_frame: column(3),
+        cold_gateway_share: column(4),
+    })
+}
+
+async fn live(
+    gateway: &GatewayProcess,
+    schedule: &Arc<Schedule>,
+    layout: SimLayout,
+    runs: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let id = "13700000001";
+    let stop = CancellationToken::new();
+    let pusher =
+        tokio::spawn(device(schedule, layout, id)?.run(gateway.live, Instant::now(), stop.clone()));
+    // the first key frame is in the GOP cache once one viewer has seen it
+    let path = format!("/live/{id}_1.flv");
+    viewer::first_key_frame(gateway.http, &path).await?;
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        times.push(viewer::first_key_frame(gateway.http, &path).await?);
+    }
+    stop.cancel();
+    pusher.await??;
+    Ok(times)
+}
+
+/// Per run: [total, request→REQPULL, connect, first packet→frame, gateway share].
+async fn cold(
+    gateway: &GatewayProcess,
+    schedule: &Arc<Schedule>,
+    layout: SimLayout,
+    runs: usize,
+) -> anyhow::Result<Vec<[f64; 5]>> {
+    let mut options = MqttOptions::new("loadtest-device", "127.0.0.1", gateway.mqtt.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    let (reqpull_tx, mut reqpull_rx) = mpsc::channel::<(String, Instant)>(64);
+    let (suback_tx, mut suback_rx) = mpsc::channel::<()>(1);
+    let mqtt = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let at = Instant::now();
+                    if p.topic.ends_with("/REQPULL")
+                        && reqpull_tx.send((p.topic, at)).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    let _ = suback_tx.try_send(());
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    eprintln!("loadtest MQTT: {error}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    client
+        .subscribe("jt1078/device/+/REQPULL", QoS::AtLeastOnce)
+        .await?;
+    tokio::time::timeout(Duration::from_secs(10), suback_rx.recv())
+        .await
+        .context("no SUBACK from the embedded broker")?;
+    let mut results = Vec::with_capacity(runs);
+    for run in 0..runs {
+        let id = format!("137100{:05}", run);
+        let path = format!("/live/{id}_1.flv");
+        let http = gateway.http;
+        let asked = Instant::now();
+        let viewer = tokio::spawn(async move { viewer::first_key_frame(http, &path).await });
+        let (topic, reqpull_at) = tokio::time::timeout(Duration::from_secs(10), reqpull_rx.recv())
+            .await
+            .context("no REQPULL within 10 s")?
+            .context("MQTT task ended")?;
+        if !topic.contains(&id) {
+            bail!("REQPULL for another device: {topic}");
+        }
+        let mut socket = TcpStream::connect(gateway.live).await?;
+        socket.set_nodelay(true)?;
+        let connected = Instant::now();
+        let stop = CancellationToken::new();
+        let pusher = device(schedule, layout, &id)?;
+        let stop_pusher = stop.clone();
+        let first_write = Instant::now();
+        let push =
+            tokio::spawn(async move { pusher.replay(&mut socket, first_write, stop_pusher).await });
+        let total = viewer.await??;
+        stop.cancel();
+        push.await??;
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let to_reqpull = ms(reqpull_at - asked);
+        let to_frame = total - ms(first_write - asked);
+        results.push([
+            total,
+            to_reqpull,
+            ms(connected - reqpull_at),
+            to_frame,
+            to_reqpull + to_frame,
+        ]);
+    }
+    mqtt.abort();
+    Ok(results)
+}

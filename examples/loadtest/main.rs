@@ -1,0 +1,167 @@
+//! Load runner: drives the real gateway (its own process, over loopback) with simulated
+//! devices and HTTP-FLV viewers, and measures capacity, latency, first-frame time and the
+//! ffmpeg-per-stream baseline. Writes Markdown, JSON and an SVG plot.
+//!
+//! ```sh
+//! cargo build --release --bin jt1078-gateway --example loadtest
+//! target/release/examples/loadtest --steps 10,100,250,500,1000 --out docs/bench
+//! ```
+//!
+//! See docs/benchmarks.md for what each figure means.
+
+#![expect(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a command-line report"
+)]
+
+mod baseline;
+mod capacity;
+mod device;
+mod first_frame;
+mod gateway;
+mod procstat;
+mod report;
+mod viewer;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use jt1078_gateway::simulate::load_file;
+
+use crate::device::Schedule;
+use crate::report::Results;
+
+/// Measures the gateway under load.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Recording every simulated device replays (looping, in real time).
+    #[arg(
+        long,
+        default_value = "../shared/testdata/h264-g711a-156987000796-ch1.jt1078"
+    )]
+    file: PathBuf,
+    /// The gateway binary to run.
+    #[arg(long, default_value = "target/release/jt1078-gateway")]
+    gateway: PathBuf,
+    /// Numbers of streams to step through (stops after the first step that falls behind).
+    #[arg(long, value_delimiter = ',', default_value = "10,100,250,500,750,1000")]
+    steps: Vec<usize>,
+    /// Seconds of warm-up before each measurement window.
+    #[arg(long, default_value_t = 5)]
+    warmup: u64,
+    /// Seconds of each measurement window.
+    #[arg(long, default_value_t = 15)]
+    window: u64,
+    /// Requests per first-frame measurement (0 skips them).
+    #[arg(long, default_value_t = 20)]
+    first_frame_runs: usize,
+    /// Streams for the ffmpeg-per-stream baseline (0 skips it).
+    #[arg(long, default_value_t = 100)]
+    baseline_streams: usize,
+    /// Keep stepping after a step falls behind.
+    #[arg(long)]
+    keep_going: bool,
+    /// Directory for results.json, report.md and capacity.svg.
+    #[arg(long, default_value = "target/loadtest")]
+    out: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let packets = load_file(&args.file)?;
+    let layout = packets.first().context("empty recording")?.layout();
+    let schedule = Arc::new(Schedule::new(packets));
+    let stream_mbit_s = schedule.round_bytes as f64 * 8.0 / schedule.span_ms as f64 / 1000.0;
+    eprintln!(
+        "{}: {} frames per {:.1} s round, {stream_mbit_s:.2} Mbit/s",
+        args.file.display(),
+        schedule.frames_per_round(),
+        schedule.span_ms as f64 / 1000.0
+    );
+    let (warmup, window) = (
+        Duration::from_secs(args.warmup),
+        Duration::from_secs(args.window),
+    );
+    let mut results = Results {
+        date: command_output("date", &["-u", "+%Y-%m-%d"]),
+        machine: machine(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        file: args.file.display().to_string(),
+        stream_mbit_s,
+        steps: Vec::new(),
+        first_frame: None,
+        baseline: None,
+    };
+    for &streams in &args.steps {
+        eprintln!("capacity: {streams} streams …");
+        let step =
+            capacity::step(&args.gateway, &schedule, layout, streams, warmup, window).await?;
+        eprintln!("{step:?}");
+        let kept_up = step.kept_up();
+        results.steps.push(step);
+        if !kept_up && !args.keep_going {
+            eprintln!("fell behind at {streams} streams; stopping the steps");
+            break;
+        }
+    }
+    if args.first_frame_runs > 0 {
+        eprintln!("first frame …");
+        results.first_frame = Some(
+            first_frame::measure(&args.gateway, &schedule, layout, args.first_frame_runs).await?,
+        );
+    }
+    if args.baseline_streams > 0 {
+        eprintln!("baseline: {} ffmpeg processes …", args.baseline_streams);
+        results.baseline =
+            Some(baseline::run(&schedule, args.baseline_streams, warmup, window).await?);
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let markdown = results.markdown();
+    std::fs::write(args.out.join("report.md"), &markdown)?;
+    std::fs::write(args.out.join("capacity.svg"), results.svg())?;
+    std::fs::write(
+        args.out.join("results.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    println!("{markdown}");
+    if let Some(cap) = results.capacity() {
+        println!("capacity: {} streams kept up", cap.streams);
+    }
+    Ok(())
+}
+
+/// "N cores, M GiB, CPU model".
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    format!("{cores} cores, {mem_gib:.0} GiB, {model}")
+}
+
+fn command_output(cmd: &str, args: &[&str]) -> String {
+    std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}

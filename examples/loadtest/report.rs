@@ -1,0 +1,238 @@
+//! The runner's results as Markdown tables (for docs/benchmarks.md), JSON, and an SVG plot
+//! of CPU and memory against the number of streams.
+//!
+//! The plot is written by hand: two line series on linear axes are a few dozen lines of
+//! SVG, where a plotting crate would add a large dependency tree to every CI build.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::baseline::Baseline;
+use crate::capacity::Step;
+use crate::first_frame::{FirstFrame, Spread};
+
+/// Everything one run measured.
+#[derive(Debug, Serialize)]
+pub(crate) struct Results {
+    pub(crate) date: String,
+    pub(crate) machine: String,
+    pub(crate) command: String,
+    pub(crate) file: String,
+    pub(crate) stream_mbit_s: f64,
+    pub(crate) steps: Vec<Step>,
+    pub(crate) first_frame: Option<FirstFrame>,
+    pub(crate) baseline: Option<Baseline>,
+}
+
+impl Results {
+    /// The largest step that kept up.
+    pub(crate) fn capacity(&self) -> Option<&Step> {
+        self.steps
+            .iter()
+            .filter(|s| s.kept_up())
+            .max_by_key(|s| s.streams)
+    }
+
+    /// Markdown for docs/benchmarks.md.
+    pub(crate) fn markdown(&self) -> String {
+        let mut md = String::new();
+        let _ = writeln!(
+            md,
+            "Run on {} ({}), replaying `{}` (~{:.2} Mbit/s per stream):\n\n```sh\n{}\n```\n",
+            self.date, self.machine, self.file, self.stream_mbit_s, self.command
+        );
+        md.push_str("### Capacity and latency\n\n");
+        md.push_str(
+            "| streams | gateway CPU (% of all cores) | load generator CPU | gateway RSS MB | RSS per stream KB | frames sent | delivered | lost | gateway drops | in Mbit/s | out Mbit/s | latency p50 / p99 / max ms | kept up |\n",
+        );
+        md.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n");
+        for s in &self.steps {
+            let _ = writeln!(
+                md,
+                "| {} | {:.1} | {:.1} | {:.1} | {:.0} | {} | {} | {} | {} | {:.1} | {:.1} | {:.2} / {:.2} / {:.2} | {} |",
+                s.streams,
+                s.gateway_cpu_pct,
+                s.loadgen_cpu_pct,
+                s.gateway_rss_mb,
+                s.rss_per_stream_kb,
+                s.frames_sent,
+                s.frames_delivered,
+                s.frames_lost,
+                s.gateway_frames_dropped,
+                s.ingest_mbit_s,
+                s.egress_mbit_s,
+                s.latency_p50_ms,
+                s.latency_p99_ms,
+                s.latency_max_ms,
+                if s.kept_up() { "yes" } else { "**no**" },
+            );
+        }
+        if let Some(ff) = &self.first_frame {
+            let _ = writeln!(
+                md,
+                "\n### First frame ({} runs each, ms)\n\n| | p50 | p99 | max |\n|---|---:|---:|---:|",
+                ff.runs
+            );
+            let rows: [(&str, &Spread); 6] = [
+                (
+                    "live stream (GOP cache): request → first key frame",
+                    &ff.live,
+                ),
+                (
+                    "cold start, total: request → first key frame",
+                    &ff.cold_total,
+                ),
+                (
+                    "… request → REQPULL at the device (gateway + embedded broker)",
+                    &ff.cold_request_to_reqpull,
+                ),
+                (
+                    "… REQPULL → TCP connected (device)",
+                    &ff.cold_device_connect,
+                ),
+                (
+                    "… device's first write → viewer's first key frame (gateway)",
+                    &ff.cold_first_packet_to_frame,
+                ),
+                ("cold start, gateway's own share", &ff.cold_gateway_share),
+            ];
+            for (name, s) in rows {
+                let _ = writeln!(
+                    md,
+                    "| {name} | {:.2} | {:.2} | {:.2} |",
+                    s.p50, s.p99, s.max
+                );
+            }
+        }
+        if let Some(b) = &self.baseline {
+            let _ = writeln!(
+                md,
+                "\n### Baseline: one ffmpeg per stream, {} streams\n\n| | CPU (% of all cores) | RSS MB |\n|---|---:|---:|\n| {} × `ffmpeg -f h264 -i pipe: -c copy -f flv` | {:.1} | {:.0} |",
+                b.streams, b.streams, b.cpu_pct, b.rss_mb
+            );
+            if let Some(ours) = self.steps.iter().find(|s| s.streams == b.streams) {
+                let _ = writeln!(
+                    md,
+                    "| jt1078-gateway, same streams (+ G.711A audio, JT/T 1078 parsing, one viewer each) | {:.1} | {:.0} |\n| ratio (baseline / gateway) | {:.1}× | {:.1}× |",
+                    ours.gateway_cpu_pct,
+                    ours.gateway_rss_mb,
+                    b.cpu_pct / ours.gateway_cpu_pct.max(0.01),
+                    b.rss_mb / ours.gateway_rss_mb.max(0.01),
+                );
+            }
+        }
+        md
+    }
+
+    /// An SVG with two panels: CPU % and RSS MB against streams.
+    pub(crate) fn svg(&self) -> String {
+        let pts = |f: &dyn Fn(&Step) -> f64| -> Vec<(f64, f64)> {
+            self.steps
+                .iter()
+                .map(|s| (s.streams as f64, f(s)))
+                .collect()
+        };
+        let base = self.baseline.as_ref();
+        let mut svg = String::from(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"960\" height=\"400\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"960\" height=\"400\" fill=\"white\"/>\n",
+        );
+        panel(
+            &mut svg,
+            0.0,
+            "gateway CPU, % of 2 cores",
+            &pts(&|s| s.gateway_cpu_pct),
+            base.map(|b| (b.streams as f64, b.cpu_pct)),
+        );
+        panel(
+            &mut svg,
+            480.0,
+            "gateway RSS, MB",
+            &pts(&|s| s.gateway_rss_mb),
+            base.map(|b| (b.streams as f64, b.rss_mb)),
+        );
+        svg.push_str("</svg>\n");
+        svg
+    }
+}
+
+/// One chart at horizontal offset `x0`; `baseline` is drawn as a labelled red point.
+fn panel(
+    svg: &mut String,
+    x0: f64,
+    title: &str,
+    points: &[(f64, f64)],
+    baseline: Option<(f64, f64)>,
+) {
+    let (left, top, w, h) = (x0 + 60.0, 40.0, 380.0, 300.0);
+    let max_x = points.iter().map(|p| p.0).fold(1.0, f64::max);
+    let max_y = points
+        .iter()
+        .map(|p| p.1)
+        .chain(baseline.map(|b| b.1))
+        .fold(1.0, f64::max)
+        * 1.1;
+    let sx = |x: f64| left + x / max_x * w;
+    let sy = |y: f64| top + h - y / max_y * h;
+    let _ = writeln!(
+        svg,
+        "<text x=\"{}\" y=\"24\" font-size=\"14\">{title}</text>",
+        left
+    );
+    let _ = writeln!(
+        svg,
+        "<path d=\"M{left},{top} V{} H{}\" stroke=\"black\" fill=\"none\"/>",
+        top + h,
+        left + w
+    );
+    for i in 0..=4 {
+        let (x, y) = (max_x * f64::from(i) / 4.0, max_y * f64::from(i) / 4.0);
+        let _ = writeln!(
+            svg,
+            "<text x=\"{:.0}\" y=\"{}\" text-anchor=\"middle\">{x:.0}</text><text x=\"{}\" y=\"{:.0}\" text-anchor=\"end\">{y:.0}</text>",
+            sx(x),
+            top + h + 16.0,
+            left - 6.0,
+            sy(y) + 4.0
+        );
+    }
+    let _ = writeln!(
+        svg,
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">streams (one viewer each)</text>",
+        left + w / 2.0,
+        top + h + 34.0
+    );
+    let path: Vec<String> = points
+        .iter()
+        .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
+        .collect();
+    let _ = writeln!(
+        svg,
+        "<polyline points=\"{}\" stroke=\"#1f77b4\" stroke-width=\"2\" fill=\"none\"/>",
+        path.join(" ")
+    );
+    for &(x, y) in points {
+        let _ = writeln!(
+            svg,
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"#1f77b4\"/>",
+            sx(x),
+            sy(y)
+        );
+    }
+    if let Some((x, y)) = baseline {
+        let _ = writeln!(
+            svg,
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"5\" fill=\"#d62728\"/><text x=\"{:.1}\" y=\"{:.1}\" fill=\"#d62728\">ffmpeg per stream</text>",
+            sx(x),
+            sy(y),
+            sx(x) + 8.0,
+            sy(y) + 4.0
+        );
+    }
+    let _ = writeln!(
+        svg,
+        "<text x=\"{}\" y=\"{}\" fill=\"#1f77b4\">jt1078-gateway</text>",
+        left + w - 100.0,
+        top + 14.0
+    );
+}
