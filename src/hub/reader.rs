@@ -13,6 +13,13 @@ use tokio::sync::broadcast;
 use super::stream::{MediaInfo, Stream};
 use crate::media::{Frame, StreamKey, Track};
 
+/// What the lag policy made of one receive.
+enum Accepted {
+    Frame(Frame),
+    Skip,
+    Ended,
+}
+
 /// Receives the frames of one stream.
 #[derive(Debug)]
 pub struct Reader {
@@ -56,27 +63,60 @@ impl Reader {
             return Some(frame);
         }
         loop {
-            match self.rx.recv().await {
-                Ok(frame) => {
-                    if self.waiting_for_key {
-                        let starts = frame.is_key
-                            || (frame.track() == Track::Audio && !self.stream.has_video());
-                        if !starts {
-                            continue;
-                        }
-                        self.waiting_for_key = false;
-                    }
-                    return Some(frame);
-                }
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    self.stream
-                        .stats()
-                        .frames_dropped
-                        .fetch_add(missed, Ordering::Relaxed);
-                    self.waiting_for_key = true;
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
+            let result = self.rx.recv().await;
+            match self.accept(result) {
+                Accepted::Frame(frame) => return Some(frame),
+                Accepted::Skip => {}
+                Accepted::Ended => return None,
             }
+        }
+    }
+
+    /// The next frame if one is already queued (never waits); `None` when the queue is
+    /// empty or the stream has ended (the next [`Reader::recv`] tells which).
+    pub fn try_recv(&mut self) -> Option<Frame> {
+        if let Some(frame) = self.backlog.pop_front() {
+            return Some(frame);
+        }
+        loop {
+            let result = match self.rx.try_recv() {
+                Ok(frame) => Ok(frame),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    Err(broadcast::error::RecvError::Lagged(n))
+                }
+                Err(_) => return None,
+            };
+            match self.accept(result) {
+                Accepted::Frame(frame) => return Some(frame),
+                Accepted::Skip => {}
+                Accepted::Ended => return None,
+            }
+        }
+    }
+
+    /// Applies the lag policy to one receive result.
+    fn accept(&mut self, result: Result<Frame, broadcast::error::RecvError>) -> Accepted {
+        match result {
+            Ok(frame) => {
+                if self.waiting_for_key {
+                    let starts =
+                        frame.is_key || (frame.track() == Track::Audio && !self.stream.has_video());
+                    if !starts {
+                        return Accepted::Skip;
+                    }
+                    self.waiting_for_key = false;
+                }
+                Accepted::Frame(frame)
+            }
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                self.stream
+                    .stats()
+                    .frames_dropped
+                    .fetch_add(missed, Ordering::Relaxed);
+                self.waiting_for_key = true;
+                Accepted::Skip
+            }
+            Err(broadcast::error::RecvError::Closed) => Accepted::Ended,
         }
     }
 

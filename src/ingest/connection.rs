@@ -85,24 +85,42 @@ impl Connection {
         let mut decoder = Decoder::new(self.limits.max_body);
         let mut channels: Vec<ChannelIngest> = Vec::new();
         debug!("device connected");
+        // Pinned once: re-creating these futures per read would register and unregister
+        // wakers (a lock each) for every packet batch.
+        let shutdown = cancel.cancelled();
+        let superseded = replaced.cancelled();
+        tokio::pin!(shutdown, superseded);
+        // The idle timer is re-armed lazily: it fires at most once per `idle_timeout` and
+        // only then checks whether anything arrived, instead of a timer reset per read.
+        let mut last_read = Instant::now();
+        let idle = tokio::time::sleep(self.limits.idle_timeout);
+        tokio::pin!(idle);
         let reason = loop {
             let buf = decoder.buffer_mut();
             if buf.capacity() - buf.len() < READ_CHUNK / 4 {
                 buf.reserve(READ_CHUNK);
             }
             let read = tokio::select! {
-                () = cancel.cancelled() => break "shutdown",
-                () = replaced.cancelled() => break "replaced by a newer connection",
-                r = tokio::time::timeout(self.limits.idle_timeout, self.socket.read_buf(buf)) => r,
+                biased;
+                r = self.socket.read_buf(buf) => r,
+                () = &mut shutdown => break "shutdown",
+                () = &mut superseded => break "replaced by a newer connection",
+                () = &mut idle => {
+                    let deadline = last_read + self.limits.idle_timeout;
+                    if Instant::now() >= deadline {
+                        break "idle timeout";
+                    }
+                    idle.as_mut().reset(deadline);
+                    continue;
+                }
             };
             match read {
-                Err(_) => break "idle timeout",
-                Ok(Ok(0)) => break "closed by device",
-                Ok(Err(error)) => {
+                Ok(0) => break "closed by device",
+                Err(error) => {
                     debug!(%error, "read failed");
                     break "read error";
                 }
-                Ok(Ok(_)) => {}
+                Ok(_) => last_read = Instant::now(),
             }
             let now = Instant::now();
             while let Some(packet) = decoder.next_packet() {

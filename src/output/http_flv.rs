@@ -22,6 +22,9 @@ use crate::codec::h26x::{NalKind, VideoCodec};
 use crate::hub::{Hub, MediaInfo};
 use crate::media::{Channel, Codec, DeviceId, Frame, StreamKey, StreamKind};
 
+/// Frames already queued for a viewer are written together, up to this many bytes.
+const MAX_WRITE: usize = 256 * 1024;
+
 #[derive(Clone)]
 struct FlvState {
     hub: Hub,
@@ -63,16 +66,24 @@ async fn play(
     info!(stream = %key, "flv viewer joined");
     let muxer = FlvMuxer::new(reader.info());
     let body = stream::unfold((reader, muxer), |(mut reader, mut muxer)| async move {
+        let mut out = BytesMut::new();
         loop {
             let Some(frame) = reader.recv().await else {
                 debug!(stream = %reader.key(), "flv viewer stream ended");
                 return None;
             };
-            let bytes = muxer.push(&frame);
-            if !bytes.is_empty() {
-                reader.add_bytes_out(bytes.len() as u64);
+            muxer.push_into(&frame, &mut out);
+            // whatever else is already queued goes out in the same write
+            while out.len() < MAX_WRITE {
+                match reader.try_recv() {
+                    Some(frame) => muxer.push_into(&frame, &mut out),
+                    None => break,
+                }
+            }
+            if !out.is_empty() {
+                reader.add_bytes_out(out.len() as u64);
                 return Some((
-                    Ok::<Bytes, std::convert::Infallible>(bytes),
+                    Ok::<Bytes, std::convert::Infallible>(out.freeze()),
                     (reader, muxer),
                 ));
             }
@@ -132,6 +143,13 @@ impl FlvMuxer {
     /// The bytes to write for one frame (empty if the frame cannot be carried yet).
     pub fn push(&mut self, frame: &Frame) -> Bytes {
         let mut out = BytesMut::new();
+        self.push_into(frame, &mut out);
+        out.freeze()
+    }
+
+    /// Appends the bytes for one frame to `out` (nothing if it cannot be carried yet).
+    pub fn push_into(&mut self, frame: &Frame, out: &mut BytesMut) {
+        out.reserve(frame.data.len() + 64);
         if self.header_pending {
             out.extend_from_slice(&flv::file_header(self.audio.is_some(), self.has_video));
             self.header_pending = false;
@@ -139,14 +157,13 @@ impl FlvMuxer {
         let base = *self.base_pts.get_or_insert(frame.pts);
         let ts = frame.pts.saturating_sub(base);
         match frame.codec {
-            Codec::H264 | Codec::H265 => self.push_video(frame, ts, &mut out),
+            Codec::H264 | Codec::H265 => self.push_video(frame, ts, out),
             codec => {
                 if let Some(format) = sound_format(codec) {
-                    flv::write_audio_frame(&mut out, format, ts, &frame.data);
+                    flv::write_audio_frame(out, format, ts, &frame.data);
                 }
             }
         }
-        out.freeze()
     }
 
     fn push_video(&mut self, frame: &Frame, ts: u64, out: &mut BytesMut) {
