@@ -214,6 +214,46 @@ mod tests {
         assert!(err.contains("no_such_key"), "{err}");
     }
 
+    /// A TOML file in the temp directory, removed on drop.
+    struct TempToml(std::path::PathBuf);
+
+    impl TempToml {
+        fn new(name: &str, text: &str) -> TempToml {
+            let path = std::env::temp_dir()
+                .join(format!("jtgw-config-{}-{name}.toml", std::process::id()));
+            std::fs::write(&path, text).unwrap();
+            TempToml(path)
+        }
+    }
+
+    impl Drop for TempToml {
+        fn drop(&mut self) {
+            // A leftover temp file is harmless.
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    #[test]
+    fn config_file_overrides_a_default_and_keeps_the_rest() {
+        let file = TempToml::new(
+            "overlay",
+            "[ingest]\nidle_timeout = \"45s\"\n\n[http]\nlisten = \"127.0.0.1:18080\"\n",
+        );
+        let s = Settings::load(Some(&file.0)).unwrap();
+        assert_eq!(s.ingest.idle_timeout, Duration::from_secs(45));
+        assert_eq!(s.http.listen, "127.0.0.1:18080".parse().unwrap());
+        // keys the file does not name keep their defaults
+        assert_eq!(s.ingest.live_listen.port(), 9501);
+        assert_eq!(s.http.flv_wait_timeout, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn unknown_key_in_config_file_fails_with_its_name() {
+        let file = TempToml::new("unknown", "[ingest]\nlive_lisen = \"0.0.0.0:1\"\n");
+        let err = format!("{:#}", Settings::load(Some(&file.0)).unwrap_err());
+        assert!(err.contains("live_lisen"), "{err}");
+    }
+
     #[test]
     fn every_default_key_is_documented() {
         let doc = include_str!("../docs/configuration.md");
