@@ -5,7 +5,9 @@
 //! holds a lease; the device gets one pull per stream however many ask, and one stop after
 //! the last requester leaves and the linger time passes (a new request inside it cancels the
 //! stop). A pull that never arrives is retried a bounded number of times, then fails.
-//! Streams a device pushes without being asked are never stopped from here.
+//! Streams a device pushes without being asked are never stopped from here; if one goes
+//! down while someone wants it, the device is asked for it. A stop is remembered until the
+//! stream goes down, so it can be repeated after a reconnect to the broker.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -67,12 +69,17 @@ pub enum RequestOutcome {
     Live,
     /// The device has been asked (now or earlier) and is expected.
     Pulling,
+    /// The requester may not make the device push (a viewer of a playback nobody asked
+    /// for): it waits for the device to push on its own or for a requester that may.
+    Waiting,
 }
 
 #[derive(Debug)]
 struct Lease {
     expires: Option<Instant>,
     seqid: Option<String>,
+    /// This requester may make the device push (false: it only waits).
+    may_pull: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +92,9 @@ enum Phase {
     Live,
     /// Asked, nobody wants it any more: stop at `stop_at` unless someone asks.
     Lingering { stop_at: Instant },
+    /// Told to stop, still pushing: the stop is repeated after a reconnect to the broker
+    /// (a command queued while the broker was away may have been lost).
+    Stopping,
 }
 
 #[derive(Debug)]
@@ -110,13 +120,15 @@ impl Demand {
         }
     }
 
-    /// A requester wants `key` (or renews its lease). `lease` false for requesters whose
-    /// presence is tracked otherwise (viewers).
+    /// A requester wants `key` (or renews its lease). Viewers hold no lease (their
+    /// presence is tracked otherwise). A requester that may not pull (`may_pull` false)
+    /// keeps the stream wanted but never makes the device push by itself.
     pub fn request(
         &mut self,
         key: &StreamKey,
         requester: RequesterId,
         seqid: Option<String>,
+        may_pull: bool,
         now: Instant,
         actions: &mut Vec<Action>,
     ) -> RequestOutcome {
@@ -126,37 +138,29 @@ impl Demand {
         };
         let timeout = self.settings.pull_timeout;
         let entry = self.entry(key);
-        entry.requesters.insert(requester, Lease { expires, seqid });
+        entry.requesters.insert(
+            requester,
+            Lease {
+                expires,
+                seqid,
+                may_pull,
+            },
+        );
         match entry.phase {
             Phase::Idle if entry.live => RequestOutcome::Live,
-            Phase::Idle => {
-                entry.phase = Phase::Pulling {
-                    attempt: 1,
-                    retry_at: now + timeout,
-                };
-                actions.push(Action::Pull {
-                    key: key.clone(),
-                    attempt: 1,
-                });
-                RequestOutcome::Pulling
+            Phase::Idle | Phase::Stopping if !entry.live && !entry.may_pull() => {
+                RequestOutcome::Waiting
             }
             Phase::Pulling { .. } => RequestOutcome::Pulling,
             Phase::Live => RequestOutcome::Live,
-            Phase::Lingering { .. } => {
-                if entry.live {
-                    entry.phase = Phase::Live;
-                    RequestOutcome::Live
-                } else {
-                    entry.phase = Phase::Pulling {
-                        attempt: 1,
-                        retry_at: now + timeout,
-                    };
-                    actions.push(Action::Pull {
-                        key: key.clone(),
-                        attempt: 1,
-                    });
-                    RequestOutcome::Pulling
-                }
+            // Lingering: asked earlier, so asking again is legitimate whoever requests.
+            Phase::Stopping | Phase::Lingering { .. } if entry.live => {
+                entry.phase = Phase::Live;
+                RequestOutcome::Live
+            }
+            Phase::Idle | Phase::Stopping | Phase::Lingering { .. } => {
+                entry.start_pulling(key, now + timeout, actions);
+                RequestOutcome::Pulling
             }
         }
     }
@@ -170,10 +174,10 @@ impl Demand {
         let was = entry.requesters.remove(requester).is_some();
         if entry.requesters.is_empty() {
             entry.phase = match entry.phase {
-                Phase::Idle => Phase::Idle,
-                _ => Phase::Lingering {
+                Phase::Pulling { .. } | Phase::Live => Phase::Lingering {
                     stop_at: now + linger,
                 },
+                other => other,
             };
         }
         self.forget_if_unused(key);
@@ -189,7 +193,8 @@ impl Demand {
         }
     }
 
-    /// The stream went down. If requesters still want it, the device is asked again.
+    /// The stream went down. If requesters still want it (asked for, or pushed by the
+    /// device on its own), the device is asked again.
     pub fn stream_down(&mut self, key: &StreamKey, now: Instant, actions: &mut Vec<Action>) {
         let timeout = self.settings.pull_timeout;
         let Some(entry) = self.entries.get_mut(key) else {
@@ -198,23 +203,38 @@ impl Demand {
         entry.live = false;
         match entry.phase {
             Phase::Live if !entry.requesters.is_empty() => {
-                entry.phase = Phase::Pulling {
-                    attempt: 1,
-                    retry_at: now + timeout,
-                };
-                actions.push(Action::Pull {
-                    key: key.clone(),
-                    attempt: 1,
-                });
+                entry.start_pulling(key, now + timeout, actions);
             }
-            // gone on its own while lingering: nothing left to stop
-            Phase::Lingering { .. } | Phase::Live => entry.phase = Phase::Idle,
+            Phase::Idle if entry.may_pull() => {
+                entry.start_pulling(key, now + timeout, actions);
+            }
+            // gone on its own while lingering or stopping: nothing left to stop
+            Phase::Lingering { .. } | Phase::Live | Phase::Stopping => entry.phase = Phase::Idle,
             Phase::Idle | Phase::Pulling { .. } => {}
         }
         self.forget_if_unused(key);
     }
 
+    /// The connection to the broker was re-established, possibly without the session that
+    /// held queued commands: the commands still in force are due again. Pulls still
+    /// waiting for their stream are repeated (same attempt), and so are stops of streams
+    /// that still push.
+    pub fn reconnected(&self, actions: &mut Vec<Action>) {
+        for (key, entry) in &self.entries {
+            match entry.phase {
+                Phase::Pulling { attempt, .. } => actions.push(Action::Pull {
+                    key: key.clone(),
+                    attempt,
+                }),
+                Phase::Stopping => actions.push(Action::Stop { key: key.clone() }),
+                Phase::Idle | Phase::Live | Phase::Lingering { .. } => {}
+            }
+        }
+    }
+
     /// Performs what is due at `now`: lease expiry, stops after linger, retries, failures.
+    /// A failure also stops the device, so one that connects late does not stream for
+    /// nobody.
     pub fn poll(&mut self, now: Instant, actions: &mut Vec<Action>) {
         let settings = self.settings;
         let keys: Vec<StreamKey> = self.entries.keys().cloned().collect();
@@ -226,7 +246,10 @@ impl Demand {
             entry
                 .requesters
                 .retain(|_, lease| lease.expires.is_none_or(|t| t > now));
-            if before > 0 && entry.requesters.is_empty() && entry.phase != Phase::Idle {
+            if before > 0
+                && entry.requesters.is_empty()
+                && matches!(entry.phase, Phase::Pulling { .. } | Phase::Live)
+            {
                 entry.phase = Phase::Lingering {
                     stop_at: now + settings.stop_linger,
                 };
@@ -256,10 +279,15 @@ impl Demand {
                             requesters,
                             attempts: attempt,
                         });
+                        actions.push(Action::Stop { key: key.clone() });
                     }
                 }
                 Phase::Lingering { stop_at } if stop_at <= now => {
-                    entry.phase = Phase::Idle;
+                    entry.phase = if entry.live {
+                        Phase::Stopping
+                    } else {
+                        Phase::Idle
+                    };
                     actions.push(Action::Stop { key: key.clone() });
                 }
                 _ => {}
@@ -276,7 +304,7 @@ impl Demand {
                 let phase = match entry.phase {
                     Phase::Pulling { retry_at, .. } => Some(retry_at),
                     Phase::Lingering { stop_at } => Some(stop_at),
-                    Phase::Idle | Phase::Live => None,
+                    Phase::Idle | Phase::Live | Phase::Stopping => None,
                 };
                 entry
                     .requesters
@@ -316,6 +344,25 @@ impl Demand {
         {
             self.entries.remove(key);
         }
+    }
+}
+
+impl Entry {
+    /// True if some requester may make the device push.
+    fn may_pull(&self) -> bool {
+        self.requesters.values().any(|lease| lease.may_pull)
+    }
+
+    /// Sends the first pull and waits for the stream until `retry_at`.
+    fn start_pulling(&mut self, key: &StreamKey, retry_at: Instant, actions: &mut Vec<Action>) {
+        self.phase = Phase::Pulling {
+            attempt: 1,
+            retry_at,
+        };
+        actions.push(Action::Pull {
+            key: key.clone(),
+            attempt: 1,
+        });
     }
 }
 
@@ -366,15 +413,36 @@ mod tests {
         let mut d = Demand::new(settings());
         let mut actions = Vec::new();
         assert_eq!(
-            d.request(&key(), client("a"), Some("s1".into()), t0, &mut actions),
+            d.request(
+                &key(),
+                client("a"),
+                Some("s1".into()),
+                true,
+                t0,
+                &mut actions
+            ),
             RequestOutcome::Pulling
         );
         assert_eq!(
-            d.request(&key(), client("b"), Some("s2".into()), t0, &mut actions),
+            d.request(
+                &key(),
+                client("b"),
+                Some("s2".into()),
+                true,
+                t0,
+                &mut actions
+            ),
             RequestOutcome::Pulling
         );
         // the same client twice counts once
-        d.request(&key(), client("a"), Some("s3".into()), t0, &mut actions);
+        d.request(
+            &key(),
+            client("a"),
+            Some("s3".into()),
+            true,
+            t0,
+            &mut actions,
+        );
         assert_eq!(
             actions,
             vec![Action::Pull {
@@ -410,7 +478,7 @@ mod tests {
         let t0 = origin();
         let mut d = Demand::new(settings());
         let mut actions = Vec::new();
-        d.request(&key(), client("a"), None, t0, &mut actions);
+        d.request(&key(), client("a"), None, true, t0, &mut actions);
         d.stream_up(&key());
         d.release(&key(), &client("a"), t0);
         let mut again = Vec::new();
@@ -419,6 +487,7 @@ mod tests {
                 &key(),
                 client("b"),
                 None,
+                true,
                 t0 + Duration::from_secs(10),
                 &mut again
             ),
@@ -433,13 +502,14 @@ mod tests {
         let t0 = origin();
         let mut d = Demand::new(settings());
         let mut actions = Vec::new();
-        d.request(&key(), client("crashed"), None, t0, &mut actions);
+        d.request(&key(), client("crashed"), None, true, t0, &mut actions);
         d.stream_up(&key());
         // renewed once at 100 s, then silence
         d.request(
             &key(),
             client("crashed"),
             None,
+            true,
             t0 + Duration::from_secs(100),
             &mut actions,
         );
@@ -461,10 +531,18 @@ mod tests {
         let t0 = origin();
         let mut d = Demand::new(settings());
         let mut actions = Vec::new();
-        d.request(&key(), client("a"), Some("s1".into()), t0, &mut actions);
+        d.request(
+            &key(),
+            client("a"),
+            Some("s1".into()),
+            true,
+            t0,
+            &mut actions,
+        );
         let mut now = t0;
         let mut pulls = 1;
         let mut failed = None;
+        let mut stopped = false;
         while failed.is_none() {
             now = d.poll_timeout().unwrap();
             for action in step(&mut d, now) {
@@ -478,10 +556,14 @@ mod tests {
                         attempts,
                         ..
                     } => failed = Some((requesters, attempts)),
-                    Action::Stop { .. } => panic!("nothing to stop"),
+                    Action::Stop { .. } => {
+                        assert!(failed.is_some(), "the stop comes with the failure");
+                        stopped = true;
+                    }
                 }
             }
         }
+        assert!(stopped, "a device that connects late is not left streaming");
         let (requesters, attempts) = failed.unwrap();
         assert_eq!(attempts, 3);
         assert_eq!(pulls, 3);
@@ -497,7 +579,7 @@ mod tests {
         d.stream_up(&key());
         let mut actions = Vec::new();
         assert_eq!(
-            d.request(&key(), RequesterId::Viewers, None, t0, &mut actions),
+            d.request(&key(), RequesterId::Viewers, None, true, t0, &mut actions),
             RequestOutcome::Live
         );
         assert!(actions.is_empty(), "no pull for a live stream");
@@ -510,7 +592,7 @@ mod tests {
         let t0 = origin();
         let mut d = Demand::new(settings());
         let mut actions = Vec::new();
-        d.request(&key(), client("a"), None, t0, &mut actions);
+        d.request(&key(), client("a"), None, true, t0, &mut actions);
         d.stream_up(&key());
         actions.clear();
         d.stream_down(&key(), t0, &mut actions);
@@ -521,5 +603,109 @@ mod tests {
                 attempt: 1
             }]
         );
+    }
+
+    fn playback_key() -> StreamKey {
+        StreamKey::new(
+            DeviceId::parse("13800138000").unwrap(),
+            Channel(1),
+            StreamKind::Playback,
+        )
+    }
+
+    #[test]
+    fn viewers_that_may_not_pull_only_wait() {
+        let t0 = origin();
+        let mut d = Demand::new(settings());
+        let mut actions = Vec::new();
+        let key = playback_key();
+        assert_eq!(
+            d.request(&key, RequesterId::Viewers, None, false, t0, &mut actions),
+            RequestOutcome::Waiting
+        );
+        assert!(actions.is_empty(), "a waiting viewer never pulls");
+        assert!(step(&mut d, t0 + Duration::from_secs(3600)).is_empty());
+        // the device pushes on its own, then drops: still nobody may pull
+        d.stream_up(&key);
+        d.stream_down(&key, t0, &mut actions);
+        assert!(actions.is_empty(), "no pull when the stream drops");
+        // a requester that may pull (a PLAYBACK with its fields) makes the device push
+        assert_eq!(
+            d.request(&key, client("a"), None, true, t0, &mut actions),
+            RequestOutcome::Pulling
+        );
+        assert_eq!(actions, vec![Action::Pull { key, attempt: 1 }]);
+    }
+
+    #[test]
+    fn a_stream_pushed_on_its_own_that_drops_is_pulled_for_its_requesters() {
+        let t0 = origin();
+        let mut d = Demand::new(settings());
+        let mut actions = Vec::new();
+        d.stream_up(&key());
+        assert_eq!(
+            d.request(&key(), client("a"), None, true, t0, &mut actions),
+            RequestOutcome::Live
+        );
+        assert!(actions.is_empty());
+        d.stream_down(&key(), t0, &mut actions);
+        assert_eq!(
+            actions,
+            vec![Action::Pull {
+                key: key(),
+                attempt: 1
+            }]
+        );
+        // and it is now a stream the gateway asked for: stopped after the requester leaves
+        d.stream_up(&key());
+        d.release(&key(), &client("a"), t0);
+        assert_eq!(
+            step(&mut d, t0 + Duration::from_secs(30)),
+            vec![Action::Stop { key: key() }]
+        );
+    }
+
+    #[test]
+    fn after_a_reconnect_pending_pulls_and_stops_are_repeated() {
+        let t0 = origin();
+        let mut d = Demand::new(settings());
+        let mut actions = Vec::new();
+        let stopped = StreamKey::new(
+            DeviceId::parse("13800138001").unwrap(),
+            Channel(1),
+            StreamKind::Live,
+        );
+        d.request(&stopped, client("a"), None, true, t0, &mut actions);
+        d.stream_up(&stopped);
+        d.release(&stopped, &client("a"), t0);
+        assert_eq!(
+            step(&mut d, t0 + Duration::from_secs(30)),
+            vec![Action::Stop {
+                key: stopped.clone()
+            }]
+        );
+        // nobody answers this one yet
+        d.request(&key(), client("b"), None, true, t0, &mut actions);
+        let mut again = Vec::new();
+        d.reconnected(&mut again);
+        again.sort_by_key(|a| format!("{a:?}"));
+        assert_eq!(
+            again,
+            vec![
+                Action::Pull {
+                    key: key(),
+                    attempt: 1
+                },
+                Action::Stop {
+                    key: stopped.clone()
+                },
+            ]
+        );
+        // once the stopped stream is down and the other is live, nothing is repeated
+        d.stream_down(&stopped, t0, &mut actions);
+        d.stream_up(&key());
+        again.clear();
+        d.reconnected(&mut again);
+        assert!(again.is_empty(), "{again:?}");
     }
 }

@@ -56,7 +56,24 @@ struct StreamStatus {
     urls: PlayUrls,
 }
 
-/// Parameters of the last playback request per stream, sent again on retries.
+/// The fields of the last request per stream that shape the device command, sent again on
+/// retries and re-pulls; forgotten when the device is told to stop.
+#[derive(Debug, Clone)]
+enum PullParams {
+    /// 0x9101 fields of a live request.
+    Live(LiveParams),
+    /// 0x9201 fields of a playback request.
+    Playback(PlaybackParams),
+}
+
+/// 0x9101 fields from a live request (`video`, `audio`, `stream_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct LiveParams {
+    data_type: u8,
+    stream_type: u8,
+}
+
+/// 0x9201 fields from a playback request.
 #[derive(Debug, Clone)]
 struct PlaybackParams {
     media_type: u8,
@@ -74,7 +91,7 @@ pub(crate) struct Control {
     client: AsyncClient,
     topics: Topics,
     demand: Demand,
-    playback: HashMap<StreamKey, PlaybackParams>,
+    pull_params: HashMap<StreamKey, PullParams>,
     devices_seen: HashMap<DeviceId, Instant>,
     started: Instant,
     heartbeats: u64,
@@ -89,7 +106,7 @@ impl Control {
             ctx,
             hub,
             client,
-            playback: HashMap::new(),
+            pull_params: HashMap::new(),
             devices_seen: HashMap::new(),
             started: Instant::now(),
             heartbeats: 0,
@@ -133,6 +150,11 @@ impl Control {
                         break;
                     }
                     self.announce();
+                    // Commands queued while the broker was away may be lost with the
+                    // session: send again those still in force.
+                    let mut actions = Vec::new();
+                    self.demand.reconnected(&mut actions);
+                    self.perform(actions);
                 }
             }
         }
@@ -239,18 +261,20 @@ impl Control {
         let requester =
             RequesterId::Client(request.client_id.clone().unwrap_or_else(|| seqid.clone()));
         for key in keys {
-            if key.kind == StreamKind::Playback {
-                match playback_params(request) {
-                    Ok(params) => {
-                        self.playback.insert(key.clone(), params);
-                    }
-                    Err(message) => {
-                        return self.reject(RequestError {
-                            code: ErrorCode::InvalidField,
-                            message,
-                            seqid: Some(seqid),
-                        });
-                    }
+            let params = match key.kind {
+                StreamKind::Live => live_params(request).map(PullParams::Live),
+                StreamKind::Playback => playback_params(request).map(PullParams::Playback),
+            };
+            match params {
+                Ok(params) => {
+                    self.pull_params.insert(key.clone(), params);
+                }
+                Err((code, message)) => {
+                    return self.reject(RequestError {
+                        code,
+                        message,
+                        seqid: Some(seqid),
+                    });
                 }
             }
             let mut actions = Vec::new();
@@ -258,12 +282,14 @@ impl Control {
                 &key,
                 requester.clone(),
                 Some(seqid.clone()),
+                true,
                 Instant::now().into_std(),
                 &mut actions,
             );
             let state = match outcome {
                 RequestOutcome::Live => "live",
                 RequestOutcome::Pulling => "pulling",
+                RequestOutcome::Waiting => "waiting",
             };
             info!(stream = %key, requester = ?requester, state, "subscribed");
             self.reply_ok(
@@ -356,10 +382,22 @@ impl Control {
                 self.demand.stream_down(&key, now, &mut actions);
                 self.publish_stream_status(&key, false);
             }
+            HubEvent::MediaChanged { key, .. } => {
+                if self.hub.is_live(&key) {
+                    self.publish_stream_status(&key, true);
+                }
+            }
             HubEvent::ReadersChanged { key, readers } => {
                 if readers > 0 {
-                    self.demand
-                        .request(&key, RequesterId::Viewers, None, now, &mut actions);
+                    let may_pull = self.viewers_may_pull(&key);
+                    self.demand.request(
+                        &key,
+                        RequesterId::Viewers,
+                        None,
+                        may_pull,
+                        now,
+                        &mut actions,
+                    );
                 } else {
                     self.demand.release(&key, &RequesterId::Viewers, now);
                 }
@@ -381,8 +419,9 @@ impl Control {
             }
         }
         for key in counts.keys() {
+            let may_pull = self.viewers_may_pull(key);
             self.demand
-                .request(key, RequesterId::Viewers, None, now, &mut actions);
+                .request(key, RequesterId::Viewers, None, may_pull, now, &mut actions);
         }
         for snapshot in self.hub.list() {
             if let Ok(device) = DeviceId::parse(&snapshot.device) {
@@ -397,14 +436,27 @@ impl Control {
         self.perform(actions);
     }
 
+    /// Viewers make the device push a live stream, but a playback only with the 0x9201
+    /// fields of a request (otherwise they wait): live and playback never mix.
+    fn viewers_may_pull(&self, key: &StreamKey) -> bool {
+        match key.kind {
+            StreamKind::Live => true,
+            StreamKind::Playback => {
+                matches!(self.pull_params.get(key), Some(PullParams::Playback(_)))
+            }
+        }
+    }
+
     fn perform(&mut self, actions: Vec<Action>) {
         for action in actions {
             match action {
-                Action::Pull { key, attempt } => {
-                    info!(stream = %key, attempt, "asking the device to push");
-                    let command = self.pull_command(&key);
-                    self.send_device(&command);
-                }
+                Action::Pull { key, attempt } => match self.pull_command(&key) {
+                    Some(command) => {
+                        info!(stream = %key, attempt, "asking the device to push");
+                        self.send_device(&command);
+                    }
+                    None => warn!(stream = %key, "no playback request to ask the device for"),
+                },
                 Action::Stop { key } => {
                     info!(stream = %key, "asking the device to stop");
                     let seqid = self.next_seqid();
@@ -426,7 +478,7 @@ impl Control {
                             seek_time: "000000000000".to_owned(),
                         },
                     };
-                    self.playback.remove(&key);
+                    self.pull_params.remove(&key);
                     self.send_device(&command);
                 }
                 Action::Failed {
@@ -456,37 +508,49 @@ impl Control {
         }
     }
 
-    fn pull_command(&self, key: &StreamKey) -> DeviceCommand {
+    /// The command that makes the device push `key`: REQPULL for live, PLAYBACK for a
+    /// playback (`None` without the fields of a playback request: never a REQPULL aimed at
+    /// the playback port).
+    fn pull_command(&self, key: &StreamKey) -> Option<DeviceCommand> {
         let seqid = self.next_seqid();
-        match (key.kind, self.playback.get(key)) {
-            (StreamKind::Playback, Some(p)) => DeviceCommand::Playback {
-                seqid,
-                device: key.device.to_string(),
-                server_host: self.ctx.public_host.clone(),
-                tcp_port: self.ctx.playback_port,
-                udp_port: 0,
-                channel: key.channel.0,
-                media_type: p.media_type,
-                stream_type: p.stream_type,
-                storage_type: p.storage_type,
-                playback_mode: p.playback_mode,
-                speed: p.speed,
-                start_time: p.start_time.clone(),
-                end_time: p.end_time.clone(),
-            },
-            _ => DeviceCommand::ReqPull {
-                seqid,
-                device: key.device.to_string(),
-                server_host: self.ctx.public_host.clone(),
-                tcp_port: match key.kind {
-                    StreamKind::Live => self.ctx.live_port,
-                    StreamKind::Playback => self.ctx.playback_port,
-                },
-                udp_port: 0,
-                channel: key.channel.0,
-                data_type: 0,
-                stream_type: 0,
-            },
+        let device = key.device.to_string();
+        let server_host = self.ctx.public_host.clone();
+        let channel = key.channel.0;
+        match (key.kind, self.pull_params.get(key)) {
+            (StreamKind::Playback, Some(PullParams::Playback(p))) => {
+                Some(DeviceCommand::Playback {
+                    seqid,
+                    device,
+                    server_host,
+                    tcp_port: self.ctx.playback_port,
+                    udp_port: 0,
+                    channel,
+                    media_type: p.media_type,
+                    stream_type: p.stream_type,
+                    storage_type: p.storage_type,
+                    playback_mode: p.playback_mode,
+                    speed: p.speed,
+                    start_time: p.start_time.clone(),
+                    end_time: p.end_time.clone(),
+                })
+            }
+            (StreamKind::Playback, _) => None,
+            (StreamKind::Live, params) => {
+                let live = match params {
+                    Some(PullParams::Live(live)) => *live,
+                    _ => LiveParams::default(),
+                };
+                Some(DeviceCommand::ReqPull {
+                    seqid,
+                    device,
+                    server_host,
+                    tcp_port: self.ctx.live_port,
+                    udp_port: 0,
+                    channel,
+                    data_type: live.data_type,
+                    stream_type: live.stream_type,
+                })
+            }
         }
     }
 
@@ -629,22 +693,60 @@ impl Control {
     }
 }
 
-fn playback_params(request: &Request) -> Result<PlaybackParams, String> {
-    let start = request
-        .start_time
-        .as_deref()
-        .ok_or("a playback request needs \"start_time\" (YYMMDDhhmmss or YYYY-MM-DD hh:mm:ss)")?;
+/// Why a request's fields cannot shape a device command: code and message.
+type FieldError = (ErrorCode, String);
+
+/// 0x9101 data type from `video`/`audio` (JT/T 1078 table 17: 0 audio and video, 1 video,
+/// 3 listen, i.e. audio only) and the stream type (0 main, 1 sub).
+fn live_params(request: &Request) -> Result<LiveParams, FieldError> {
+    let data_type = match (request.video.unwrap_or(true), request.audio.unwrap_or(true)) {
+        (true, true) => 0,
+        (true, false) => 1,
+        (false, true) => 3,
+        (false, false) => {
+            return Err((
+                ErrorCode::InvalidField,
+                "\"video\" and \"audio\" are both false: ask for at least one".to_owned(),
+            ));
+        }
+    };
+    let stream_type = match request.stream_type {
+        None => 0,
+        Some(t @ 0..=1) => t,
+        Some(t) => {
+            return Err((
+                ErrorCode::InvalidField,
+                format!("stream_type {t}: expected 0 (main) or 1 (sub) for a live stream"),
+            ));
+        }
+    };
+    Ok(LiveParams {
+        data_type,
+        stream_type,
+    })
+}
+
+fn playback_params(request: &Request) -> Result<PlaybackParams, FieldError> {
+    let start = request.start_time.as_deref().ok_or((
+        ErrorCode::MissingField,
+        "a playback request needs \"start_time\" (YYMMDDhhmmss or YYYY-MM-DD hh:mm:ss)".to_owned(),
+    ))?;
+    let invalid = |message: String| (ErrorCode::InvalidField, message);
     let start_time = bcd_time(start).ok_or_else(|| {
-        format!("start_time {start:?}: expected YYMMDDhhmmss or YYYY-MM-DD hh:mm:ss")
+        invalid(format!(
+            "start_time {start:?}: expected YYMMDDhhmmss or YYYY-MM-DD hh:mm:ss"
+        ))
     })?;
     let end_time = match request.end_time.as_deref() {
         None => "000000000000".to_owned(),
         Some(end) => bcd_time(end).ok_or_else(|| {
-            format!("end_time {end:?}: expected YYMMDDhhmmss, YYYY-MM-DD hh:mm:ss or 0")
+            invalid(format!(
+                "end_time {end:?}: expected YYMMDDhhmmss, YYYY-MM-DD hh:mm:ss or 0"
+            ))
         })?,
     };
     let ranged = |name: &str, value: Option<u8>, max: u8| match value {
-        Some(v) if v > max => Err(format!("{name} {v}: expected 0 to {max}")),
+        Some(v) if v > max => Err(invalid(format!("{name} {v}: expected 0 to {max}"))),
         v => Ok(v.unwrap_or(0)),
     };
     Ok(PlaybackParams {

@@ -152,6 +152,9 @@ impl Request {
             Some(Value::Number(n)) => Some(n.to_string()),
             _ => None,
         };
+        if let Some(s) = &seqid {
+            check_seqid(s)?;
+        }
         let mut normalised = map.clone();
         if let Some(s) = &seqid {
             normalised.insert("seqid".to_owned(), Value::String(s.clone()));
@@ -171,6 +174,32 @@ impl Request {
         };
         StreamKey::new(device.clone(), Channel(self.channel.unwrap_or(1)), kind)
     }
+}
+
+/// A seqid becomes a topic level (`{prefix}/client/{seqid}/{MODE}`), so it may not contain
+/// `/` (another level), `+`, `#` (wildcards, not allowed in a topic name) or NUL. With `/`
+/// the error can still be published (the requester may listen below it); with the others
+/// it cannot, and is logged.
+fn check_seqid(seqid: &str) -> Result<(), RequestError> {
+    let Some(bad) = seqid.chars().find(|c| matches!(c, '/' | '+' | '#' | '\0')) else {
+        return if seqid.is_empty() {
+            Err(RequestError {
+                code: ErrorCode::InvalidField,
+                message: "seqid is empty: replies go to {prefix}/client/{seqid}/…".to_owned(),
+                seqid: None,
+            })
+        } else {
+            Ok(())
+        };
+    };
+    Err(RequestError {
+        code: ErrorCode::InvalidField,
+        message: format!(
+            "seqid {seqid:?} contains {bad:?}: it names the reply topic \
+             {{prefix}}/client/{{seqid}}/…, so it may not contain '/', '+' or '#'"
+        ),
+        seqid: (bad == '/').then(|| seqid.to_owned()),
+    })
 }
 
 /// Normalises a 0x9201/0x9202 time to the 12 BCD digits `YYMMDDhhmmss`.
@@ -376,6 +405,21 @@ mod tests {
             .unwrap();
         assert_eq!(ok.seqid.as_deref(), Some("7"));
         assert_eq!(ok.kind, Some(StreamKind::Playback));
+    }
+
+    #[test]
+    fn a_seqid_that_cannot_name_a_topic_is_rejected() {
+        let err = Request::parse(br#"{"seqid":"a/b"}"#).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidField);
+        assert!(err.message.contains("'/'"), "{}", err.message);
+        assert_eq!(err.seqid.as_deref(), Some("a/b"), "still repliable");
+        for bad in [r#""a+b""#, r##""a#""##, r#""""#] {
+            let body = format!(r#"{{"seqid":{bad}}}"#);
+            let err = Request::parse(body.as_bytes()).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidField, "{body}");
+            assert_eq!(err.seqid, None, "{body}: no topic to reply on");
+        }
+        assert!(Request::parse(br#"{"seqid":"s-1.x_y"}"#).is_ok());
     }
 
     #[test]

@@ -49,6 +49,14 @@ pub enum HubEvent {
     StreamDown(StreamKey),
     /// A reader is waiting for a key that nobody publishes yet (demand for the stream).
     ReaderWaiting(StreamKey),
+    /// What is known about a stream's media (codecs, picture size) first became known or
+    /// changed.
+    MediaChanged {
+        /// The stream.
+        key: StreamKey,
+        /// What is known now.
+        info: MediaInfo,
+    },
     /// The number of readers of a key (live or waiting) changed.
     ReadersChanged {
         /// The stream.

@@ -16,7 +16,7 @@ use super::{Hub, HubEvent, HubSettings, StreamSnapshot};
 use crate::media::{Codec, Frame, StreamKey, Track};
 
 /// What is known about a stream's media.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MediaInfo {
     /// Video codec, once a video frame was published.
     pub video: Option<Codec>,
@@ -311,19 +311,38 @@ impl Publisher {
         self.stream.send(self.generation, frame)
     }
 
-    /// Records the video codec and picture size (from a new SPS).
+    /// Records the video codec and picture size (from a new SPS). Listeners hear of it
+    /// ([`HubEvent::MediaChanged`]) when this changes what is known.
     pub fn set_video(&self, codec: Codec, resolution: Option<(u32, u32)>) {
         self.stream.has_video.store(true, Ordering::Relaxed);
-        let mut state = self.stream.lock();
-        state.info.video = Some(codec);
-        if resolution.is_some() {
-            state.info.resolution = resolution;
-        }
+        self.update_info(|info| {
+            info.video = Some(codec);
+            if resolution.is_some() {
+                info.resolution = resolution;
+            }
+        });
     }
 
-    /// Records the audio codec.
+    /// Records the audio codec (an event, as for [`Publisher::set_video`]).
     pub fn set_audio(&self, codec: Codec) {
-        self.stream.lock().info.audio = Some(codec);
+        self.update_info(|info| info.audio = Some(codec));
+    }
+
+    /// Applies `change` to the media info; tells listeners if it changed anything.
+    fn update_info(&self, change: impl FnOnce(&mut MediaInfo)) {
+        let mut state = self.stream.lock();
+        let before = state.info.clone();
+        change(&mut state.info);
+        if state.info == before {
+            return;
+        }
+        let info = state.info.clone();
+        drop(state);
+        // No listener is a normal state.
+        let _ = self.stream.events_tx.send(HubEvent::MediaChanged {
+            key: self.stream.key.clone(),
+            info,
+        });
     }
 
     /// Adds wire bytes received for this stream.

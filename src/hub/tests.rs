@@ -140,3 +140,46 @@ async fn audio_only_stream_reader_starts_on_audio() {
     publisher.send(audio(20)).unwrap();
     assert_eq!(reader.recv().await.unwrap().pts, 20);
 }
+
+#[tokio::test]
+async fn media_info_changes_are_announced_once_each() {
+    let hub = Hub::default();
+    let mut events = hub.events();
+    let publisher = hub.publish(key(), CancellationToken::new());
+    assert_eq!(events.recv().await.unwrap(), HubEvent::StreamUp(key()));
+    publisher.set_video(Codec::H264, None);
+    publisher.set_video(Codec::H264, None);
+    publisher.set_video(Codec::H264, Some((640, 360)));
+    publisher.set_video(Codec::H264, Some((640, 360)));
+    publisher.set_audio(Codec::G711A);
+    publisher.set_audio(Codec::G711A);
+    let expected = [
+        MediaInfo {
+            video: Some(Codec::H264),
+            audio: None,
+            resolution: None,
+        },
+        MediaInfo {
+            video: Some(Codec::H264),
+            audio: None,
+            resolution: Some((640, 360)),
+        },
+        MediaInfo {
+            video: Some(Codec::H264),
+            audio: Some(Codec::G711A),
+            resolution: Some((640, 360)),
+        },
+    ];
+    for info in expected {
+        assert_eq!(
+            events.recv().await.unwrap(),
+            HubEvent::MediaChanged { key: key(), info }
+        );
+    }
+    drop(publisher);
+    assert_eq!(
+        events.recv().await.unwrap(),
+        HubEvent::StreamDown(key()),
+        "no event when nothing changed"
+    );
+}

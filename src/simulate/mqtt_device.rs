@@ -18,7 +18,7 @@ use crate::codec::jt1078::{Packet as Jt1078Packet, Sim};
 use crate::control::messages::DeviceCommand;
 use crate::control::mqtt::mqtt_options;
 use crate::control::topics::Topics;
-use crate::media::DeviceId;
+use crate::media::{DeviceId, StreamKind};
 
 /// Heartbeat period of a simulated device.
 const HEARTBEAT: Duration = Duration::from_secs(10);
@@ -55,7 +55,8 @@ pub async fn run(options: MqttDeviceOptions, cancel: CancellationToken) -> anyho
     mqtt.set_keep_alive(Duration::from_secs(30));
     let (client, mut eventloop) = AsyncClient::new(mqtt, 1024);
     let tasks = TaskTracker::new();
-    let mut running: HashMap<(DeviceId, u8), CancellationToken> = HashMap::new();
+    // One push per stream: live and playback of a channel run side by side, as on a device.
+    let mut running: HashMap<(DeviceId, u8, StreamKind), CancellationToken> = HashMap::new();
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     loop {
         let event = tokio::select! {
@@ -101,6 +102,12 @@ pub async fn run(options: MqttDeviceOptions, cancel: CancellationToken) -> anyho
                         continue;
                     }
                 };
+                let kind = match &command {
+                    DeviceCommand::ReqPull { .. } | DeviceCommand::Stop { .. } => StreamKind::Live,
+                    DeviceCommand::Playback { .. } | DeviceCommand::PlaybackCtrl { .. } => {
+                        StreamKind::Playback
+                    }
+                };
                 match command {
                     DeviceCommand::ReqPull {
                         device,
@@ -129,9 +136,9 @@ pub async fn run(options: MqttDeviceOptions, cancel: CancellationToken) -> anyho
                                 continue;
                             }
                         };
-                        let slot = (device.clone(), channel);
+                        let slot = (device.clone(), channel, kind);
                         if running.get(&slot).is_some_and(|t| !t.is_cancelled()) {
-                            continue; // already pushing this channel
+                            continue; // already pushing this stream
                         }
                         let stop = cancel.child_token();
                         running.insert(slot, stop.clone());
@@ -142,7 +149,7 @@ pub async fn run(options: MqttDeviceOptions, cancel: CancellationToken) -> anyho
                             pace: options.pace,
                             looping: options.looping,
                         };
-                        info!(%device, channel, %server, "pushing on request");
+                        info!(%device, channel, %kind, %server, "pushing on request");
                         tasks.spawn(async move {
                             if let Err(error) = device_task.run(server, stop.clone()).await {
                                 warn!("simulated device: {error:#}");
@@ -162,8 +169,8 @@ pub async fn run(options: MqttDeviceOptions, cancel: CancellationToken) -> anyho
                         let Ok(device) = DeviceId::parse(&device) else {
                             continue;
                         };
-                        if let Some(stop) = running.remove(&(device.clone(), channel)) {
-                            info!(%device, channel, "stopping on request");
+                        if let Some(stop) = running.remove(&(device.clone(), channel, kind)) {
+                            info!(%device, channel, %kind, "stopping on request");
                             stop.cancel();
                         }
                     }
