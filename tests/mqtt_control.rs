@@ -4,6 +4,7 @@
 
 #![expect(
     clippy::unwrap_used,
+    clippy::expect_used,
     reason = "helpers of tests: a failure is a test failure"
 )]
 
@@ -15,8 +16,10 @@ use std::time::Duration;
 use common::mqtt::{Mosquitto, Received, TestClient};
 use common::*;
 use jt1078_gateway::media::DeviceId;
+use jt1078_gateway::media::{Channel, StreamKey, StreamKind};
 use jt1078_gateway::simulate::mqtt_device::{self, MqttDeviceOptions};
-use jt1078_gateway::simulate::{Pace, load_file};
+use jt1078_gateway::simulate::{self, Pace, SimulateOptions, load_file};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -30,6 +33,54 @@ async fn gateway_with_broker(url: &str, extra: &[(&str, &str)]) -> Gateway {
     let mut env = vec![("JTGW__MQTT__EMBEDDED", "false"), ("JTGW__MQTT__URL", url)];
     env.extend_from_slice(extra);
     Gateway::start(&env).await
+}
+
+/// Which broker a scenario's `url` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BrokerAt {
+    /// A mosquitto the test started.
+    Mosquitto,
+    /// The gateway's embedded broker, told to listen on the url's port.
+    Embedded,
+}
+
+/// A url for an embedded broker on a free port.
+fn embedded_url() -> String {
+    format!("mqtt://127.0.0.1:{}", free_port())
+}
+
+fn port_of(url: &str) -> u16 {
+    url.rsplit_once(':').unwrap().1.parse().unwrap()
+}
+
+/// A gateway whose MQTT broker is at `url`: the external one, or its own embedded broker.
+async fn gateway_on(url: &str, broker: BrokerAt, extra: &[(&str, &str)]) -> Gateway {
+    match broker {
+        BrokerAt::Mosquitto => gateway_with_broker(url, extra).await,
+        BrokerAt::Embedded => {
+            let listen = format!("127.0.0.1:{}", port_of(url));
+            let mut env = vec![("JTGW__MQTT__EMBEDDED_LISTEN", listen.as_str())];
+            env.extend_from_slice(extra);
+            Gateway::start(&env).await
+        }
+    }
+}
+
+/// A device that pushes to `server` on its own, ignoring MQTT, until the token is
+/// cancelled.
+fn push_on_its_own(server: std::net::SocketAddr, device: &str) -> CancellationToken {
+    let options = SimulateOptions {
+        packets: Arc::new(load_file(&sample()).unwrap()),
+        server,
+        device: Some(DeviceId::parse(device).unwrap()),
+        channel: Some(1),
+        devices: 1,
+        pace: Pace::Realtime,
+        looping: true,
+    };
+    let cancel = CancellationToken::new();
+    tokio::spawn(simulate::run(options, cancel.clone()));
+    cancel
 }
 
 /// Simulated device(s) that obey the gateway over MQTT until the token is cancelled.
@@ -133,6 +184,19 @@ async fn full_cycle(port: u16, gateway: &Gateway, url: &str) {
         .await
         .json();
     assert_eq!(status["urls"]["flv"], flv.as_str());
+    // re-published once the media is known
+    let status = backend
+        .expect("status with codecs and resolution", WAIT, |r| {
+            let s = r.json();
+            r.topic == "jt1078/status/stream/13800138000/1"
+                && s["live"] == true
+                && s["video_codec"] == "h264"
+                && s["audio_codec"] == "g711a"
+                && s["width"] == 640
+        })
+        .await
+        .json();
+    assert_eq!(status["height"], 360);
     // play what the reply pointed at (port from the gateway, path from the reply)
     let path = flv
         .split_once(&format!(":{}", gateway.addrs.http.port()))
@@ -193,12 +257,20 @@ async fn full_cycle_with_the_embedded_broker() {
 }
 
 #[tokio::test]
-async fn two_requesters_one_reqpull_and_stop_only_after_both_left() {
+async fn two_requesters_one_reqpull_and_stop_only_after_both_left_with_mosquitto() {
     let broker = Mosquitto::start().await;
-    let _gateway =
-        gateway_with_broker(&broker.url(), &[("JTGW__CONTROL__STOP_LINGER", "600ms")]).await;
+    two_requesters(&broker.url(), BrokerAt::Mosquitto).await;
+}
+
+#[tokio::test]
+async fn two_requesters_one_reqpull_and_stop_only_after_both_left_with_the_embedded_broker() {
+    two_requesters(&embedded_url(), BrokerAt::Embedded).await;
+}
+
+async fn two_requesters(url: &str, broker: BrokerAt) {
+    let _gateway = gateway_on(url, broker, &[("JTGW__CONTROL__STOP_LINGER", "600ms")]).await;
     let mut backend = TestClient::connect(
-        broker.port,
+        port_of(url),
         &[
             "jt1078/client/#",
             "jt1078/device/#",
@@ -256,10 +328,20 @@ async fn two_requesters_one_reqpull_and_stop_only_after_both_left() {
 }
 
 #[tokio::test]
-async fn a_lease_that_is_not_renewed_expires_and_stops_the_device() {
+async fn a_lease_that_is_not_renewed_expires_and_stops_the_device_with_mosquitto() {
     let broker = Mosquitto::start().await;
-    let _gateway = gateway_with_broker(
-        &broker.url(),
+    lease_expiry(&broker.url(), BrokerAt::Mosquitto).await;
+}
+
+#[tokio::test]
+async fn a_lease_that_is_not_renewed_expires_and_stops_the_device_with_the_embedded_broker() {
+    lease_expiry(&embedded_url(), BrokerAt::Embedded).await;
+}
+
+async fn lease_expiry(url: &str, broker: BrokerAt) {
+    let _gateway = gateway_on(
+        url,
+        broker,
         &[
             ("JTGW__CONTROL__LEASE", "1s"),
             ("JTGW__CONTROL__STOP_LINGER", "200ms"),
@@ -267,7 +349,7 @@ async fn a_lease_that_is_not_renewed_expires_and_stops_the_device() {
     )
     .await;
     let mut backend = TestClient::connect(
-        broker.port,
+        port_of(url),
         &[
             "jt1078/client/#",
             "jt1078/device/#",
@@ -294,11 +376,25 @@ async fn a_lease_that_is_not_renewed_expires_and_stops_the_device() {
 }
 
 #[tokio::test]
-async fn malformed_requests_are_answered_with_errors_and_the_gateway_keeps_working() {
+async fn malformed_requests_are_answered_with_errors_and_the_gateway_keeps_working_with_mosquitto()
+{
     let broker = Mosquitto::start().await;
-    let _gateway = gateway_with_broker(&broker.url(), &[]).await;
-    let mut backend =
-        TestClient::connect(broker.port, &["jt1078/client/#", "jt1078/status/gateway/#"]).await;
+    malformed_requests(&broker.url(), BrokerAt::Mosquitto).await;
+}
+
+#[tokio::test]
+async fn malformed_requests_are_answered_with_errors_and_the_gateway_keeps_working_with_the_embedded_broker()
+ {
+    malformed_requests(&embedded_url(), BrokerAt::Embedded).await;
+}
+
+async fn malformed_requests(url: &str, broker: BrokerAt) {
+    let _gateway = gateway_on(url, broker, &[]).await;
+    let mut backend = TestClient::connect(
+        port_of(url),
+        &["jt1078/client/#", "jt1078/status/gateway/#"],
+    )
+    .await;
     wait_online(&mut backend).await;
     let cases = [
         (
@@ -340,7 +436,7 @@ async fn malformed_requests_are_answered_with_errors_and_the_gateway_keeps_worki
             "jt1078/gateway/13800138000/PLAYBACK",
             r#"{"seqid":"e6","channel":1}"#,
             "e6/ERROR",
-            "invalid_field",
+            "missing_field",
             "start_time",
         ),
         (
@@ -357,6 +453,28 @@ async fn malformed_requests_are_answered_with_errors_and_the_gateway_keeps_worki
             "not_supported",
             "WebRTC",
         ),
+        (
+            "jt1078/gateway/13800138000/SUBSCRIBE",
+            r#"{"seqid":"e9","video":false,"audio":false}"#,
+            "e9/ERROR",
+            "invalid_field",
+            "at least one",
+        ),
+        (
+            "jt1078/gateway/13800138000/SUBSCRIBE",
+            r#"{"seqid":"e10","stream_type":2}"#,
+            "e10/ERROR",
+            "invalid_field",
+            "stream_type",
+        ),
+        // a seqid with '/' can still be answered, below the topic it names
+        (
+            "jt1078/gateway/13800138000/SUBSCRIBE",
+            r#"{"seqid":"e11/x"}"#,
+            "e11/x/ERROR",
+            "invalid_field",
+            "may not contain",
+        ),
     ];
     // garbage without a seqid first: logged, nothing to answer, nothing breaks
     backend
@@ -364,6 +482,13 @@ async fn malformed_requests_are_answered_with_errors_and_the_gateway_keeps_worki
         .await;
     backend
         .publish("jt1078/gateway/13800138000/SUBSCRIBE", "[1,2,3]")
+        .await;
+    // a seqid that cannot name a reply topic: logged, not answered
+    backend
+        .publish(
+            "jt1078/gateway/13800138000/SUBSCRIBE",
+            r#"{"seqid":"e+","client_id":"x"}"#,
+        )
         .await;
     for (topic, body, reply, code, hint) in cases {
         backend.publish(topic, body).await;
@@ -535,4 +660,393 @@ async fn the_last_will_says_offline_when_the_gateway_is_killed() {
         })
         .await;
     assert_eq!(will.json()["gateway_id"], "killed");
+}
+
+#[tokio::test]
+async fn live_and_playback_of_one_channel_never_mix() {
+    let url = embedded_url();
+    let gateway = gateway_on(
+        &url,
+        BrokerAt::Embedded,
+        &[("JTGW__CONTROL__STOP_LINGER", "200ms")],
+    )
+    .await;
+    let mut backend = TestClient::connect(
+        port_of(&url),
+        &[
+            "jt1078/device/#",
+            "jt1078/status/#",
+            "jt1078/gateway/+/HEART",
+        ],
+    )
+    .await;
+    wait_online(&mut backend).await;
+    let device = start_device(&url, "13800138000");
+    backend
+        .expect(
+            "device heartbeat",
+            WAIT,
+            is("jt1078/gateway/13800138000/HEART"),
+        )
+        .await;
+    // a viewer of a playback nobody asked for only waits: no REQPULL aimed at it
+    let mut events = gateway.hub.events();
+    let mut viewer = tokio::net::TcpStream::connect(gateway.addrs.http)
+        .await
+        .unwrap();
+    viewer
+        .write_all(b"GET /playback/13800138000_1.flv HTTP/1.0\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    gateway.wait_for_waiting_reader(&mut events).await;
+    backend
+        .publish(
+            "jt1078/gateway/13800138000/PLAYBACK",
+            r#"{"seqid":"p1","client_id":"b","channel":1,"start_time":"2026-11-22 08:00:00"}"#,
+        )
+        .await;
+    let first = backend
+        .expect("the first command to the device", WAIT, |r| {
+            r.topic.starts_with("jt1078/device/13800138000/")
+        })
+        .await;
+    assert_eq!(
+        first.topic, "jt1078/device/13800138000/PLAYBACK",
+        "the waiting viewer must not have caused a REQPULL"
+    );
+    assert_eq!(first.json()["tcp_port"], gateway.addrs.playback.port());
+    let mut head = [0u8; 12];
+    tokio::time::timeout(WAIT, viewer.read_exact(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&head[9..12], b"200", "{}", String::from_utf8_lossy(&head));
+    let is_playback = |s: &jt1078_gateway::hub::StreamSnapshot| {
+        s.device == "13800138000" && s.kind == StreamKind::Playback
+    };
+    gateway
+        .wait_for_stream("playback", |s| is_playback(s) && s.video_frames > 0)
+        .await;
+    // live of the same channel while the playback runs
+    backend
+        .publish(
+            "jt1078/gateway/13800138000/SUBSCRIBE",
+            r#"{"seqid":"l1","client_id":"b","channel":1}"#,
+        )
+        .await;
+    backend
+        .expect("REQPULL", WAIT, is("jt1078/device/13800138000/REQPULL"))
+        .await;
+    gateway
+        .wait_for_stream("live beside the playback", |s| {
+            s.device == "13800138000" && s.kind == StreamKind::Live && s.video_frames > 0
+        })
+        .await;
+    // stopping the live stream leaves the playback running
+    backend
+        .publish(
+            "jt1078/gateway/13800138000/UNSUBSCRIBE",
+            r#"{"seqid":"l2","client_id":"b","channel":1}"#,
+        )
+        .await;
+    backend
+        .expect("STOP", WAIT, is("jt1078/device/13800138000/STOP"))
+        .await;
+    backend
+        .expect("live down", WAIT, |r| {
+            r.topic == "jt1078/status/stream/13800138000/1" && r.json()["live"] == false
+        })
+        .await;
+    let key = StreamKey::new(
+        DeviceId::parse("13800138000").unwrap(),
+        Channel(1),
+        StreamKind::Playback,
+    );
+    assert!(gateway.hub.is_live(&key), "the playback survived the STOP");
+    let before = gateway
+        .wait_for_stream("playback", |s| is_playback(s))
+        .await
+        .video_frames;
+    gateway
+        .wait_for_stream("the playback still flowing", |s| {
+            is_playback(s) && s.video_frames > before + 10
+        })
+        .await;
+    device.cancel();
+}
+
+#[tokio::test]
+async fn a_device_that_never_connects_is_stopped_along_with_the_error() {
+    let broker = Mosquitto::start().await;
+    let _gateway = gateway_with_broker(
+        &broker.url(),
+        &[
+            ("JTGW__CONTROL__PULL_TIMEOUT", "300ms"),
+            ("JTGW__CONTROL__PULL_ATTEMPTS", "1"),
+        ],
+    )
+    .await;
+    let mut backend = TestClient::connect(
+        broker.port,
+        &[
+            "jt1078/client/#",
+            "jt1078/device/#",
+            "jt1078/status/gateway/#",
+        ],
+    )
+    .await;
+    wait_online(&mut backend).await;
+    backend
+        .publish(
+            "jt1078/gateway/13900000007/SUBSCRIBE",
+            r#"{"seqid":"n1","client_id":"a"}"#,
+        )
+        .await;
+    backend
+        .expect("REQPULL", WAIT, is("jt1078/device/13900000007/REQPULL"))
+        .await;
+    let error = backend
+        .expect("ERROR", WAIT, is("jt1078/client/n1/ERROR"))
+        .await
+        .json();
+    assert_eq!(error["code"], "device_unavailable");
+    // so a device that connects late does not stream for nobody
+    let stop = backend
+        .expect("STOP", WAIT, is("jt1078/device/13900000007/STOP"))
+        .await
+        .json();
+    assert_eq!(stop["command"], 0);
+}
+
+#[tokio::test]
+async fn reqpull_carries_the_requested_stream_type_and_data_type() {
+    let url = embedded_url();
+    let _gateway = gateway_on(&url, BrokerAt::Embedded, &[]).await;
+    let mut backend = TestClient::connect(
+        port_of(&url),
+        &["jt1078/device/#", "jt1078/status/gateway/#"],
+    )
+    .await;
+    wait_online(&mut backend).await;
+    let cases = [
+        (1, r#""video":true,"audio":false,"stream_type":1"#, 1, 1),
+        (2, r#""video":false"#, 3, 0),
+        (3, r#""audio":true"#, 0, 0),
+    ];
+    for (channel, fields, data_type, stream_type) in cases {
+        backend
+            .publish(
+                "jt1078/gateway/13900000003/SUBSCRIBE",
+                &format!(r#"{{"seqid":"t{channel}","channel":{channel},{fields}}}"#),
+            )
+            .await;
+        let pull = backend
+            .expect("REQPULL", WAIT, |r| {
+                r.topic == "jt1078/device/13900000003/REQPULL" && r.json()["channel"] == channel
+            })
+            .await
+            .json();
+        assert_eq!(pull["data_type"], data_type, "{fields}");
+        assert_eq!(pull["stream_type"], stream_type, "{fields}");
+    }
+}
+
+#[tokio::test]
+async fn a_requester_of_a_stream_pushed_on_its_own_is_not_stranded_when_it_drops() {
+    let url = embedded_url();
+    let gateway = gateway_on(&url, BrokerAt::Embedded, &[]).await;
+    let mut backend = TestClient::connect(
+        port_of(&url),
+        &[
+            "jt1078/client/#",
+            "jt1078/device/#",
+            "jt1078/status/gateway/#",
+        ],
+    )
+    .await;
+    wait_online(&mut backend).await;
+    let pusher = push_on_its_own(gateway.addrs.live, "13900000004");
+    gateway
+        .wait_for_stream("pushed on its own", |s| s.device == "13900000004")
+        .await;
+    backend
+        .publish(
+            "jt1078/gateway/13900000004/SUBSCRIBE",
+            r#"{"seqid":"o1","client_id":"a"}"#,
+        )
+        .await;
+    let ok = backend.expect("OK", WAIT, is("jt1078/client/o1/OK")).await;
+    assert_eq!(ok.json()["state"], "live");
+    let dropped = tokio::time::Instant::now();
+    pusher.cancel();
+    let pull = backend
+        .expect("REQPULL", WAIT, is("jt1078/device/13900000004/REQPULL"))
+        .await;
+    assert!(
+        pull.at >= dropped,
+        "asked for only once the stream went down"
+    );
+}
+
+#[tokio::test]
+async fn commands_in_force_are_sent_again_after_a_broker_restart() {
+    let mut broker = Mosquitto::start().await;
+    let gateway = gateway_with_broker(
+        &broker.url(),
+        &[
+            ("JTGW__CONTROL__PULL_TIMEOUT", "60s"),
+            ("JTGW__CONTROL__STOP_LINGER", "200ms"),
+        ],
+    )
+    .await;
+    // a persistent session: what the gateway sends while this client reconnects is kept
+    let mut backend = TestClient::connect_persistent(
+        broker.port,
+        &[
+            "jt1078/client/#",
+            "jt1078/device/#",
+            "jt1078/status/gateway/#",
+        ],
+    )
+    .await;
+    wait_online(&mut backend).await;
+    // A is asked for and does not answer
+    backend
+        .publish(
+            "jt1078/gateway/13900000005/SUBSCRIBE",
+            r#"{"seqid":"a1","client_id":"x"}"#,
+        )
+        .await;
+    let first_pull = backend
+        .expect("REQPULL A", WAIT, is("jt1078/device/13900000005/REQPULL"))
+        .await
+        .json();
+    // B is asked for, pushes, and ignores the STOP
+    backend
+        .publish(
+            "jt1078/gateway/13900000006/SUBSCRIBE",
+            r#"{"seqid":"b1","client_id":"x"}"#,
+        )
+        .await;
+    backend
+        .expect("REQPULL B", WAIT, is("jt1078/device/13900000006/REQPULL"))
+        .await;
+    let pusher = push_on_its_own(gateway.addrs.live, "13900000006");
+    gateway
+        .wait_for_stream("B live", |s| s.device == "13900000006")
+        .await;
+    backend
+        .publish(
+            "jt1078/gateway/13900000006/UNSUBSCRIBE",
+            r#"{"seqid":"b2","client_id":"x"}"#,
+        )
+        .await;
+    let first_stop = backend
+        .expect("STOP B", WAIT, is("jt1078/device/13900000006/STOP"))
+        .await
+        .json();
+    broker.restart_gracefully().await;
+    let pull = backend
+        .expect(
+            "REQPULL A again",
+            WAIT,
+            is("jt1078/device/13900000005/REQPULL"),
+        )
+        .await
+        .json();
+    assert_ne!(
+        pull["seqid"], first_pull["seqid"],
+        "sent again, not redelivered"
+    );
+    let stop = backend
+        .expect("STOP B again", WAIT, is("jt1078/device/13900000006/STOP"))
+        .await
+        .json();
+    assert_ne!(
+        stop["seqid"], first_stop["seqid"],
+        "sent again, not redelivered"
+    );
+    pusher.cancel();
+}
+
+/// An MQTT over WebSocket handshake, then CONNECT → CONNACK in binary frames.
+async fn mqtt_over_websocket_connects(addr: std::net::SocketAddr) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut socket = loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(socket) => break socket,
+            Err(error) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "websocket listener {addr}: {error}"
+                );
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    socket
+        .write_all(
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+              Sec-WebSocket-Protocol: mqtt\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(WAIT, socket.read_exact(&mut byte))
+            .await
+            .expect("handshake reply")
+            .unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("sec-websocket-protocol: mqtt\r\n"), "{head}");
+    // RFC 6455 §1.3: the accept value for this key
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n"),
+        "{head}"
+    );
+    // MQTT 3.1.1 CONNECT, client id "ws", clean session, keep-alive 60 s; masked (client)
+    let connect = [
+        0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 2, b'w', b's',
+    ];
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    let mut frame = vec![0x82, 0x80 | connect.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(connect.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+    socket.write_all(&frame).await.unwrap();
+    let mut reply = [0u8; 6];
+    tokio::time::timeout(WAIT, socket.read_exact(&mut reply))
+        .await
+        .expect("CONNACK")
+        .unwrap();
+    assert_eq!(
+        reply,
+        [0x82, 4, 0x20, 2, 0, 0],
+        "binary frame with CONNACK, accepted"
+    );
+}
+
+#[tokio::test]
+async fn the_embedded_broker_speaks_mqtt_over_websocket() {
+    let url = embedded_url();
+    let ws = format!("127.0.0.1:{}", free_port());
+    let _gateway = gateway_on(
+        &url,
+        BrokerAt::Embedded,
+        &[("JTGW__MQTT__EMBEDDED_WS_LISTEN", &ws)],
+    )
+    .await;
+    let mut backend = TestClient::connect(port_of(&url), &["jt1078/status/gateway/#"]).await;
+    wait_online(&mut backend).await;
+    mqtt_over_websocket_connects(ws.parse().unwrap()).await;
+}
+
+#[tokio::test]
+async fn mosquitto_with_the_repository_config_speaks_mqtt_over_websocket() {
+    let broker = Mosquitto::start().await;
+    mqtt_over_websocket_connects(([127, 0, 0, 1], broker.ws_port).into()).await;
 }

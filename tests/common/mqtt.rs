@@ -1,6 +1,8 @@
-//! MQTT test helpers: a real mosquitto on a free port, and a recording test client.
+//! MQTT test helpers: a real mosquitto on free ports, configured by the repository's
+//! `broker/mosquitto.conf`, and a recording test client.
 
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -17,6 +19,8 @@ const RETRY: Duration = Duration::from_millis(100);
 /// A mosquitto broker started for one test; killed on drop.
 pub(crate) struct Mosquitto {
     pub(crate) port: u16,
+    /// The MQTT over WebSocket listener.
+    pub(crate) ws_port: u16,
     child: Option<Child>,
     dir: TempDir,
 }
@@ -24,9 +28,11 @@ pub(crate) struct Mosquitto {
 impl Mosquitto {
     pub(crate) async fn start() -> Mosquitto {
         let dir = TempDir::new("mosquitto");
-        let port = free_port();
+        // mosquitto started as root drops to its own user, which must write its database
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
         let mut broker = Mosquitto {
-            port,
+            port: free_port(),
+            ws_port: free_port(),
             child: None,
             dir,
         };
@@ -34,16 +40,30 @@ impl Mosquitto {
         broker
     }
 
+    /// `broker/mosquitto.conf` with this broker's loopback ports and data directory.
     fn config(&self) -> PathBuf {
-        let path = self.dir.path("mosquitto.conf");
-        std::fs::write(
-            &path,
-            format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n",
-                self.port
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("broker/mosquitto.conf");
+        let mut text = std::fs::read_to_string(&repo).unwrap();
+        let data = format!("{}/", self.dir.0.display());
+        for (from, to) in [
+            (
+                "listener 1883 0.0.0.0",
+                format!("listener {} 127.0.0.1", self.port),
             ),
-        )
-        .unwrap();
+            (
+                "listener 8083 0.0.0.0",
+                format!("listener {} 127.0.0.1", self.ws_port),
+            ),
+            (
+                "persistence_location /var/lib/mosquitto/",
+                format!("persistence_location {data}"),
+            ),
+        ] {
+            assert!(text.contains(from), "broker/mosquitto.conf has no {from:?}");
+            text = text.replace(from, &to);
+        }
+        let path = self.dir.path("mosquitto.conf");
+        std::fs::write(&path, text).unwrap();
         path
     }
 
@@ -79,6 +99,19 @@ impl Mosquitto {
     /// Starts it again on the same port.
     pub(crate) async fn restart(&mut self) {
         self.kill();
+        self.spawn().await;
+    }
+
+    /// Stops it with SIGTERM (it saves sessions and queued messages) and starts it again.
+    pub(crate) async fn restart_gracefully(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let status = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success(), "kill -TERM mosquitto");
+            child.wait().unwrap();
+        }
         self.spawn().await;
     }
 
@@ -119,6 +152,21 @@ impl TestClient {
         let id = format!("test-{}-{}", std::process::id(), free_port());
         let mut options = MqttOptions::new(id, "127.0.0.1", port);
         options.set_keep_alive(Duration::from_secs(5));
+        Self::connect_with(options, filters).await
+    }
+
+    /// A client with a persistent session: it reconnects by itself, and what the broker
+    /// kept for it meanwhile (QoS 1) arrives then.
+    pub(crate) async fn connect_persistent(port: u16, filters: &[&str]) -> TestClient {
+        let id = format!("test-{}-{}", std::process::id(), free_port());
+        let mut options = MqttOptions::new(id, "127.0.0.1", port);
+        options
+            .set_keep_alive(Duration::from_secs(5))
+            .set_clean_session(false);
+        Self::connect_with(options, filters).await
+    }
+
+    async fn connect_with(options: MqttOptions, filters: &[&str]) -> TestClient {
         let (client, mut eventloop) = AsyncClient::new(options, 100);
         let (tx, rx) = mpsc::channel(1000);
         let (ready_tx, mut ready_rx) = mpsc::channel(1);
