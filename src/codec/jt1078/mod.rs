@@ -9,6 +9,7 @@ mod encoder;
 mod header;
 mod packet;
 mod reassembly;
+mod sequence;
 
 pub use decoder::{DEFAULT_MAX_BODY, Decoder, DecoderStats};
 pub use encoder::Encoder;
@@ -17,6 +18,7 @@ pub use header::{
 };
 pub use packet::Packet;
 pub use reassembly::{DEFAULT_MAX_FRAME, Frame, Reassembler, ReassemblyStats};
+pub use sequence::ConnectionSequence;
 
 #[cfg(test)]
 mod tests;
