@@ -151,10 +151,13 @@ impl Control {
                     }
                     self.announce();
                     // Commands queued while the broker was away may be lost with the
-                    // session: send again those still in force.
-                    let mut actions = Vec::new();
-                    self.demand.reconnected(&mut actions);
-                    self.perform(actions);
+                    // session: send again those still in force (on a reconnect; what was
+                    // queued before the first connect is still in the client's queue).
+                    if *connected_rx.borrow_and_update() > 1 {
+                        let mut actions = Vec::new();
+                        self.demand.reconnected(&mut actions);
+                        self.perform(actions);
+                    }
                 }
             }
         }
