@@ -14,6 +14,7 @@ use std::time::Duration;
 use common::*;
 use jt1078_gateway::codec::h26x::VideoCodec;
 use jt1078_gateway::codec::jt1078::{PayloadType, SimLayout};
+use jt1078_gateway::hub::StreamSnapshot;
 use jt1078_gateway::simulate::pack::{PackOptions, pack};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -416,4 +417,86 @@ async fn idle_devices_are_closed_and_the_connection_cap_holds() {
         .expect("idle closed");
     assert!(matches!(closed, Ok(0) | Err(_)));
     assert!(started.elapsed() >= Duration::from_millis(200));
+}
+
+/// The recording's packets `range` rewritten to `channel`, numbered from `*next` on (the
+/// 2016 layout: sequence at bytes 6..8, channel at byte 14).
+fn renumbered(bytes: &[u8], packets: &[RawPacket], channels: &[u8], next: &mut u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in packets {
+        for &channel in channels {
+            let mut packet = bytes[p.start..p.end].to_vec();
+            packet[6..8].copy_from_slice(&next.to_be_bytes());
+            packet[14] = channel;
+            *next = next.wrapping_add(1);
+            out.extend(packet);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn replacing_one_channel_keeps_the_connections_other_channels() {
+    let bytes = std::fs::read(testdata("h264-g711a-156987000796-ch1.jt1078")).unwrap();
+    let packets = raw_packets(&bytes, 6);
+    let (head, tail) = packets.split_at(packets.len() / 2);
+    let channel = |n: u8| move |s: &StreamSnapshot| s.channel == n;
+    let gateway = Gateway::start(&[]).await;
+
+    // one connection carries channels 1 and 2, numbered by one counter for both
+    let mut shared = 0;
+    let mut first = TcpStream::connect(gateway.addrs.live).await.unwrap();
+    let both_head = renumbered(&bytes, head, &[1, 2], &mut shared);
+    first.write_all(&both_head).await.unwrap();
+    for n in [1, 2] {
+        gateway
+            .wait_for_stream("both channels", |s| channel(n)(s) && s.video_frames > 0)
+            .await;
+    }
+
+    // a second connection takes over channel 2 only
+    let mut second = TcpStream::connect(gateway.addrs.live).await.unwrap();
+    let before = gateway.wait_for_stream("channel 2", channel(2)).await;
+    second
+        .write_all(&renumbered(&bytes, head, &[2], &mut 0))
+        .await
+        .unwrap();
+    gateway
+        .wait_for_stream("channel 2 from the second", |s| {
+            channel(2)(s) && s.frames_in > before.frames_in
+        })
+        .await;
+
+    // the first connection still serves channel 1: every video frame of the file arrives
+    let both_tail = renumbered(&bytes, tail, &[1, 2], &mut shared);
+    first.write_all(&both_tail).await.unwrap();
+    let expected = expected_video_frames(&packets) as u64;
+    let ch1 = gateway
+        .wait_for_stream("all of channel 1", |s| {
+            channel(1)(s) && s.video_frames >= expected
+        })
+        .await;
+    assert_eq!(ch1.video_frames, expected);
+    assert_eq!(ch1.frames_dropped, 0, "a shared counter is not a gap");
+    assert_eq!(ch1.resyncs, 0);
+
+    // once a third connection takes channel 1 too, nothing is left: the first is closed
+    let mut third = TcpStream::connect(gateway.addrs.live).await.unwrap();
+    third
+        .write_all(&renumbered(&bytes, head, &[1], &mut 0))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(10), first.read(&mut buf))
+        .await
+        .expect("first closed once both channels are taken");
+    assert!(matches!(closed, Ok(0) | Err(_)));
+    let mut live: Vec<u8> = gateway.hub.list().iter().map(|s| s.channel).collect();
+    live.sort_unstable();
+    assert_eq!(
+        live,
+        [1, 2],
+        "both streams stay up on the newer connections"
+    );
+    drop((second, third));
 }

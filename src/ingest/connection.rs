@@ -2,19 +2,26 @@
 //!
 //! The loop is thin; the translation from JT/T 1078 frames to hub frames (`ChannelIngest::translate`)
 //! is the one place where wire types become `media` types.
+//!
+//! A connection may carry several logical channels. Each publishes on its own: when another
+//! connection takes a channel over, only that channel stops (its later packets are ignored,
+//! so it is never taken back); the connection closes once none of its channels is left.
 
+use std::future::poll_fn;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::{Span, debug, info, instrument, warn};
 
 use crate::codec::h26x::{NalKind, VideoCodec, nal_units};
-use crate::codec::jt1078::{self, DataType, Decoder, Reassembler, Sim};
+use crate::codec::jt1078::{self, ConnectionSequence, DataType, Decoder, Reassembler, Sim};
 use crate::hub::{Hub, Publisher};
 use crate::media::{
     Channel, Codec, DeviceId, Frame, StreamKey, StreamKind, TimestampNormaliser, Track,
@@ -36,11 +43,19 @@ pub(crate) struct Connection {
     hub: Hub,
 }
 
-/// State of one logical channel on this connection.
-struct ChannelIngest {
+/// One logical channel seen on this connection.
+struct ChannelEntry {
     sim: Sim,
     channel: u8,
+    /// `None` once another connection took the channel over.
+    ingest: Option<ChannelIngest>,
+}
+
+/// State of one logical channel this connection publishes.
+struct ChannelIngest {
     publisher: Publisher,
+    /// Cancelled by the hub when another connection publishes this channel.
+    replaced: CancellationToken,
     reassembler: Reassembler,
     normaliser: TimestampNormaliser,
     parameter_sets: ParameterSets,
@@ -81,15 +96,17 @@ impl Connection {
 
     #[instrument(name = "ingest_conn", skip_all, fields(peer = %self.peer, kind = %self.kind, device, channel))]
     pub(crate) async fn run(mut self, cancel: CancellationToken) {
-        let replaced = CancellationToken::new();
         let mut decoder = Decoder::new(self.limits.max_body);
-        let mut channels: Vec<ChannelIngest> = Vec::new();
+        let mut sequence = ConnectionSequence::default();
+        let mut channels: Vec<ChannelEntry> = Vec::new();
+        // Wakes the loop when a channel is taken over while the device is quiet. Watches
+        // one publishing channel at a time, so it is re-armed only when that one goes.
+        let mut watched: Option<Pin<Box<WaitForCancellationFutureOwned>>> = None;
         debug!("device connected");
-        // Pinned once: re-creating these futures per read would register and unregister
-        // wakers (a lock each) for every packet batch.
+        // Pinned once: re-creating this future per read would register and unregister a
+        // waker (a lock each) for every packet batch.
         let shutdown = cancel.cancelled();
-        let superseded = replaced.cancelled();
-        tokio::pin!(shutdown, superseded);
+        tokio::pin!(shutdown);
         // The idle timer is re-armed lazily: it fires at most once per `idle_timeout` and
         // only then checks whether anything arrived, instead of a timer reset per read.
         let mut last_read = Instant::now();
@@ -100,11 +117,21 @@ impl Connection {
             if buf.capacity() - buf.len() < READ_CHUNK / 4 {
                 buf.reserve(READ_CHUNK);
             }
+            let superseded = poll_fn(|cx| match watched.as_mut() {
+                Some(replaced) => replaced.as_mut().poll(cx),
+                None => Poll::Pending,
+            });
             let read = tokio::select! {
                 biased;
                 r = self.socket.read_buf(buf) => r,
                 () = &mut shutdown => break "shutdown",
-                () = &mut superseded => break "replaced by a newer connection",
+                () = superseded => {
+                    if retire_replaced(&mut channels) {
+                        break "replaced by newer connections";
+                    }
+                    watched = watch(&channels);
+                    continue;
+                }
                 () = &mut idle => {
                     let deadline = last_read + self.limits.idle_timeout;
                     if Instant::now() >= deadline {
@@ -124,33 +151,39 @@ impl Connection {
             }
             let now = Instant::now();
             while let Some(packet) = decoder.next_packet() {
+                let (number, data_type) = (packet.sequence, packet.data_type);
                 let at = match channels
                     .iter()
                     .position(|c| c.channel == packet.channel && c.sim == packet.sim)
                 {
                     Some(at) => at,
                     None => {
-                        channels.push(self.open_channel(&packet, &replaced));
+                        channels.push(self.open_channel(&packet));
+                        if watched.is_none() {
+                            watched = watch(&channels);
+                        }
                         channels.len() - 1
                     }
                 };
-                let Some(ch) = channels.get_mut(at) else {
-                    continue;
-                };
-                ch.bytes_in += packet.encoded_len() as u64;
-                let Some(frame) = ch.reassembler.push(packet) else {
-                    continue;
-                };
-                let Some(frame) = ch.translate(frame, now) else {
-                    continue;
-                };
-                if ch.publisher.send(frame).is_err() {
-                    replaced.cancel();
+                if let Some(entry) = channels.get_mut(at) {
+                    entry.ingest_packet(packet, &sequence, now);
+                }
+                if sequence.observe(number, data_type) {
+                    // a packet lost on a counter shared by the channels may be anyone's
+                    for (i, entry) in channels.iter_mut().enumerate() {
+                        match &mut entry.ingest {
+                            Some(ch) if i != at => ch.reassembler.connection_gap(),
+                            _ => {}
+                        }
+                    }
                 }
             }
             let resyncs = decoder.stats().resyncs;
-            for ch in &mut channels {
+            for ch in channels.iter_mut().filter_map(|c| c.ingest.as_mut()) {
                 ch.report(resyncs);
+            }
+            if retire_replaced(&mut channels) {
+                break "replaced by newer connections";
             }
         };
         let stats = decoder.stats();
@@ -165,26 +198,69 @@ impl Connection {
         info!(reason, packets = stats.packets, "device disconnected");
     }
 
-    fn open_channel(&self, packet: &jt1078::Packet, replaced: &CancellationToken) -> ChannelIngest {
+    fn open_channel(&self, packet: &jt1078::Packet) -> ChannelEntry {
         let device = DeviceId::from_sim(&packet.sim);
         let key = StreamKey::new(device.clone(), Channel(packet.channel), self.kind);
         let span = Span::current();
         span.record("device", tracing::field::display(&device));
         span.record("channel", packet.channel);
+        let replaced = CancellationToken::new();
         let publisher = self.hub.publish(key.clone(), replaced.clone());
         let origin = publisher.last_pts();
         info!(stream = %key, layout = ?packet.layout(), "stream up");
-        ChannelIngest {
+        ChannelEntry {
             sim: packet.sim,
             channel: packet.channel,
-            publisher,
-            reassembler: Reassembler::new(self.limits.max_frame),
-            normaliser: TimestampNormaliser::default().starting_at(origin),
-            parameter_sets: ParameterSets::default(),
-            audio_codec: None,
-            bytes_in: 0,
-            reported_drops: 0,
+            ingest: Some(ChannelIngest {
+                publisher,
+                replaced,
+                reassembler: Reassembler::new(self.limits.max_frame),
+                normaliser: TimestampNormaliser::default().starting_at(origin),
+                parameter_sets: ParameterSets::default(),
+                audio_codec: None,
+                bytes_in: 0,
+                reported_drops: 0,
+            }),
         }
+    }
+}
+
+impl ChannelEntry {
+    /// Reassembles, translates and publishes; a channel taken over elsewhere ignores the
+    /// packet (publishing it would take the stream back).
+    fn ingest_packet(
+        &mut self,
+        packet: jt1078::Packet,
+        sequence: &ConnectionSequence,
+        now: Instant,
+    ) {
+        let Some(ch) = self.ingest.as_mut() else {
+            return;
+        };
+        ch.bytes_in += packet.encoded_len() as u64;
+        let Some(frame) = ch.reassembler.push_on(packet, sequence) else {
+            return;
+        };
+        let Some(frame) = ch.translate(frame, now) else {
+            return;
+        };
+        if ch.publisher.send(frame).is_err() {
+            // only fails once another connection publishes the stream
+            self.retire();
+        }
+    }
+
+    /// Stops publishing: drops the publisher (which no longer owns the stream).
+    fn retire(&mut self) {
+        info!(
+            channel = self.channel,
+            "channel taken over by a newer connection"
+        );
+        self.ingest = None;
+    }
+
+    fn is_publishing(&self) -> bool {
+        self.ingest.is_some()
     }
 }
 
@@ -328,6 +404,29 @@ impl ParameterSets {
             None => warn!("SPS does not parse; resolution unknown"),
         }
     }
+}
+
+/// Stops the channels another connection took over. Returns whether the connection has
+/// no channel left to serve (and had at least one).
+fn retire_replaced(channels: &mut [ChannelEntry]) -> bool {
+    for entry in channels.iter_mut() {
+        if entry
+            .ingest
+            .as_ref()
+            .is_some_and(|ch| ch.replaced.is_cancelled())
+        {
+            entry.retire();
+        }
+    }
+    !channels.is_empty() && !channels.iter().any(ChannelEntry::is_publishing)
+}
+
+/// A future that completes when the first publishing channel is taken over.
+fn watch(channels: &[ChannelEntry]) -> Option<Pin<Box<WaitForCancellationFutureOwned>>> {
+    channels
+        .iter()
+        .find_map(|c| c.ingest.as_ref())
+        .map(|ch| Box::pin(ch.replaced.clone().cancelled_owned()))
 }
 
 /// Drops the 4-byte HiSilicon audio frame header (`00 01 LL 00`, LL = 16-bit words that
