@@ -109,5 +109,56 @@ fn bench_flv_mux(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_decode, bench_flv_mux);
+/// 10,000 G.711A audio packets of 160 bytes (20 ms each, one packet per frame): the
+/// smallest packets devices send at a steady rate, and the per-packet overhead at its
+/// worst. Built with the project's own encoder.
+fn small_packet_stream() -> Vec<u8> {
+    use jt1078_gateway::codec::jt1078::{
+        DataType, Encoder, Frame as WireFrame, PayloadType, Sim, SimLayout,
+    };
+    let mut encoder = Encoder::new();
+    let mut out = bytes::BytesMut::new();
+    let sim = Sim::from_digits("13800138000", SimLayout::Bcd6).expect("sim");
+    for i in 0..10_000u64 {
+        let frame = WireFrame {
+            payload_type: PayloadType::G711A,
+            data_type: DataType::Audio,
+            sim,
+            channel: 1,
+            timestamp: Some(i * 20),
+            last_iframe_interval: None,
+            last_frame_interval: None,
+            data: Bytes::from(vec![0xd5; 160]),
+        };
+        encoder.encode(&frame, &mut out);
+    }
+    out.to_vec()
+}
+
+fn bench_small_packets(c: &mut Criterion) {
+    let bytes = small_packet_stream();
+    let mut group = c.benchmark_group("jt1078_small_packets");
+    group.throughput(Throughput::Elements(10_000));
+    group.bench_function("g711a_160B/decode", |b| {
+        b.iter(|| {
+            let mut decoder = Decoder::new(DEFAULT_MAX_BODY);
+            let mut n = 0usize;
+            for chunk in bytes.chunks(16 * 1024) {
+                decoder.push(chunk);
+                while decoder.next_packet().is_some() {
+                    n += 1;
+                }
+            }
+            n
+        })
+    });
+    group.bench_function("g711a_160B/decode_reassemble", |b| {
+        b.iter(|| decode(&bytes, 16 * 1024))
+    });
+    group.throughput(Throughput::Bytes(bytes.len() as u64));
+    group.bench_function("g711a_160B/bytes", |b| b.iter(|| decode(&bytes, 16 * 1024)));
+    group.finish();
+}
+
+criterion_group!(benches, bench_decode, bench_flv_mux, bench_small_packets);
 criterion_main!(benches);

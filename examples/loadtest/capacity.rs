@@ -21,6 +21,9 @@ use crate::viewer::{self, ViewerReport};
 /// First device id of a run; devices count up from it.
 pub(crate) const BASE_DEVICE: u64 = 13_900_000_000;
 
+/// Every this many viewers, one is a latency probe (reads at once, records latency).
+const PROBE_EVERY: usize = 10;
+
 /// What one step measured.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Step {
@@ -95,6 +98,7 @@ pub(crate) async fn step(
             format!("/live/{id}_1.flv"),
             Arc::clone(&in_flight),
             window_start,
+            i % PROBE_EVERY == 0,
         ));
         let device = Device {
             schedule: Arc::clone(schedule),

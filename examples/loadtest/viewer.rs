@@ -16,6 +16,9 @@ use crate::device::{InFlight, tail_key};
 const TAG_AUDIO: u8 = 8;
 const TAG_VIDEO: u8 = 9;
 
+/// How often a viewer that is not a latency probe reads.
+const LAZY_READ: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// What one viewer saw.
 #[derive(Debug, Default)]
 pub(crate) struct ViewerReport {
@@ -60,12 +63,16 @@ pub(crate) async fn open(http: SocketAddr, path: &str) -> anyhow::Result<(TcpStr
     }
 }
 
-/// Reads FLV tags until the stream ends, matching each to `in_flight`.
+/// Reads FLV tags until the stream ends, matching each to `in_flight`. A latency probe
+/// reads as soon as bytes arrive and records latencies; other viewers read every
+/// `LAZY_READ` (as a player with a buffer does), which keeps the load generator cheap and
+/// still checks that every frame arrives.
 pub(crate) async fn watch(
     http: SocketAddr,
     path: String,
     in_flight: InFlight,
     window_start: Instant,
+    probe: bool,
 ) -> anyhow::Result<ViewerReport> {
     let (mut socket, mut buf) = open(http, &path).await?;
     let mut report = ViewerReport::default();
@@ -88,12 +95,18 @@ pub(crate) async fn watch(
             if let Some((_, sent)) = queue.pop_front() {
                 if sent >= window_start {
                     report.delivered_in_window += 1;
+                    if !probe {
+                        continue;
+                    }
                     let us = now.saturating_duration_since(sent).as_micros();
                     report
                         .latencies_us
                         .push(u32::try_from(us).unwrap_or(u32::MAX));
                 }
             }
+        }
+        if !probe {
+            tokio::time::sleep(LAZY_READ).await;
         }
         let n = socket.read_buf(&mut buf).await?;
         if n == 0 {
