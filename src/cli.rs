@@ -118,6 +118,7 @@ impl Cli {
             Command::Serve { config } => {
                 let settings = Settings::load(config.as_deref())?;
                 crate::telemetry::init(&settings.log.level);
+                raise_open_files_limit(settings.ingest.max_connections.get());
                 let app = App::bind(settings).await?;
                 app.run(shutdown_on_ctrl_c()).await
             }
@@ -264,5 +265,27 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Every device and every viewer is a socket; the usual soft limit of 1024 open files
+/// would refuse connections long before `ingest.max_connections`. Raise the soft limit as
+/// far as the hard limit allows, and say so when that is still too low.
+fn raise_open_files_limit(max_connections: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            // each device may have a viewer or two; keep headroom for those and the broker
+            let wanted = (max_connections as u64).saturating_mul(2);
+            if limit < wanted {
+                tracing::warn!(
+                    limit,
+                    wanted,
+                    "open files limit is low for ingest.max_connections; raise it (ulimit -n)"
+                );
+            } else {
+                tracing::debug!(limit, "open files limit");
+            }
+        }
+        Err(error) => tracing::warn!(%error, "could not raise the open files limit"),
     }
 }
