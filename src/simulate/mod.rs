@@ -85,17 +85,14 @@ pub async fn run(
 ) -> anyhow::Result<SimulateReport> {
     let first = options.packets.first().context("empty recording")?;
     let layout = first.layout();
-    let base: u64 = match &options.device {
-        Some(device) => device.as_str().parse().context("device id")?,
-        None => DeviceId::from_sim(&first.sim)
-            .as_str()
-            .parse()
-            .context("device id")?,
+    let base = match &options.device {
+        Some(device) => device.clone(),
+        None => DeviceId::from_sim(&first.sim),
     };
     let tasks = TaskTracker::new();
     let (report_tx, mut report_rx) = tokio::sync::mpsc::channel(options.devices.max(1));
     for i in 0..options.devices {
-        let digits = (base + i as u64).to_string();
+        let digits = count_up(base.as_str(), i);
         let sim = Sim::from_digits(&digits, layout)
             .with_context(|| format!("device id {digits} does not fit the file's SIM field"))?;
         let device = Device {
@@ -163,16 +160,12 @@ impl Device {
             ..SimulateReport::default()
         };
         let mut clock = PaceClock::new(&self.packets);
+        let mut rewriter = Rewriter::new(&self);
         let mut out = BytesMut::with_capacity(BATCH);
         let mut round = 0u64;
         loop {
             for packet in self.packets.iter() {
-                let mut packet = packet.clone();
-                packet.sim = self.sim;
-                if let Some(channel) = self.channel {
-                    packet.channel = channel;
-                }
-                packet.timestamp = packet.timestamp.map(|ts| ts + clock.loop_shift(round));
+                let packet = rewriter.rewrite(packet, clock.loop_shift(round));
                 let due = clock.due(&packet);
                 if self.pace == Pace::Realtime && due > Instant::now() && !out.is_empty() {
                     report.bytes += out.len() as u64;
@@ -206,6 +199,66 @@ impl Device {
         socket.shutdown().await?;
         Ok(report)
     }
+}
+
+/// What a device changes in each packet it replays: the SIM, the channel, timestamps
+/// shifted per loop round, and the sequence number, which one counter numbers on from the
+/// file's first, so a new loop round is no sequence gap.
+struct Rewriter {
+    sim: Sim,
+    channel: Option<u8>,
+    next_sequence: Option<u16>,
+}
+
+impl Rewriter {
+    fn new(device: &Device) -> Rewriter {
+        Rewriter {
+            sim: device.sim,
+            channel: device.channel,
+            next_sequence: None,
+        }
+    }
+
+    fn rewrite(&mut self, packet: &Packet, timestamp_shift: u64) -> Packet {
+        let mut packet = packet.clone();
+        packet.sim = self.sim;
+        if let Some(channel) = self.channel {
+            packet.channel = channel;
+        }
+        packet.timestamp = packet.timestamp.map(|ts| ts + timestamp_shift);
+        let sequence = *self.next_sequence.get_or_insert(packet.sequence);
+        packet.sequence = sequence;
+        self.next_sequence = Some(sequence.wrapping_add(1));
+        packet
+    }
+}
+
+/// The decimal digits of `base + n`, for device ids of any length (20-digit SIMs exceed
+/// `u64`). `base` is all ASCII digits.
+fn count_up(base: &str, n: usize) -> String {
+    let mut digits: Vec<u8> = base.bytes().map(|c| c.wrapping_sub(b'0')).collect();
+    let mut carry = n;
+    for digit in digits.iter_mut().rev() {
+        if carry == 0 {
+            break;
+        }
+        let sum = usize::from(*digit) + carry % 10;
+        carry /= 10;
+        // sum ≤ 9 + 9, so both parts fit
+        *digit = (sum % 10) as u8;
+        carry += sum / 10;
+    }
+    let mut prefix = Vec::new();
+    while carry > 0 {
+        prefix.push((carry % 10) as u8);
+        carry /= 10;
+    }
+    prefix
+        .into_iter()
+        .rev()
+        .chain(digits)
+        .map(|d| char::from(b'0' + d))
+        .collect()
 }
 
 /// Maps packet timestamps to send times. Audio and video may run on separate clocks, so
@@ -261,5 +314,65 @@ impl PaceClock {
             self.start + Duration::from_millis(u64::try_from(offset.max(elapsed)).unwrap_or(0));
         self.last_due = due;
         due
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::codec::jt1078::{PayloadType, SimLayout, Subpackage};
+
+    #[test]
+    fn device_ids_count_up_on_their_digits() {
+        assert_eq!(count_up("13800138000", 0), "13800138000");
+        assert_eq!(count_up("13800138000", 12), "13800138012");
+        assert_eq!(count_up("199", 1), "200");
+        assert_eq!(count_up("999", 1), "1000");
+        assert_eq!(count_up("5", 1234), "1239");
+        // past u64::MAX (18446744073709551615): a 20-digit SIM
+        assert_eq!(count_up("18446744073709551615", 1), "18446744073709551616");
+        assert_eq!(count_up("99999999999999999998", 1), "99999999999999999999");
+    }
+
+    #[test]
+    fn looping_replay_numbers_packets_on_across_rounds() {
+        let sim = Sim::from_digits("13800138000", SimLayout::Bcd6).unwrap();
+        let packet = |sequence: u16, data_type: DataType| Packet {
+            marker: true,
+            payload_type: PayloadType::H264,
+            sequence,
+            sim,
+            channel: 1,
+            data_type,
+            subpackage: Subpackage::Atomic,
+            timestamp: Some(u64::from(sequence) * 40),
+            last_iframe_interval: Some(0),
+            last_frame_interval: Some(40),
+            body: Bytes::from_static(b"x"),
+        };
+        // a file numbered from 65534, with a counter per data type
+        let file = [
+            packet(65_534, DataType::IFrame),
+            packet(7, DataType::Audio),
+            packet(65_535, DataType::PFrame),
+        ];
+        let device = Device {
+            sim: Sim::from_digits("98765432109876543210", SimLayout::Bcd10).unwrap(),
+            channel: Some(3),
+            packets: Arc::new(file.to_vec()),
+            pace: Pace::Fast,
+            looping: true,
+        };
+        let mut rewriter = Rewriter::new(&device);
+        let sent: Vec<Packet> = (0..2u64)
+            .flat_map(|round| file.iter().map(move |p| (round, p)))
+            .map(|(round, p)| rewriter.rewrite(p, round * 1000))
+            .collect();
+        let numbers: Vec<u16> = sent.iter().map(|p| p.sequence).collect();
+        assert_eq!(numbers, [65_534, 65_535, 0, 1, 2, 3]);
+        assert!(sent.iter().all(|p| p.sim == device.sim && p.channel == 3));
+        assert_eq!(sent[3].timestamp, Some(65_534 * 40 + 1000));
     }
 }
