@@ -97,10 +97,7 @@ impl App {
             self.hub.clone(),
         );
         let router = Router::new()
-            .merge(http_flv::routes(
-                self.hub.clone(),
-                self.settings.http.flv_wait_timeout,
-            ))
+            .merge(http_flv::routes(self.hub.clone(), &self.settings.http))
             .merge(api::routes(self.hub.clone()));
         let http_shutdown = shutdown.clone();
         let http = async move {

@@ -61,6 +61,10 @@ pub struct HttpSettings {
     /// Wait for a stream that is not live yet.
     #[serde(with = "humantime_serde")]
     pub flv_wait_timeout: Duration,
+    /// Merged write: frames reaching a viewer within this time go out in one write (0 =
+    /// every frame at once, lowest latency).
+    #[serde(with = "humantime_serde")]
+    pub flv_merge_write: Duration,
 }
 
 /// `[hub]`

@@ -78,17 +78,32 @@ async fn every_recorded_stream_plays_completely_over_http_flv() {
 
 #[tokio::test]
 async fn g711a_audio_arrives_with_the_right_duration() {
+    g711a_audio_arrives_whole("0s").await;
+}
+
+#[tokio::test]
+async fn merged_writes_lose_no_frame() {
+    g711a_audio_arrives_whole("100ms").await;
+}
+
+/// Replays the G.711A capture with `http.flv_merge_write = merge`: every audio sample and
+/// every video frame arrives.
+async fn g711a_audio_arrives_whole(merge: &str) {
     let bytes = std::fs::read(testdata("h264-g711a-156987000796-ch1.jt1078")).unwrap();
     let expected_samples: usize = raw_packets(&bytes, 6)
         .iter()
         .filter(|p| p.data_type == 3)
         .map(|p| p.body.len())
         .sum();
-    let gateway = Gateway::start(&[DEEP_QUEUE]).await;
+    let expected_frames = expected_video_frames(&raw_packets(&bytes, 6));
+    let gateway = Gateway::start(&[DEEP_QUEUE, ("JTGW__HTTP__FLV_MERGE_WRITE", merge)]).await;
     let flv = replay_and_watch(&gateway, &bytes, "156987000796_1").await;
     let tmp = TempDir::new("g711");
     let out = tmp.path("out.flv");
     std::fs::write(&out, &flv).unwrap();
+    let video = probe_stream(&out, "v", None).await;
+    let frames: usize = video["nb_read_frames"].as_str().unwrap().parse().unwrap();
+    assert_eq!(frames, expected_frames, "merge {merge}: every video frame");
     let audio = probe_stream(&out, "a", None).await;
     assert_eq!(audio["codec_name"], "pcm_alaw");
     assert_eq!(audio["sample_rate"], "8000");
@@ -111,7 +126,7 @@ async fn g711a_audio_arrives_with_the_right_duration() {
     let samples = std::fs::metadata(&pcm).unwrap().len() as usize / 2;
     assert_eq!(
         samples, expected_samples,
-        "decoded audio is {samples} samples, sent {expected_samples}"
+        "merge {merge}: decoded audio is {samples} samples, sent {expected_samples}"
     );
     // 8 kHz: the duration follows
     assert!((samples as f64 / 8000.0 - expected_samples as f64 / 8000.0).abs() < 0.001);

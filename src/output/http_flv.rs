@@ -19,6 +19,7 @@ use tracing::{debug, info};
 
 use crate::codec::flv::{self, SoundFormat};
 use crate::codec::h26x::{NalKind, VideoCodec};
+use crate::config::HttpSettings;
 use crate::hub::{Hub, MediaInfo};
 use crate::media::{Channel, Codec, DeviceId, Frame, StreamKey, StreamKind};
 
@@ -29,14 +30,19 @@ const MAX_WRITE: usize = 256 * 1024;
 struct FlvState {
     hub: Hub,
     wait: Duration,
+    merge_write: Duration,
 }
 
-/// The HTTP-FLV routes.
-pub fn routes(hub: Hub, wait: Duration) -> Router {
+/// The HTTP-FLV routes, with the `[http]` settings.
+pub fn routes(hub: Hub, settings: &HttpSettings) -> Router {
     Router::new()
         .route("/live/{file}", get(play_live))
         .route("/playback/{file}", get(play_playback))
-        .with_state(FlvState { hub, wait })
+        .with_state(FlvState {
+            hub,
+            wait: settings.flv_wait_timeout,
+            merge_write: settings.flv_merge_write,
+        })
 }
 
 async fn play_live(state: State<FlvState>, file: Path<String>) -> Response {
@@ -65,7 +71,8 @@ async fn play(
     };
     info!(stream = %key, "flv viewer joined");
     let muxer = FlvMuxer::new(reader.info());
-    let body = stream::unfold((reader, muxer), |(mut reader, mut muxer)| async move {
+    let merge = state.merge_write;
+    let body = stream::unfold((reader, muxer), move |(mut reader, mut muxer)| async move {
         let mut out = BytesMut::new();
         loop {
             let Some(frame) = reader.recv().await else {
@@ -73,6 +80,17 @@ async fn play(
                 return None;
             };
             muxer.push_into(&frame, &mut out);
+            // merged write: collect what arrives in the next `merge`, one write for all
+            if !merge.is_zero() {
+                let until = tokio::time::Instant::now() + merge;
+                while out.len() < MAX_WRITE {
+                    match tokio::time::timeout_at(until, reader.recv()).await {
+                        Ok(Some(frame)) => muxer.push_into(&frame, &mut out),
+                        // ended (the next recv says so too) or time is up
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            }
             // whatever else is already queued goes out in the same write
             while out.len() < MAX_WRITE {
                 match reader.try_recv() {
