@@ -90,7 +90,13 @@ async fn main() -> anyhow::Result<()> {
     let mut results = Results {
         date: command_output("date", &["-u", "+%Y-%m-%d"]),
         machine: machine(),
-        command: std::env::args().collect::<Vec<_>>().join(" "),
+        // settings for the gateway pass through the environment: show them with the command
+        command: std::env::vars()
+            .filter(|(k, _)| k.starts_with("JTGW__"))
+            .map(|(k, v)| format!("{k}={v}"))
+            .chain(std::env::args())
+            .collect::<Vec<_>>()
+            .join(" "),
         file: args.file.display().to_string(),
         stream_mbit_s,
         steps: Vec::new(),
