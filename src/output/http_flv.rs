@@ -26,6 +26,9 @@ use crate::media::{Channel, Codec, DeviceId, Frame, StreamKey, StreamKind};
 /// Frames already queued for a viewer are written together, up to this many bytes.
 const MAX_WRITE: usize = 256 * 1024;
 
+/// Longest merged-write interval honoured.
+const MAX_MERGE: Duration = Duration::from_secs(1);
+
 #[derive(Clone)]
 struct FlvState {
     hub: Hub,
@@ -41,7 +44,8 @@ pub fn routes(hub: Hub, settings: &HttpSettings) -> Router {
         .with_state(FlvState {
             hub,
             wait: settings.flv_wait_timeout,
-            merge_write: settings.flv_merge_write,
+            // a viewer sleeping longer could overrun its queue (`hub.reader_queue` frames)
+            merge_write: settings.flv_merge_write.min(MAX_MERGE),
         })
 }
 
@@ -80,16 +84,10 @@ async fn play(
                 return None;
             };
             muxer.push_into(&frame, &mut out);
-            // merged write: collect what arrives in the next `merge`, one write for all
+            // merged write: let frames gather for `merge` without waking per frame, then
+            // take them all in one write below
             if !merge.is_zero() {
-                let until = tokio::time::Instant::now() + merge;
-                while out.len() < MAX_WRITE {
-                    match tokio::time::timeout_at(until, reader.recv()).await {
-                        Ok(Some(frame)) => muxer.push_into(&frame, &mut out),
-                        // ended (the next recv says so too) or time is up
-                        Ok(None) | Err(_) => break,
-                    }
-                }
+                tokio::time::sleep(merge).await;
             }
             // whatever else is already queued goes out in the same write
             while out.len() < MAX_WRITE {
