@@ -38,12 +38,11 @@ use crate::report::Results;
 /// Measures the gateway under load.
 #[derive(Debug, Parser)]
 struct Args {
-    /// Recording every simulated device replays (looping, in real time).
-    #[arg(
-        long,
-        default_value = "../shared/testdata/h264-g711a-156987000796-ch1.jt1078"
-    )]
-    file: PathBuf,
+    /// Recording every simulated device replays (looping, in real time). Default: the
+    /// H.264 + G.711A device capture in ../shared/testdata when present, else the bundled
+    /// sample.
+    #[arg(long)]
+    file: Option<PathBuf>,
     /// The gateway binary to run.
     #[arg(long, default_value = "target/release/jt1078-gateway")]
     gateway: PathBuf,
@@ -72,14 +71,22 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let packets = load_file(&args.file)?;
+    let mut args = Args::parse();
+    let file = args.file.take().unwrap_or_else(|| {
+        let capture = PathBuf::from("../shared/testdata/h264-g711a-156987000796-ch1.jt1078");
+        if capture.exists() {
+            capture
+        } else {
+            PathBuf::from("samples/sample-h264-g711a.jt1078")
+        }
+    });
+    let packets = load_file(&file)?;
     let layout = packets.first().context("empty recording")?.layout();
     let schedule = Arc::new(Schedule::new(packets));
     let stream_mbit_s = schedule.round_bytes as f64 * 8.0 / schedule.span_ms as f64 / 1000.0;
     eprintln!(
         "{}: {} frames per {:.1} s round, {stream_mbit_s:.2} Mbit/s",
-        args.file.display(),
+        file.display(),
         schedule.frames_per_round(),
         schedule.span_ms as f64 / 1000.0
     );
@@ -97,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
             .chain(std::env::args())
             .collect::<Vec<_>>()
             .join(" "),
-        file: args.file.display().to_string(),
+        file: file.display().to_string(),
         stream_mbit_s,
         steps: Vec::new(),
         first_frame: None,
