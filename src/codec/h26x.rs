@@ -5,6 +5,7 @@
 //! profile bytes the decoder configuration records need are read here.
 
 use memchr::memmem;
+use scuffle_bytes_util::BitReader;
 
 /// Which of the two video codecs an access unit is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -128,31 +129,7 @@ impl VideoCodec {
                     hevc: None,
                 })
             }
-            VideoCodec::H265 => {
-                let parsed = scuffle_h265::SpsNALUnit::parse(sps).ok()?;
-                let rbsp = &parsed.rbsp;
-                // sps_video_parameter_set_id .. level: the first 13 bytes of the RBSP
-                let prefix = rbsp_prefix(sps.get(2..)?, 13);
-                let general_profile_tier_level: [u8; 12] = prefix.get(1..13)?.try_into().ok()?;
-                Some(SpsInfo {
-                    width: u32::try_from(rbsp.cropped_width()).ok()?,
-                    height: u32::try_from(rbsp.cropped_height()).ok()?,
-                    frame_rate: None,
-                    profile: [
-                        general_profile_tier_level[0],
-                        general_profile_tier_level[1],
-                        general_profile_tier_level[11],
-                    ],
-                    hevc: Some(HevcSpsInfo {
-                        general_profile_tier_level,
-                        chroma_format_idc: rbsp.chroma_format_idc,
-                        bit_depth_luma_minus8: rbsp.bit_depth_luma_minus8,
-                        bit_depth_chroma_minus8: rbsp.bit_depth_chroma_minus8,
-                        max_sub_layers_minus1: rbsp.sps_max_sub_layers_minus1,
-                        temporal_id_nesting: rbsp.sps_temporal_id_nesting_flag,
-                    }),
-                })
-            }
+            VideoCodec::H265 => parse_hevc_sps(sps),
         }
     }
 }
@@ -218,6 +195,123 @@ pub struct HevcSpsInfo {
     pub max_sub_layers_minus1: u8,
     /// sps_temporal_id_nesting_flag.
     pub temporal_id_nesting: bool,
+}
+
+/// Largest picture dimension accepted from an SPS (H.265 level 6.2 allows 8192 × 4320; a
+/// larger value is a corrupt SPS, not a camera).
+const MAX_DIMENSION: u64 = 16_384;
+
+/// Reads the H.265 SPS fields the gateway needs (ITU-T H.265 §7.3.2.2.1), up to the bit
+/// depths. Written here rather than taken from a full SPS parser because those fields all
+/// precede the scaling lists and VUI, and the full parser this project used
+/// (scuffle-h265 0.2) panicked on corrupt scaling lists found by fuzzing: a device's bytes
+/// must never panic the gateway.
+fn parse_hevc_sps(sps: &[u8]) -> Option<SpsInfo> {
+    let rbsp = rbsp_prefix(sps.get(2..)?, sps.len());
+    let general_profile_tier_level: [u8; 12] = rbsp.get(1..13)?.try_into().ok()?;
+    let mut bits = Bits(BitReader::new_from_slice(rbsp.as_slice()));
+    bits.skip(4)?; // sps_video_parameter_set_id
+    let max_sub_layers_minus1 = u8::try_from(bits.read(3)?).ok()?;
+    let temporal_id_nesting = bits.read(1)? == 1;
+    bits.skip(96)?; // general profile, tier, compatibility, constraint flags, level
+    // profile_tier_level(1, sps_max_sub_layers_minus1), §7.3.3
+    let mut present = Vec::with_capacity(usize::from(max_sub_layers_minus1));
+    for _ in 0..max_sub_layers_minus1 {
+        present.push((bits.read(1)? == 1, bits.read(1)? == 1));
+    }
+    if max_sub_layers_minus1 > 0 {
+        bits.skip(2 * (8 - u32::from(max_sub_layers_minus1)))?; // reserved_zero_2bits
+    }
+    for (profile, level) in present {
+        if profile {
+            bits.skip(88)?;
+        }
+        if level {
+            bits.skip(8)?;
+        }
+    }
+    bits.ue()?; // sps_seq_parameter_set_id
+    let chroma_format_idc = bits.ue()?;
+    if chroma_format_idc > 3 {
+        return None;
+    }
+    let separate_planes = chroma_format_idc == 3 && bits.read(1)? == 1;
+    let (width, height) = (bits.ue()?, bits.ue()?);
+    let (mut crop_x, mut crop_y) = (0, 0);
+    if bits.read(1)? == 1 {
+        // conformance window offsets are in chroma samples (Table 6-1: SubWidthC, SubHeightC)
+        let sub_width = if matches!(chroma_format_idc, 1 | 2) && !separate_planes {
+            2
+        } else {
+            1
+        };
+        let sub_height = if chroma_format_idc == 1 && !separate_planes {
+            2
+        } else {
+            1
+        };
+        let (left, right, top, bottom) = (bits.ue()?, bits.ue()?, bits.ue()?, bits.ue()?);
+        crop_x = sub_width * (left + right);
+        crop_y = sub_height * (top + bottom);
+    }
+    let bit_depth_luma_minus8 = bits.ue()?;
+    let bit_depth_chroma_minus8 = bits.ue()?;
+    if bit_depth_luma_minus8 > 8 || bit_depth_chroma_minus8 > 8 {
+        return None;
+    }
+    let (width, height) = (width.checked_sub(crop_x)?, height.checked_sub(crop_y)?);
+    if width == 0 || height == 0 || width > MAX_DIMENSION || height > MAX_DIMENSION {
+        return None;
+    }
+    Some(SpsInfo {
+        width: u32::try_from(width).ok()?,
+        height: u32::try_from(height).ok()?,
+        frame_rate: None,
+        profile: [
+            general_profile_tier_level[0],
+            general_profile_tier_level[1],
+            general_profile_tier_level[11],
+        ],
+        hevc: Some(HevcSpsInfo {
+            general_profile_tier_level,
+            chroma_format_idc: u8::try_from(chroma_format_idc).ok()?,
+            bit_depth_luma_minus8: u8::try_from(bit_depth_luma_minus8).ok()?,
+            bit_depth_chroma_minus8: u8::try_from(bit_depth_chroma_minus8).ok()?,
+            max_sub_layers_minus1,
+            temporal_id_nesting,
+        }),
+    })
+}
+
+/// A bit reader over an RBSP with the Exp-Golomb codes of H.26x (§9.2), every read
+/// checked: running out of bits is `None`.
+struct Bits<'a>(BitReader<std::io::Cursor<&'a [u8]>>);
+
+impl Bits<'_> {
+    fn read(&mut self, n: u8) -> Option<u64> {
+        self.0.read_bits(n).ok()
+    }
+
+    fn skip(&mut self, mut n: u32) -> Option<()> {
+        while n > 0 {
+            let step = n.min(32);
+            self.read(u8::try_from(step).ok()?)?;
+            n -= step;
+        }
+        Some(())
+    }
+
+    /// ue(v); values past 32 bits are corrupt in every field read here.
+    fn ue(&mut self) -> Option<u64> {
+        let mut zeros = 0u8;
+        while self.read(1)? == 0 {
+            zeros += 1;
+            if zeros > 31 {
+                return None;
+            }
+        }
+        Some((1u64 << zeros) - 1 + self.read(zeros)?)
+    }
 }
 
 /// The first `n` bytes of a NAL payload with emulation prevention bytes removed.
@@ -298,5 +392,45 @@ mod tests {
     fn garbage_sps_is_none_not_panic() {
         assert!(VideoCodec::H264.parse_sps(&[0x67]).is_none());
         assert!(VideoCodec::H265.parse_sps(&[0x42, 0x01, 0xff]).is_none());
+    }
+
+    /// SPS of a 100×58 picture from libx265 (4:2:0, coded as 104×64 with a conformance
+    /// window; made with `ffmpeg -f lavfi -i testsrc=size=100x58 -pix_fmt yuv420p -c:v libx265`).
+    const X265_SPS_100X58: [u8; 42] = [
+        0x42, 0x01, 0x01, 0x01, 0x60, 0x00, 0x00, 0x03, 0x00, 0x90, 0x00, 0x00, 0x03, 0x00, 0x00,
+        0x03, 0x00, 0x1e, 0xa0, 0x34, 0x81, 0x07, 0x72, 0x65, 0x95, 0x9a, 0xe4, 0xca, 0xf0, 0x16,
+        0x80, 0x80, 0x00, 0x00, 0x03, 0x00, 0x80, 0x00, 0x00, 0x03, 0x02, 0x84,
+    ];
+
+    #[test]
+    fn hevc_sps_gives_the_cropped_picture_size_and_format() {
+        let info = VideoCodec::H265.parse_sps(&X265_SPS_100X58).unwrap();
+        assert_eq!((info.width, info.height), (100, 58));
+        let hevc = info.hevc.unwrap();
+        assert_eq!(hevc.chroma_format_idc, 1);
+        assert_eq!(
+            (hevc.bit_depth_luma_minus8, hevc.bit_depth_chroma_minus8),
+            (0, 0)
+        );
+        assert_eq!(hevc.general_profile_tier_level[0] & 0x1f, 1, "Main profile");
+    }
+
+    #[test]
+    fn corrupt_hevc_sps_is_rejected_without_panicking() {
+        // found by the h26x_parameter_sets fuzz target: a full SPS parser panicked on it
+        let crash = [
+            0x43, 0x01, 0x01, 0xd4, 0xde, 0x68, 0x68, 0x68, 0xd4, 0xff, 0x68, 0x68, 0x68, 0x68,
+            0x68, 0x68, 0x68, 0x2a, 0x9d, 0xff, 0xff, 0xff, 0x2d, 0x68, 0x27, 0x6e, 0x00, 0xb9,
+            0x3f, 0x25, 0x26, 0x1c, 0x68, 0x68, 0xd4, 0xff, 0x68, 0x68, 0x68, 0x68, 0xff, 0x68,
+            0x68, 0x9d, 0xff, 0xff, 0x1c, 0x68, 0xff, 0x2d, 0x68,
+        ];
+        assert!(VideoCodec::H265.parse_sps(&crash).is_none());
+        // a truncated SPS is either too short to read (None) or cut after the fields read
+        for len in 0..X265_SPS_100X58.len() {
+            if let Some(info) = VideoCodec::H265.parse_sps(&X265_SPS_100X58[..len]) {
+                assert_eq!((info.width, info.height), (100, 58), "cut at {len}");
+            }
+        }
+        assert!(VideoCodec::H265.parse_sps(&X265_SPS_100X58[..20]).is_none());
     }
 }
