@@ -10,6 +10,10 @@
 
 use std::path::{Path, PathBuf};
 
+/// The allocator the gateway binary uses (src/main.rs), so the figures are the gateway's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use jt1078_gateway::codec::jt1078::{DEFAULT_MAX_BODY, Decoder, Reassembler};

@@ -4,7 +4,7 @@
 //! "need more bytes" is `None`. Garbage, torn packets and oversized length fields are
 //! counted in [`DecoderStats`] and skipped; nothing here returns an error or panics.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use memchr::memmem;
 
 use super::header::{FRAME_MARKER, STANDARD_MAX_BODY, SimLayout};
@@ -157,8 +157,14 @@ impl Decoder {
                 continue;
             }
             self.in_garbage = false;
-            let raw = self.buf.split_to(total).freeze();
-            if let Some(packet) = parse_packet(raw, layout, probe) {
+            // The header is read in place; only the body becomes a view of the buffer (one
+            // reference count per packet). `total` bytes are buffered (checked above).
+            let head = self.buf.get(..probe.header_len).unwrap_or(&[]);
+            let parsed = parse_packet(head, Bytes::new(), layout, probe);
+            self.buf.advance(probe.header_len);
+            let body = self.buf.split_to(probe.body_len).freeze();
+            if let Some(mut packet) = parsed {
+                packet.body = body;
                 self.stats.packets += 1;
                 self.stats.packet_bytes += total as u64;
                 return Some(packet);
@@ -171,7 +177,7 @@ impl Decoder {
 
     /// Drops bytes until the buffer starts with a frame marker. False if none is buffered.
     fn align_on_marker(&mut self) -> bool {
-        if self.buf.starts_with(&FRAME_MARKER) {
+        if starts_with_marker(&self.buf) {
             return true;
         }
         if self.buf.len() < FRAME_MARKER.len() && FRAME_MARKER.starts_with(&self.buf) {
@@ -201,7 +207,7 @@ impl Decoder {
     fn torn_packet_restart(&self, total: usize) -> Option<usize> {
         let after = self.buf.get(total..)?;
         let n = after.len().min(FRAME_MARKER.len());
-        if after.get(..n) == FRAME_MARKER.get(..n) {
+        if starts_with_marker(after) || after.get(..n) == FRAME_MARKER.get(..n) {
             return None;
         }
         let inside = self.buf.get(FRAME_MARKER.len()..total)?;
@@ -296,6 +302,12 @@ impl Decoder {
         self.stats.skipped_bytes += n as u64;
         self.buf.advance(n);
     }
+}
+
+/// `buf` starts with the frame marker: a 4-byte compare, not a call to `memcmp` (this runs
+/// twice per packet).
+fn starts_with_marker(buf: &[u8]) -> bool {
+    buf.first_chunk::<4>() == Some(&FRAME_MARKER)
 }
 
 impl Default for Decoder {

@@ -287,12 +287,30 @@ impl PayloadType {
     }
 }
 
+/// `PAYLOAD_TYPES` indexed by wire value, built at compile time: the per-packet lookup is
+/// one load instead of a search.
+#[expect(
+    clippy::indexing_slicing,
+    reason = "const evaluation: an index out of range fails the build, never a packet"
+)]
+const PAYLOAD_TYPE_BY_WIRE: [Option<PayloadType>; 128] = {
+    let mut table = [None; 128];
+    let mut i = 0;
+    while i < PAYLOAD_TYPES.len() {
+        let (wire, pt) = PAYLOAD_TYPES[i];
+        table[(wire & 0x7f) as usize] = Some(pt);
+        i += 1;
+    }
+    table
+};
+
 impl From<u8> for PayloadType {
     fn from(value: u8) -> Self {
-        PAYLOAD_TYPES
-            .iter()
-            .find(|(v, _)| *v == value)
-            .map_or(PayloadType::Unknown(value), |(_, pt)| *pt)
+        PAYLOAD_TYPE_BY_WIRE
+            .get(usize::from(value))
+            .copied()
+            .flatten()
+            .unwrap_or(PayloadType::Unknown(value))
     }
 }
 
@@ -370,6 +388,9 @@ mod tests {
         assert_eq!(PayloadType::from(98), PayloadType::H264);
         assert_eq!(PayloadType::from(26), PayloadType::AdpcmA);
         assert_eq!(PayloadType::from(92), PayloadType::Unknown(92));
+        for (wire, pt) in PAYLOAD_TYPES {
+            assert_eq!(PayloadType::from(wire), pt, "wire value {wire}");
+        }
     }
 
     #[test]

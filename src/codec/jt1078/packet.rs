@@ -62,7 +62,7 @@ pub(crate) fn probe_header(buf: &[u8], layout: SimLayout) -> ProbeOutcome {
             ProbeOutcome::NeedMore
         };
     };
-    if fixed.get(..4) != Some(&FRAME_MARKER[..]) {
+    if fixed.first_chunk::<4>() != Some(&FRAME_MARKER) {
         return ProbeOutcome::Invalid;
     }
     let sim_ok = fixed
@@ -91,10 +91,15 @@ pub(crate) fn probe_header(buf: &[u8], layout: SimLayout) -> ProbeOutcome {
 }
 
 /// Parses a complete packet whose header was probed; `raw` holds exactly header + body.
-pub(crate) fn parse_packet(raw: Bytes, layout: SimLayout, probe: HeaderProbe) -> Option<Packet> {
+pub(crate) fn parse_packet(
+    head: &[u8],
+    body: Bytes,
+    layout: SimLayout,
+    probe: HeaderProbe,
+) -> Option<Packet> {
     let sim_len = layout.sim_len();
     let after_sim = 8 + sim_len;
-    let head = raw.get(..probe.header_len)?;
+    let head = head.get(..probe.header_len)?;
     let mpt = *head.get(5)?;
     let sequence = u16::from_be_bytes([*head.get(6)?, *head.get(7)?]);
     let sim = Sim::from_bcd(head.get(8..after_sim)?)?;
@@ -128,7 +133,7 @@ pub(crate) fn parse_packet(raw: Bytes, layout: SimLayout, probe: HeaderProbe) ->
         timestamp,
         last_iframe_interval,
         last_frame_interval,
-        body: raw.slice(probe.header_len..),
+        body,
     })
 }
 
