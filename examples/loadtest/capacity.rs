@@ -132,8 +132,16 @@ pub(crate) async fn step(
     stop.cancel();
     let mut devices_failed = counters.failed.load(Ordering::Relaxed);
     while let Some(result) = devices.join_next().await {
-        if !matches!(result, Ok(Ok(()))) {
-            devices_failed += 1;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                eprintln!("device failed: {error:#}");
+                devices_failed += 1;
+            }
+            Err(error) => {
+                eprintln!("device task failed: {error}");
+                devices_failed += 1;
+            }
         }
     }
     let mut seen = ViewerReport::default();

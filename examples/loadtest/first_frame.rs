@@ -162,13 +162,19 @@ async fn cold(
         let http = gateway.http;
         let asked = Instant::now();
         let viewer = tokio::spawn(async move { viewer::first_key_frame(http, &path).await });
-        let (topic, reqpull_at) = tokio::time::timeout(Duration::from_secs(10), reqpull_rx.recv())
-            .await
-            .context("no REQPULL within 10 s")?
-            .context("MQTT task ended")?;
-        if !topic.contains(&id) {
-            bail!("REQPULL for another device: {topic}");
-        }
+        // earlier devices may be asked again (their viewer was still counted when they
+        // stopped): wait for this device's own REQPULL
+        let wanted = format!("/device/{id}/REQPULL");
+        let reqpull_at = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some((topic, at)) = reqpull_rx.recv().await {
+                if topic.ends_with(&wanted) {
+                    return Ok(at);
+                }
+            }
+            bail!("MQTT task ended")
+        })
+        .await
+        .context("no REQPULL within 10 s")??;
         let mut socket = TcpStream::connect(gateway.live).await?;
         socket.set_nodelay(true)?;
         let connected = Instant::now();

@@ -320,7 +320,12 @@ impl Demand {
         self.entries.get(key).map_or(0, |e| e.requesters.len())
     }
 
-    /// Streams with requesters.
+    /// Streams known to be up.
+    pub fn live(&self) -> impl Iterator<Item = &StreamKey> {
+        self.entries.iter().filter(|(_, e)| e.live).map(|(k, _)| k)
+    }
+
+    /// Streams somebody wants.
     pub fn wanted(&self) -> impl Iterator<Item = &StreamKey> {
         self.entries
             .iter()

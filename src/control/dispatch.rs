@@ -1,7 +1,7 @@
 //! The control task: owns the demand state, turns requests and hub events into device
 //! commands, replies and status messages. One task, one owner; MQTT I/O is in `mqtt.rs`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rumqttc::{AsyncClient, QoS};
@@ -410,7 +410,7 @@ impl Control {
         self.perform(actions);
     }
 
-    /// After missed events: viewers as the hub counts them now.
+    /// After missed events: viewers and live streams as the hub has them now.
     fn resync_viewers(&mut self) {
         let now = Instant::now().into_std();
         let counts: HashMap<StreamKey, u64> = self.hub.reader_counts().into_iter().collect();
@@ -426,6 +426,9 @@ impl Control {
             self.demand
                 .request(key, RequesterId::Viewers, None, may_pull, now, &mut actions);
         }
+        // streams that came up or went down unseen: tell the demand state and the retained
+        // status, as the events would have
+        let mut live: HashSet<StreamKey> = HashSet::new();
         for snapshot in self.hub.list() {
             if let Ok(device) = DeviceId::parse(&snapshot.device) {
                 let key = StreamKey::new(
@@ -434,7 +437,19 @@ impl Control {
                     snapshot.kind,
                 );
                 self.demand.stream_up(&key);
+                self.publish_stream_status(&key, true);
+                live.insert(key);
             }
+        }
+        let gone: Vec<StreamKey> = self
+            .demand
+            .live()
+            .filter(|k| !live.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.demand.stream_down(&key, now, &mut actions);
+            self.publish_stream_status(&key, false);
         }
         self.perform(actions);
     }
@@ -611,9 +626,7 @@ impl Control {
     }
 
     fn publish_stream_status(&self, key: &StreamKey, live: bool) {
-        let snapshot = self.hub.list().into_iter().find(|s| {
-            s.device == key.device.as_str() && s.channel == key.channel.0 && s.kind == key.kind
-        });
+        let snapshot = self.hub.snapshot(key);
         let status = StreamStatus {
             device: key.device.to_string(),
             channel: key.channel.0,

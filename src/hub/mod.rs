@@ -217,6 +217,16 @@ impl Hub {
         self.registry().get(key).is_some_and(|s| s.is_publishing())
     }
 
+    /// The snapshot of one live stream.
+    pub fn snapshot(&self, key: &StreamKey) -> Option<StreamSnapshot> {
+        let stream = self
+            .registry()
+            .get(key)
+            .filter(|s| s.is_publishing())
+            .map(Arc::clone)?;
+        Some(stream.snapshot())
+    }
+
     /// Snapshots of all live streams, sorted by key.
     pub fn list(&self) -> Vec<StreamSnapshot> {
         let mut streams: Vec<Arc<Stream>> = self
