@@ -43,9 +43,7 @@ impl App {
     /// Binds every listener named in `settings`.
     pub async fn bind(settings: Settings) -> anyhow::Result<App> {
         let bind = |addr: SocketAddr, key: &'static str| async move {
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding {key} = {addr}"))
+            listen(addr).with_context(|| format!("binding {key} = {addr}"))
         };
         let live = bind(settings.ingest.live_listen, "ingest.live_listen").await?;
         let playback = bind(settings.ingest.playback_listen, "ingest.playback_listen").await?;
@@ -112,4 +110,22 @@ impl App {
         info!("jt1078-gateway stopped");
         http_result
     }
+}
+
+/// Pending connections a listener queues before the gateway accepts them. After a restart
+/// every device and viewer reconnects at once; tokio's default of 1024 overflows then (the
+/// kernel caps it at `net.core.somaxconn`, 4096 on current Linux).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A TCP listener on `addr` with [`LISTEN_BACKLOG`] and `SO_REUSEADDR` (a restarted gateway
+/// binds again at once).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }

@@ -140,8 +140,14 @@ pub fn connect(
     if !settings.username.is_empty() {
         options.set_credentials(settings.username.clone(), settings.password.clone());
     }
-    Ok(AsyncClient::new(options, 4096))
+    Ok(AsyncClient::new(options, PUBLISH_QUEUE))
 }
+
+/// Messages the control task may queue for the broker. A burst of a thousand devices
+/// connecting at once makes several messages each (REQPULL for waiting viewers, stream
+/// status as codecs and picture size become known): measured 4096 overflowing at 1000
+/// streams. Still a bound: a few hundred bytes a message.
+const PUBLISH_QUEUE: usize = 32 * 1024;
 
 /// Drives the connection until `cancel`: forwards publishes, re-subscribes on every
 /// connect and bumps `connected_tx` so the control task re-announces its state.
