@@ -16,6 +16,9 @@ use tokio::time::Instant;
 use crate::device::Schedule;
 use crate::procstat;
 
+/// How long ffmpeg probes a raw H.264 input before it starts writing, plus a margin.
+const PROBE_TIME: Duration = Duration::from_secs(8);
+
 /// What the baseline used.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Baseline {
@@ -70,7 +73,9 @@ pub(crate) async fn run(
         children.push(child);
     }
     let pids: Vec<u32> = children.iter().filter_map(|c| c.id()).collect();
-    tokio::time::sleep_until(begin + Duration::from_secs(1) + warmup).await;
+    // ffmpeg reads about 5 s of a raw H.264 input before it writes anything (stream
+    // probing): measure only after that, whatever the warm-up asked for
+    tokio::time::sleep_until(begin + Duration::from_secs(1) + warmup.max(PROBE_TIME)).await;
     let (cpu0, _) = procstat::total(&pids);
     let t0 = Instant::now();
     tokio::time::sleep(window).await;

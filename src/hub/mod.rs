@@ -66,6 +66,9 @@ pub enum HubEvent {
     },
 }
 
+/// Hub events kept for listeners that fall behind.
+const EVENT_QUEUE: usize = 16 * 1024;
+
 /// Handle to the hub.
 #[derive(Clone, Debug)]
 pub struct Hub {
@@ -123,7 +126,10 @@ pub struct StreamSnapshot {
 impl Hub {
     /// An empty hub.
     pub fn new(settings: HubSettings) -> Hub {
-        let (events_tx, _) = broadcast::channel(1024);
+        // a thousand devices and viewers arriving at once make several events each; a
+        // listener that still falls behind resynchronises from `list` (no event is needed
+        // for correctness, they only save work)
+        let (events_tx, _) = broadcast::channel(EVENT_QUEUE);
         Hub {
             inner: Arc::new(Inner {
                 streams: Mutex::new(HashMap::new()),
