@@ -41,7 +41,10 @@ pub(crate) struct Schedule {
 
 /// The last 8 bytes of a frame as a number: survives every remux the gateway does (FLV
 /// tags end with the frame's own last bytes), and differs between neighbouring frames.
+/// Trailing zero bytes are left out: NAL unit splitting drops them (trailing_zero_8bits).
 pub(crate) fn tail_key(data: &[u8]) -> u64 {
+    let end = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    let data = &data[..end];
     let mut key = [0u8; 8];
     let n = data.len().min(8);
     key[8 - n..].copy_from_slice(&data[data.len() - n..]);
