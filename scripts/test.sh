@@ -32,7 +32,12 @@ echo "== cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 
 echo "== cargo test"
-cargo test --all-targets
+test_log="$(mktemp)"
+cargo test --all-targets 2>&1 | tee "$test_log"
+# one summary line over every test binary (the last binary run is the benchmark in test
+# mode, whose own line says 0)
+summary="$(awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed", p, f }' "$test_log")"
+rm -f "$test_log"
 
 echo "== cargo doc"
 RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps --quiet
@@ -50,3 +55,4 @@ for target in jt1078_decoder h26x_parameter_sets; do
   rm -rf "$corpus"
 done
 echo "== all tests passed"
+echo "tests: $summary"
