@@ -351,4 +351,5 @@ pub(crate) fn flv_tags(flv: &[u8]) -> Vec<FlvTag> {
     assert_eq!(i, flv.len(), "FLV ends on a tag boundary");
     tags
 }
+pub(crate) mod control;
 pub(crate) mod mqtt;
