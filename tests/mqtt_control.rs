@@ -151,15 +151,7 @@ async fn two_requesters_one_reqpull_and_stop_only_after_both_left_with_the_embed
 
 async fn two_requesters(url: &str, broker: BrokerAt) {
     let _gateway = gateway_on(url, broker, &[("JTGW__CONTROL__STOP_LINGER", "600ms")]).await;
-    let mut backend = TestClient::connect(
-        port_of(url),
-        &[
-            "jt1078/client/#",
-            "jt1078/device/#",
-            "jt1078/status/gateway/#",
-        ],
-    )
-    .await;
+    let mut backend = TestClient::connect(port_of(url), &BACKEND_TOPICS).await;
     wait_online(&mut backend).await;
     let topic = "jt1078/gateway/13900000001/SUBSCRIBE";
     backend
@@ -230,15 +222,7 @@ async fn lease_expiry(url: &str, broker: BrokerAt) {
         ],
     )
     .await;
-    let mut backend = TestClient::connect(
-        port_of(url),
-        &[
-            "jt1078/client/#",
-            "jt1078/device/#",
-            "jt1078/status/gateway/#",
-        ],
-    )
-    .await;
+    let mut backend = TestClient::connect(port_of(url), &BACKEND_TOPICS).await;
     wait_online(&mut backend).await;
     backend
         .publish(
@@ -569,15 +553,7 @@ async fn a_device_that_never_connects_is_stopped_along_with_the_error() {
         ],
     )
     .await;
-    let mut backend = TestClient::connect(
-        broker.port,
-        &[
-            "jt1078/client/#",
-            "jt1078/device/#",
-            "jt1078/status/gateway/#",
-        ],
-    )
-    .await;
+    let mut backend = TestClient::connect(broker.port, &BACKEND_TOPICS).await;
     wait_online(&mut backend).await;
     backend
         .publish(
@@ -638,15 +614,7 @@ async fn reqpull_carries_the_requested_stream_type_and_data_type() {
 async fn a_requester_of_a_stream_pushed_on_its_own_is_not_stranded_when_it_drops() {
     let url = embedded_url();
     let gateway = gateway_on(&url, BrokerAt::Embedded, &[]).await;
-    let mut backend = TestClient::connect(
-        port_of(&url),
-        &[
-            "jt1078/client/#",
-            "jt1078/device/#",
-            "jt1078/status/gateway/#",
-        ],
-    )
-    .await;
+    let mut backend = TestClient::connect(port_of(&url), &BACKEND_TOPICS).await;
     wait_online(&mut backend).await;
     let pusher = push_on_its_own(gateway.addrs.live, "13900000004");
     gateway

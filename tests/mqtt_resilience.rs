@@ -58,15 +58,7 @@ async fn a_broker_restart_loses_neither_the_stream_nor_the_subscription() {
         })
         .await;
     // clients reconnect; the gateway re-subscribes and re-announces
-    let mut backend = TestClient::connect(
-        broker.port,
-        &[
-            "jt1078/client/#",
-            "jt1078/device/#",
-            "jt1078/status/gateway/#",
-        ],
-    )
-    .await;
+    let mut backend = TestClient::connect(broker.port, &BACKEND_TOPICS).await;
     wait_online(&mut backend).await;
     backend
         .publish(
@@ -127,15 +119,7 @@ async fn commands_in_force_are_sent_again_after_a_broker_restart() {
     )
     .await;
     // a persistent session: what the gateway sends while this client reconnects is kept
-    let mut backend = TestClient::connect_persistent(
-        broker.port,
-        &[
-            "jt1078/client/#",
-            "jt1078/device/#",
-            "jt1078/status/gateway/#",
-        ],
-    )
-    .await;
+    let mut backend = TestClient::connect_persistent(broker.port, &BACKEND_TOPICS).await;
     wait_online(&mut backend).await;
     // A is asked for and does not answer
     backend

@@ -12,6 +12,13 @@ use tokio_util::sync::CancellationToken;
 use super::mqtt::{Received, TestClient};
 use super::{Gateway, free_port, run};
 
+/// What a backend listens to: replies, commands to devices, the gateway's status.
+pub(crate) const BACKEND_TOPICS: [&str; 3] = [
+    "jt1078/client/#",
+    "jt1078/device/#",
+    "jt1078/status/gateway/#",
+];
+
 pub(crate) const WAIT: Duration = Duration::from_secs(20);
 
 pub(crate) fn sample() -> std::path::PathBuf {
