@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::BytesMut;
 use jt1078_gateway::codec::jt1078::{DataType, Packet, Sim, Subpackage};
+use jt1078_gateway::simulate::Rewriter;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -160,6 +161,9 @@ impl Device {
         stop: CancellationToken,
     ) -> anyhow::Result<()> {
         let schedule = &self.schedule;
+        // the simulator's own rewriting: SIM, timestamps and one continuous sequence counter
+        // across rounds (a real device's numbers do not restart every 4 s)
+        let mut rewriter = Rewriter::new(self.sim, None);
         let mut out = BytesMut::with_capacity(16 * 1024);
         let (mut round, mut index) = (0u64, 0usize);
         let due_of = |round: u64, index: usize| {
@@ -177,10 +181,7 @@ impl Device {
                 let group = &schedule.groups[index];
                 let shift = round * schedule.span_ms;
                 for packet in &schedule.packets[group.packets.0..group.packets.1] {
-                    let mut packet = packet.clone();
-                    packet.sim = self.sim;
-                    packet.timestamp = packet.timestamp.map(|ts| ts + shift);
-                    packet.encode(&mut out);
+                    rewriter.rewrite(packet, shift).encode(&mut out);
                 }
                 keys.extend_from_slice(&group.frames);
                 index += 1;

@@ -18,8 +18,8 @@ use super::messages::{
 };
 use super::mqtt::Inbound;
 use super::topics::Topics;
-use crate::hub::{Hub, HubEvent};
-use crate::media::{DeviceId, StreamKey, StreamKind};
+use crate::hub::{Hub, HubEvent, StreamSnapshot};
+use crate::media::{Channel, DeviceId, StreamKey, StreamKind};
 
 /// Most devices whose heartbeat is remembered (bounded against floods of made-up ids).
 const MAX_DEVICES_SEEN: usize = 100_000;
@@ -248,7 +248,7 @@ impl Control {
                 match DeviceId::parse(&item.device) {
                     Ok(d) => keys.push(StreamKey::new(
                         d,
-                        crate::media::Channel(item.channel.unwrap_or(1)),
+                        Channel(item.channel.unwrap_or(1)),
                         item.kind.unwrap_or(StreamKind::Live),
                     )),
                     Err(error) => {
@@ -429,17 +429,10 @@ impl Control {
         // streams that came up or went down unseen: tell the demand state and the retained
         // status, as the events would have
         let mut live: HashSet<StreamKey> = HashSet::new();
-        for snapshot in self.hub.list() {
-            if let Ok(device) = DeviceId::parse(&snapshot.device) {
-                let key = StreamKey::new(
-                    device,
-                    crate::media::Channel(snapshot.channel),
-                    snapshot.kind,
-                );
-                self.demand.stream_up(&key);
-                self.publish_stream_status(&key, true);
-                live.insert(key);
-            }
+        for (key, snapshot) in self.live_streams() {
+            self.demand.stream_up(&key);
+            self.publish_status(&key, true, Some(&snapshot));
+            live.insert(key);
         }
         let gone: Vec<StreamKey> = self
             .demand
@@ -626,16 +619,20 @@ impl Control {
     }
 
     fn publish_stream_status(&self, key: &StreamKey, live: bool) {
-        let snapshot = self.hub.snapshot(key);
+        self.publish_status(key, live, self.hub.snapshot(key).as_ref());
+    }
+
+    /// The retained status of `key`, with codecs and picture size from `snapshot`.
+    fn publish_status(&self, key: &StreamKey, live: bool, snapshot: Option<&StreamSnapshot>) {
         let status = StreamStatus {
             device: key.device.to_string(),
             channel: key.channel.0,
             kind: key.kind,
             live,
-            video_codec: snapshot.as_ref().and_then(|s| s.video_codec),
-            audio_codec: snapshot.as_ref().and_then(|s| s.audio_codec),
-            width: snapshot.as_ref().and_then(|s| s.width),
-            height: snapshot.as_ref().and_then(|s| s.height),
+            video_codec: snapshot.and_then(|s| s.video_codec),
+            audio_codec: snapshot.and_then(|s| s.audio_codec),
+            width: snapshot.and_then(|s| s.width),
+            height: snapshot.and_then(|s| s.height),
             urls: self.urls(key),
         };
         self.publish_json(&self.topics.stream_status(key), &status, true);
@@ -651,16 +648,22 @@ impl Control {
             },
             true,
         );
-        for snapshot in self.hub.list() {
-            if let Ok(device) = DeviceId::parse(&snapshot.device) {
-                let key = StreamKey::new(
-                    device,
-                    crate::media::Channel(snapshot.channel),
-                    snapshot.kind,
-                );
-                self.publish_stream_status(&key, true);
-            }
+        for (key, snapshot) in self.live_streams() {
+            self.publish_status(&key, true, Some(&snapshot));
         }
+    }
+
+    /// Every live stream with its key and snapshot (one pass over the hub).
+    fn live_streams(&self) -> Vec<(StreamKey, StreamSnapshot)> {
+        self.hub
+            .list()
+            .into_iter()
+            .filter_map(|snapshot| {
+                let device = DeviceId::parse(&snapshot.device).ok()?;
+                let key = StreamKey::new(device, Channel(snapshot.channel), snapshot.kind);
+                Some((key, snapshot))
+            })
+            .collect()
     }
 
     fn publish_heartbeat(&mut self) {

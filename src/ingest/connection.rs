@@ -182,7 +182,9 @@ impl Connection {
             for ch in channels.iter_mut().filter_map(|c| c.ingest.as_mut()) {
                 ch.report(resyncs);
             }
-            if retire_replaced(&mut channels) {
+            // a channel taken over retires on its next frame (the publisher refuses it) or,
+            // if it falls quiet, through `watched`: no per-read check of every token here
+            if no_channel_left(&channels) {
                 break "replaced by newer connections";
             }
         };
@@ -418,6 +420,11 @@ fn retire_replaced(channels: &mut [ChannelEntry]) -> bool {
             entry.retire();
         }
     }
+    no_channel_left(channels)
+}
+
+/// The connection had channels and every one of them was taken over.
+fn no_channel_left(channels: &[ChannelEntry]) -> bool {
     !channels.is_empty() && !channels.iter().any(ChannelEntry::is_publishing)
 }
 

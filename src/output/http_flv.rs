@@ -190,13 +190,10 @@ impl FlvMuxer {
     /// Learns the tracks from the first frames; writes the header and the held frames once
     /// both tracks are known or the probe time is over.
     fn probe(&mut self, frame: &Frame, out: &mut BytesMut) {
-        match frame.codec {
-            Codec::H264 | Codec::H265 => self.has_video = true,
-            codec => {
-                if let Some(format) = sound_format(codec) {
-                    self.audio.get_or_insert(format);
-                }
-            }
+        if frame.codec.is_video() {
+            self.has_video = true;
+        } else if let Some(format) = sound_format(frame.codec) {
+            self.audio.get_or_insert(format);
         }
         // nothing before the first key frame can be shown, except audio on its own
         if !frame.is_key && frame.codec.is_video() && !self.held.iter().any(|f| f.is_key) {

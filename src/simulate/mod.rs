@@ -160,7 +160,7 @@ impl Device {
             ..SimulateReport::default()
         };
         let mut clock = PaceClock::new(&self.packets);
-        let mut rewriter = Rewriter::new(&self);
+        let mut rewriter = Rewriter::new(self.sim, self.channel);
         let mut out = BytesMut::with_capacity(BATCH);
         let mut round = 0u64;
         loop {
@@ -203,23 +203,26 @@ impl Device {
 
 /// What a device changes in each packet it replays: the SIM, the channel, timestamps
 /// shifted per loop round, and the sequence number, which one counter numbers on from the
-/// file's first, so a new loop round is no sequence gap.
-struct Rewriter {
+/// file's first, so a new loop round is no sequence gap. Also used by the load runner.
+#[derive(Debug)]
+pub struct Rewriter {
     sim: Sim,
     channel: Option<u8>,
     next_sequence: Option<u16>,
 }
 
 impl Rewriter {
-    fn new(device: &Device) -> Rewriter {
+    /// Rewrites to `sim` and, when given, `channel`.
+    pub fn new(sim: Sim, channel: Option<u8>) -> Rewriter {
         Rewriter {
-            sim: device.sim,
-            channel: device.channel,
+            sim,
+            channel,
             next_sequence: None,
         }
     }
 
-    fn rewrite(&mut self, packet: &Packet, timestamp_shift: u64) -> Packet {
+    /// The packet as this device sends it, its timestamp moved on by `timestamp_shift` ms.
+    pub fn rewrite(&mut self, packet: &Packet, timestamp_shift: u64) -> Packet {
         let mut packet = packet.clone();
         packet.sim = self.sim;
         if let Some(channel) = self.channel {
@@ -365,7 +368,7 @@ mod tests {
             pace: Pace::Fast,
             looping: true,
         };
-        let mut rewriter = Rewriter::new(&device);
+        let mut rewriter = Rewriter::new(device.sim, device.channel);
         let sent: Vec<Packet> = (0..2u64)
             .flat_map(|round| file.iter().map(move |p| (round, p)))
             .map(|(round, p)| rewriter.rewrite(p, round * 1000))
