@@ -114,7 +114,7 @@ impl Results {
             if let Some(ours) = self.steps.iter().find(|s| s.streams == b.streams) {
                 let _ = writeln!(
                     md,
-                    "| jt1078-gateway, same streams (+ G.711A audio, JT/T 1078 parsing, one viewer each) | {:.1} | {:.0} |\n| ratio (baseline / gateway) | {:.1}× | {:.1}× |",
+                    "| jt1078-gateway, same recording (all its tracks, JT/T 1078 over TCP in, one HTTP-FLV viewer each) | {:.1} | {:.0} |\n| ratio (baseline / gateway) | {:.1}× | {:.1}× |",
                     ours.gateway_cpu_pct,
                     ours.gateway_rss_mb,
                     b.cpu_pct / ours.gateway_cpu_pct.max(0.01),
