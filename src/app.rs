@@ -16,7 +16,7 @@ use crate::config::Settings;
 use crate::control::ControlContext;
 use crate::hub::Hub;
 use crate::ingest::IngestServer;
-use crate::output::{api, http_flv};
+use crate::output::{api, http_flv, http_serve};
 
 /// A gateway with its listeners bound, ready to run.
 #[derive(Debug)]
@@ -97,18 +97,13 @@ impl App {
         let router = Router::new()
             .merge(http_flv::routes(self.hub.clone(), &self.settings.http))
             .merge(api::routes(self.hub.clone()));
-        let http_shutdown = shutdown.clone();
-        let http = async move {
-            axum::serve(self.http, router)
-                .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-                .await
-                .context("HTTP server failed")
-        };
-        let (http_result, ()) = tokio::join!(http, ingest.run(shutdown.clone()));
+        let player = http_flv::FlvPlayer::new(self.hub.clone(), &self.settings.http);
+        let http = http_serve::serve(self.http, router, player, shutdown.clone());
+        tokio::join!(http, ingest.run(shutdown.clone()));
         tasks.close();
         tasks.wait().await;
         info!("jt1078-gateway stopped");
-        http_result
+        Ok(())
     }
 }
 

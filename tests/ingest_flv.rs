@@ -140,20 +140,7 @@ async fn viewer_joining_mid_stream_starts_with_a_key_frame() {
     let bytes = std::fs::read(&sample).unwrap();
     let total_frames = expected_video_frames(&raw_packets(&bytes, 6));
     let gateway = Gateway::start(&[]).await;
-    let packets = std::sync::Arc::new(jt1078_gateway::simulate::load_file(&sample).unwrap());
-    let options = jt1078_gateway::simulate::SimulateOptions {
-        packets,
-        server: gateway.addrs.live,
-        device: None,
-        channel: None,
-        devices: 1,
-        pace: jt1078_gateway::simulate::Pace::Realtime,
-        looping: false,
-    };
-    let device = tokio::spawn(jt1078_gateway::simulate::run(
-        options,
-        tokio_util::sync::CancellationToken::new(),
-    ));
+    let device = replay_realtime(&sample, gateway.addrs.live);
     // join after the second key frame (frame 50 at 2 s) has passed
     gateway
         .wait_for_stream("60 video frames", |s| s.video_frames >= 60)
@@ -215,14 +202,9 @@ async fn stream_that_never_comes_up_gets_404_after_the_wait() {
 
 #[tokio::test]
 async fn api_lists_live_streams_with_codecs_resolution_and_counters() {
-    let bytes = std::fs::read(testdata("h264-g711a-156987000796-ch1.jt1078")).unwrap();
     let gateway = Gateway::start(&[]).await;
-    // keep the device connected after sending, so the stream stays listed
-    let mut device = TcpStream::connect(gateway.addrs.live).await.unwrap();
-    device.write_all(&bytes).await.unwrap();
-    gateway
-        .wait_for_stream("all video frames", |s| s.video_frames >= 100)
-        .await;
+    // the device stays connected after sending, so the stream stays listed
+    let (_device, bytes) = gateway.device_holding_capture().await;
     let (status, body) = http_get(gateway.addrs.http, "/api/streams").await;
     assert_eq!(status, 200);
     let streams: serde_json::Value = serde_json::from_slice(&body).unwrap();

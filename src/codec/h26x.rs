@@ -4,8 +4,15 @@
 //! syntax is parsed by the `scuffle-h264` / `scuffle-h265` crates; only the fixed-position
 //! profile bytes the decoder configuration records need are read here.
 
+use std::sync::LazyLock;
+
 use memchr::memmem;
 use scuffle_bytes_util::BitReader;
+
+/// The Annex B start code searcher, built once: `memmem::find` builds one per call, which
+/// showed in profiles (twice per NAL unit).
+static START_CODE: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(&[0, 0, 1]));
 
 /// Which of the two video codecs an access unit is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -55,12 +62,12 @@ impl<'a> Iterator for NalUnits<'a> {
             if self.rest.is_empty() {
                 return None;
             }
-            let start = match memmem::find(self.rest, &[0, 0, 1]) {
+            let start = match START_CODE.find(self.rest) {
                 Some(0) => 3,
                 _ => 0,
             };
             let body = self.rest.get(start..).unwrap_or(&[]);
-            let end = memmem::find(body, &[0, 0, 1]).unwrap_or(body.len());
+            let end = START_CODE.find(body).unwrap_or(body.len());
             let nal = body.get(..end).unwrap_or(&[]);
             self.rest = body.get(end..).unwrap_or(&[]);
             // trailing zero bytes belong to the next (4-byte) start code

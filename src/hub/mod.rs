@@ -6,6 +6,7 @@
 //! subscribe, ingest publishes.
 
 mod reader;
+mod sink;
 mod stream;
 
 use std::collections::HashMap;
@@ -17,6 +18,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 pub use reader::Reader;
+pub use sink::{Sink, SinkHandle};
 pub use stream::{MediaInfo, Publisher, StreamStats};
 
 use crate::media::{Codec, StreamKey};

@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::broadcast;
 
+use super::sink::{Sink, SinkHandle};
 use super::stream::{MediaInfo, Stream};
 use crate::media::{Frame, StreamKey, Track};
 
@@ -28,6 +29,8 @@ pub struct Reader {
     backlog: VecDeque<Frame>,
     info: MediaInfo,
     waiting_for_key: bool,
+    /// Whether dropping this reader counts a viewer out (not once a sink took its place).
+    counted: bool,
 }
 
 impl Reader {
@@ -44,7 +47,20 @@ impl Reader {
             rx,
             backlog: backlog.into(),
             info,
+            counted: true,
         }
+    }
+
+    /// Hands the rest of this stream to `sink`, which the publisher then feeds directly
+    /// (see [`crate::hub::Sink`]). `None` if the stream ended meanwhile.
+    pub fn into_sink(mut self, sink: Box<dyn Sink>) -> Option<SinkHandle> {
+        let stream = Arc::clone(&self.stream);
+        stream.attach(&mut self, sink)
+    }
+
+    /// The viewer count now belongs to a sink.
+    pub(crate) fn hand_over_count(&mut self) {
+        self.counted = false;
     }
 
     /// The stream being read.
@@ -131,6 +147,8 @@ impl Reader {
 
 impl Drop for Reader {
     fn drop(&mut self) {
-        self.stream.reader_delta(false);
+        if self.counted {
+            self.stream.reader_delta(false);
+        }
     }
 }

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::reader::Reader;
+use super::sink::{Sink, SinkHandle};
 use super::{Hub, HubEvent, HubSettings, StreamSnapshot};
 use crate::media::{Codec, Frame, StreamKey, Track};
 
@@ -41,6 +42,18 @@ pub struct StreamStats {
     pub(crate) last_video_pts: AtomicU64,
 }
 
+impl StreamStats {
+    /// Adds bytes an output wrote.
+    pub fn add_bytes_out(&self, n: u64) {
+        self.bytes_out.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Adds frames an output skipped for a viewer that fell behind.
+    pub fn add_dropped(&self, n: u64) {
+        self.frames_dropped.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Stream {
     key: StreamKey,
@@ -61,6 +74,8 @@ struct StreamState {
     gop: GopCache,
     info: MediaInfo,
     last_pts: u64,
+    sinks: Vec<(u64, Box<dyn Sink>)>,
+    next_sink: u64,
 }
 
 /// Frames from the latest video key frame on, so a new reader starts at once.
@@ -109,6 +124,8 @@ impl Stream {
                 gop: GopCache::default(),
                 info: MediaInfo::default(),
                 last_pts: 0,
+                sinks: Vec::new(),
+                next_sink: 0,
             }),
         }
     }
@@ -164,10 +181,8 @@ impl Stream {
     }
 
     pub(crate) fn has_readers(&self) -> bool {
-        self.lock()
-            .tx
-            .as_ref()
-            .is_some_and(|tx| tx.receiver_count() > 0)
+        let state = self.lock();
+        !state.sinks.is_empty() || state.tx.as_ref().is_some_and(|tx| tx.receiver_count() > 0)
     }
 
     /// Ends publishing if `generation` is current; true if it was (the stream is down).
@@ -179,7 +194,51 @@ impl Stream {
         state.publishing = false;
         state.tx = None;
         state.gop = GopCache::default();
+        let sinks = std::mem::take(&mut state.sinks);
+        drop(state);
+        // dropping a sink tells its output that the stream ended
+        for _ in sinks {
+            self.reader_delta(false);
+        }
         true
+    }
+
+    /// Turns `reader` into a sink: the frames queued for the reader (its GOP backlog
+    /// first) go to the sink now, later ones as they are published. `None` if the stream
+    /// ended or the sink refused the queued frames. The reader's place in the viewer count
+    /// passes to the sink.
+    pub(crate) fn attach(
+        self: &Arc<Self>,
+        reader: &mut Reader,
+        mut sink: Box<dyn Sink>,
+    ) -> Option<SinkHandle> {
+        let mut state = self.lock();
+        // frames are only sent under this lock, so nothing slips between the drain and
+        // the registration
+        while let Some(frame) = reader.try_recv() {
+            if !sink.push(&frame, &self.stats) {
+                return None;
+            }
+        }
+        state.tx.as_ref()?;
+        let id = state.next_sink;
+        state.next_sink += 1;
+        state.sinks.push((id, sink));
+        drop(state);
+        reader.hand_over_count();
+        Some(SinkHandle::new(Arc::clone(self), id))
+    }
+
+    /// Drops the sink `id` if it is still attached.
+    pub(crate) fn detach(&self, id: u64) {
+        let mut state = self.lock();
+        let Some(at) = state.sinks.iter().position(|(sink_id, _)| *sink_id == id) else {
+            return;
+        };
+        let sink = state.sinks.swap_remove(at);
+        drop(state);
+        drop(sink);
+        self.reader_delta(false);
     }
 
     pub(crate) fn reader(self: &Arc<Self>) -> Option<Reader> {
@@ -201,9 +260,20 @@ impl Stream {
         state
             .gop
             .push(&frame, has_video, self.settings.gop_cache_max_bytes);
+        let before = state.sinks.len();
+        if before > 0 {
+            state
+                .sinks
+                .retain_mut(|(_, sink)| sink.push(&frame, &self.stats));
+        }
+        let finished = before - state.sinks.len();
         if let Some(tx) = &state.tx {
             // No reader is a normal state, not an error.
             let _ = tx.send(frame);
+        }
+        drop(state);
+        for _ in 0..finished {
+            self.reader_delta(false);
         }
         Ok(())
     }

@@ -4,6 +4,15 @@
 //! to connect, then starts at the latest key frame; 404 after the wait. The response ends
 //! cleanly when the device disconnects. [`FlvMuxer`] is the pure part: hub frames in, FLV
 //! bytes out.
+//!
+//! Two ways in, same bytes out:
+//! - **Direct** ([`FlvPlayer::play`]): a connection whose first request is a play is handed
+//!   over raw by `output::http_serve`. Its viewer becomes a hub [`Sink`]: the device's task
+//!   muxes each frame and writes it to the viewer's socket at once (no wake-up of a viewer
+//!   task per frame); only a viewer whose socket is full gets its own task, which drains a
+//!   bounded backlog. The response is close-delimited (no chunking).
+//! - **Routed** ([`routes`]): a play that arrives on a kept-alive connection after another
+//!   request goes through axum as a streamed body, read from a hub [`Reader`].
 
 use std::time::Duration;
 
@@ -15,13 +24,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::codec::flv::{self, SoundFormat};
-use crate::codec::h26x::{NalKind, VideoCodec};
+pub use super::flv_mux::FlvMuxer;
 use crate::config::HttpSettings;
-use crate::hub::{Hub, MediaInfo};
-use crate::media::{Channel, Codec, DeviceId, Frame, StreamKey, StreamKind};
+use crate::hub::{Hub, Reader, Sink, StreamStats};
+use crate::media::{Channel, DeviceId, Frame, StreamKey, StreamKind};
 
 /// Frames already queued for a viewer are written together, up to this many bytes.
 const MAX_WRITE: usize = 256 * 1024;
@@ -29,11 +41,27 @@ const MAX_WRITE: usize = 256 * 1024;
 /// Longest merged-write interval honoured.
 const MAX_MERGE: Duration = Duration::from_secs(1);
 
-#[derive(Clone)]
+/// Most bytes a direct viewer may have waiting for its socket; past it the viewer skips
+/// to the next key frame (counted in the stream's `frames_dropped`). About 7 s of a
+/// 2 Mbit/s stream: a player that stalls briefly catches up without a gap.
+const MAX_BACKLOG: usize = 2 * 1024 * 1024;
+
+#[derive(Clone, Debug)]
 struct FlvState {
     hub: Hub,
     wait: Duration,
     merge_write: Duration,
+}
+
+impl FlvState {
+    fn new(hub: Hub, settings: &HttpSettings) -> FlvState {
+        FlvState {
+            hub,
+            wait: settings.flv_wait_timeout,
+            // a viewer sleeping longer could overrun its queue (`hub.reader_queue` frames)
+            merge_write: settings.flv_merge_write.min(MAX_MERGE),
+        }
+    }
 }
 
 /// The HTTP-FLV routes, with the `[http]` settings.
@@ -41,12 +69,7 @@ pub fn routes(hub: Hub, settings: &HttpSettings) -> Router {
     Router::new()
         .route("/live/{file}", get(play_live))
         .route("/playback/{file}", get(play_playback))
-        .with_state(FlvState {
-            hub,
-            wait: settings.flv_wait_timeout,
-            // a viewer sleeping longer could overrun its queue (`hub.reader_queue` frames)
-            merge_write: settings.flv_merge_write.min(MAX_MERGE),
-        })
+        .with_state(FlvState::new(hub, settings))
 }
 
 async fn play_live(state: State<FlvState>, file: Path<String>) -> Response {
@@ -67,10 +90,7 @@ async fn play(
         Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
     };
     let Some(reader) = state.hub.subscribe_or_wait(&key, state.wait).await else {
-        let message = format!(
-            "stream {key} is not live: the device did not connect within {}s\n",
-            state.wait.as_secs()
-        );
+        let message = not_live_message(&key, state.wait);
         return (StatusCode::NOT_FOUND, message).into_response();
     };
     info!(stream = %key, "flv viewer joined");
@@ -116,6 +136,303 @@ async fn play(
         .into_response()
 }
 
+/// Serves HTTP-FLV plays on connections handed over raw (see the module docs).
+#[derive(Clone, Debug)]
+pub struct FlvPlayer {
+    state: FlvState,
+}
+
+/// A play request, recognised from its request line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlayRequest {
+    kind: StreamKind,
+    file: String,
+    http10: bool,
+}
+
+impl PlayRequest {
+    /// A play if `method` and `path` name one (`GET /live/…` or `GET /playback/…`, one
+    /// path segment; the query is ignored).
+    pub fn parse(method: &str, path: &str, http10: bool) -> Option<PlayRequest> {
+        if method != "GET" {
+            return None;
+        }
+        let path = path.split_once('?').map_or(path, |(path, _)| path);
+        let (kind, file) = if let Some(file) = path.strip_prefix("/live/") {
+            (StreamKind::Live, file)
+        } else {
+            (StreamKind::Playback, path.strip_prefix("/playback/")?)
+        };
+        if file.is_empty() || file.contains('/') {
+            return None;
+        }
+        Some(PlayRequest {
+            kind,
+            file: file.to_owned(),
+            http10,
+        })
+    }
+}
+
+impl FlvPlayer {
+    /// A player with the `[http]` settings.
+    pub fn new(hub: Hub, settings: &HttpSettings) -> FlvPlayer {
+        FlvPlayer {
+            state: FlvState::new(hub, settings),
+        }
+    }
+
+    /// Answers `request` on `socket` (whose request head was read) until the stream ends,
+    /// the viewer leaves or `shutdown`.
+    pub async fn play(
+        &self,
+        mut socket: TcpStream,
+        request: PlayRequest,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
+        let version = if request.http10 { "1.0" } else { "1.1" };
+        let key = match parse_stream_file(&request.file, request.kind) {
+            Ok(key) => key,
+            Err(message) => return respond(&mut socket, version, 400, &message).await,
+        };
+        let wait = self.state.hub.subscribe_or_wait(&key, self.state.wait);
+        let reader = tokio::select! {
+            reader = wait => reader,
+            () = shutdown.cancelled() => return Ok(()),
+        };
+        let Some(reader) = reader else {
+            let message = not_live_message(&key, self.state.wait);
+            return respond(&mut socket, version, 404, &message).await;
+        };
+        info!(stream = %key, "flv viewer joined");
+        socket
+            .write_all(
+                format!(
+                    "HTTP/{version} 200 OK\r\nContent-Type: video/x-flv\r\nCache-Control: no-cache\r\n\
+                     Access-Control-Allow-Origin: *\r\nConnection: close\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await?;
+        DirectViewer::run(socket, reader, self.state.merge_write, shutdown).await;
+        debug!(stream = %key, "flv viewer left");
+        Ok(())
+    }
+}
+
+/// A short plain-text answer, then close.
+async fn respond(
+    socket: &mut TcpStream,
+    version: &str,
+    status: u16,
+    message: &str,
+) -> std::io::Result<()> {
+    let reason = StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let head = format!(
+        "HTTP/{version} {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        message.len()
+    );
+    socket.write_all(head.as_bytes()).await?;
+    socket.write_all(message.as_bytes()).await?;
+    socket.shutdown().await
+}
+
+fn not_live_message(key: &StreamKey, wait: Duration) -> String {
+    format!(
+        "stream {key} is not live: the device did not connect within {}s\n",
+        wait.as_secs()
+    )
+}
+
+/// What the publisher's side and the viewer's task share.
+#[derive(Debug)]
+struct DirectShared {
+    socket: TcpStream,
+    backlog: std::sync::Mutex<Backlog>,
+    /// Wakes the viewer's task: bytes to drain, the stream ended, or the viewer is gone.
+    wake: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Backlog {
+    /// Bytes the socket did not take yet; while any wait (or the task drains), new bytes
+    /// queue behind them.
+    bytes: BytesMut,
+    /// The viewer's task is draining: the publisher must not write around it.
+    draining: bool,
+    /// The stream dropped the sink (it ended).
+    ended: bool,
+    /// The viewer is gone (closed, reset, or its task stopped).
+    closed: bool,
+}
+
+impl DirectShared {
+    fn backlog(&self) -> std::sync::MutexGuard<'_, Backlog> {
+        // every critical section leaves the backlog consistent
+        self.backlog
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The publisher's end of a direct viewer: mux, then write now or queue.
+struct DirectSink {
+    shared: std::sync::Arc<DirectShared>,
+    muxer: FlvMuxer,
+    out: BytesMut,
+    /// Skipping to a key frame after the backlog overflowed.
+    skipping: bool,
+    /// Always queue for the task (merged writes).
+    merge: bool,
+}
+
+impl Sink for DirectSink {
+    fn push(&mut self, frame: &Frame, stats: &StreamStats) -> bool {
+        let mut backlog = self.shared.backlog();
+        if backlog.closed {
+            return false;
+        }
+        let queued = backlog.draining || !backlog.bytes.is_empty();
+        if queued && backlog.bytes.len() >= MAX_BACKLOG {
+            self.skipping = true;
+        }
+        if self.skipping {
+            let restarts = frame.is_key || (!frame.codec.is_video() && !self.muxer.has_video());
+            if !restarts || backlog.bytes.len() >= MAX_BACKLOG {
+                stats.add_dropped(1);
+                return true;
+            }
+            self.skipping = false;
+        }
+        if queued || self.merge {
+            let before = backlog.bytes.len();
+            self.muxer.push_into(frame, &mut backlog.bytes);
+            if !backlog.draining && backlog.bytes.len() > before {
+                backlog.draining = true;
+                self.shared.wake.notify_one();
+            }
+            return true;
+        }
+        self.out.clear();
+        self.muxer.push_into(frame, &mut self.out);
+        if self.out.is_empty() {
+            return true;
+        }
+        match self.shared.socket.try_write(&self.out) {
+            Ok(n) => {
+                stats.add_bytes_out(n as u64);
+                if n == self.out.len() {
+                    return true;
+                }
+                backlog.bytes.extend_from_slice(&self.out[n..]);
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                backlog.bytes.extend_from_slice(&self.out);
+            }
+            Err(error) => {
+                debug!(%error, "flv viewer write failed");
+                backlog.closed = true;
+                self.shared.wake.notify_one();
+                return false;
+            }
+        }
+        backlog.draining = true;
+        self.shared.wake.notify_one();
+        true
+    }
+}
+
+impl Drop for DirectSink {
+    fn drop(&mut self) {
+        self.shared.backlog().ended = true;
+        self.shared.wake.notify_one();
+    }
+}
+
+/// The viewer's own task: drains the backlog when the socket is slow, notices the viewer
+/// leaving, and closes the response when the stream ends.
+struct DirectViewer;
+
+impl DirectViewer {
+    async fn run(socket: TcpStream, reader: Reader, merge: Duration, shutdown: CancellationToken) {
+        let shared = std::sync::Arc::new(DirectShared {
+            socket,
+            backlog: std::sync::Mutex::new(Backlog::default()),
+            wake: Notify::new(),
+        });
+        let sink = DirectSink {
+            shared: std::sync::Arc::clone(&shared),
+            muxer: FlvMuxer::new(reader.info()),
+            out: BytesMut::new(),
+            skipping: false,
+            merge: !merge.is_zero(),
+        };
+        // dropping the handle (when this task ends) detaches the sink
+        let Some(handle) = reader.into_sink(Box::new(sink)) else {
+            return;
+        };
+        let mut scratch = [0u8; 512];
+        loop {
+            tokio::select! {
+                () = shared.wake.notified() => {}
+                ready = shared.socket.readable() => {
+                    // a player sends nothing after its request: data is ignored, EOF or an
+                    // error means it left
+                    let gone = ready.is_err()
+                        || match shared.socket.try_read(&mut scratch) {
+                            Ok(n) => n == 0,
+                            Err(error) => error.kind() != std::io::ErrorKind::WouldBlock,
+                        };
+                    if gone {
+                        break;
+                    }
+                    continue;
+                }
+                () = shutdown.cancelled() => break,
+            }
+            if !merge.is_zero() {
+                tokio::time::sleep(merge).await;
+            }
+            if drain(&shared, handle.stats()).await.is_err() {
+                break;
+            }
+            let backlog = shared.backlog();
+            if backlog.closed || (backlog.ended && backlog.bytes.is_empty()) {
+                break;
+            }
+        }
+        shared.backlog().closed = true;
+    }
+}
+
+/// Writes the backlog until it is empty; then the publisher writes directly again.
+async fn drain(shared: &DirectShared, stats: &StreamStats) -> std::io::Result<()> {
+    loop {
+        let chunk = {
+            let mut backlog = shared.backlog();
+            if backlog.bytes.is_empty() {
+                backlog.draining = false;
+                return Ok(());
+            }
+            backlog.bytes.split().freeze()
+        };
+        let mut at = 0;
+        while at < chunk.len() {
+            shared.socket.writable().await?;
+            match shared.socket.try_write(&chunk[at..]) {
+                Ok(n) => at += n,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(error) => return Err(error),
+            }
+        }
+        stats.add_bytes_out(chunk.len() as u64);
+    }
+}
+
 /// Parses `{device}_{channel}.flv`.
 fn parse_stream_file(file: &str, kind: StreamKind) -> Result<StreamKey, String> {
     let usage = "expected /{live|playback}/{device}_{channel}.flv, e.g. /live/13800138000_1.flv";
@@ -130,150 +447,6 @@ fn parse_stream_file(file: &str, kind: StreamKind) -> Result<StreamKey, String> 
         .parse()
         .map_err(|_| format!("invalid channel {channel:?}: expected 0 to 255\n"))?;
     Ok(StreamKey::new(device, Channel(channel), kind))
-}
-
-/// Hub frames → FLV bytes for one viewer. Writes the file header first, a sequence header
-/// before the first key frame and whenever the parameter sets change, and rebases
-/// timestamps so the viewer's clock starts at 0.
-///
-/// The header's track flags must be right (flv.js/mpegts.js only play the tracks the
-/// header announces, and wait forever for one announced but never sent). A viewer of a
-/// live stream knows both tracks from the hub; a viewer that asked before the device
-/// connected does not, so the muxer holds the first frames back until it has seen both
-/// tracks, or [`TRACK_PROBE_MS`] of media passed without the missing one.
-#[derive(Debug)]
-pub struct FlvMuxer {
-    header_pending: bool,
-    audio: Option<SoundFormat>,
-    has_video: bool,
-    held: Vec<Frame>,
-    sent_config: Option<Bytes>,
-    base_pts: Option<u64>,
-}
-
-/// How much media (ms) a new viewer's muxer waits for a track it has not seen yet.
-pub const TRACK_PROBE_MS: u64 = 1000;
-
-/// Most frames held back while probing (a bound whatever the timestamps say).
-const MAX_HELD: usize = 128;
-
-impl FlvMuxer {
-    /// A muxer for a stream with this media info (as known when the viewer attached).
-    pub fn new(info: &MediaInfo) -> FlvMuxer {
-        let audio = info.audio.and_then(sound_format);
-        FlvMuxer {
-            header_pending: true,
-            audio,
-            has_video: info.video.is_some(),
-            held: Vec::new(),
-            sent_config: None,
-            base_pts: None,
-        }
-    }
-
-    /// The bytes to write for one frame (empty if the frame cannot be carried yet).
-    pub fn push(&mut self, frame: &Frame) -> Bytes {
-        let mut out = BytesMut::new();
-        self.push_into(frame, &mut out);
-        out.freeze()
-    }
-
-    /// Appends the bytes for one frame to `out` (nothing if it cannot be carried yet).
-    pub fn push_into(&mut self, frame: &Frame, out: &mut BytesMut) {
-        if self.header_pending {
-            self.probe(frame, out);
-            return;
-        }
-        self.write_frame(frame, out);
-    }
-
-    /// Learns the tracks from the first frames; writes the header and the held frames once
-    /// both tracks are known or the probe time is over.
-    fn probe(&mut self, frame: &Frame, out: &mut BytesMut) {
-        if frame.codec.is_video() {
-            self.has_video = true;
-        } else if let Some(format) = sound_format(frame.codec) {
-            self.audio.get_or_insert(format);
-        }
-        // nothing before the first key frame can be shown, except audio on its own
-        if !frame.is_key && frame.codec.is_video() && !self.held.iter().any(|f| f.is_key) {
-            return;
-        }
-        self.held.push(frame.clone());
-        let span = match (self.held.first(), self.held.last()) {
-            (Some(first), Some(last)) => last.pts.saturating_sub(first.pts),
-            _ => 0,
-        };
-        let both = self.has_video && self.audio.is_some();
-        if !both && span < TRACK_PROBE_MS && self.held.len() < MAX_HELD {
-            return;
-        }
-        self.header_pending = false;
-        out.extend_from_slice(&flv::file_header(self.audio.is_some(), self.has_video));
-        for frame in std::mem::take(&mut self.held) {
-            self.write_frame(&frame, out);
-        }
-    }
-
-    fn write_frame(&mut self, frame: &Frame, out: &mut BytesMut) {
-        out.reserve(frame.data.len() + 64);
-        let base = *self.base_pts.get_or_insert(frame.pts);
-        let ts = frame.pts.saturating_sub(base);
-        match frame.codec {
-            Codec::H264 | Codec::H265 => self.push_video(frame, ts, out),
-            codec => {
-                // a track the header did not announce is left out
-                if let Some(format) = sound_format(codec).filter(|_| self.audio.is_some()) {
-                    flv::write_audio_frame(out, format, ts, &frame.data);
-                }
-            }
-        }
-    }
-
-    fn push_video(&mut self, frame: &Frame, ts: u64, out: &mut BytesMut) {
-        let codec = match frame.codec {
-            Codec::H265 => VideoCodec::H265,
-            _ => VideoCodec::H264,
-        };
-        if frame.is_key {
-            if let Some((record, size)) = decoder_config(codec, &frame.data) {
-                if self.sent_config.as_ref() != Some(&record) {
-                    if self.sent_config.is_none() {
-                        flv::write_metadata(out, Some((codec, size.0, size.1)), self.audio);
-                    }
-                    flv::write_video_config(out, codec, ts, &record);
-                    self.sent_config = Some(record);
-                }
-            }
-        }
-        if self.sent_config.is_some() {
-            flv::write_video_frame(out, codec, ts, frame.is_key, &frame.data);
-        }
-    }
-}
-
-/// The FLV sound format for an audio codec, where FLV has one the gateway writes.
-fn sound_format(codec: Codec) -> Option<SoundFormat> {
-    match codec {
-        Codec::G711A => Some(SoundFormat::G711A),
-        Codec::G711U => Some(SoundFormat::G711U),
-        _ => None,
-    }
-}
-
-/// The decoder configuration record and picture size from a key frame's parameter sets.
-fn decoder_config(codec: VideoCodec, access_unit: &[u8]) -> Option<(Bytes, (u32, u32))> {
-    let sps = codec.find(access_unit, NalKind::Sps)?;
-    let pps = codec.find(access_unit, NalKind::Pps)?;
-    let info = codec.parse_sps(sps)?;
-    let record = match codec {
-        VideoCodec::H264 => flv::avc_decoder_config(sps, pps, &info),
-        VideoCodec::H265 => {
-            let vps = codec.find(access_unit, NalKind::Vps)?;
-            flv::hevc_decoder_config(vps, sps, pps, &info)?
-        }
-    };
-    Some((record, (info.width, info.height)))
 }
 
 #[cfg(test)]
@@ -295,146 +468,5 @@ mod tests {
                 .unwrap_err()
                 .contains("channel")
         );
-    }
-
-    /// The first key frame of the bundled sample (a real SPS/PPS/IDR access unit).
-    fn sample_key_frame(pts: u64) -> Frame {
-        use crate::codec::jt1078::{DEFAULT_MAX_BODY, DataType, Decoder, Reassembler};
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/samples/sample-h264-g711a.jt1078"
-        );
-        let mut decoder = Decoder::new(DEFAULT_MAX_BODY);
-        decoder.push(&std::fs::read(path).unwrap());
-        let mut reassembler = Reassembler::default();
-        while let Some(packet) = decoder.next_packet() {
-            if let Some(frame) = reassembler.push(packet) {
-                if frame.data_type == DataType::IFrame {
-                    return Frame {
-                        codec: Codec::H264,
-                        is_key: true,
-                        pts,
-                        data: frame.data,
-                    };
-                }
-            }
-        }
-        panic!("the sample has a key frame");
-    }
-
-    fn audio(pts: u64) -> Frame {
-        Frame {
-            codec: Codec::G711A,
-            is_key: false,
-            pts,
-            data: Bytes::from(vec![0xd5; 160]),
-        }
-    }
-
-    fn p_frame(pts: u64) -> Frame {
-        Frame {
-            codec: Codec::H264,
-            is_key: false,
-            pts,
-            data: Bytes::from_static(&[0, 0, 1, 0x41, 1]),
-        }
-    }
-
-    /// (tag type, timestamp) of every tag after the 13-byte file header.
-    fn tags(flv: &[u8]) -> Vec<(u8, u32)> {
-        let mut tags = Vec::new();
-        let mut at = 13;
-        while at + 11 <= flv.len() {
-            let size = u32::from_be_bytes([0, flv[at + 1], flv[at + 2], flv[at + 3]]) as usize;
-            let ts = u32::from_be_bytes([flv[at + 7], flv[at + 4], flv[at + 5], flv[at + 6]]);
-            tags.push((flv[at], ts));
-            at += 11 + size + 4;
-        }
-        tags
-    }
-
-    #[test]
-    fn muxer_waits_for_a_key_frame_with_parameter_sets() {
-        let info = MediaInfo {
-            video: Some(Codec::H264),
-            audio: Some(Codec::G711A),
-            resolution: None,
-        };
-        let mut muxer = FlvMuxer::new(&info);
-        assert!(
-            muxer.push(&p_frame(1000)).is_empty(),
-            "nothing before a key frame"
-        );
-        let out = muxer.push(&audio(1020));
-        assert_eq!(&out[..3], b"FLV");
-        assert_eq!(out[4], 0b101, "header announces audio and video");
-        assert_eq!(
-            tags(&out),
-            vec![(8, 0)],
-            "timestamps rebased to the first frame"
-        );
-        assert_eq!(out[13 + 11] >> 4, 7, "G.711A is sound format 7");
-        let out = muxer.push(&sample_key_frame(1040));
-        let kinds: Vec<u8> = tags(&[&[0u8; 13][..], &out].concat())
-            .iter()
-            .map(|t| t.0)
-            .collect();
-        assert_eq!(
-            kinds,
-            vec![18, 9, 9],
-            "metadata, sequence header, key frame"
-        );
-    }
-
-    #[test]
-    fn a_viewer_waiting_for_the_device_learns_both_tracks_before_the_header() {
-        let mut muxer = FlvMuxer::new(&MediaInfo::default());
-        assert!(
-            muxer.push(&sample_key_frame(5000)).is_empty(),
-            "held until audio shows"
-        );
-        let out = muxer.push(&audio(5010));
-        assert_eq!(out[4], 0b101, "header announces audio and video");
-        let got = tags(&out);
-        assert_eq!(
-            got.iter().map(|t| t.0).collect::<Vec<_>>(),
-            vec![18, 9, 9, 8]
-        );
-        assert_eq!(got.last(), Some(&(8, 10)));
-    }
-
-    #[test]
-    fn video_without_audio_starts_after_the_probe_time_with_video_only() {
-        let mut muxer = FlvMuxer::new(&MediaInfo::default());
-        assert!(muxer.push(&sample_key_frame(0)).is_empty());
-        let mut pts = 0;
-        while pts + 40 < TRACK_PROBE_MS {
-            pts += 40;
-            assert!(
-                muxer.push(&p_frame(pts)).is_empty(),
-                "still probing at {pts} ms"
-            );
-        }
-        let out = muxer.push(&p_frame(pts + 40));
-        assert_eq!(out[4], 0b001, "header announces video only");
-        let videos = tags(&out).iter().filter(|t| t.0 == 9).count();
-        assert_eq!(
-            videos,
-            1 + 1 + (pts / 40) as usize + 1,
-            "config, key, every P frame"
-        );
-    }
-
-    #[test]
-    fn audio_only_stream_starts_audio_only() {
-        let mut muxer = FlvMuxer::new(&MediaInfo::default());
-        let mut out = BytesMut::new();
-        let mut pts = 0;
-        while out.is_empty() {
-            muxer.push_into(&audio(pts), &mut out);
-            pts += 20;
-        }
-        assert_eq!(out[4], 0b100, "header announces audio only");
-        assert_eq!(tags(&out).len() as u64, pts / 20);
     }
 }

@@ -2,4 +2,6 @@
 //! a task; `app` wires them. Outputs never import ingest.
 
 pub mod api;
+pub mod flv_mux;
 pub mod http_flv;
+pub mod http_serve;

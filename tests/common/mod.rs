@@ -203,6 +203,40 @@ pub(crate) async fn http_get(addr: SocketAddr, path: &str) -> (u16, Vec<u8>) {
     (status, response[split + 4..].to_vec())
 }
 
+/// Replays the recording at `path` into `live` in real time (one device, its own id), in a
+/// task.
+pub(crate) fn replay_realtime(
+    path: &Path,
+    live: SocketAddr,
+) -> tokio::task::JoinHandle<anyhow::Result<jt1078_gateway::simulate::SimulateReport>> {
+    let options = jt1078_gateway::simulate::SimulateOptions {
+        packets: std::sync::Arc::new(jt1078_gateway::simulate::load_file(path).unwrap()),
+        server: live,
+        device: None,
+        channel: None,
+        devices: 1,
+        pace: jt1078_gateway::simulate::Pace::Realtime,
+        looping: false,
+    };
+    tokio::spawn(jt1078_gateway::simulate::run(
+        options,
+        tokio_util::sync::CancellationToken::new(),
+    ))
+}
+
+impl Gateway {
+    /// A device that sends the H.264 + G.711A capture and stays connected (the stream stays
+    /// live, its GOP cached); returns once the gateway has the capture's video.
+    pub(crate) async fn device_holding_capture(&self) -> (TcpStream, Vec<u8>) {
+        let bytes = std::fs::read(testdata("h264-g711a-156987000796-ch1.jt1078")).unwrap();
+        let mut device = TcpStream::connect(self.addrs.live).await.unwrap();
+        device.write_all(&bytes).await.unwrap();
+        self.wait_for_stream("all video frames", |s| s.video_frames >= 100)
+            .await;
+        (device, bytes)
+    }
+}
+
 /// Writes `bytes` to the ingest port and closes the connection.
 pub(crate) async fn replay(addr: SocketAddr, bytes: &[u8]) {
     let mut socket = TcpStream::connect(addr).await.expect("connect ingest");

@@ -1,0 +1,243 @@
+//! HTTP-FLV viewers as the gateway sees them: one that stops reading, one that asks on a
+//! kept-alive connection, one that leaves. Each against a running gateway over TCP.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "helpers of tests: a failure is a test failure"
+)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use jt1078_gateway::codec::h26x::VideoCodec;
+use jt1078_gateway::simulate::pack::{PackOptions, pack};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Video tags that carry a frame (not the sequence header), with key-frame flag.
+fn video_frames(tags: &[FlvTag]) -> Vec<(u32, bool)> {
+    tags.iter()
+        .filter(|t| t.tag_type == 9 && t.body.get(1) == Some(&1))
+        .map(|t| (t.timestamp, t.body[0] >> 4 == 1))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_viewer_that_stops_reading_skips_to_key_frames_and_the_other_viewer_gets_everything() {
+    // 6 s of lossless H.264 of a noisy picture (~30 MB, a key frame a second), replayed
+    // in real time: much more than a stalled viewer may have queued (2 MB) plus what the
+    // sockets hold, while a viewer that reads keeps up
+    let tmp = TempDir::new("stalled");
+    let h264 = tmp.path("in.h264");
+    run(
+        "ffmpeg",
+        &[
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=640x360:rate=25",
+            "-t",
+            "6",
+            "-vf",
+            "noise=alls=6:allf=t",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-qp",
+            "0",
+            "-g",
+            "25",
+            "-bf",
+            "0",
+            "-f",
+            "h264",
+            h264.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let video = std::fs::read(&h264).unwrap();
+    let bytes = pack(VideoCodec::H264, &video, None, &PackOptions::default()).unwrap();
+    let expected = expected_video_frames(&raw_packets(&bytes, 6));
+    let gateway = Gateway::start(&[]).await;
+    let http = gateway.addrs.http;
+    let mut events = gateway.hub.events();
+
+    // the stalled viewer: a tiny receive window, and it reads nothing for a while
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(http).await.unwrap();
+    stalled
+        .write_all(b"GET /live/13800138000_1.flv HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    gateway.wait_for_waiting_reader(&mut events).await;
+    let reader = tokio::spawn(async move { http_get(http, "/live/13800138000_1.flv").await });
+    gateway.wait_for_waiting_reader(&mut events).await;
+
+    let file = tmp.path("in.jt1078");
+    std::fs::write(&file, &bytes).unwrap();
+    let device = replay_realtime(&file, gateway.addrs.live);
+    // the stalled viewer falls behind until the gateway skips frames for it, then reads
+    // again while the device still sends
+    gateway
+        .wait_for_stream("frames skipped for the stalled viewer", |s| {
+            s.frames_dropped > 0
+        })
+        .await;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), stalled.read_to_end(&mut response))
+        .await
+        .expect("the stalled viewer's response ends")
+        .unwrap();
+    device.await.unwrap().unwrap();
+
+    let (status, flv) = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .expect("the reading viewer finishes")
+        .unwrap();
+    assert_eq!(status, 200);
+    let full = video_frames(&flv_tags(&flv));
+    assert_eq!(full.len(), expected, "the reading viewer got every frame");
+
+    let body_at = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let body = &response[body_at..];
+    let got = video_frames(&flv_tags(body));
+    assert!(
+        got.len() < expected,
+        "the stalled viewer skipped frames ({} of {expected})",
+        got.len()
+    );
+    assert!(got[0].1, "starts at a key frame");
+    let restarts: Vec<&[(u32, bool)]> = got.windows(2).filter(|w| w[1].0 > w[0].0 + 200).collect();
+    assert!(!restarts.is_empty(), "a gap where frames were skipped");
+    for pair in restarts {
+        assert!(
+            pair[1].1,
+            "after a gap the viewer restarts at a key frame: {pair:?}"
+        );
+    }
+    // what it got still decodes: every restart point is a key frame
+    let out = tmp.path("stalled.flv");
+    std::fs::write(&out, body).unwrap();
+    let errors = decode_errors(&out, "0:v", None).await;
+    assert!(errors.is_empty(), "{errors}");
+}
+
+/// Reads one HTTP/1.1 response head: status and lower-cased head text.
+async fn read_head(socket: &mut TcpStream, buf: &mut Vec<u8>) -> (u16, String) {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+            buf.drain(..end + 4);
+            let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+            return (status, head);
+        }
+        let mut chunk = [0u8; 4096];
+        let n = socket.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "connection closed inside a response head");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Decodes a chunked body up to its last chunk, reading more from `socket` as needed.
+async fn read_chunked(socket: &mut TcpStream, buf: &mut Vec<u8>) -> Vec<u8> {
+    let mut body = Vec::new();
+    loop {
+        if let Some(line_end) = buf.windows(2).position(|w| w == b"\r\n") {
+            let size_text = String::from_utf8_lossy(&buf[..line_end]).to_string();
+            let size = usize::from_str_radix(size_text.trim(), 16).unwrap();
+            if buf.len() >= line_end + 2 + size + 2 {
+                body.extend_from_slice(&buf[line_end + 2..line_end + 2 + size]);
+                buf.drain(..line_end + 2 + size + 2);
+                if size == 0 {
+                    return body;
+                }
+                continue;
+            }
+        }
+        let mut chunk = [0u8; 64 * 1024];
+        let n = socket.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "connection closed inside a chunked body");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn a_play_after_another_request_on_a_kept_alive_connection_is_served() {
+    let gateway = Gateway::start(&[]).await;
+    let (device, _) = gateway.device_holding_capture().await;
+
+    let mut client = TcpStream::connect(gateway.addrs.http).await.unwrap();
+    let mut buf = Vec::new();
+    client
+        .write_all(b"GET /api/streams HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, head) = read_head(&mut client, &mut buf).await;
+    assert_eq!(status, 200);
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    while buf.len() < length {
+        let mut chunk = [0u8; 4096];
+        let n = client.read(&mut chunk).await.unwrap();
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let streams: serde_json::Value = serde_json::from_slice(&buf[..length]).unwrap();
+    assert_eq!(streams[0]["device"], "156987000796");
+    buf.drain(..length);
+
+    client
+        .write_all(b"GET /live/156987000796_1.flv HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, head) = read_head(&mut client, &mut buf).await;
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: video/x-flv"), "{head}");
+    // the device leaves: the stream ends and so does the chunked body
+    drop(device);
+    let flv = tokio::time::timeout(Duration::from_secs(30), read_chunked(&mut client, &mut buf))
+        .await
+        .expect("the body ends when the stream does");
+    let tags = flv_tags(&flv);
+    let frames = video_frames(&tags);
+    assert!(!frames.is_empty(), "the GOP cache was played");
+    assert!(frames[0].1, "starting at a key frame");
+    assert!(
+        tags.iter().any(|t| t.tag_type == 8),
+        "with the G.711A audio"
+    );
+}
+
+#[tokio::test]
+async fn a_viewer_that_leaves_is_counted_out_while_the_device_is_quiet() {
+    let gateway = Gateway::start(&[]).await;
+    let (device, _) = gateway.device_holding_capture().await;
+
+    let mut viewer = TcpStream::connect(gateway.addrs.http).await.unwrap();
+    viewer
+        .write_all(b"GET /live/156987000796_1.flv HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 1024];
+    let n = viewer.read(&mut first).await.unwrap();
+    assert!(first[..n].starts_with(b"HTTP/1.0 200"));
+    gateway
+        .wait_for_stream("one viewer", |s| s.viewers == 1)
+        .await;
+    // no frame arrives any more: the gateway notices the close on the socket itself
+    drop(viewer);
+    gateway
+        .wait_for_stream("no viewer", |s| s.viewers == 0)
+        .await;
+    drop(device);
+}
