@@ -88,23 +88,98 @@ impl App {
             (addrs.live.port(), addrs.playback.port(), addrs.http.port()),
         );
         crate::control::spawn(control, self.hub.clone(), &tasks, shutdown.clone())?;
-        let ingest = IngestServer::new(
-            &self.settings.ingest,
-            self.live,
-            self.playback,
-            self.hub.clone(),
-        );
-        let router = Router::new()
-            .merge(http_flv::routes(self.hub.clone(), &self.settings.http))
-            .merge(api::routes(self.hub.clone()));
-        let player = http_flv::FlvPlayer::new(self.hub.clone(), &self.settings.http);
-        let http = http_serve::serve(self.http, router, player, shutdown.clone());
-        tokio::join!(http, ingest.run(shutdown.clone()));
+        let sides = IoSides {
+            ingest: IngestServer::new(&self.settings.ingest, self.hub.clone()),
+            router: Router::new()
+                .merge(http_flv::routes(self.hub.clone(), &self.settings.http))
+                .merge(api::routes(self.hub.clone())),
+            player: http_flv::FlvPlayer::new(self.hub.clone(), &self.settings.http),
+        };
+        let listeners = [
+            self.live.into_std()?,
+            self.playback.into_std()?,
+            self.http.into_std()?,
+        ];
+        let threads = self.settings.runtime.io_threads();
+        let mut finished = Vec::with_capacity(threads);
+        for i in 0..threads {
+            let copies = [
+                listeners[0].try_clone()?,
+                listeners[1].try_clone()?,
+                listeners[2].try_clone()?,
+            ];
+            let (sides, shutdown) = (sides.clone(), shutdown.clone());
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            std::thread::Builder::new()
+                .name(format!("io-{i}"))
+                .spawn(move || {
+                    // nobody waiting any more is a normal state during shutdown
+                    let _ = done_tx.send(io_thread(copies, sides, shutdown));
+                })
+                .context("starting an I/O thread")?;
+            finished.push(done_rx);
+        }
+        // the threads hold their own copies of the sockets
+        drop(listeners);
+        info!(threads, "serving connections");
+        let mut result = Ok(());
+        for done in finished {
+            let outcome = done
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("an I/O thread panicked")));
+            if let Err(error) = outcome {
+                // the others keep running; the first failure is reported
+                shutdown.cancel();
+                if result.is_ok() {
+                    result = Err(error);
+                }
+            }
+        }
         tasks.close();
         tasks.wait().await;
         info!("jt1078-gateway stopped");
-        Ok(())
+        result
     }
+}
+
+/// What every I/O thread serves: devices (ingest) and HTTP (FLV plays, the router).
+#[derive(Clone)]
+struct IoSides {
+    ingest: IngestServer,
+    router: Router,
+    player: http_flv::FlvPlayer,
+}
+
+/// One I/O thread: a single-threaded event loop over its copies of the listeners (live,
+/// playback, http) and the connections it accepts, until `shutdown`.
+///
+/// Why threads of their own instead of one work-stealing runtime: a frame's work (read,
+/// publish, write to each viewer) is a few microseconds, and on a work-stealing runtime
+/// each wake-up also wakes an idle worker to look for work, which costs more than the
+/// frame (docs/benchmarks.md). The listeners are shared: a new connection goes to the
+/// thread that accepts it first, usually the least busy one.
+fn io_thread(
+    listeners: [std::net::TcpListener; 3],
+    sides: IoSides,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building an I/O thread's runtime")?;
+    runtime.block_on(async move {
+        let [live, playback, http] = listeners.map(TcpListener::from_std);
+        let IoSides {
+            ingest,
+            router,
+            player,
+        } = sides;
+        tokio::join!(
+            ingest.run(live?, playback?, shutdown.clone()),
+            http_serve::serve(http?, router, player, shutdown),
+        );
+        Ok(())
+    })
 }
 
 /// Pending connections a listener queues before the gateway accepts them. After a restart

@@ -29,6 +29,8 @@ pub struct Settings {
     pub mqtt: MqttSettings,
     /// Control plane policy.
     pub control: ControlSettings,
+    /// Threads.
+    pub runtime: RuntimeSettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -65,6 +67,25 @@ pub struct HttpSettings {
     /// every frame at once, lowest latency).
     #[serde(with = "humantime_serde")]
     pub flv_merge_write: Duration,
+}
+
+/// `[runtime]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSettings {
+    /// Threads serving device and viewer connections, each with its own event loop
+    /// (0 = one per CPU core).
+    pub io_threads: usize,
+}
+
+impl RuntimeSettings {
+    /// The number of I/O threads to start.
+    pub fn io_threads(&self) -> usize {
+        if self.io_threads > 0 {
+            return self.io_threads;
+        }
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    }
 }
 
 /// `[hub]`

@@ -108,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
         stream_mbit_s,
         steps: Vec::new(),
         first_frame: None,
-        baseline: None,
+        baselines: Vec::new(),
     };
     for &streams in &args.steps {
         eprintln!("capacity: {streams} streams …");
@@ -130,8 +130,12 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.baseline_streams > 0 {
         eprintln!("baseline: {} ffmpeg processes …", args.baseline_streams);
-        results.baseline =
-            Some(baseline::run(&schedule, args.baseline_streams, warmup, window).await?);
+        for feed in [baseline::Feed::Pipe, baseline::Feed::ReadRate] {
+            let measured =
+                baseline::run(&schedule, feed, args.baseline_streams, warmup, window).await?;
+            eprintln!("{measured:?}");
+            results.baselines.push(measured);
+        }
     }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;

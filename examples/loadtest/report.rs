@@ -22,7 +22,7 @@ pub(crate) struct Results {
     pub(crate) stream_mbit_s: f64,
     pub(crate) steps: Vec<Step>,
     pub(crate) first_frame: Option<FirstFrame>,
-    pub(crate) baseline: Option<Baseline>,
+    pub(crate) baselines: Vec<Baseline>,
 }
 
 impl Results {
@@ -105,20 +105,35 @@ impl Results {
                 );
             }
         }
-        if let Some(b) = &self.baseline {
+        if let Some(first) = self.baselines.first() {
             let _ = writeln!(
                 md,
-                "\n### Baseline: one ffmpeg per stream, {} streams\n\n| | CPU (% of all cores) | RSS MB |\n|---|---:|---:|\n| {} × `ffmpeg -f h264 -i pipe: -c copy -f flv` | {:.1} | {:.0} |",
-                b.streams, b.streams, b.cpu_pct, b.rss_mb
+                "\n### Baseline: one ffmpeg per stream, {} streams\n\n| | CPU (% of all cores) | RSS MB | gateway's CPU / memory, times less |\n|---|---:|---:|---|",
+                first.streams
             );
-            if let Some(ours) = self.steps.iter().find(|s| s.streams == b.streams) {
+            let ours = self.steps.iter().find(|s| s.streams == first.streams);
+            for b in &self.baselines {
+                let ratio = ours.map_or_else(String::new, |o| {
+                    format!(
+                        "{:.1}× / {:.1}×",
+                        b.cpu_pct / o.gateway_cpu_pct.max(0.01),
+                        b.rss_mb / o.gateway_rss_mb.max(0.01)
+                    )
+                });
                 let _ = writeln!(
                     md,
-                    "| jt1078-gateway, same recording (all its tracks, JT/T 1078 over TCP in, one HTTP-FLV viewer each) | {:.1} | {:.0} |\n| ratio (baseline / gateway) | {:.1}× | {:.1}× |",
-                    ours.gateway_cpu_pct,
-                    ours.gateway_rss_mb,
-                    b.cpu_pct / ours.gateway_cpu_pct.max(0.01),
-                    b.rss_mb / ours.gateway_rss_mb.max(0.01),
+                    "| {} × `{}` | {:.1} | {:.0} | {ratio} |",
+                    b.streams,
+                    b.feed.command(),
+                    b.cpu_pct,
+                    b.rss_mb
+                );
+            }
+            if let Some(ours) = ours {
+                let _ = writeln!(
+                    md,
+                    "| jt1078-gateway, same recording (all its tracks, JT/T 1078 over TCP in, one HTTP-FLV viewer each) | {:.1} | {:.0} | |",
+                    ours.gateway_cpu_pct, ours.gateway_rss_mb,
                 );
             }
         }
@@ -133,7 +148,7 @@ impl Results {
                 .map(|s| (s.streams as f64, f(s)))
                 .collect()
         };
-        let base = self.baseline.as_ref();
+        let base = self.baselines.first();
         let mut svg = String::from(
             "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"960\" height=\"400\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"960\" height=\"400\" fill=\"white\"/>\n",
         );

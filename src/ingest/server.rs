@@ -25,28 +25,22 @@ pub struct IngestStats {
     pub refused: AtomicU64,
 }
 
-/// Both ingest listeners.
-#[derive(Debug)]
+/// Accepts devices on the live and playback listeners. A cheap `Clone`: every I/O thread
+/// runs one over its own copies of the listeners, sharing the connection cap.
+#[derive(Debug, Clone)]
 pub struct IngestServer {
-    live: TcpListener,
-    playback: TcpListener,
     limits: ConnectionLimits,
     max_connections: usize,
+    slots: Arc<Semaphore>,
     hub: Hub,
     stats: Arc<IngestStats>,
 }
 
 impl IngestServer {
-    /// Wraps already bound listeners.
-    pub fn new(
-        settings: &IngestSettings,
-        live: TcpListener,
-        playback: TcpListener,
-        hub: Hub,
-    ) -> IngestServer {
+    /// A server with the `[ingest]` limits.
+    pub fn new(settings: &IngestSettings, hub: Hub) -> IngestServer {
         IngestServer {
-            live,
-            playback,
+            slots: Arc::new(Semaphore::new(settings.max_connections.get())),
             limits: ConnectionLimits {
                 idle_timeout: settings.idle_timeout,
                 max_body: settings.max_body.get(),
@@ -63,15 +57,15 @@ impl IngestServer {
         Arc::clone(&self.stats)
     }
 
-    /// Accepts until `shutdown`; then waits for the connection tasks to finish.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let slots = Arc::new(Semaphore::new(self.max_connections));
+    /// Accepts on `live` and `playback` until `shutdown`; then waits for the connection
+    /// tasks to finish.
+    pub async fn run(self, live: TcpListener, playback: TcpListener, shutdown: CancellationToken) {
         let tasks = TaskTracker::new();
         loop {
             let (accepted, kind) = tokio::select! {
                 () = shutdown.cancelled() => break,
-                r = self.live.accept() => (r, StreamKind::Live),
-                r = self.playback.accept() => (r, StreamKind::Playback),
+                r = live.accept() => (r, StreamKind::Live),
+                r = playback.accept() => (r, StreamKind::Playback),
             };
             let (socket, peer) = match accepted {
                 Ok(pair) => pair,
@@ -82,7 +76,7 @@ impl IngestServer {
                     continue;
                 }
             };
-            let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
                 warn!(%peer, max = self.max_connections, "connection cap reached; refusing device");
                 continue;
