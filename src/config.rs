@@ -52,6 +52,10 @@ pub struct IngestSettings {
     pub max_body: NonZeroUsize,
     /// Reassembled frame cap in bytes.
     pub max_frame: NonZeroUsize,
+    /// Merged read: a device connection reads at most once per this interval (0 = as data
+    /// arrives).
+    #[serde(with = "humantime_serde")]
+    pub merge_read: Duration,
 }
 
 /// `[http]`

@@ -78,17 +78,23 @@ async fn every_recorded_stream_plays_completely_over_http_flv() {
 
 #[tokio::test]
 async fn g711a_audio_arrives_with_the_right_duration() {
-    g711a_audio_arrives_whole("0s").await;
+    g711a_audio_arrives_whole(None).await;
 }
 
 #[tokio::test]
 async fn merged_writes_lose_no_frame() {
-    g711a_audio_arrives_whole("100ms").await;
+    g711a_audio_arrives_whole(Some(("JTGW__HTTP__FLV_MERGE_WRITE", "100ms"))).await;
 }
 
-/// Replays the G.711A capture with `http.flv_merge_write = merge`: every audio sample and
-/// every video frame arrives.
-async fn g711a_audio_arrives_whole(merge: &str) {
+#[tokio::test]
+async fn merged_reads_lose_no_frame() {
+    g711a_audio_arrives_whole(Some(("JTGW__INGEST__MERGE_READ", "50ms"))).await;
+}
+
+/// Replays the G.711A capture with `setting` (merged reads or writes): every audio sample
+/// and every video frame arrives.
+async fn g711a_audio_arrives_whole(setting: Option<(&str, &str)>) {
+    let merge = setting.map_or("none", |s| s.0);
     let bytes = std::fs::read(testdata("h264-g711a-156987000796-ch1.jt1078")).unwrap();
     let expected_samples: usize = raw_packets(&bytes, 6)
         .iter()
@@ -96,7 +102,9 @@ async fn g711a_audio_arrives_whole(merge: &str) {
         .map(|p| p.body.len())
         .sum();
     let expected_frames = expected_video_frames(&raw_packets(&bytes, 6));
-    let gateway = Gateway::start(&[DEEP_QUEUE, ("JTGW__HTTP__FLV_MERGE_WRITE", merge)]).await;
+    let mut settings = vec![DEEP_QUEUE];
+    settings.extend(setting);
+    let gateway = Gateway::start(&settings).await;
     let flv = replay_and_watch(&gateway, &bytes, "156987000796_1").await;
     let tmp = TempDir::new("g711");
     let out = tmp.path("out.flv");

@@ -93,6 +93,8 @@ pub struct Publisher {
     hub: Hub,
     stream: Arc<Stream>,
     generation: u64,
+    /// Frames were sent since the last [`Publisher::flush`].
+    unflushed: AtomicBool,
 }
 
 /// Why a frame was not published.
@@ -220,6 +222,9 @@ impl Stream {
                 return None;
             }
         }
+        if !sink.flush(&self.stats) {
+            return None;
+        }
         state.tx.as_ref()?;
         let id = state.next_sink;
         state.next_sink += 1;
@@ -227,6 +232,21 @@ impl Stream {
         drop(state);
         reader.hand_over_count();
         Some(SinkHandle::new(Arc::clone(self), id))
+    }
+
+    /// Tells every sink to write what it holds; drops the finished ones.
+    fn flush(&self) {
+        let mut state = self.lock();
+        let before = state.sinks.len();
+        if before == 0 {
+            return;
+        }
+        state.sinks.retain_mut(|(_, sink)| sink.flush(&self.stats));
+        let finished = before - state.sinks.len();
+        drop(state);
+        for _ in 0..finished {
+            self.reader_delta(false);
+        }
     }
 
     /// Drops the sink `id` if it is still attached.
@@ -349,6 +369,7 @@ impl Publisher {
             hub,
             stream,
             generation,
+            unflushed: AtomicBool::new(false),
         }
     }
 
@@ -378,6 +399,7 @@ impl Publisher {
                 stats.audio_frames.fetch_add(1, Ordering::Relaxed);
             }
         }
+        self.unflushed.store(true, Ordering::Relaxed);
         self.stream.send(self.generation, frame)
     }
 
@@ -413,6 +435,14 @@ impl Publisher {
             key: self.stream.key.clone(),
             info,
         });
+    }
+
+    /// Ends a batch of frames (all that one read from the device brought): sinks write
+    /// what they hold. Call after each read that published frames; cheap otherwise.
+    pub fn flush(&self) {
+        if self.unflushed.swap(false, Ordering::Relaxed) {
+            self.stream.flush();
+        }
     }
 
     /// Adds wire bytes received for this stream.

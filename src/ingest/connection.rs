@@ -33,10 +33,11 @@ pub(crate) struct ConnectionLimits {
     pub(crate) idle_timeout: Duration,
     pub(crate) max_body: usize,
     pub(crate) max_frame: usize,
+    pub(crate) merge_read: Duration,
 }
 
 pub(crate) struct Connection {
-    socket: TcpStream,
+    socket: DeviceSocket,
     peer: SocketAddr,
     kind: StreamKind,
     limits: ConnectionLimits,
@@ -74,6 +75,66 @@ struct ParameterSets {
     parsed_sps: Option<Bytes>,
 }
 
+/// How a connection reads its device.
+enum DeviceSocket {
+    /// As data arrives (the event loop wakes the task).
+    Polled(TcpStream),
+    /// Merged read: on every tick of the period, whatever has arrived. The socket is not
+    /// registered with the event loop at all, so a device's packets never wake the thread
+    /// between ticks; the thread wakes once per tick for all its connections.
+    Ticked(std::net::TcpStream, Duration),
+}
+
+impl DeviceSocket {
+    fn new(socket: TcpStream, merge_read: Duration) -> std::io::Result<DeviceSocket> {
+        if merge_read.is_zero() {
+            return Ok(DeviceSocket::Polled(socket));
+        }
+        // stays non-blocking
+        Ok(DeviceSocket::Ticked(socket.into_std()?, merge_read))
+    }
+
+    /// Appends what the device sent to `buf`; `Ok(0)` once it closed. Cancel-safe.
+    async fn read_buf(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        let (socket, period) = match self {
+            DeviceSocket::Polled(socket) => return socket.read_buf(buf).await,
+            DeviceSocket::Ticked(socket, period) => (socket, *period),
+        };
+        thread_local! {
+            /// Where ticked reads land before they join the decoder's buffer: one per
+            /// thread, so a read neither zeroes a buffer nor needs `unsafe` to fill spare
+            /// capacity.
+            static SCRATCH: std::cell::RefCell<Vec<u8>> =
+                std::cell::RefCell::new(vec![0; READ_CHUNK]);
+        }
+        loop {
+            tokio::time::sleep_until(next_tick(period)).await;
+            let read: std::io::Result<usize> = SCRATCH.with_borrow_mut(|chunk| {
+                let n = std::io::Read::read(socket, chunk)?;
+                buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+                Ok(n)
+            });
+            match read {
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                other => return other,
+            }
+        }
+    }
+}
+
+/// The next multiple of `period` since the process's first call. Every connection's merged
+/// read wakes on the same ticks, so a thread wakes once per tick for all of them instead of
+/// once per connection (on a virtual machine a wake-up costs more than a read).
+fn next_tick(period: Duration) -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    let period_ns = period.as_nanos().max(1);
+    let elapsed = Instant::now().saturating_duration_since(epoch).as_nanos();
+    let ticks = elapsed / period_ns + 1;
+    let offset = u64::try_from(ticks * period_ns).unwrap_or(u64::MAX);
+    epoch + Duration::from_nanos(offset)
+}
+
 /// Read buffer growth step: one read takes up to this much.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -84,14 +145,14 @@ impl Connection {
         kind: StreamKind,
         limits: ConnectionLimits,
         hub: Hub,
-    ) -> Connection {
-        Connection {
-            socket,
+    ) -> std::io::Result<Connection> {
+        Ok(Connection {
+            socket: DeviceSocket::new(socket, limits.merge_read)?,
             peer,
             kind,
             limits,
             hub,
-        }
+        })
     }
 
     #[instrument(name = "ingest_conn", skip_all, fields(peer = %self.peer, kind = %self.kind, device, channel))]
@@ -321,6 +382,8 @@ impl ChannelIngest {
 
     /// Flushes counters to the hub.
     fn report(&mut self, resyncs: u64) {
+        // the frames of this read leave together
+        self.publisher.flush();
         self.publisher
             .add_bytes_in(std::mem::take(&mut self.bytes_in));
         self.publisher.set_resyncs(resyncs);
@@ -458,5 +521,20 @@ mod tests {
         assert_eq!(strip_hisilicon_header(plain.clone()), plain);
         let wrong_len = Bytes::from(vec![0, 1, 10, 0, 1, 2]);
         assert_eq!(strip_hisilicon_header(wrong_len.clone()), wrong_len);
+    }
+
+    #[test]
+    fn merged_reads_share_ticks() {
+        let period = Duration::from_millis(100);
+        let now = Instant::now();
+        let tick = next_tick(period);
+        assert!(tick > now && tick <= now + period + Duration::from_millis(5));
+        // every connection asking within one period wakes on the same tick (or, across a
+        // tick boundary, on the one after it)
+        let again = next_tick(period);
+        assert!(
+            again == tick || again == tick + period,
+            "{again:?} vs {tick:?}"
+        );
     }
 }

@@ -45,6 +45,8 @@ impl IngestServer {
                 idle_timeout: settings.idle_timeout,
                 max_body: settings.max_body.get(),
                 max_frame: settings.max_frame.get(),
+                // longer would let a device's data pile up past what its socket holds
+                merge_read: settings.merge_read.min(std::time::Duration::from_secs(1)),
             },
             max_connections: settings.max_connections.get(),
             hub,
@@ -85,7 +87,14 @@ impl IngestServer {
             if let Err(error) = socket.set_nodelay(true) {
                 warn!(%peer, %error, "set_nodelay failed");
             }
-            let connection = Connection::new(socket, peer, kind, self.limits, self.hub.clone());
+            let connection =
+                match Connection::new(socket, peer, kind, self.limits, self.hub.clone()) {
+                    Ok(connection) => connection,
+                    Err(error) => {
+                        warn!(%peer, %error, "device socket unusable");
+                        continue;
+                    }
+                };
             let cancel = shutdown.child_token();
             tasks.spawn(async move {
                 connection.run(cancel).await;

@@ -8,9 +8,9 @@
 //! Two ways in, same bytes out:
 //! - **Direct** ([`FlvPlayer::play`]): a connection whose first request is a play is handed
 //!   over raw by `output::http_serve`. Its viewer becomes a hub [`Sink`]: the device's task
-//!   muxes each frame and writes it to the viewer's socket at once (no wake-up of a viewer
-//!   task per frame); only a viewer whose socket is full gets its own task, which drains a
-//!   bounded backlog. The response is close-delimited (no chunking).
+//!   muxes the frames of each read and writes them to the viewer's socket at once, in one
+//!   call (no wake-up of a viewer task per frame); only a viewer whose socket is full has
+//!   its own task drain a bounded backlog. The response is close-delimited (no chunking).
 //! - **Routed** ([`routes`]): a play that arrives on a kept-alive connection after another
 //!   request goes through axum as a streamed body, read from a hub [`Reader`].
 
@@ -290,6 +290,10 @@ struct DirectSink {
     merge: bool,
 }
 
+/// Frames muxed for a direct write are written at the latest once this many bytes wait
+/// (a publisher flushes after every read anyway).
+const MAX_UNFLUSHED: usize = 256 * 1024;
+
 impl Sink for DirectSink {
     fn push(&mut self, frame: &Frame, stats: &StreamStats) -> bool {
         let mut backlog = self.shared.backlog();
@@ -317,15 +321,25 @@ impl Sink for DirectSink {
             }
             return true;
         }
-        self.out.clear();
+        // written at the publisher's flush, with whatever else this read brought
         self.muxer.push_into(frame, &mut self.out);
+        drop(backlog);
+        self.out.len() < MAX_UNFLUSHED || self.flush(stats)
+    }
+
+    fn flush(&mut self, stats: &StreamStats) -> bool {
         if self.out.is_empty() {
             return true;
+        }
+        let mut backlog = self.shared.backlog();
+        if backlog.closed {
+            return false;
         }
         match self.shared.socket.try_write(&self.out) {
             Ok(n) => {
                 stats.add_bytes_out(n as u64);
                 if n == self.out.len() {
+                    self.out.clear();
                     return true;
                 }
                 backlog.bytes.extend_from_slice(&self.out[n..]);
@@ -340,6 +354,8 @@ impl Sink for DirectSink {
                 return false;
             }
         }
+        self.out.clear();
+        // the socket is full: the viewer's task writes the rest when it can
         backlog.draining = true;
         self.shared.wake.notify_one();
         true
@@ -348,7 +364,11 @@ impl Sink for DirectSink {
 
 impl Drop for DirectSink {
     fn drop(&mut self) {
-        self.shared.backlog().ended = true;
+        let mut backlog = self.shared.backlog();
+        // frames muxed but not flushed still go out, ahead of the end
+        backlog.bytes.extend_from_slice(&self.out);
+        backlog.ended = true;
+        drop(backlog);
         self.shared.wake.notify_one();
     }
 }
