@@ -26,7 +26,8 @@ const PROBE_TIME: Duration = Duration::from_secs(8);
 pub(crate) enum Feed {
     /// The runner writes each frame to ffmpeg's stdin when it is due.
     Pipe,
-    /// ffmpeg reads a file at its native rate (`-re`, looping).
+    /// ffmpeg reads a file at its native rate (`-re`); the file repeats the recording for
+    /// longer than the measurement (raw H.264 cannot be looped with `-stream_loop`).
     ReadRate,
 }
 
@@ -35,9 +36,7 @@ impl Feed {
     pub(crate) fn command(self) -> &'static str {
         match self {
             Feed::Pipe => "ffmpeg -f h264 -i pipe: -c copy -f flv /dev/null",
-            Feed::ReadRate => {
-                "ffmpeg -re -stream_loop -1 -f h264 -i capture.h264 -c copy -f flv /dev/null"
-            }
+            Feed::ReadRate => "ffmpeg -re -f h264 -i capture.h264 -c copy -f flv /dev/null",
         }
     }
 }
@@ -66,12 +65,14 @@ pub(crate) async fn run(
     let begin = Instant::now();
     let capture = std::env::temp_dir().join(format!("loadtest-{}.h264", std::process::id()));
     if let Feed::ReadRate = feed {
-        let video: Vec<u8> = schedule
+        let needed = PROBE_TIME + warmup + window + Duration::from_secs(10);
+        let rounds = needed.as_millis() as u64 / schedule.span_ms.max(1) + 1;
+        let once: Vec<u8> = schedule
             .video
             .iter()
             .flat_map(|(_, f)| f.iter().copied())
             .collect();
-        std::fs::write(&capture, video)
+        std::fs::write(&capture, once.repeat(rounds as usize))
             .with_context(|| format!("writing {}", capture.display()))?;
     }
     for i in 0..streams {
@@ -79,9 +80,7 @@ pub(crate) async fn run(
         command.args(["-hide_banner", "-loglevel", "error"]);
         match feed {
             Feed::Pipe => command.args(["-f", "h264", "-i", "pipe:"]),
-            Feed::ReadRate => command
-                .args(["-re", "-stream_loop", "-1", "-f", "h264", "-i"])
-                .arg(&capture),
+            Feed::ReadRate => command.args(["-re", "-f", "h264", "-i"]).arg(&capture),
         };
         let mut child = command
             .args(["-c", "copy", "-f", "flv", "-y", "/dev/null"])
