@@ -11,8 +11,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use jt1078_gateway::codec::h26x::VideoCodec;
-use jt1078_gateway::simulate::pack::{PackOptions, pack};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -26,42 +24,11 @@ fn video_frames(tags: &[FlvTag]) -> Vec<(u32, bool)> {
 
 #[tokio::test]
 async fn a_viewer_that_stops_reading_skips_to_key_frames_and_the_other_viewer_gets_everything() {
-    // 6 s of lossless H.264 of a noisy picture (~30 MB, a key frame a second), replayed
-    // in real time: much more than a stalled viewer may have queued (2 MB) plus what the
-    // sockets hold, while a viewer that reads keeps up
+    // 6 s of lossless H.264 of a noisy picture (~30 MB), replayed in real time: much more
+    // than a stalled viewer may have queued (2 MB) plus what the sockets hold, while a
+    // viewer that reads keeps up
     let tmp = TempDir::new("stalled");
-    let h264 = tmp.path("in.h264");
-    run(
-        "ffmpeg",
-        &[
-            "-v",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=640x360:rate=25",
-            "-t",
-            "6",
-            "-vf",
-            "noise=alls=6:allf=t",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-qp",
-            "0",
-            "-g",
-            "25",
-            "-bf",
-            "0",
-            "-f",
-            "h264",
-            h264.to_str().unwrap(),
-        ],
-    )
-    .await;
-    let video = std::fs::read(&h264).unwrap();
-    let bytes = pack(VideoCodec::H264, &video, None, &PackOptions::default()).unwrap();
+    let bytes = noisy_lossless_h264(&tmp, 6).await;
     let expected = expected_video_frames(&raw_packets(&bytes, 6));
     let gateway = Gateway::start(&[]).await;
     let http = gateway.addrs.http;
@@ -240,4 +207,55 @@ async fn a_viewer_that_leaves_is_counted_out_while_the_device_is_quiet() {
         .wait_for_stream("no viewer", |s| s.viewers == 0)
         .await;
     drop(device);
+}
+
+#[tokio::test]
+async fn merged_reads_keep_up_with_a_device_sending_more_than_a_read_per_tick() {
+    // ~20 MB sent as fast as loopback takes it, read on 50 ms ticks: at one 64 KB read per
+    // tick this would take 15 s; draining the socket every tick takes a moment
+    let tmp = TempDir::new("fast-merged");
+    let bytes = noisy_lossless_h264(&tmp, 4).await;
+    let expected = expected_video_frames(&raw_packets(&bytes, 6));
+    let gateway = Gateway::start(&[("JTGW__INGEST__MERGE_READ", "50ms")]).await;
+    let mut device = TcpStream::connect(gateway.addrs.live).await.unwrap();
+    let ingested = async {
+        device.write_all(&bytes).await.unwrap();
+        gateway
+            .wait_for_stream("every frame ingested", |s| {
+                s.video_frames >= expected as u64
+            })
+            .await
+    };
+    let stream = tokio::time::timeout(Duration::from_secs(8), ingested)
+        .await
+        .expect("the gateway reads the whole stream within seconds");
+    assert_eq!(stream.video_frames, expected as u64);
+    assert_eq!(stream.bytes_in, bytes.len() as u64);
+}
+
+#[tokio::test]
+async fn a_viewer_that_gives_up_waiting_for_the_device_is_counted_out() {
+    let gateway = Gateway::start(&[("JTGW__HTTP__FLV_WAIT_TIMEOUT", "60s")]).await;
+    let mut events = gateway.hub.events();
+    let mut viewer = TcpStream::connect(gateway.addrs.http).await.unwrap();
+    viewer
+        .write_all(b"GET /live/13912345678_3.flv HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    gateway.wait_for_waiting_reader(&mut events).await;
+    assert_eq!(gateway.hub.reader_counts().len(), 1, "one viewer waits");
+    // it leaves long before the wait would end: the gateway stops counting it at once
+    drop(viewer);
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(jt1078_gateway::hub::HubEvent::ReadersChanged { readers: 0, .. }) =
+                events.recv().await
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the viewer is counted out when it leaves");
+    assert!(gateway.hub.reader_counts().is_empty());
 }

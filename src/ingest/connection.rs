@@ -109,10 +109,28 @@ impl DeviceSocket {
         }
         loop {
             tokio::time::sleep_until(next_tick(period)).await;
+            // everything that arrived since the last tick: a device sending more than a
+            // chunk per tick must not fall further behind every tick
             let read: std::io::Result<usize> = SCRATCH.with_borrow_mut(|chunk| {
-                let n = std::io::Read::read(socket, chunk)?;
-                buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
-                Ok(n)
+                let mut total = 0;
+                loop {
+                    let n = match std::io::Read::read(socket, chunk) {
+                        Ok(n) => n,
+                        Err(error)
+                            if total > 0 && error.kind() == std::io::ErrorKind::WouldBlock =>
+                        {
+                            0
+                        }
+                        Err(error) => return Err(error),
+                    };
+                    buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+                    total += n;
+                    // a short read drained the socket (0: closed, seen on the next tick if
+                    // this one brought data)
+                    if n < chunk.len() {
+                        return Ok(total);
+                    }
+                }
             });
             match read {
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}

@@ -198,6 +198,8 @@ impl FlvPlayer {
         let wait = self.state.hub.subscribe_or_wait(&key, self.state.wait);
         let reader = tokio::select! {
             reader = wait => reader,
+            // a viewer that gives up waiting for the device stops counting as one
+            () = client_left(&socket) => return Ok(()),
             () = shutdown.cancelled() => return Ok(()),
         };
         let Some(reader) = reader else {
@@ -217,6 +219,23 @@ impl FlvPlayer {
         DirectViewer::run(socket, reader, self.state.merge_write, shutdown).await;
         debug!(stream = %key, "flv viewer left");
         Ok(())
+    }
+}
+
+/// Returns once the client closed its side (or the connection failed). A player sends
+/// nothing after its request, so whatever else arrives is read and ignored.
+async fn client_left(socket: &TcpStream) {
+    let mut scratch = [0u8; 512];
+    loop {
+        if socket.readable().await.is_err() {
+            return;
+        }
+        match socket.try_read(&mut scratch) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
     }
 }
 
@@ -395,23 +414,10 @@ impl DirectViewer {
         let Some(handle) = reader.into_sink(Box::new(sink)) else {
             return;
         };
-        let mut scratch = [0u8; 512];
         loop {
             tokio::select! {
                 () = shared.wake.notified() => {}
-                ready = shared.socket.readable() => {
-                    // a player sends nothing after its request: data is ignored, EOF or an
-                    // error means it left
-                    let gone = ready.is_err()
-                        || match shared.socket.try_read(&mut scratch) {
-                            Ok(n) => n == 0,
-                            Err(error) => error.kind() != std::io::ErrorKind::WouldBlock,
-                        };
-                    if gone {
-                        break;
-                    }
-                    continue;
-                }
+                () = client_left(&shared.socket) => break,
                 () = shutdown.cancelled() => break,
             }
             if !merge.is_zero() {

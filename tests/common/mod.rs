@@ -237,6 +237,52 @@ impl Gateway {
     }
 }
 
+/// `seconds` of lossless H.264 of a noisy 640×360 picture at 25 fps (~5 MB a second, a key
+/// frame a second), packed as a JT/T 1078 recording of device 13800138000 channel 1.
+pub(crate) async fn noisy_lossless_h264(tmp: &TempDir, seconds: u32) -> Vec<u8> {
+    let h264 = tmp.path("noisy.h264");
+    let seconds = seconds.to_string();
+    run(
+        "ffmpeg",
+        &[
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=640x360:rate=25",
+            "-t",
+            &seconds,
+            "-vf",
+            "noise=alls=6:allf=t",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-qp",
+            "0",
+            "-g",
+            "25",
+            "-bf",
+            "0",
+            "-f",
+            "h264",
+            h264.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let video = std::fs::read(&h264).unwrap();
+    let options = jt1078_gateway::simulate::pack::PackOptions::default();
+    jt1078_gateway::simulate::pack::pack(
+        jt1078_gateway::codec::h26x::VideoCodec::H264,
+        &video,
+        None,
+        &options,
+    )
+    .unwrap()
+    .to_vec()
+}
+
 /// Writes `bytes` to the ingest port and closes the connection.
 pub(crate) async fn replay(addr: SocketAddr, bytes: &[u8]) {
     let mut socket = TcpStream::connect(addr).await.expect("connect ingest");
