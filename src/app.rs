@@ -101,7 +101,9 @@ impl App {
             self.http.into_std()?,
         ];
         let threads = self.settings.runtime.io_threads();
-        let mut finished = Vec::with_capacity(threads);
+        let mut finished = futures_util::stream::FuturesUnordered::new();
+        // a failure while starting stops the threads already running (and control)
+        let stop_on_failure = shutdown.clone().drop_guard();
         for i in 0..threads {
             let copies = [
                 listeners[0].try_clone()?,
@@ -119,16 +121,15 @@ impl App {
                 .context("starting an I/O thread")?;
             finished.push(done_rx);
         }
+        stop_on_failure.disarm();
         // the threads hold their own copies of the sockets
         drop(listeners);
         info!(threads, "serving connections");
         let mut result = Ok(());
-        for done in finished {
-            let outcome = done
-                .await
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("an I/O thread panicked")));
+        while let Some(done) = futures_util::StreamExt::next(&mut finished).await {
+            let outcome = done.unwrap_or_else(|_| Err(anyhow::anyhow!("an I/O thread panicked")));
             if let Err(error) = outcome {
-                // the others keep running; the first failure is reported
+                // one thread failing stops the gateway; the first failure is reported
                 shutdown.cancel();
                 if result.is_ok() {
                     result = Err(error);

@@ -259,3 +259,31 @@ async fn a_viewer_that_gives_up_waiting_for_the_device_is_counted_out() {
     .expect("the viewer is counted out when it leaves");
     assert!(gateway.hub.reader_counts().is_empty());
 }
+
+#[tokio::test]
+async fn a_viewer_that_never_reads_does_not_hold_up_shutdown() {
+    let tmp = TempDir::new("stuck");
+    let bytes = noisy_lossless_h264(&tmp, 2).await;
+    let gateway = Gateway::start(&[]).await;
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stuck = socket.connect(gateway.addrs.http).await.unwrap();
+    stuck
+        .write_all(b"GET /live/13800138000_1.flv HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut events = gateway.hub.events();
+    gateway.wait_for_waiting_reader(&mut events).await;
+    // the device stays connected; the viewer's socket fills and its task waits to write
+    let mut device = TcpStream::connect(gateway.addrs.live).await.unwrap();
+    device.write_all(&bytes).await.unwrap();
+    gateway
+        .wait_for_stream("frames skipped for the stuck viewer", |s| {
+            s.frames_dropped > 0
+        })
+        .await;
+    tokio::time::timeout(Duration::from_secs(5), gateway.stop())
+        .await
+        .expect("the gateway stops while a viewer is stuck");
+    drop((stuck, device));
+}

@@ -175,7 +175,7 @@ impl Hub {
     /// from the first one.
     pub async fn subscribe_or_wait(&self, key: &StreamKey, timeout: Duration) -> Option<Reader> {
         let mut events = self.inner.events_tx.subscribe();
-        let (stream, reader) = {
+        let mut waiting = {
             let mut streams = self.registry();
             let stream = Arc::clone(streams.entry(key.clone()).or_insert_with(|| {
                 Arc::new(Stream::new(
@@ -185,15 +185,20 @@ impl Hub {
                 ))
             }));
             let reader = stream.reader()?;
-            (stream, reader)
+            Waiting {
+                hub: self,
+                stream,
+                reader: Some(reader),
+            }
         };
-        if stream.is_publishing() {
-            return Some(reader);
+        if waiting.stream.is_publishing() {
+            return waiting.reader.take();
         }
         let _ = self
             .inner
             .events_tx
             .send(HubEvent::ReaderWaiting(key.clone()));
+        let stream = Arc::clone(&waiting.stream);
         let up = async {
             loop {
                 match events.recv().await {
@@ -208,10 +213,10 @@ impl Hub {
             }
         };
         if tokio::time::timeout(timeout, up).await == Ok(true) {
-            return Some(reader);
+            return waiting.reader.take();
         }
-        drop(reader);
-        self.discard_if_unused(&stream);
+        // `waiting` drops the reader and the stream entry it made; so does dropping this
+        // future (a viewer that left while waiting)
         None
     }
 
@@ -301,6 +306,22 @@ impl Hub {
             .streams
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A reader waiting for its stream to come up. Dropped without the reader taken out (the
+/// wait timed out, or the waiter went away), it removes the stream entry the wait made, so
+/// requests for streams that never come cannot grow the registry.
+struct Waiting<'a> {
+    hub: &'a Hub,
+    stream: Arc<Stream>,
+    reader: Option<Reader>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        drop(self.reader.take());
+        self.hub.discard_if_unused(&self.stream);
     }
 }
 

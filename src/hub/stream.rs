@@ -62,6 +62,8 @@ pub(crate) struct Stream {
     has_video: AtomicBool,
     stats: StreamStats,
     events_tx: broadcast::Sender<HubEvent>,
+    /// Orders viewer count changes with their events.
+    reader_events: Mutex<()>,
     state: Mutex<StreamState>,
 }
 
@@ -118,6 +120,7 @@ impl Stream {
             has_video: AtomicBool::new(false),
             stats: StreamStats::default(),
             events_tx,
+            reader_events: Mutex::new(()),
             state: Mutex::new(StreamState {
                 generation: 0,
                 publishing: false,
@@ -142,6 +145,12 @@ impl Stream {
 
     /// Counts a reader in or out and tells the event listeners.
     pub(crate) fn reader_delta(&self, joined: bool) {
+        // counts change on viewer and device threads alike: count and announce as one step,
+        // so the last event a listener gets carries the last count
+        let _order = self
+            .reader_events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let readers = if joined {
             self.stats.viewers.fetch_add(1, Ordering::Relaxed) + 1
         } else {

@@ -183,3 +183,27 @@ async fn media_info_changes_are_announced_once_each() {
         "no event when nothing changed"
     );
 }
+
+#[tokio::test]
+async fn a_wait_given_up_leaves_no_stream_behind() {
+    let hub = Hub::default();
+    // the waiter goes away long before its timeout (a viewer that closed)
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(20),
+        hub.subscribe_or_wait(&key(), Duration::from_secs(60)),
+    )
+    .await;
+    assert!(gave_up.is_err());
+    assert!(
+        hub.registry().is_empty(),
+        "no entry for a stream nobody waits for"
+    );
+    assert!(hub.reader_counts().is_empty());
+    // and one that timed out leaves nothing either
+    assert!(
+        hub.subscribe_or_wait(&key(), Duration::from_millis(10))
+            .await
+            .is_none()
+    );
+    assert!(hub.registry().is_empty());
+}

@@ -82,23 +82,40 @@ enum DeviceSocket {
     /// Merged read: on every tick of the period, whatever has arrived. The socket is not
     /// registered with the event loop at all, so a device's packets never wake the thread
     /// between ticks; the thread wakes once per tick for all its connections.
-    Ticked(std::net::TcpStream, Duration),
+    Ticked {
+        socket: std::net::TcpStream,
+        period: Duration,
+        /// The last read stopped at [`MAX_TICK_READ`] with more waiting: read again at once.
+        more: bool,
+    },
 }
+
+/// Most bytes one tick reads from a device, so a device that sends as fast as it is read
+/// cannot keep a thread (and every other connection on it) in one read loop.
+const MAX_TICK_READ: usize = 4 * 1024 * 1024;
 
 impl DeviceSocket {
     fn new(socket: TcpStream, merge_read: Duration) -> std::io::Result<DeviceSocket> {
         if merge_read.is_zero() {
             return Ok(DeviceSocket::Polled(socket));
         }
-        // stays non-blocking
-        Ok(DeviceSocket::Ticked(socket.into_std()?, merge_read))
+        Ok(DeviceSocket::Ticked {
+            // stays non-blocking
+            socket: socket.into_std()?,
+            period: merge_read,
+            more: false,
+        })
     }
 
     /// Appends what the device sent to `buf`; `Ok(0)` once it closed. Cancel-safe.
     async fn read_buf(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
-        let (socket, period) = match self {
+        let (socket, period, more) = match self {
             DeviceSocket::Polled(socket) => return socket.read_buf(buf).await,
-            DeviceSocket::Ticked(socket, period) => (socket, *period),
+            DeviceSocket::Ticked {
+                socket,
+                period,
+                more,
+            } => (socket, *period, more),
         };
         thread_local! {
             /// Where ticked reads land before they join the decoder's buffer: one per
@@ -108,19 +125,22 @@ impl DeviceSocket {
                 std::cell::RefCell::new(vec![0; READ_CHUNK]);
         }
         loop {
-            tokio::time::sleep_until(next_tick(period)).await;
-            // everything that arrived since the last tick: a device sending more than a
-            // chunk per tick must not fall further behind every tick
-            let read: std::io::Result<usize> = SCRATCH.with_borrow_mut(|chunk| {
+            if std::mem::take(more) {
+                // let the thread's other connections run between two big reads
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep_until(next_tick(period)).await;
+            }
+            // everything that arrived since the last tick (up to a bound): a device sending
+            // more than a chunk per tick must not fall further behind every tick
+            let read: std::io::Result<(usize, bool)> = SCRATCH.with_borrow_mut(|chunk| {
                 let mut total = 0;
                 loop {
                     let n = match std::io::Read::read(socket, chunk) {
                         Ok(n) => n,
-                        Err(error)
-                            if total > 0 && error.kind() == std::io::ErrorKind::WouldBlock =>
-                        {
-                            0
-                        }
+                        // what this tick already read is decoded first; the error (a
+                        // reset, say) comes back on the next one
+                        Err(_) if total > 0 => return Ok((total, false)),
                         Err(error) => return Err(error),
                     };
                     buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
@@ -128,13 +148,20 @@ impl DeviceSocket {
                     // a short read drained the socket (0: closed, seen on the next tick if
                     // this one brought data)
                     if n < chunk.len() {
-                        return Ok(total);
+                        return Ok((total, false));
+                    }
+                    if total >= MAX_TICK_READ {
+                        return Ok((total, true));
                     }
                 }
             });
             match read {
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
-                other => return other,
+                Err(error) => return Err(error),
+                Ok((total, again)) => {
+                    *more = again;
+                    return Ok(total);
+                }
             }
         }
     }

@@ -16,6 +16,9 @@ use crate::config::IngestSettings;
 use crate::hub::Hub;
 use crate::media::StreamKind;
 
+/// Pause after a failed accept.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Counters across all connections.
 #[derive(Debug, Default)]
 pub struct IngestStats {
@@ -45,8 +48,12 @@ impl IngestServer {
                 idle_timeout: settings.idle_timeout,
                 max_body: settings.max_body.get(),
                 max_frame: settings.max_frame.get(),
-                // longer would let a device's data pile up past what its socket holds
-                merge_read: settings.merge_read.min(std::time::Duration::from_secs(1)),
+                // longer would let a device's data pile up past what its socket holds; and a
+                // connection read less often than its idle timeout would look idle
+                merge_read: settings
+                    .merge_read
+                    .min(std::time::Duration::from_secs(1))
+                    .min(settings.idle_timeout / 4),
             },
             max_connections: settings.max_connections.get(),
             hub,
@@ -72,9 +79,10 @@ impl IngestServer {
             let (socket, peer) = match accepted {
                 Ok(pair) => pair,
                 Err(error) => {
-                    // EMFILE and friends: the listener itself is fine; keep accepting.
+                    // EMFILE and friends: the listener itself is fine; keep accepting after
+                    // a pause (retrying at once would spin and flood the log)
                     warn!(%error, "accept failed");
-                    tokio::task::yield_now().await;
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             };

@@ -307,6 +307,9 @@ struct DirectSink {
     skipping: bool,
     /// Always queue for the task (merged writes).
     merge: bool,
+    /// Still taking the GOP cache while attaching: never skipped (the cache is bounded by
+    /// `hub.gop_cache_max_bytes`, which may exceed the backlog limit).
+    attaching: bool,
 }
 
 /// Frames muxed for a direct write are written at the latest once this many bytes wait
@@ -320,7 +323,7 @@ impl Sink for DirectSink {
             return false;
         }
         let queued = backlog.draining || !backlog.bytes.is_empty();
-        if queued && backlog.bytes.len() >= MAX_BACKLOG {
+        if queued && !self.attaching && backlog.bytes.len() >= MAX_BACKLOG {
             self.skipping = true;
         }
         if self.skipping {
@@ -347,6 +350,8 @@ impl Sink for DirectSink {
     }
 
     fn flush(&mut self, stats: &StreamStats) -> bool {
+        // the hub flushes once right after handing over the GOP cache
+        self.attaching = false;
         if self.out.is_empty() {
             return true;
         }
@@ -358,7 +363,7 @@ impl Sink for DirectSink {
             Ok(n) => {
                 stats.add_bytes_out(n as u64);
                 if n == self.out.len() {
-                    self.out.clear();
+                    clear_out(&mut self.out);
                     return true;
                 }
                 backlog.bytes.extend_from_slice(&self.out[n..]);
@@ -373,11 +378,21 @@ impl Sink for DirectSink {
                 return false;
             }
         }
-        self.out.clear();
+        clear_out(&mut self.out);
         // the socket is full: the viewer's task writes the rest when it can
         backlog.draining = true;
         self.shared.wake.notify_one();
         true
+    }
+}
+
+/// Empties a direct-write buffer; one that grew for a large batch (a GOP, a merged read of
+/// a high-bitrate stream) is given back rather than kept per viewer.
+fn clear_out(out: &mut BytesMut) {
+    if out.capacity() > MAX_UNFLUSHED {
+        *out = BytesMut::new();
+    } else {
+        out.clear();
     }
 }
 
@@ -409,6 +424,7 @@ impl DirectViewer {
             out: BytesMut::new(),
             skipping: false,
             merge: !merge.is_zero(),
+            attaching: true,
         };
         // dropping the handle (when this task ends) detaches the sink
         let Some(handle) = reader.into_sink(Box::new(sink)) else {
@@ -420,10 +436,19 @@ impl DirectViewer {
                 () = client_left(&shared.socket) => break,
                 () = shutdown.cancelled() => break,
             }
-            if !merge.is_zero() {
-                tokio::time::sleep(merge).await;
-            }
-            if drain(&shared, handle.stats()).await.is_err() {
+            let drained = async {
+                if !merge.is_zero() {
+                    tokio::time::sleep(merge).await;
+                }
+                drain(&shared, handle.stats()).await
+            };
+            // a stop ends a drain too: it may wait on a viewer that stopped reading
+            let result = tokio::select! {
+                result = drained => result,
+                () = shutdown.cancelled() => break,
+            };
+            if let Err(error) = result {
+                debug!(%error, "flv viewer dropped");
                 break;
             }
             let backlog = shared.backlog();
@@ -431,9 +456,20 @@ impl DirectViewer {
                 break;
             }
         }
+        // `draining` may stay set: the publisher then only queues, never writes around a
+        // chunk cut off mid-way, and sees `closed` on its next frame
         shared.backlog().closed = true;
     }
 }
+
+/// A viewer whose socket takes nothing for this long is dropped (a player paused for good,
+/// or a client that keeps its window shut): it would hold its backlog and, at shutdown,
+/// the gateway.
+const WRITE_STALL: Duration = Duration::from_secs(20);
+
+/// Largest piece of the backlog taken out for one write, so the backlog limit plus this
+/// bounds what a slow viewer holds.
+const DRAIN_CHUNK: usize = 256 * 1024;
 
 /// Writes the backlog until it is empty; then the publisher writes directly again.
 async fn drain(shared: &DirectShared, stats: &StreamStats) -> std::io::Result<()> {
@@ -444,11 +480,14 @@ async fn drain(shared: &DirectShared, stats: &StreamStats) -> std::io::Result<()
                 backlog.draining = false;
                 return Ok(());
             }
-            backlog.bytes.split().freeze()
+            let n = backlog.bytes.len().min(DRAIN_CHUNK);
+            backlog.bytes.split_to(n).freeze()
         };
         let mut at = 0;
         while at < chunk.len() {
-            shared.socket.writable().await?;
+            tokio::time::timeout(WRITE_STALL, shared.socket.writable())
+                .await
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
             match shared.socket.try_write(&chunk[at..]) {
                 Ok(n) => at += n,
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
