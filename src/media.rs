@@ -254,6 +254,12 @@ impl Frame {
             Track::Audio
         }
     }
+
+    /// Whether a viewer can start (or restart, after skipping frames) at this frame: a key
+    /// frame, or any audio frame of a stream without video.
+    pub fn starts_playback(&self, stream_has_video: bool) -> bool {
+        self.is_key || (self.track() == Track::Audio && !stream_has_video)
+    }
 }
 
 /// Device timestamps further apart than this are a jump (or a reset), not a gap.

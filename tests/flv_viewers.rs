@@ -95,6 +95,14 @@ async fn a_viewer_that_stops_reading_skips_to_key_frames_and_the_other_viewer_ge
     assert!(errors.is_empty(), "{errors}");
 }
 
+/// Appends what the socket brings next to `buf`; the connection must not end inside `what`.
+async fn read_more(socket: &mut TcpStream, buf: &mut Vec<u8>, what: &str) {
+    let mut chunk = [0u8; 64 * 1024];
+    let n = socket.read(&mut chunk).await.unwrap();
+    assert!(n > 0, "connection closed inside {what}");
+    buf.extend_from_slice(&chunk[..n]);
+}
+
 /// Reads one HTTP/1.1 response head: status and lower-cased head text.
 async fn read_head(socket: &mut TcpStream, buf: &mut Vec<u8>) -> (u16, String) {
     loop {
@@ -104,11 +112,17 @@ async fn read_head(socket: &mut TcpStream, buf: &mut Vec<u8>) -> (u16, String) {
             let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
             return (status, head);
         }
-        let mut chunk = [0u8; 4096];
-        let n = socket.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "connection closed inside a response head");
-        buf.extend_from_slice(&chunk[..n]);
+        read_more(socket, buf, "a response head").await;
     }
+}
+
+/// Sends a keep-alive HTTP/1.1 GET for `path` and reads the response head.
+async fn get_kept_alive(socket: &mut TcpStream, buf: &mut Vec<u8>, path: &str) -> (u16, String) {
+    socket
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    read_head(socket, buf).await
 }
 
 /// Decodes a chunked body up to its last chunk, reading more from `socket` as needed.
@@ -127,10 +141,7 @@ async fn read_chunked(socket: &mut TcpStream, buf: &mut Vec<u8>) -> Vec<u8> {
                 continue;
             }
         }
-        let mut chunk = [0u8; 64 * 1024];
-        let n = socket.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "connection closed inside a chunked body");
-        buf.extend_from_slice(&chunk[..n]);
+        read_more(socket, buf, "a chunked body").await;
     }
 }
 
@@ -141,11 +152,7 @@ async fn a_play_after_another_request_on_a_kept_alive_connection_is_served() {
 
     let mut client = TcpStream::connect(gateway.addrs.http).await.unwrap();
     let mut buf = Vec::new();
-    client
-        .write_all(b"GET /api/streams HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    let (status, head) = read_head(&mut client, &mut buf).await;
+    let (status, head) = get_kept_alive(&mut client, &mut buf, "/api/streams").await;
     assert_eq!(status, 200);
     let length: usize = head
         .lines()
@@ -155,19 +162,13 @@ async fn a_play_after_another_request_on_a_kept_alive_connection_is_served() {
         .parse()
         .unwrap();
     while buf.len() < length {
-        let mut chunk = [0u8; 4096];
-        let n = client.read(&mut chunk).await.unwrap();
-        buf.extend_from_slice(&chunk[..n]);
+        read_more(&mut client, &mut buf, "a response body").await;
     }
     let streams: serde_json::Value = serde_json::from_slice(&buf[..length]).unwrap();
     assert_eq!(streams[0]["device"], "156987000796");
     buf.drain(..length);
 
-    client
-        .write_all(b"GET /live/156987000796_1.flv HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    let (status, head) = read_head(&mut client, &mut buf).await;
+    let (status, head) = get_kept_alive(&mut client, &mut buf, "/live/156987000796_1.flv").await;
     assert_eq!(status, 200);
     assert!(head.contains("content-type: video/x-flv"), "{head}");
     // the device leaves: the stream ends and so does the chunked body

@@ -12,7 +12,7 @@ use tokio::sync::broadcast;
 
 use super::sink::{Sink, SinkHandle};
 use super::stream::{MediaInfo, Stream};
-use crate::media::{Frame, StreamKey, Track};
+use crate::media::{Frame, StreamKey};
 
 /// What the lag policy made of one receive.
 enum Accepted {
@@ -115,9 +115,7 @@ impl Reader {
         match result {
             Ok(frame) => {
                 if self.waiting_for_key {
-                    let starts =
-                        frame.is_key || (frame.track() == Track::Audio && !self.stream.has_video());
-                    if !starts {
+                    if !frame.starts_playback(self.stream.has_video()) {
                         return Accepted::Skip;
                     }
                     self.waiting_for_key = false;

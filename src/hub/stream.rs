@@ -208,9 +208,9 @@ impl Stream {
         let sinks = std::mem::take(&mut state.sinks);
         drop(state);
         // dropping a sink tells its output that the stream ended
-        for _ in sinks {
-            self.reader_delta(false);
-        }
+        let ended = sinks.len();
+        drop(sinks);
+        self.count_out(ended);
         true
     }
 
@@ -243,17 +243,33 @@ impl Stream {
         Some(SinkHandle::new(Arc::clone(self), id))
     }
 
-    /// Tells every sink to write what it holds; drops the finished ones.
+    /// Tells every sink to write what it holds.
     fn flush(&self) {
-        let mut state = self.lock();
+        self.offer_sinks(self.lock(), |sink, stats| sink.flush(stats));
+    }
+
+    /// Calls `offer` on every sink under the stream lock (so they see frames in order),
+    /// drops the ones that are finished and, after the lock, counts them out.
+    fn offer_sinks(
+        &self,
+        mut state: MutexGuard<'_, StreamState>,
+        mut offer: impl FnMut(&mut dyn Sink, &StreamStats) -> bool,
+    ) {
         let before = state.sinks.len();
         if before == 0 {
             return;
         }
-        state.sinks.retain_mut(|(_, sink)| sink.flush(&self.stats));
+        state
+            .sinks
+            .retain_mut(|(_, sink)| offer(sink.as_mut(), &self.stats));
         let finished = before - state.sinks.len();
         drop(state);
-        for _ in 0..finished {
+        self.count_out(finished);
+    }
+
+    /// `n` readers or sinks left.
+    fn count_out(&self, n: usize) {
+        for _ in 0..n {
             self.reader_delta(false);
         }
     }
@@ -267,7 +283,7 @@ impl Stream {
         let sink = state.sinks.swap_remove(at);
         drop(state);
         drop(sink);
-        self.reader_delta(false);
+        self.count_out(1);
     }
 
     pub(crate) fn reader(self: &Arc<Self>) -> Option<Reader> {
@@ -289,21 +305,11 @@ impl Stream {
         state
             .gop
             .push(&frame, has_video, self.settings.gop_cache_max_bytes);
-        let before = state.sinks.len();
-        if before > 0 {
-            state
-                .sinks
-                .retain_mut(|(_, sink)| sink.push(&frame, &self.stats));
+        if let Some(tx) = state.tx.as_ref().filter(|tx| tx.receiver_count() > 0) {
+            // a reader that went away meanwhile is a normal state, not an error
+            let _ = tx.send(frame.clone());
         }
-        let finished = before - state.sinks.len();
-        if let Some(tx) = &state.tx {
-            // No reader is a normal state, not an error.
-            let _ = tx.send(frame);
-        }
-        drop(state);
-        for _ in 0..finished {
-            self.reader_delta(false);
-        }
+        self.offer_sinks(state, |sink, stats| sink.push(&frame, stats));
         Ok(())
     }
 

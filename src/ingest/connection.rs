@@ -425,7 +425,8 @@ impl ChannelIngest {
         }
     }
 
-    /// Flushes counters to the hub.
+    /// After each read: lets the frames it brought go out together, and flushes counters
+    /// to the hub.
     fn report(&mut self, resyncs: u64) {
         // the frames of this read leave together
         self.publisher.flush();

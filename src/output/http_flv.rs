@@ -216,7 +216,7 @@ impl FlvPlayer {
                 .as_bytes(),
             )
             .await?;
-        DirectViewer::run(socket, reader, self.state.merge_write, shutdown).await;
+        serve_direct(socket, reader, self.state.merge_write, shutdown).await;
         debug!(stream = %key, "flv viewer left");
         Ok(())
     }
@@ -327,7 +327,7 @@ impl Sink for DirectSink {
             self.skipping = true;
         }
         if self.skipping {
-            let restarts = frame.is_key || (!frame.codec.is_video() && !self.muxer.has_video());
+            let restarts = frame.starts_playback(self.muxer.has_video());
             if !restarts || backlog.bytes.len() >= MAX_BACKLOG {
                 stats.add_dropped(1);
                 return true;
@@ -407,59 +407,61 @@ impl Drop for DirectSink {
     }
 }
 
-/// The viewer's own task: drains the backlog when the socket is slow, notices the viewer
-/// leaving, and closes the response when the stream ends.
-struct DirectViewer;
-
-impl DirectViewer {
-    async fn run(socket: TcpStream, reader: Reader, merge: Duration, shutdown: CancellationToken) {
-        let shared = std::sync::Arc::new(DirectShared {
-            socket,
-            backlog: std::sync::Mutex::new(Backlog::default()),
-            wake: Notify::new(),
-        });
-        let sink = DirectSink {
-            shared: std::sync::Arc::clone(&shared),
-            muxer: FlvMuxer::new(reader.info()),
-            out: BytesMut::new(),
-            skipping: false,
-            merge: !merge.is_zero(),
-            attaching: true,
-        };
-        // dropping the handle (when this task ends) detaches the sink
-        let Some(handle) = reader.into_sink(Box::new(sink)) else {
-            return;
-        };
-        loop {
-            tokio::select! {
-                () = shared.wake.notified() => {}
-                () = client_left(&shared.socket) => break,
-                () = shutdown.cancelled() => break,
-            }
-            let drained = async {
-                if !merge.is_zero() {
-                    tokio::time::sleep(merge).await;
-                }
-                drain(&shared, handle.stats()).await
-            };
-            // a stop ends a drain too: it may wait on a viewer that stopped reading
-            let result = tokio::select! {
-                result = drained => result,
-                () = shutdown.cancelled() => break,
-            };
-            if let Err(error) = result {
-                debug!(%error, "flv viewer dropped");
-                break;
-            }
-            let backlog = shared.backlog();
-            if backlog.closed || (backlog.ended && backlog.bytes.is_empty()) {
-                break;
-            }
+/// A direct viewer: its reader becomes a [`DirectSink`], and this task drains the backlog
+/// when the socket is slow, notices the viewer leaving, and closes the response when the
+/// stream ends.
+async fn serve_direct(
+    socket: TcpStream,
+    reader: Reader,
+    merge: Duration,
+    shutdown: CancellationToken,
+) {
+    let shared = std::sync::Arc::new(DirectShared {
+        socket,
+        backlog: std::sync::Mutex::new(Backlog::default()),
+        wake: Notify::new(),
+    });
+    let sink = DirectSink {
+        shared: std::sync::Arc::clone(&shared),
+        muxer: FlvMuxer::new(reader.info()),
+        out: BytesMut::new(),
+        skipping: false,
+        merge: !merge.is_zero(),
+        attaching: true,
+    };
+    // dropping the handle (when this task ends) detaches the sink
+    let Some(handle) = reader.into_sink(Box::new(sink)) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            () = shared.wake.notified() => {}
+            () = client_left(&shared.socket) => break,
+            () = shutdown.cancelled() => break,
         }
-        // `draining` may stay set: the publisher then only queues, never writes around a
-        // chunk cut off mid-way, and sees `closed` on its next frame
-        shared.backlog().closed = true;
+        let drained = async {
+            if !merge.is_zero() {
+                tokio::time::sleep(merge).await;
+            }
+            drain(&shared, handle.stats()).await
+        };
+        // a stop ends a drain too: it may wait on a viewer that stopped reading
+        let result = tokio::select! {
+            result = drained => result,
+            () = shutdown.cancelled() => break,
+        };
+        if let Err(error) = result {
+            debug!(%error, "flv viewer dropped");
+            break;
+        }
+        let backlog = shared.backlog();
+        if backlog.closed || (backlog.ended && backlog.bytes.is_empty()) {
+            break;
+        }
     }
+    // `draining` may stay set: the publisher then only queues, never writes around a
+    // chunk cut off mid-way, and sees `closed` on its next frame
+    shared.backlog().closed = true;
 }
 
 /// A viewer whose socket takes nothing for this long is dropped (a player paused for good,
