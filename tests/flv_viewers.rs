@@ -235,6 +235,64 @@ async fn merged_reads_keep_up_with_a_device_sending_more_than_a_read_per_tick() 
 }
 
 #[tokio::test]
+async fn merged_reads_do_not_delay_a_cold_start() {
+    // reads merged on 1 s ticks: a stream that has not started yet is still read as its
+    // data arrives, so a waiting viewer gets the first key frame at once, not on the next
+    // tick (which would be 0–1 s away: five starts in a row within 250 ms each would
+    // almost never happen by chance)
+    let gateway = Gateway::start(&[("JTGW__INGEST__MERGE_READ", "1s")]).await;
+    let packets =
+        jt1078_gateway::simulate::load_file(&testdata("h264-g711a-156987000796-ch1.jt1078"))
+            .unwrap();
+    let mut devices = Vec::new();
+    for channel in 1..=5u8 {
+        let mut rewriter = jt1078_gateway::simulate::Rewriter::new(packets[0].sim, Some(channel));
+        let mut bytes = bytes::BytesMut::new();
+        for packet in &packets {
+            rewriter.rewrite(packet, 0).encode(&mut bytes);
+        }
+        let mut events = gateway.hub.events();
+        let mut viewer = TcpStream::connect(gateway.addrs.http).await.unwrap();
+        viewer
+            .write_all(format!("GET /live/156987000796_{channel}.flv HTTP/1.0\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        gateway.wait_for_waiting_reader(&mut events).await;
+        let mut device = TcpStream::connect(gateway.addrs.live).await.unwrap();
+        let sent = tokio::time::Instant::now();
+        device.write_all(&bytes).await.unwrap();
+        let mut buf = Vec::new();
+        let (status, _) = read_head(&mut viewer, &mut buf).await;
+        assert_eq!(status, 200);
+        while !has_video_frame(&buf) {
+            read_more(&mut viewer, &mut buf, "the FLV stream").await;
+        }
+        let waited = sent.elapsed();
+        assert!(
+            waited < Duration::from_millis(250),
+            "channel {channel}: first video frame {waited:?} after the device sent it"
+        );
+        devices.push(device);
+    }
+}
+
+/// Whether an FLV byte stream (from its header on) holds a complete video frame tag.
+fn has_video_frame(flv: &[u8]) -> bool {
+    let mut i = 13;
+    while let Some(head) = flv.get(i..i + 11) {
+        let size = u32::from_be_bytes([0, head[1], head[2], head[3]]) as usize;
+        let Some(body) = flv.get(i + 11..i + 11 + size) else {
+            return false;
+        };
+        if head[0] == 9 && body.get(1) == Some(&1) {
+            return true;
+        }
+        i += 15 + size;
+    }
+    false
+}
+
+#[tokio::test]
 async fn a_viewer_that_gives_up_waiting_for_the_device_is_counted_out() {
     let gateway = Gateway::start(&[("JTGW__HTTP__FLV_WAIT_TIMEOUT", "60s")]).await;
     let mut events = gateway.hub.events();

@@ -14,12 +14,12 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::{Span, debug, info, instrument, warn};
 
+use super::device_socket::{DeviceSocket, READ_CHUNK};
 use crate::codec::h26x::{NalKind, VideoCodec, nal_units};
 use crate::codec::jt1078::{self, ConnectionSequence, DataType, Decoder, Reassembler, Sim};
 use crate::hub::{Hub, Publisher};
@@ -52,6 +52,10 @@ struct ChannelEntry {
     ingest: Option<ChannelIngest>,
 }
 
+/// A channel that has carried audio and no video frame for this long is taken as audio
+/// only: its audio frames start playback.
+const AUDIO_ONLY_AFTER: Duration = Duration::from_secs(1);
+
 /// State of one logical channel this connection publishes.
 struct ChannelIngest {
     publisher: Publisher,
@@ -63,6 +67,11 @@ struct ChannelIngest {
     audio_codec: Option<Codec>,
     bytes_in: u64,
     reported_drops: u64,
+    /// When the channel's first packet arrived.
+    opened: Instant,
+    /// A frame a viewer can start playing from was published (see
+    /// [`ChannelIngest::starts_stream`]).
+    started: bool,
 }
 
 /// The latest parameter sets of a video stream, so every key frame carries them.
@@ -75,114 +84,6 @@ struct ParameterSets {
     parsed_sps: Option<Bytes>,
 }
 
-/// How a connection reads its device.
-enum DeviceSocket {
-    /// As data arrives (the event loop wakes the task).
-    Polled(TcpStream),
-    /// Merged read: on every tick of the period, whatever has arrived. The socket is not
-    /// registered with the event loop at all, so a device's packets never wake the thread
-    /// between ticks; the thread wakes once per tick for all its connections.
-    Ticked {
-        socket: std::net::TcpStream,
-        period: Duration,
-        /// The last read stopped at [`MAX_TICK_READ`] with more waiting: read again at once.
-        more: bool,
-    },
-}
-
-/// Most bytes one tick reads from a device, so a device that sends as fast as it is read
-/// cannot keep a thread (and every other connection on it) in one read loop.
-const MAX_TICK_READ: usize = 4 * 1024 * 1024;
-
-impl DeviceSocket {
-    fn new(socket: TcpStream, merge_read: Duration) -> std::io::Result<DeviceSocket> {
-        if merge_read.is_zero() {
-            return Ok(DeviceSocket::Polled(socket));
-        }
-        Ok(DeviceSocket::Ticked {
-            // stays non-blocking
-            socket: socket.into_std()?,
-            period: merge_read,
-            more: false,
-        })
-    }
-
-    /// Appends what the device sent to `buf`; `Ok(0)` once it closed. Cancel-safe.
-    async fn read_buf(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
-        let (socket, period, more) = match self {
-            DeviceSocket::Polled(socket) => return socket.read_buf(buf).await,
-            DeviceSocket::Ticked {
-                socket,
-                period,
-                more,
-            } => (socket, *period, more),
-        };
-        thread_local! {
-            /// Where ticked reads land before they join the decoder's buffer: one per
-            /// thread, so a read neither zeroes a buffer nor needs `unsafe` to fill spare
-            /// capacity.
-            static SCRATCH: std::cell::RefCell<Vec<u8>> =
-                std::cell::RefCell::new(vec![0; READ_CHUNK]);
-        }
-        loop {
-            if std::mem::take(more) {
-                // let the thread's other connections run between two big reads
-                tokio::task::yield_now().await;
-            } else {
-                tokio::time::sleep_until(next_tick(period)).await;
-            }
-            // everything that arrived since the last tick (up to a bound): a device sending
-            // more than a chunk per tick must not fall further behind every tick
-            let read: std::io::Result<(usize, bool)> = SCRATCH.with_borrow_mut(|chunk| {
-                let mut total = 0;
-                loop {
-                    let n = match std::io::Read::read(socket, chunk) {
-                        Ok(n) => n,
-                        // what this tick already read is decoded first; the error (a
-                        // reset, say) comes back on the next one
-                        Err(_) if total > 0 => return Ok((total, false)),
-                        Err(error) => return Err(error),
-                    };
-                    buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
-                    total += n;
-                    // a short read drained the socket (0: closed, seen on the next tick if
-                    // this one brought data)
-                    if n < chunk.len() {
-                        return Ok((total, false));
-                    }
-                    if total >= MAX_TICK_READ {
-                        return Ok((total, true));
-                    }
-                }
-            });
-            match read {
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(error) => return Err(error),
-                Ok((total, again)) => {
-                    *more = again;
-                    return Ok(total);
-                }
-            }
-        }
-    }
-}
-
-/// The next multiple of `period` since the process's first call. Every connection's merged
-/// read wakes on the same ticks, so a thread wakes once per tick for all of them instead of
-/// once per connection (on a virtual machine a wake-up costs more than a read).
-fn next_tick(period: Duration) -> Instant {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    let period_ns = period.as_nanos().max(1);
-    let elapsed = Instant::now().saturating_duration_since(epoch).as_nanos();
-    let ticks = elapsed / period_ns + 1;
-    let offset = u64::try_from(ticks * period_ns).unwrap_or(u64::MAX);
-    epoch + Duration::from_nanos(offset)
-}
-
-/// Read buffer growth step: one read takes up to this much.
-const READ_CHUNK: usize = 64 * 1024;
-
 impl Connection {
     pub(crate) fn new(
         socket: TcpStream,
@@ -190,14 +91,14 @@ impl Connection {
         kind: StreamKind,
         limits: ConnectionLimits,
         hub: Hub,
-    ) -> std::io::Result<Connection> {
-        Ok(Connection {
-            socket: DeviceSocket::new(socket, limits.merge_read)?,
+    ) -> Connection {
+        Connection {
+            socket: DeviceSocket::new(socket, limits.merge_read),
             peer,
             kind,
             limits,
             hub,
-        })
+        }
     }
 
     #[instrument(name = "ingest_conn", skip_all, fields(peer = %self.peer, kind = %self.kind, device, channel))]
@@ -293,6 +194,12 @@ impl Connection {
             if no_channel_left(&channels) {
                 break "replaced by newer connections";
             }
+            if self.socket.awaits_start() && channels.iter().any(ChannelEntry::has_started) {
+                if let Err(error) = self.socket.started() {
+                    debug!(%error, "switching to merged reads failed");
+                    break "read error";
+                }
+            }
         };
         let stats = decoder.stats();
         if stats.resyncs > 0 {
@@ -314,21 +221,15 @@ impl Connection {
         span.record("channel", packet.channel);
         let replaced = CancellationToken::new();
         let publisher = self.hub.publish(key.clone(), replaced.clone());
-        let origin = publisher.last_pts();
         info!(stream = %key, layout = ?packet.layout(), "stream up");
         ChannelEntry {
             sim: packet.sim,
             channel: packet.channel,
-            ingest: Some(ChannelIngest {
+            ingest: Some(ChannelIngest::new(
                 publisher,
                 replaced,
-                reassembler: Reassembler::new(self.limits.max_frame),
-                normaliser: TimestampNormaliser::default().starting_at(origin),
-                parameter_sets: ParameterSets::default(),
-                audio_codec: None,
-                bytes_in: 0,
-                reported_drops: 0,
-            }),
+                self.limits.max_frame,
+            )),
         }
     }
 }
@@ -352,6 +253,9 @@ impl ChannelEntry {
         let Some(frame) = ch.translate(frame, now) else {
             return;
         };
+        if !ch.started {
+            ch.started = ch.starts_stream(&frame, now);
+        }
         if ch.publisher.send(frame).is_err() {
             // only fails once another connection publishes the stream
             self.retire();
@@ -370,9 +274,38 @@ impl ChannelEntry {
     fn is_publishing(&self) -> bool {
         self.ingest.is_some()
     }
+
+    fn has_started(&self) -> bool {
+        self.ingest.as_ref().is_some_and(|ch| ch.started)
+    }
 }
 
 impl ChannelIngest {
+    fn new(publisher: Publisher, replaced: CancellationToken, max_frame: usize) -> ChannelIngest {
+        let origin = publisher.last_pts();
+        ChannelIngest {
+            publisher,
+            replaced,
+            reassembler: Reassembler::new(max_frame),
+            normaliser: TimestampNormaliser::default().starting_at(origin),
+            parameter_sets: ParameterSets::default(),
+            audio_codec: None,
+            bytes_in: 0,
+            reported_drops: 0,
+            opened: Instant::now(),
+            started: false,
+        }
+    }
+
+    /// Whether a viewer can start playing from `frame`: a video key frame, or audio once
+    /// the channel has carried audio and no video for [`AUDIO_ONLY_AFTER`].
+    fn starts_stream(&self, frame: &Frame, now: Instant) -> bool {
+        frame.is_key
+            || (frame.track() == Track::Audio
+                && self.parameter_sets.codec.is_none()
+                && now.saturating_duration_since(self.opened) >= AUDIO_ONLY_AFTER)
+    }
+
     /// The translation point: a JT/T 1078 frame becomes a hub frame (or nothing, for
     /// transparent data, parameter-set-only frames and codecs the hub cannot carry).
     fn translate(&mut self, frame: jt1078::Frame, now: Instant) -> Option<Frame> {
@@ -570,17 +503,37 @@ mod tests {
     }
 
     #[test]
-    fn merged_reads_share_ticks() {
-        let period = Duration::from_millis(100);
-        let now = Instant::now();
-        let tick = next_tick(period);
-        assert!(tick > now && tick <= now + period + Duration::from_millis(5));
-        // every connection asking within one period wakes on the same tick (or, across a
-        // tick boundary, on the one after it)
-        let again = next_tick(period);
-        assert!(
-            again == tick || again == tick + period,
-            "{again:?} vs {tick:?}"
+    fn a_stream_starts_at_a_key_frame_or_after_a_second_of_audio_alone() {
+        let hub = Hub::new(crate::hub::HubSettings::default());
+        let key = StreamKey::new(
+            DeviceId::parse("13800138000").unwrap(),
+            Channel(1),
+            StreamKind::Live,
         );
+        let mut ch = ChannelIngest::new(
+            hub.publish(key, CancellationToken::new()),
+            CancellationToken::new(),
+            1 << 20,
+        );
+        let frame = |codec, is_key| Frame {
+            codec,
+            is_key,
+            pts: 0,
+            data: Bytes::from_static(&[0xd5; 160]),
+        };
+        let audio = frame(Codec::G711A, false);
+        let opened = ch.opened;
+        assert!(
+            !ch.starts_stream(&audio, opened),
+            "audio may precede the video"
+        );
+        let later = opened + AUDIO_ONLY_AFTER;
+        assert!(ch.starts_stream(&audio, later), "audio alone for a second");
+        assert!(ch.starts_stream(&frame(Codec::H264, true), opened));
+        // once a video frame was seen, only a key frame starts the stream
+        ch.parameter_sets.codec = Some(VideoCodec::H264);
+        assert!(!ch.starts_stream(&audio, later + AUDIO_ONLY_AFTER));
+        assert!(!ch.starts_stream(&frame(Codec::H264, false), later));
+        assert!(ch.starts_stream(&frame(Codec::H264, true), later));
     }
 }

@@ -2,6 +2,7 @@
 //! connection. Uses `codec::jt1078` to decode and the hub to publish; knows no output.
 
 mod connection;
+mod device_socket;
 mod server;
 
 pub use server::{IngestServer, IngestStats};

@@ -95,14 +95,7 @@ impl IngestServer {
             if let Err(error) = socket.set_nodelay(true) {
                 warn!(%peer, %error, "set_nodelay failed");
             }
-            let connection =
-                match Connection::new(socket, peer, kind, self.limits, self.hub.clone()) {
-                    Ok(connection) => connection,
-                    Err(error) => {
-                        warn!(%peer, %error, "device socket unusable");
-                        continue;
-                    }
-                };
+            let connection = Connection::new(socket, peer, kind, self.limits, self.hub.clone());
             let cancel = shutdown.child_token();
             tasks.spawn(async move {
                 connection.run(cancel).await;
