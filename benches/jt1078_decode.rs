@@ -100,7 +100,7 @@ fn bench_flv_mux(c: &mut Criterion) {
         let info = MediaInfo {
             video: Some(Codec::H264),
             audio: Some(Codec::G711A),
-            resolution: None,
+            ..MediaInfo::default()
         };
         group.throughput(Throughput::Bytes(total));
         group.bench_function(name, |b| {

@@ -252,21 +252,12 @@ async fn merged_reads_do_not_delay_a_cold_start() {
             rewriter.rewrite(packet, 0).encode(&mut bytes);
         }
         let mut events = gateway.hub.events();
-        let mut viewer = TcpStream::connect(gateway.addrs.http).await.unwrap();
-        viewer
-            .write_all(format!("GET /live/156987000796_{channel}.flv HTTP/1.0\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        gateway.wait_for_waiting_reader(&mut events).await;
+        let mut viewer =
+            waiting_viewer(&gateway, &mut events, &format!("156987000796_{channel}")).await;
         let mut device = TcpStream::connect(gateway.addrs.live).await.unwrap();
         let sent = tokio::time::Instant::now();
         device.write_all(&bytes).await.unwrap();
-        let mut buf = Vec::new();
-        let (status, _) = read_head(&mut viewer, &mut buf).await;
-        assert_eq!(status, 200);
-        while !has_video_frame(&buf) {
-            read_more(&mut viewer, &mut buf, "the FLV stream").await;
-        }
+        first_video_frame(&mut viewer).await;
         let waited = sent.elapsed();
         assert!(
             waited < Duration::from_millis(250),
@@ -274,6 +265,64 @@ async fn merged_reads_do_not_delay_a_cold_start() {
         );
         devices.push(device);
     }
+}
+
+#[tokio::test]
+async fn a_video_only_stream_seen_before_starts_without_waiting_for_audio() {
+    // a viewer that asks before the device connects cannot know whether audio will come,
+    // so it waits up to a second of media for it; a stream that carried no audio last
+    // time is not waited on
+    let gateway = Gateway::start(&[]).await;
+    let capture = testdata("h264-013800138000-ch1.jt1078");
+    let mut events = gateway.hub.events();
+    replay(gateway.addrs.live, &std::fs::read(&capture).unwrap()).await;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !matches!(
+            events.recv().await,
+            Ok(jt1078_gateway::hub::HubEvent::StreamDown(_))
+        ) {}
+    })
+    .await
+    .expect("the first session ends");
+    let mut viewer = waiting_viewer(&gateway, &mut events, "13800138000_1").await;
+    // in real time, so a second of media takes a second
+    let device = replay_realtime(&capture, gateway.addrs.live);
+    let sent = tokio::time::Instant::now();
+    let flv = first_video_frame(&mut viewer).await;
+    let waited = sent.elapsed();
+    assert_eq!(flv[4], 0b001, "the header announces video only");
+    assert!(
+        waited < Duration::from_millis(500),
+        "first video frame after {waited:?}"
+    );
+    device.abort();
+}
+
+/// A viewer of `/live/{stream}.flv` that asked before the device connected; returns once
+/// the hub counts it as waiting.
+async fn waiting_viewer(
+    gateway: &Gateway,
+    events: &mut tokio::sync::broadcast::Receiver<jt1078_gateway::hub::HubEvent>,
+    stream: &str,
+) -> TcpStream {
+    let mut viewer = TcpStream::connect(gateway.addrs.http).await.unwrap();
+    viewer
+        .write_all(format!("GET /live/{stream}.flv HTTP/1.0\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    gateway.wait_for_waiting_reader(events).await;
+    viewer
+}
+
+/// Reads a play response up to its first complete video frame; returns the FLV so far.
+async fn first_video_frame(viewer: &mut TcpStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let (status, _) = read_head(viewer, &mut buf).await;
+    assert_eq!(status, 200);
+    while !has_video_frame(&buf) {
+        read_more(viewer, &mut buf, "the FLV stream").await;
+    }
+    buf
 }
 
 /// Whether an FLV byte stream (from its header on) holds a complete video frame tag.

@@ -74,7 +74,7 @@ impl Results {
                 "\n### First frame ({} runs each, ms)\n\n| | p50 | p99 | max |\n|---|---:|---:|---:|",
                 ff.runs
             );
-            let rows: [(&str, &Spread); 6] = [
+            let rows: [(&str, &Spread); 8] = [
                 (
                     "live stream (GOP cache): request → first key frame",
                     &ff.live,
@@ -96,6 +96,11 @@ impl Results {
                     &ff.cold_first_packet_to_frame,
                 ),
                 ("cold start, gateway's own share", &ff.cold_gateway_share),
+                (
+                    "cold start of a device seen before, total",
+                    &ff.seen_before_total,
+                ),
+                ("… gateway's own share", &ff.seen_before_gateway_share),
             ];
             for (name, s) in rows {
                 let _ = writeln!(

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use reader::Reader;
 pub use sink::{Sink, SinkHandle};
-pub use stream::{MediaInfo, Publisher, StreamStats};
+pub use stream::{MediaInfo, Publisher, StreamStats, Tracks};
 
 use crate::media::{Codec, StreamKey};
 use stream::Stream;
@@ -80,9 +80,15 @@ pub struct Hub {
 #[derive(Debug)]
 struct Inner {
     streams: Mutex<HashMap<StreamKey, Arc<Stream>>>,
+    /// The tracks each stream carried when it last ended (see [`MediaInfo::previous`]).
+    past_tracks: Mutex<HashMap<StreamKey, Tracks>>,
     events_tx: broadcast::Sender<HubEvent>,
     settings: HubSettings,
 }
+
+/// Streams whose past tracks are kept (about 100 bytes each); past it, an arbitrary one is
+/// forgotten for each new one.
+const PAST_TRACKS_KEPT: usize = 65_536;
 
 /// A snapshot of one stream for the API.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -135,6 +141,7 @@ impl Hub {
         Hub {
             inner: Arc::new(Inner {
                 streams: Mutex::new(HashMap::new()),
+                past_tracks: Mutex::new(HashMap::new()),
                 events_tx,
                 settings,
             }),
@@ -145,13 +152,11 @@ impl Hub {
     /// token is cancelled and its sends fail; readers stay attached.
     pub fn publish(&self, key: StreamKey, on_replaced: CancellationToken) -> Publisher {
         let mut streams = self.registry();
-        let stream = Arc::clone(streams.entry(key.clone()).or_insert_with(|| {
-            Arc::new(Stream::new(
-                key.clone(),
-                self.inner.settings,
-                self.inner.events_tx.clone(),
-            ))
-        }));
+        let stream = Arc::clone(
+            streams
+                .entry(key.clone())
+                .or_insert_with(|| self.new_stream(&key)),
+        );
         let (generation, was_publishing) = stream.take_over(on_replaced);
         drop(streams);
         if !was_publishing {
@@ -177,13 +182,11 @@ impl Hub {
         let mut events = self.inner.events_tx.subscribe();
         let mut waiting = {
             let mut streams = self.registry();
-            let stream = Arc::clone(streams.entry(key.clone()).or_insert_with(|| {
-                Arc::new(Stream::new(
-                    key.clone(),
-                    self.inner.settings,
-                    self.inner.events_tx.clone(),
-                ))
-            }));
+            let stream = Arc::clone(
+                streams
+                    .entry(key.clone())
+                    .or_insert_with(|| self.new_stream(key)),
+            );
             let reader = stream.reader()?;
             Waiting {
                 hub: self,
@@ -280,6 +283,15 @@ impl Hub {
             streams.remove(stream.key());
         }
         drop(streams);
+        if let Some(tracks) = stream.tracks_on_record() {
+            let mut past = self.past_tracks();
+            if past.len() >= PAST_TRACKS_KEPT && !past.contains_key(stream.key()) {
+                if let Some(any) = past.keys().next().cloned() {
+                    past.remove(&any);
+                }
+            }
+            past.insert(stream.key().clone(), tracks);
+        }
         let _ = self
             .inner
             .events_tx
@@ -297,6 +309,25 @@ impl Hub {
         {
             streams.remove(stream.key());
         }
+    }
+
+    /// A new stream entry for `key`, with the tracks it carried last time.
+    fn new_stream(&self, key: &StreamKey) -> Arc<Stream> {
+        let previous = self.past_tracks().get(key).copied();
+        Arc::new(Stream::new(
+            key.clone(),
+            self.inner.settings,
+            self.inner.events_tx.clone(),
+            previous,
+        ))
+    }
+
+    fn past_tracks(&self) -> MutexGuard<'_, HashMap<StreamKey, Tracks>> {
+        // single inserts and removes: still consistent after a panic
+        self.inner
+            .past_tracks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn registry(&self) -> MutexGuard<'_, HashMap<StreamKey, Arc<Stream>>> {

@@ -25,7 +25,24 @@ pub struct MediaInfo {
     pub audio: Option<Codec>,
     /// Picture width and height from the latest SPS.
     pub resolution: Option<(u32, u32)>,
+    /// The tracks this device channel carried the last time it was published (`None`: not
+    /// on record). A hint for an output that must announce its tracks before this session
+    /// has shown them: a stream that had no audio last time is not waited on for audio.
+    pub previous: Option<Tracks>,
 }
+
+/// Which tracks a stream carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tracks {
+    /// It carried video.
+    pub video: bool,
+    /// It carried audio.
+    pub audio: bool,
+}
+
+/// Frames of one track a session must have carried before its tracks go on record: a
+/// couple of seconds, well past the time any device takes to show its other track.
+const FRAMES_TO_RECORD: u64 = 50;
 
 /// Counters of one stream, updated without locks.
 #[derive(Debug, Default)]
@@ -112,6 +129,7 @@ impl Stream {
         key: StreamKey,
         settings: HubSettings,
         events_tx: broadcast::Sender<HubEvent>,
+        previous: Option<Tracks>,
     ) -> Stream {
         Stream {
             key,
@@ -127,7 +145,10 @@ impl Stream {
                 on_replaced: CancellationToken::new(),
                 tx: Some(broadcast::channel(settings.reader_queue.max(1)).0),
                 gop: GopCache::default(),
-                info: MediaInfo::default(),
+                info: MediaInfo {
+                    previous,
+                    ..MediaInfo::default()
+                },
                 last_pts: 0,
                 sinks: Vec::new(),
                 next_sink: 0,
@@ -137,6 +158,16 @@ impl Stream {
 
     pub(crate) fn key(&self) -> &StreamKey {
         &self.key
+    }
+
+    /// The tracks this session carried, once it ran long enough to tell.
+    pub(crate) fn tracks_on_record(&self) -> Option<Tracks> {
+        let video = self.stats.video_frames.load(Ordering::Relaxed);
+        let audio = self.stats.audio_frames.load(Ordering::Relaxed);
+        (video >= FRAMES_TO_RECORD || audio >= FRAMES_TO_RECORD).then_some(Tracks {
+            video: video > 0,
+            audio: audio > 0,
+        })
     }
 
     pub(crate) fn stats(&self) -> &StreamStats {

@@ -158,16 +158,19 @@ async fn media_info_changes_are_announced_once_each() {
             video: Some(Codec::H264),
             audio: None,
             resolution: None,
+            previous: None,
         },
         MediaInfo {
             video: Some(Codec::H264),
             audio: None,
             resolution: Some((640, 360)),
+            previous: None,
         },
         MediaInfo {
             video: Some(Codec::H264),
             audio: Some(Codec::G711A),
             resolution: Some((640, 360)),
+            previous: None,
         },
     ];
     for info in expected {
@@ -206,4 +209,50 @@ async fn a_wait_given_up_leaves_no_stream_behind() {
             .is_none()
     );
     assert!(hub.registry().is_empty());
+}
+
+#[tokio::test]
+async fn a_stream_remembers_the_tracks_its_last_session_carried() {
+    let hub = Hub::new(HubSettings::default());
+    let session = |frames: u64| {
+        let publisher = hub.publish(key(), CancellationToken::new());
+        for i in 0..frames {
+            publisher.send(video(i * 40, i == 0)).unwrap();
+        }
+        let reader = hub.subscribe(&key()).unwrap();
+        let previous = reader.info().previous;
+        drop(reader);
+        drop(publisher);
+        previous
+    };
+    assert_eq!(session(60), None, "nothing on record at first");
+    assert_eq!(
+        session(10),
+        Some(Tracks {
+            video: true,
+            audio: false
+        }),
+        "video without audio, long enough to tell"
+    );
+    // ten frames are too few to tell: the record stays as it was
+    assert_eq!(
+        session(1),
+        Some(Tracks {
+            video: true,
+            audio: false
+        })
+    );
+    let publisher = hub.publish(key(), CancellationToken::new());
+    for i in 0..60 {
+        publisher.send(video(i * 40, i == 0)).unwrap();
+        publisher.send(audio(i * 40)).unwrap();
+    }
+    drop(publisher);
+    assert_eq!(
+        session(1),
+        Some(Tracks {
+            video: true,
+            audio: true
+        })
+    );
 }

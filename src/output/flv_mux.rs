@@ -4,7 +4,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::codec::flv::{self, SoundFormat};
 use crate::codec::h26x::{NalKind, VideoCodec};
-use crate::hub::MediaInfo;
+use crate::hub::{MediaInfo, Tracks};
 use crate::media::{Codec, Frame};
 
 /// Hub frames → FLV bytes for one viewer. Writes the file header first, a sequence header
@@ -15,13 +15,16 @@ use crate::media::{Codec, Frame};
 /// header announces, and wait forever for one announced but never sent). A viewer of a
 /// live stream knows both tracks from the hub; a viewer that asked before the device
 /// connected does not, so the muxer holds the first frames back until it has seen both
-/// tracks, or [`TRACK_PROBE_MS`] of media passed without the missing one.
+/// tracks, or [`TRACK_PROBE_MS`] of media passed without the missing one, or (at once) the
+/// stream's previous session did without the missing one.
 #[derive(Debug)]
 pub struct FlvMuxer {
     header_pending: bool,
     audio: Option<SoundFormat>,
     has_video: bool,
     held: Vec<Frame>,
+    /// The tracks the stream's previous session carried (see [`MediaInfo::previous`]).
+    previous: Option<Tracks>,
     sent_config: Option<Bytes>,
     base_pts: Option<u64>,
 }
@@ -41,6 +44,7 @@ impl FlvMuxer {
             audio,
             has_video: info.video.is_some(),
             held: Vec::new(),
+            previous: info.previous,
             sent_config: None,
             base_pts: None,
         }
@@ -85,8 +89,10 @@ impl FlvMuxer {
             (Some(first), Some(last)) => last.pts.saturating_sub(first.pts),
             _ => 0,
         };
-        let both = self.has_video && self.audio.is_some();
-        if !both && span < TRACK_PROBE_MS && self.held.len() < MAX_HELD {
+        // a track not seen yet is waited for, unless the stream did without it last time
+        let video_known = self.has_video || self.previous.is_some_and(|t| !t.video);
+        let audio_known = self.audio.is_some() || self.previous.is_some_and(|t| !t.audio);
+        if !(video_known && audio_known) && span < TRACK_PROBE_MS && self.held.len() < MAX_HELD {
             return;
         }
         self.header_pending = false;
@@ -222,7 +228,7 @@ mod tests {
         let info = MediaInfo {
             video: Some(Codec::H264),
             audio: Some(Codec::G711A),
-            resolution: None,
+            ..MediaInfo::default()
         };
         let mut muxer = FlvMuxer::new(&info);
         assert!(
@@ -287,6 +293,43 @@ mod tests {
             1 + 1 + (pts / 40) as usize + 1,
             "config, key, every P frame"
         );
+    }
+
+    /// A viewer waiting for a stream whose previous session carried `tracks`.
+    fn muxer_after(video: bool, audio: bool) -> FlvMuxer {
+        FlvMuxer::new(&MediaInfo {
+            previous: Some(Tracks { video, audio }),
+            ..MediaInfo::default()
+        })
+    }
+
+    #[test]
+    fn a_stream_that_had_no_audio_last_time_starts_at_its_first_key_frame() {
+        let mut muxer = muxer_after(true, false);
+        assert!(
+            muxer.push(&p_frame(0)).is_empty(),
+            "nothing before a key frame"
+        );
+        let out = muxer.push(&sample_key_frame(40));
+        assert_eq!(
+            out[4], 0b001,
+            "header announces video only, without probing"
+        );
+        assert_eq!(tags(&out).iter().filter(|t| t.0 == 9).count(), 2);
+        // a stream that had audio last time is still waited on for it
+        let mut muxer = muxer_after(true, true);
+        assert!(muxer.push(&sample_key_frame(0)).is_empty());
+        assert_eq!(muxer.push(&audio(10))[4], 0b101);
+    }
+
+    #[test]
+    fn a_stream_that_had_no_video_last_time_starts_at_its_first_audio() {
+        let out = muxer_after(false, true).push(&audio(0));
+        assert_eq!(
+            out[4], 0b100,
+            "header announces audio only, without probing"
+        );
+        assert_eq!(tags(&out), vec![(8, 0)]);
     }
 
     #[test]
