@@ -297,13 +297,12 @@ impl ChannelIngest {
         }
     }
 
-    /// Whether a viewer can start playing from `frame`: a video key frame, or audio once
-    /// the channel has carried audio and no video for [`AUDIO_ONLY_AFTER`].
+    /// Whether a viewer can start playing from `frame` ([`Frame::starts_playback`]), the
+    /// channel counting as video until it has carried no video for [`AUDIO_ONLY_AFTER`].
     fn starts_stream(&self, frame: &Frame, now: Instant) -> bool {
-        frame.is_key
-            || (frame.track() == Track::Audio
-                && self.parameter_sets.codec.is_none()
-                && now.saturating_duration_since(self.opened) >= AUDIO_ONLY_AFTER)
+        let may_have_video = self.parameter_sets.codec.is_some()
+            || now.saturating_duration_since(self.opened) < AUDIO_ONLY_AFTER;
+        frame.starts_playback(may_have_video)
     }
 
     /// The translation point: a JT/T 1078 frame becomes a hub frame (or nothing, for

@@ -78,13 +78,14 @@ impl DeviceSocket {
     /// The stream has started (a viewer has something to start playing from): merged
     /// reads from now on, if configured. The socket leaves the event loop.
     pub(super) fn started(&mut self) -> std::io::Result<()> {
-        if !self.awaits_start() {
-            return Ok(());
-        }
-        let DeviceSocket::Polled {
-            socket,
-            merge_after_start: Some(period),
-        } = std::mem::replace(self, DeviceSocket::Lost)
+        let period = match self {
+            DeviceSocket::Polled {
+                merge_after_start: Some(period),
+                ..
+            } => *period,
+            _ => return Ok(()),
+        };
+        let DeviceSocket::Polled { socket, .. } = std::mem::replace(self, DeviceSocket::Lost)
         else {
             return Ok(());
         };
