@@ -287,14 +287,42 @@ async fn a_video_only_stream_seen_before_starts_without_waiting_for_audio() {
     let mut viewer = waiting_viewer(&gateway, &mut events, "13800138000_1").await;
     // in real time, so a second of media takes a second
     let device = replay_realtime(&capture, gateway.addrs.live);
-    let sent = tokio::time::Instant::now();
-    let flv = first_video_frame(&mut viewer).await;
-    let waited = sent.elapsed();
-    assert_eq!(flv[4], 0b001, "the header announces video only");
-    assert!(
-        waited < Duration::from_millis(500),
-        "first video frame after {waited:?}"
+    starts_at_once_without_audio(&mut viewer).await;
+    device.abort();
+}
+
+#[tokio::test]
+async fn a_stream_requested_without_audio_starts_without_waiting_for_audio() {
+    // the backend asks for video only (REQPULL data type 1): a viewer waiting for the
+    // stream is not held for audio, even on the device's first cold start
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let gateway = Gateway::start(&[("JTGW__MQTT__EMBEDDED_LISTEN", &listen)]).await;
+    let mut backend =
+        common::mqtt::TestClient::connect(port, &["jt1078/device/#", "jt1078/status/gateway/#"])
+            .await;
+    common::control::wait_online(&mut backend).await;
+    backend
+        .publish(
+            "jt1078/gateway/13800138000/SUBSCRIBE",
+            r#"{"seqid":"v1","client_id":"backend","channel":1,"audio":false}"#,
+        )
+        .await;
+    let pull = backend
+        .expect("REQPULL", common::control::WAIT, |r| {
+            r.topic == "jt1078/device/13800138000/REQPULL"
+        })
+        .await
+        .json();
+    assert_eq!(pull["data_type"], 1, "video only");
+    let mut events = gateway.hub.events();
+    let mut viewer = waiting_viewer(&gateway, &mut events, "13800138000_1").await;
+    // the device obeys: the video-only capture, in real time
+    let device = replay_realtime(
+        &testdata("h264-013800138000-ch1.jt1078"),
+        gateway.addrs.live,
     );
+    starts_at_once_without_audio(&mut viewer).await;
     device.abort();
 }
 
@@ -312,6 +340,20 @@ async fn waiting_viewer(
         .unwrap();
     gateway.wait_for_waiting_reader(events).await;
     viewer
+}
+
+/// Reads the viewer's stream from now (its device has just started) to the first video
+/// frame, which must come at once, not after the second a viewer may wait for audio, under a
+/// header that announces video only.
+async fn starts_at_once_without_audio(viewer: &mut TcpStream) {
+    let sent = tokio::time::Instant::now();
+    let flv = first_video_frame(viewer).await;
+    let waited = sent.elapsed();
+    assert_eq!(flv[4], 0b001, "the header announces video only");
+    assert!(
+        waited < Duration::from_millis(500),
+        "first video frame after {waited:?}"
+    );
 }
 
 /// Reads a play response up to its first complete video frame; returns the FLV so far.

@@ -31,6 +31,9 @@ pub(crate) struct Step {
     pub(crate) window_secs: f64,
     /// Gateway CPU, percent of the whole machine (all cores).
     pub(crate) gateway_cpu_pct: f64,
+    /// The part of it spent in the kernel: socket calls (on loopback a write also runs the
+    /// viewer's receive path, a read sends the device its ACK), polling, scheduling.
+    pub(crate) gateway_kernel_cpu_pct: f64,
     /// Load generator (devices + viewers) CPU, percent of the whole machine.
     pub(crate) loadgen_cpu_pct: f64,
     pub(crate) gateway_rss_mb: f64,
@@ -113,7 +116,7 @@ pub(crate) async fn step(
     tokio::time::sleep_until(window_start).await;
     let self_pid = std::process::id();
     let (gw_cpu0, me_cpu0) = (
-        procstat::cpu_seconds(gateway.pid)?,
+        procstat::cpu_times(gateway.pid)?,
         procstat::cpu_seconds(self_pid)?,
     );
     let (bytes_in0, bytes_out0) = {
@@ -124,7 +127,7 @@ pub(crate) async fn step(
     tokio::time::sleep(window).await;
     let elapsed = t0.elapsed().as_secs_f64();
     let (gw_cpu1, me_cpu1) = (
-        procstat::cpu_seconds(gateway.pid)?,
+        procstat::cpu_times(gateway.pid)?,
         procstat::cpu_seconds(self_pid)?,
     );
     let rss = procstat::rss_bytes(gateway.pid)?;
@@ -175,7 +178,8 @@ pub(crate) async fn step(
     Ok(Step {
         streams,
         window_secs: elapsed,
-        gateway_cpu_pct: (gw_cpu1 - gw_cpu0) / elapsed / cores * 100.0,
+        gateway_cpu_pct: (gw_cpu1.total() - gw_cpu0.total()) / elapsed / cores * 100.0,
+        gateway_kernel_cpu_pct: (gw_cpu1.system - gw_cpu0.system) / elapsed / cores * 100.0,
         loadgen_cpu_pct: (me_cpu1 - me_cpu0) / elapsed / cores * 100.0,
         gateway_rss_mb: mb(rss),
         gateway_idle_rss_mb: mb(idle_rss),

@@ -5,8 +5,26 @@ use anyhow::{Context, bail};
 /// Clock ticks per second of `/proc/*/stat` times (`getconf CLK_TCK`; 100 on Linux).
 const TICKS_PER_SEC: f64 = 100.0;
 
+/// CPU seconds a process has used, in its own code and in the kernel on its behalf.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CpuTimes {
+    pub(crate) user: f64,
+    pub(crate) system: f64,
+}
+
+impl CpuTimes {
+    pub(crate) fn total(self) -> f64 {
+        self.user + self.system
+    }
+}
+
 /// User + system CPU seconds a process has used.
 pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    cpu_times(pid).map(CpuTimes::total)
+}
+
+/// User and system CPU seconds a process has used.
+pub(crate) fn cpu_times(pid: u32) -> anyhow::Result<CpuTimes> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
     // fields after the command name (which may contain spaces) start at the last ')'
@@ -19,7 +37,10 @@ pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let (Some(utime), Some(stime)) = (fields.get(11), fields.get(12)) else {
         bail!("malformed /proc/{pid}/stat");
     };
-    Ok((utime.parse::<f64>()? + stime.parse::<f64>()?) / TICKS_PER_SEC)
+    Ok(CpuTimes {
+        user: utime.parse::<f64>()? / TICKS_PER_SEC,
+        system: stime.parse::<f64>()? / TICKS_PER_SEC,
+    })
 }
 
 /// Resident set size in bytes.

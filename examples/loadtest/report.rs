@@ -44,15 +44,16 @@ impl Results {
         );
         md.push_str("### Capacity and latency\n\n");
         md.push_str(
-            "| streams | gateway CPU (% of all cores) | load generator CPU | gateway RSS MB | RSS per stream KB | frames sent | delivered | lost | gateway drops | in Mbit/s | out Mbit/s | latency p50 / p99 / max ms | kept up |\n",
+            "| streams | gateway CPU (% of all cores) | of which kernel | load generator CPU | gateway RSS MB | RSS per stream KB | frames sent | delivered | lost | gateway drops | in Mbit/s | out Mbit/s | latency p50 / p99 / max ms | kept up |\n",
         );
-        md.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n");
+        md.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n");
         for s in &self.steps {
             let _ = writeln!(
                 md,
-                "| {} | {:.1} | {:.1} | {:.1} | {:.0} | {} | {} | {} | {} | {:.1} | {:.1} | {:.2} / {:.2} / {:.2} | {} |",
+                "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {} | {} | {} | {} | {:.1} | {:.1} | {:.2} / {:.2} / {:.2} | {} |",
                 s.streams,
                 s.gateway_cpu_pct,
+                s.gateway_kernel_cpu_pct,
                 s.loadgen_cpu_pct,
                 s.gateway_rss_mb,
                 s.rss_per_stream_kb,

@@ -4,8 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rumqttc::{AsyncClient, QoS};
-use serde::Serialize;
+use rumqttc::AsyncClient;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -13,77 +12,19 @@ use tracing::{debug, info, instrument, warn};
 
 use super::ControlContext;
 use super::demand::{Action, Demand, RequestOutcome, RequesterId};
-use super::messages::{
-    DeviceCommand, ErrorCode, Mode, PlayUrls, Reply, Request, RequestError, bcd_time,
-};
+use super::messages::{DeviceCommand, ErrorCode, Mode, Reply, Request, RequestError, bcd_time};
 use super::mqtt::Inbound;
+use super::params::{LiveParams, PullParams, live_params, playback_params};
 use super::topics::Topics;
-use crate::hub::{Hub, HubEvent, StreamSnapshot};
+use crate::hub::{Hub, HubEvent};
 use crate::media::{Channel, DeviceId, StreamKey, StreamKind};
+
+mod outgoing;
+
+pub(crate) use outgoing::GatewayStatus;
 
 /// Most devices whose heartbeat is remembered (bounded against floods of made-up ids).
 const MAX_DEVICES_SEEN: usize = 100_000;
-
-/// Gateway status, retained on `status/gateway/{id}`.
-#[derive(Debug, Serialize)]
-pub(crate) struct GatewayStatus<'a> {
-    pub(crate) gateway_id: &'a str,
-    pub(crate) status: &'a str,
-}
-
-#[derive(Debug, Serialize)]
-struct Heartbeat<'a> {
-    gateway_id: &'a str,
-    count: u64,
-    uptime_secs: u64,
-    streams: usize,
-    viewers: u64,
-    bytes_in: u64,
-    bytes_out: u64,
-    devices_seen: usize,
-}
-
-#[derive(Debug, Serialize)]
-struct StreamStatus {
-    device: String,
-    channel: u8,
-    kind: StreamKind,
-    live: bool,
-    video_codec: Option<crate::media::Codec>,
-    audio_codec: Option<crate::media::Codec>,
-    width: Option<u32>,
-    height: Option<u32>,
-    urls: PlayUrls,
-}
-
-/// The fields of the last request per stream that shape the device command, sent again on
-/// retries and re-pulls; forgotten when the device is told to stop.
-#[derive(Debug, Clone)]
-enum PullParams {
-    /// 0x9101 fields of a live request.
-    Live(LiveParams),
-    /// 0x9201 fields of a playback request.
-    Playback(PlaybackParams),
-}
-
-/// 0x9101 fields from a live request (`video`, `audio`, `stream_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-struct LiveParams {
-    data_type: u8,
-    stream_type: u8,
-}
-
-/// 0x9201 fields from a playback request.
-#[derive(Debug, Clone)]
-struct PlaybackParams {
-    media_type: u8,
-    stream_type: u8,
-    storage_type: u8,
-    playback_mode: u8,
-    speed: u8,
-    start_time: String,
-    end_time: String,
-}
 
 pub(crate) struct Control {
     ctx: ControlContext,
@@ -270,6 +211,7 @@ impl Control {
             };
             match params {
                 Ok(params) => {
+                    self.hub.expect_tracks(&key, params.tracks());
                     self.pull_params.insert(key.clone(), params);
                 }
                 Err((code, message)) => {
@@ -490,6 +432,7 @@ impl Control {
                         },
                     };
                     self.pull_params.remove(&key);
+                    self.hub.expect_tracks(&key, None);
                     self.send_device(&command);
                 }
                 Action::Failed {
@@ -565,143 +508,6 @@ impl Control {
         }
     }
 
-    fn reject(&self, error: RequestError) {
-        let Some(seqid) = &error.seqid else {
-            warn!(code = ?error.code, "{} (no seqid to reply to)", error.message);
-            return;
-        };
-        let mode = if error.code == ErrorCode::NotSupported {
-            "REFUSE"
-        } else {
-            "ERROR"
-        };
-        info!(seqid, code = ?error.code, "{}", error.message);
-        let reply = Reply::error(seqid, mode, error.code, error.message.clone());
-        self.publish_json(&self.topics.reply(seqid, mode), &reply, false);
-    }
-
-    fn reply_ok(&self, seqid: &str, key: &StreamKey, state: Option<&str>, lease_secs: Option<u64>) {
-        let reply = Reply {
-            seqid: seqid.to_owned(),
-            mode: "OK".to_owned(),
-            device: Some(key.device.to_string()),
-            channel: Some(key.channel.0),
-            kind: Some(key.kind),
-            state: state.map(str::to_owned),
-            urls: Some(self.urls(key)),
-            lease_secs,
-            code: None,
-            message: None,
-        };
-        self.publish_json(&self.topics.reply(seqid, "OK"), &reply, false);
-    }
-
-    fn urls(&self, key: &StreamKey) -> PlayUrls {
-        PlayUrls {
-            flv: format!(
-                "http://{}:{}/{}/{}.flv",
-                self.ctx.public_host,
-                self.ctx.http_port,
-                key.kind,
-                key.name()
-            ),
-        }
-    }
-
-    fn send_device(&self, command: &DeviceCommand) {
-        let device = match command {
-            DeviceCommand::ReqPull { device, .. }
-            | DeviceCommand::Stop { device, .. }
-            | DeviceCommand::Playback { device, .. }
-            | DeviceCommand::PlaybackCtrl { device, .. } => device,
-        };
-        self.publish_json(&self.topics.device(device, command.mode()), command, false);
-    }
-
-    fn publish_stream_status(&self, key: &StreamKey, live: bool) {
-        self.publish_status(key, live, self.hub.snapshot(key).as_ref());
-    }
-
-    /// The retained status of `key`, with codecs and picture size from `snapshot`.
-    fn publish_status(&self, key: &StreamKey, live: bool, snapshot: Option<&StreamSnapshot>) {
-        let status = StreamStatus {
-            device: key.device.to_string(),
-            channel: key.channel.0,
-            kind: key.kind,
-            live,
-            video_codec: snapshot.and_then(|s| s.video_codec),
-            audio_codec: snapshot.and_then(|s| s.audio_codec),
-            width: snapshot.and_then(|s| s.width),
-            height: snapshot.and_then(|s| s.height),
-            urls: self.urls(key),
-        };
-        self.publish_json(&self.topics.stream_status(key), &status, true);
-    }
-
-    /// On (re)connect: online status and the state of every live stream.
-    fn announce(&self) {
-        self.publish_json(
-            &self.topics.gateway_status(&self.ctx.mqtt.gateway_id),
-            &GatewayStatus {
-                gateway_id: &self.ctx.mqtt.gateway_id,
-                status: "online",
-            },
-            true,
-        );
-        for (key, snapshot) in self.live_streams() {
-            self.publish_status(&key, true, Some(&snapshot));
-        }
-    }
-
-    /// Every live stream with its key and snapshot (one pass over the hub).
-    fn live_streams(&self) -> Vec<(StreamKey, StreamSnapshot)> {
-        self.hub
-            .list()
-            .into_iter()
-            .filter_map(|snapshot| {
-                let device = DeviceId::parse(&snapshot.device).ok()?;
-                let key = StreamKey::new(device, Channel(snapshot.channel), snapshot.kind);
-                Some((key, snapshot))
-            })
-            .collect()
-    }
-
-    fn publish_heartbeat(&mut self) {
-        self.heartbeats += 1;
-        let streams = self.hub.list();
-        let heart = Heartbeat {
-            gateway_id: &self.ctx.mqtt.gateway_id,
-            count: self.heartbeats,
-            uptime_secs: self.started.elapsed().as_secs(),
-            streams: streams.len(),
-            viewers: streams.iter().map(|s| s.viewers).sum(),
-            bytes_in: streams.iter().map(|s| s.bytes_in).sum(),
-            bytes_out: streams.iter().map(|s| s.bytes_out).sum(),
-            devices_seen: self.devices_seen.len(),
-        };
-        self.publish_json(
-            &self.topics.gateway_heart(&self.ctx.mqtt.gateway_id),
-            &heart,
-            false,
-        );
-    }
-
-    fn publish_json<T: Serialize>(&self, topic: &str, body: &T, retain: bool) {
-        let payload = match serde_json::to_vec(body) {
-            Ok(payload) => payload,
-            Err(error) => {
-                warn!(%error, topic, "could not encode a message");
-                return;
-            }
-        };
-        if let Err(error) = self
-            .client
-            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
-        {
-            warn!(%error, topic, "MQTT publish queue full; message dropped");
-        }
-    }
-
     fn seqid_of(&self, request: &Request) -> String {
         request.seqid.clone().unwrap_or_else(|| self.next_seqid())
     }
@@ -710,73 +516,6 @@ impl Control {
         let n = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
         format!("{}-{n}", self.ctx.mqtt.gateway_id)
     }
-}
-
-/// Why a request's fields cannot shape a device command: code and message.
-type FieldError = (ErrorCode, String);
-
-/// 0x9101 data type from `video`/`audio` (JT/T 1078 table 17: 0 audio and video, 1 video,
-/// 3 listen, i.e. audio only) and the stream type (0 main, 1 sub).
-fn live_params(request: &Request) -> Result<LiveParams, FieldError> {
-    let data_type = match (request.video.unwrap_or(true), request.audio.unwrap_or(true)) {
-        (true, true) => 0,
-        (true, false) => 1,
-        (false, true) => 3,
-        (false, false) => {
-            return Err((
-                ErrorCode::InvalidField,
-                "\"video\" and \"audio\" are both false: ask for at least one".to_owned(),
-            ));
-        }
-    };
-    let stream_type = match request.stream_type {
-        None => 0,
-        Some(t @ 0..=1) => t,
-        Some(t) => {
-            return Err((
-                ErrorCode::InvalidField,
-                format!("stream_type {t}: expected 0 (main) or 1 (sub) for a live stream"),
-            ));
-        }
-    };
-    Ok(LiveParams {
-        data_type,
-        stream_type,
-    })
-}
-
-fn playback_params(request: &Request) -> Result<PlaybackParams, FieldError> {
-    let start = request.start_time.as_deref().ok_or((
-        ErrorCode::MissingField,
-        "a playback request needs \"start_time\" (YYMMDDhhmmss or YYYY-MM-DD hh:mm:ss)".to_owned(),
-    ))?;
-    let invalid = |message: String| (ErrorCode::InvalidField, message);
-    let start_time = bcd_time(start).ok_or_else(|| {
-        invalid(format!(
-            "start_time {start:?}: expected YYMMDDhhmmss or YYYY-MM-DD hh:mm:ss"
-        ))
-    })?;
-    let end_time = match request.end_time.as_deref() {
-        None => "000000000000".to_owned(),
-        Some(end) => bcd_time(end).ok_or_else(|| {
-            invalid(format!(
-                "end_time {end:?}: expected YYMMDDhhmmss, YYYY-MM-DD hh:mm:ss or 0"
-            ))
-        })?,
-    };
-    let ranged = |name: &str, value: Option<u8>, max: u8| match value {
-        Some(v) if v > max => Err(invalid(format!("{name} {v}: expected 0 to {max}"))),
-        v => Ok(v.unwrap_or(0)),
-    };
-    Ok(PlaybackParams {
-        media_type: ranged("media_type", request.media_type, 3)?,
-        stream_type: ranged("stream_type", request.stream_type, 2)?,
-        storage_type: ranged("storage_type", request.storage_type, 2)?,
-        playback_mode: ranged("playback_mode", request.playback_mode, 4)?,
-        speed: ranged("speed", request.speed, 5)?,
-        start_time,
-        end_time,
-    })
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

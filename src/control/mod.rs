@@ -9,6 +9,7 @@ pub mod demand;
 mod dispatch;
 pub mod messages;
 pub mod mqtt;
+mod params;
 pub mod topics;
 
 use std::time::Duration;

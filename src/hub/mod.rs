@@ -80,15 +80,25 @@ pub struct Hub {
 #[derive(Debug)]
 struct Inner {
     streams: Mutex<HashMap<StreamKey, Arc<Stream>>>,
-    /// The tracks each stream carried when it last ended (see [`MediaInfo::previous`]).
-    past_tracks: Mutex<HashMap<StreamKey, Tracks>>,
+    /// What is known of each stream's tracks before it shows them (see
+    /// [`MediaInfo::expected`]).
+    known_tracks: Mutex<HashMap<StreamKey, KnownTracks>>,
     events_tx: broadcast::Sender<HubEvent>,
     settings: HubSettings,
 }
 
-/// Streams whose past tracks are kept (about 100 bytes each); past it, an arbitrary one is
+/// Streams whose tracks are kept (about 100 bytes each); past it, an arbitrary one is
 /// forgotten for each new one.
-const PAST_TRACKS_KEPT: usize = 65_536;
+const KNOWN_TRACKS_KEPT: usize = 65_536;
+
+/// What the hub knows of a stream's tracks before the stream shows them.
+#[derive(Debug, Clone, Copy, Default)]
+struct KnownTracks {
+    /// What the pull request in force narrowed the stream to (video only, or audio only).
+    requested: Option<Tracks>,
+    /// What the stream carried when it last ended, in a session no request narrowed.
+    past: Option<Tracks>,
+}
 
 /// A snapshot of one stream for the API.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -141,7 +151,7 @@ impl Hub {
         Hub {
             inner: Arc::new(Inner {
                 streams: Mutex::new(HashMap::new()),
-                past_tracks: Mutex::new(HashMap::new()),
+                known_tracks: Mutex::new(HashMap::new()),
                 events_tx,
                 settings,
             }),
@@ -228,6 +238,13 @@ impl Hub {
         self.inner.events_tx.subscribe()
     }
 
+    /// What the pull request in force for `key` narrowed it to (`None`: not narrowed, both
+    /// tracks asked for). Readers attaching from now on expect those tracks; a narrowed
+    /// session does not go on record as the device's tracks.
+    pub fn expect_tracks(&self, key: &StreamKey, requested: Option<Tracks>) {
+        self.update_known_tracks(key, |known| known.requested = requested);
+    }
+
     /// True if `key` has a publisher.
     pub fn is_live(&self, key: &StreamKey) -> bool {
         self.registry().get(key).is_some_and(|s| s.is_publishing())
@@ -284,13 +301,12 @@ impl Hub {
         }
         drop(streams);
         if let Some(tracks) = stream.tracks_on_record() {
-            let mut past = self.past_tracks();
-            if past.len() >= PAST_TRACKS_KEPT && !past.contains_key(stream.key()) {
-                if let Some(any) = past.keys().next().cloned() {
-                    past.remove(&any);
+            // a session narrowed by its request says nothing of the device's other track
+            self.update_known_tracks(stream.key(), |known| {
+                if known.requested.is_none() {
+                    known.past = Some(tracks);
                 }
-            }
-            past.insert(stream.key().clone(), tracks);
+            });
         }
         let _ = self
             .inner
@@ -311,21 +327,39 @@ impl Hub {
         }
     }
 
-    /// A new stream entry for `key`, with the tracks it carried last time.
+    /// A new stream entry for `key`, with the tracks it is expected to carry.
     fn new_stream(&self, key: &StreamKey) -> Arc<Stream> {
-        let previous = self.past_tracks().get(key).copied();
+        let expected = self
+            .known_tracks()
+            .get(key)
+            .and_then(|known| known.requested.or(known.past));
         Arc::new(Stream::new(
             key.clone(),
             self.inner.settings,
             self.inner.events_tx.clone(),
-            previous,
+            expected,
         ))
     }
 
-    fn past_tracks(&self) -> MutexGuard<'_, HashMap<StreamKey, Tracks>> {
+    /// Changes what is known of `key`'s tracks; an entry left knowing nothing is dropped.
+    fn update_known_tracks(&self, key: &StreamKey, change: impl FnOnce(&mut KnownTracks)) {
+        let mut all = self.known_tracks();
+        if all.len() >= KNOWN_TRACKS_KEPT && !all.contains_key(key) {
+            if let Some(any) = all.keys().next().cloned() {
+                all.remove(&any);
+            }
+        }
+        let known = all.entry(key.clone()).or_default();
+        change(known);
+        if known.requested.is_none() && known.past.is_none() {
+            all.remove(key);
+        }
+    }
+
+    fn known_tracks(&self) -> MutexGuard<'_, HashMap<StreamKey, KnownTracks>> {
         // single inserts and removes: still consistent after a panic
         self.inner
-            .past_tracks
+            .known_tracks
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }

@@ -25,10 +25,12 @@ pub struct MediaInfo {
     pub audio: Option<Codec>,
     /// Picture width and height from the latest SPS.
     pub resolution: Option<(u32, u32)>,
-    /// The tracks this device channel carried the last time it was published (`None`: not
-    /// on record). A hint for an output that must announce its tracks before this session
-    /// has shown them: a stream that had no audio last time is not waited on for audio.
-    pub previous: Option<Tracks>,
+    /// The tracks this stream is expected to carry (`None`: not known): what the pull
+    /// request narrowed it to (video only, say), else what this device channel carried the
+    /// last time it was published. A hint for an output that must announce its tracks
+    /// before this session has shown them: a stream expected without audio is not waited on
+    /// for audio.
+    pub expected: Option<Tracks>,
 }
 
 /// Which tracks a stream carried.
@@ -129,7 +131,7 @@ impl Stream {
         key: StreamKey,
         settings: HubSettings,
         events_tx: broadcast::Sender<HubEvent>,
-        previous: Option<Tracks>,
+        expected: Option<Tracks>,
     ) -> Stream {
         Stream {
             key,
@@ -146,7 +148,7 @@ impl Stream {
                 tx: Some(broadcast::channel(settings.reader_queue.max(1)).0),
                 gop: GopCache::default(),
                 info: MediaInfo {
-                    previous,
+                    expected,
                     ..MediaInfo::default()
                 },
                 last_pts: 0,

@@ -158,19 +158,19 @@ async fn media_info_changes_are_announced_once_each() {
             video: Some(Codec::H264),
             audio: None,
             resolution: None,
-            previous: None,
+            expected: None,
         },
         MediaInfo {
             video: Some(Codec::H264),
             audio: None,
             resolution: Some((640, 360)),
-            previous: None,
+            expected: None,
         },
         MediaInfo {
             video: Some(Codec::H264),
             audio: Some(Codec::G711A),
             resolution: Some((640, 360)),
-            previous: None,
+            expected: None,
         },
     ];
     for info in expected {
@@ -220,10 +220,10 @@ async fn a_stream_remembers_the_tracks_its_last_session_carried() {
             publisher.send(video(i * 40, i == 0)).unwrap();
         }
         let reader = hub.subscribe(&key()).unwrap();
-        let previous = reader.info().previous;
+        let expected = reader.info().expected;
         drop(reader);
         drop(publisher);
-        previous
+        expected
     };
     assert_eq!(session(60), None, "nothing on record at first");
     assert_eq!(
@@ -255,4 +255,52 @@ async fn a_stream_remembers_the_tracks_its_last_session_carried() {
             audio: true
         })
     );
+}
+
+#[tokio::test]
+async fn a_narrowed_request_sets_the_expected_tracks_and_its_session_is_not_on_record() {
+    let hub = Hub::new(HubSettings::default());
+    let video_only = Tracks {
+        video: true,
+        audio: false,
+    };
+    let both = Tracks {
+        video: true,
+        audio: true,
+    };
+    let expected_now = || {
+        let publisher = hub.publish(key(), CancellationToken::new());
+        let expected = hub.subscribe(&key()).unwrap().info().expected;
+        drop(publisher);
+        expected
+    };
+    // a first session with both tracks goes on record
+    let publisher = hub.publish(key(), CancellationToken::new());
+    for i in 0..60 {
+        publisher.send(video(i * 40, i == 0)).unwrap();
+        publisher.send(audio(i * 40)).unwrap();
+    }
+    drop(publisher);
+    assert_eq!(expected_now(), Some(both));
+    // asked for video only: expected without audio, whatever the record says
+    hub.expect_tracks(&key(), Some(video_only));
+    assert_eq!(expected_now(), Some(video_only));
+    // the device obeyed: a long video-only session, which must not go on record as the
+    // device's tracks
+    let publisher = hub.publish(key(), CancellationToken::new());
+    for i in 0..60 {
+        publisher.send(video(i * 40, i == 0)).unwrap();
+    }
+    drop(publisher);
+    hub.expect_tracks(&key(), None);
+    assert_eq!(expected_now(), Some(both), "back to the record");
+    // nothing known and nothing requested: no entry is kept
+    let other = StreamKey::new(
+        DeviceId::parse("13800138001").unwrap(),
+        Channel(1),
+        StreamKind::Live,
+    );
+    hub.expect_tracks(&other, Some(video_only));
+    hub.expect_tracks(&other, None);
+    assert!(!hub.known_tracks().contains_key(&other));
 }

@@ -16,15 +16,15 @@ use crate::media::{Codec, Frame};
 /// live stream knows both tracks from the hub; a viewer that asked before the device
 /// connected does not, so the muxer holds the first frames back until it has seen both
 /// tracks, or [`TRACK_PROBE_MS`] of media passed without the missing one, or (at once) the
-/// stream's previous session did without the missing one.
+/// stream is expected without the missing one (see [`MediaInfo::expected`]).
 #[derive(Debug)]
 pub struct FlvMuxer {
     header_pending: bool,
     audio: Option<SoundFormat>,
     has_video: bool,
     held: Vec<Frame>,
-    /// The tracks the stream's previous session carried (see [`MediaInfo::previous`]).
-    previous: Option<Tracks>,
+    /// The tracks the stream is expected to carry (see [`MediaInfo::expected`]).
+    expected: Option<Tracks>,
     sent_config: Option<Bytes>,
     base_pts: Option<u64>,
 }
@@ -44,7 +44,7 @@ impl FlvMuxer {
             audio,
             has_video: info.video.is_some(),
             held: Vec::new(),
-            previous: info.previous,
+            expected: info.expected,
             sent_config: None,
             base_pts: None,
         }
@@ -89,9 +89,9 @@ impl FlvMuxer {
             (Some(first), Some(last)) => last.pts.saturating_sub(first.pts),
             _ => 0,
         };
-        // a track not seen yet is waited for, unless the stream did without it last time
-        let video_known = self.has_video || self.previous.is_some_and(|t| !t.video);
-        let audio_known = self.audio.is_some() || self.previous.is_some_and(|t| !t.audio);
+        // a track not seen yet is waited for, unless the stream is expected without it
+        let video_known = self.has_video || self.expected.is_some_and(|t| !t.video);
+        let audio_known = self.audio.is_some() || self.expected.is_some_and(|t| !t.audio);
         if !(video_known && audio_known) && span < TRACK_PROBE_MS && self.held.len() < MAX_HELD {
             return;
         }
@@ -295,10 +295,10 @@ mod tests {
         );
     }
 
-    /// A viewer waiting for a stream whose previous session carried `tracks`.
+    /// A viewer waiting for a stream expected to carry `tracks`.
     fn muxer_after(video: bool, audio: bool) -> FlvMuxer {
         FlvMuxer::new(&MediaInfo {
-            previous: Some(Tracks { video, audio }),
+            expected: Some(Tracks { video, audio }),
             ..MediaInfo::default()
         })
     }
