@@ -295,25 +295,7 @@ async fn a_video_only_stream_seen_before_starts_without_waiting_for_audio() {
 async fn a_stream_requested_without_audio_starts_without_waiting_for_audio() {
     // the backend asks for video only (REQPULL data type 1): a viewer waiting for the
     // stream is not held for audio, even on the device's first cold start
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let gateway = Gateway::start(&[("JTGW__MQTT__EMBEDDED_LISTEN", &listen)]).await;
-    let mut backend =
-        common::mqtt::TestClient::connect(port, &["jt1078/device/#", "jt1078/status/gateway/#"])
-            .await;
-    common::control::wait_online(&mut backend).await;
-    backend
-        .publish(
-            "jt1078/gateway/13800138000/SUBSCRIBE",
-            r#"{"seqid":"v1","client_id":"backend","channel":1,"audio":false}"#,
-        )
-        .await;
-    let pull = backend
-        .expect("REQPULL", common::control::WAIT, |r| {
-            r.topic == "jt1078/device/13800138000/REQPULL"
-        })
-        .await
-        .json();
+    let (gateway, pull) = gateway_asked_for("13800138000", r#""audio":false"#).await;
     assert_eq!(pull["data_type"], 1, "video only");
     let mut events = gateway.hub.events();
     let mut viewer = waiting_viewer(&gateway, &mut events, "13800138000_1").await;
@@ -324,6 +306,122 @@ async fn a_stream_requested_without_audio_starts_without_waiting_for_audio() {
     );
     starts_at_once_without_audio(&mut viewer).await;
     device.abort();
+}
+
+#[tokio::test]
+async fn an_audio_only_stream_is_played_as_audio_alone_once_a_second_passed_without_video() {
+    // a viewer that asks before the device connects waits up to a second of media for
+    // video; then it gets an audio-only header and every audio frame from the first
+    let tmp = TempDir::new("audio-only");
+    let (recording, payloads) = audio_only_recording(&tmp);
+    let gateway = Gateway::start(&[]).await;
+    let mut events = gateway.hub.events();
+    let mut viewer = waiting_viewer(&gateway, &mut events, "156987000796_1").await;
+    let device = replay_realtime(&recording, gateway.addrs.live);
+    let (flags, tags) = first_audio_tags(&mut viewer, 60).await;
+    assert_eq!(flags, 0b100, "the header announces audio only");
+    assert!(
+        tags.iter().all(|t| t[0] >> 4 == 7),
+        "G.711 A-law (FLV sound format 7)"
+    );
+    let played: Vec<u8> = tags.iter().flat_map(|t| t[1..].to_vec()).collect();
+    assert_eq!(
+        played,
+        payloads[..60].concat(),
+        "the device's audio, in order"
+    );
+    device.abort();
+}
+
+#[tokio::test]
+async fn a_stream_requested_as_audio_alone_starts_without_waiting_for_video() {
+    // the backend asks to listen (REQPULL data type 3): the waiting viewer gets the first
+    // audio frame at once, not after a second of waiting for video
+    let (gateway, pull) = gateway_asked_for("156987000796", r#""video":false"#).await;
+    assert_eq!(pull["data_type"], 3, "listen");
+    let tmp = TempDir::new("listen");
+    let (recording, _) = audio_only_recording(&tmp);
+    let mut events = gateway.hub.events();
+    let mut viewer = waiting_viewer(&gateway, &mut events, "156987000796_1").await;
+    let device = replay_realtime(&recording, gateway.addrs.live);
+    let sent = tokio::time::Instant::now();
+    let (flags, _) = first_audio_tags(&mut viewer, 1).await;
+    let waited = sent.elapsed();
+    assert_eq!(flags, 0b100, "the header announces audio only");
+    assert!(
+        waited < Duration::from_millis(500),
+        "first audio frame after {waited:?}"
+    );
+    device.abort();
+}
+
+/// The audio packets of the H.264 + G.711A capture alone, as a recording in `tmp`; with
+/// the payload of each (the device sends plain G.711 A-law, 160 bytes per 20 ms).
+fn audio_only_recording(tmp: &TempDir) -> (std::path::PathBuf, Vec<Vec<u8>>) {
+    let bytes = std::fs::read(testdata("h264-g711a-156987000796-ch1.jt1078")).unwrap();
+    let audio: Vec<RawPacket> = raw_packets(&bytes, 6)
+        .into_iter()
+        .filter(|p| p.data_type == 3)
+        .collect();
+    assert!(audio.len() > 100, "{} audio packets", audio.len());
+    let path = tmp.0.join("audio-only.jt1078");
+    let recording: Vec<u8> = audio
+        .iter()
+        .flat_map(|p| bytes[p.start..p.end].to_vec())
+        .collect();
+    std::fs::write(&path, recording).unwrap();
+    (path, audio.into_iter().map(|p| p.body).collect())
+}
+
+/// A gateway (with its embedded broker) that a backend has asked over MQTT for channel 1 of
+/// `device`, with the extra request `fields`; and the REQPULL the device is sent.
+async fn gateway_asked_for(device: &str, fields: &str) -> (Gateway, serde_json::Value) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let gateway = Gateway::start(&[("JTGW__MQTT__EMBEDDED_LISTEN", &listen)]).await;
+    let mut backend =
+        common::mqtt::TestClient::connect(port, &["jt1078/device/#", "jt1078/status/gateway/#"])
+            .await;
+    common::control::wait_online(&mut backend).await;
+    backend
+        .publish(
+            &format!("jt1078/gateway/{device}/SUBSCRIBE"),
+            &format!(r#"{{"seqid":"r1","client_id":"backend","channel":1,{fields}}}"#),
+        )
+        .await;
+    let topic = format!("jt1078/device/{device}/REQPULL");
+    let pull = backend
+        .expect("REQPULL", common::control::WAIT, |r| r.topic == topic)
+        .await
+        .json();
+    (gateway, pull)
+}
+
+/// Reads a play response up to its `n`th audio tag: the FLV header's track flags and the
+/// audio tag bodies.
+async fn first_audio_tags(viewer: &mut TcpStream, n: usize) -> (u8, Vec<Vec<u8>>) {
+    let mut buf = Vec::new();
+    let (status, _) = read_head(viewer, &mut buf).await;
+    assert_eq!(status, 200);
+    loop {
+        let mut tags = Vec::new();
+        let mut i = 13;
+        while let Some(head) = buf.get(i..i + 11) {
+            let size = u32::from_be_bytes([0, head[1], head[2], head[3]]) as usize;
+            let Some(body) = buf.get(i + 11..i + 11 + size) else {
+                break;
+            };
+            if head[0] == 8 {
+                tags.push(body.to_vec());
+            }
+            i += 15 + size;
+        }
+        if tags.len() >= n {
+            tags.truncate(n);
+            return (buf[4], tags);
+        }
+        read_more(viewer, &mut buf, "the FLV stream").await;
+    }
 }
 
 /// A viewer of `/live/{stream}.flv` that asked before the device connected; returns once

@@ -16,6 +16,14 @@ use super::{TempDir, free_port};
 /// Reconnect delay of the test client.
 const RETRY: Duration = Duration::from_millis(100);
 
+/// A client id no other test client of this process has: two clients with one id take the
+/// session from each other on every reconnect, and neither gets far.
+fn unique_client_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("test-{}-{n}", std::process::id())
+}
+
 /// A mosquitto broker started for one test; killed on drop.
 pub(crate) struct Mosquitto {
     pub(crate) port: u16,
@@ -149,8 +157,7 @@ pub(crate) struct TestClient {
 
 impl TestClient {
     pub(crate) async fn connect(port: u16, filters: &[&str]) -> TestClient {
-        let id = format!("test-{}-{}", std::process::id(), free_port());
-        let mut options = MqttOptions::new(id, "127.0.0.1", port);
+        let mut options = MqttOptions::new(unique_client_id(), "127.0.0.1", port);
         options.set_keep_alive(Duration::from_secs(5));
         Self::connect_with(options, filters).await
     }
@@ -158,8 +165,7 @@ impl TestClient {
     /// A client with a persistent session: it reconnects by itself, and what the broker
     /// kept for it meanwhile (QoS 1) arrives then.
     pub(crate) async fn connect_persistent(port: u16, filters: &[&str]) -> TestClient {
-        let id = format!("test-{}-{}", std::process::id(), free_port());
-        let mut options = MqttOptions::new(id, "127.0.0.1", port);
+        let mut options = MqttOptions::new(unique_client_id(), "127.0.0.1", port);
         options
             .set_keep_alive(Duration::from_secs(5))
             .set_clean_session(false);
