@@ -38,25 +38,21 @@ impl PullParams {
     /// PLAYBACK media type 2) or audio only (3 listen; media type 1). `None` when it asked
     /// for both, or for talk and broadcast, which are not streams a viewer plays.
     pub(super) fn tracks(&self) -> Option<Tracks> {
-        let (video, audio) = (
-            Tracks {
-                video: true,
-                audio: false,
-            },
-            Tracks {
-                video: false,
-                audio: true,
-            },
-        );
+        let only = |video: bool| {
+            Some(Tracks {
+                video,
+                audio: !video,
+            })
+        };
         match self {
             PullParams::Live(live) => match live.data_type {
-                1 => Some(video),
-                3 => Some(audio),
+                1 => only(true),
+                3 => only(false),
                 _ => None,
             },
             PullParams::Playback(playback) => match playback.media_type {
-                1 => Some(audio),
-                2 => Some(video),
+                1 => only(false),
+                2 => only(true),
                 _ => None,
             },
         }

@@ -341,19 +341,22 @@ impl Hub {
         ))
     }
 
-    /// Changes what is known of `key`'s tracks; an entry left knowing nothing is dropped.
+    /// Changes what is known of `key`'s tracks; an entry left knowing nothing is dropped
+    /// (and makes no room: only a new entry kept evicts another).
     fn update_known_tracks(&self, key: &StreamKey, change: impl FnOnce(&mut KnownTracks)) {
         let mut all = self.known_tracks();
+        let mut known = all.get(key).copied().unwrap_or_default();
+        change(&mut known);
+        if known.requested.is_none() && known.past.is_none() {
+            all.remove(key);
+            return;
+        }
         if all.len() >= KNOWN_TRACKS_KEPT && !all.contains_key(key) {
             if let Some(any) = all.keys().next().cloned() {
                 all.remove(&any);
             }
         }
-        let known = all.entry(key.clone()).or_default();
-        change(known);
-        if known.requested.is_none() && known.past.is_none() {
-            all.remove(key);
-        }
+        all.insert(key.clone(), known);
     }
 
     fn known_tracks(&self) -> MutexGuard<'_, HashMap<StreamKey, KnownTracks>> {

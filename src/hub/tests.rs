@@ -304,3 +304,29 @@ async fn a_narrowed_request_sets_the_expected_tracks_and_its_session_is_not_on_r
     hub.expect_tracks(&other, None);
     assert!(!hub.known_tracks().contains_key(&other));
 }
+
+#[test]
+fn a_full_track_record_loses_nothing_to_a_request_for_both_tracks() {
+    let hub = Hub::new(HubSettings::default());
+    let video_only = Tracks {
+        video: true,
+        audio: false,
+    };
+    let device = |n: usize| {
+        StreamKey::new(
+            DeviceId::parse(&format!("139{n:08}")).unwrap(),
+            Channel(1),
+            StreamKind::Live,
+        )
+    };
+    for n in 0..KNOWN_TRACKS_KEPT {
+        hub.expect_tracks(&device(n), Some(video_only));
+    }
+    // a request that narrows nothing keeps nothing, so it makes no room either
+    hub.expect_tracks(&device(KNOWN_TRACKS_KEPT), None);
+    assert_eq!(hub.known_tracks().len(), KNOWN_TRACKS_KEPT);
+    // a new entry that is kept takes the place of another
+    hub.expect_tracks(&device(KNOWN_TRACKS_KEPT), Some(video_only));
+    assert_eq!(hub.known_tracks().len(), KNOWN_TRACKS_KEPT);
+    assert!(hub.known_tracks().contains_key(&device(KNOWN_TRACKS_KEPT)));
+}
