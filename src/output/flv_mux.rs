@@ -95,6 +95,19 @@ impl FlvMuxer {
         if !(video_known && audio_known) && span < TRACK_PROBE_MS && self.held.len() < MAX_HELD {
             return;
         }
+        self.start(out);
+    }
+
+    /// The stream ended: frames still held back while probing go out, under a header for
+    /// the tracks seen (a stream shorter than the probe is not lost).
+    pub fn finish_into(&mut self, out: &mut BytesMut) {
+        if self.header_pending && !self.held.is_empty() {
+            self.start(out);
+        }
+    }
+
+    /// Writes the header for the tracks known now and the frames held back.
+    fn start(&mut self, out: &mut BytesMut) {
         self.header_pending = false;
         out.extend_from_slice(&flv::file_header(self.audio.is_some(), self.has_video));
         for frame in std::mem::take(&mut self.held) {
@@ -296,7 +309,7 @@ mod tests {
     }
 
     /// A viewer waiting for a stream expected to carry `tracks`.
-    fn muxer_after(video: bool, audio: bool) -> FlvMuxer {
+    fn muxer_expecting(video: bool, audio: bool) -> FlvMuxer {
         FlvMuxer::new(&MediaInfo {
             expected: Some(Tracks { video, audio }),
             ..MediaInfo::default()
@@ -305,7 +318,7 @@ mod tests {
 
     #[test]
     fn a_stream_that_had_no_audio_last_time_starts_at_its_first_key_frame() {
-        let mut muxer = muxer_after(true, false);
+        let mut muxer = muxer_expecting(true, false);
         assert!(
             muxer.push(&p_frame(0)).is_empty(),
             "nothing before a key frame"
@@ -317,19 +330,35 @@ mod tests {
         );
         assert_eq!(tags(&out).iter().filter(|t| t.0 == 9).count(), 2);
         // a stream that had audio last time is still waited on for it
-        let mut muxer = muxer_after(true, true);
+        let mut muxer = muxer_expecting(true, true);
         assert!(muxer.push(&sample_key_frame(0)).is_empty());
         assert_eq!(muxer.push(&audio(10))[4], 0b101);
     }
 
     #[test]
     fn a_stream_that_had_no_video_last_time_starts_at_its_first_audio() {
-        let out = muxer_after(false, true).push(&audio(0));
+        let out = muxer_expecting(false, true).push(&audio(0));
         assert_eq!(
             out[4], 0b100,
             "header announces audio only, without probing"
         );
         assert_eq!(tags(&out), vec![(8, 0)]);
+    }
+
+    #[test]
+    fn a_stream_that_ends_while_probing_still_gets_its_frames_out() {
+        let mut muxer = FlvMuxer::new(&MediaInfo::default());
+        for pts in [0, 40, 80] {
+            assert!(muxer.push(&audio(pts)).is_empty(), "held: video may come");
+        }
+        let mut out = BytesMut::new();
+        muxer.finish_into(&mut out);
+        assert_eq!(out[4], 0b100, "audio only, as seen");
+        assert_eq!(tags(&out), vec![(8, 0), (8, 40), (8, 80)]);
+        // nothing twice
+        let mut again = BytesMut::new();
+        muxer.finish_into(&mut again);
+        assert!(again.is_empty());
     }
 
     #[test]

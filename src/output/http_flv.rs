@@ -32,7 +32,7 @@ use tracing::{debug, info};
 
 pub use super::flv_mux::FlvMuxer;
 use crate::config::HttpSettings;
-use crate::hub::{Hub, Reader, Sink, StreamStats};
+use crate::hub::{Hub, Reader, Sink, SinkHandle, StreamStats};
 use crate::media::{Channel, DeviceId, Frame, StreamKey, StreamKind};
 
 /// Frames already queued for a viewer are written together, up to this many bytes.
@@ -101,7 +101,12 @@ async fn play(
         loop {
             let Some(frame) = reader.recv().await else {
                 debug!(stream = %reader.key(), "flv viewer stream ended");
-                return None;
+                muxer.finish_into(&mut out);
+                if out.is_empty() {
+                    return None;
+                }
+                reader.add_bytes_out(out.len() as u64);
+                return Some((Ok(out.freeze()), (reader, muxer)));
             };
             muxer.push_into(&frame, &mut out);
             // merged write: let frames gather for `merge` without waking per frame, then
@@ -399,8 +404,9 @@ fn clear_out(out: &mut BytesMut) {
 impl Drop for DirectSink {
     fn drop(&mut self) {
         let mut backlog = self.shared.backlog();
-        // frames muxed but not flushed still go out, ahead of the end
+        // frames muxed but not flushed, or still held by the muxer, go out ahead of the end
         backlog.bytes.extend_from_slice(&self.out);
+        self.muxer.finish_into(&mut backlog.bytes);
         backlog.ended = true;
         drop(backlog);
         self.shared.wake.notify_one();
@@ -429,10 +435,12 @@ async fn serve_direct(
         merge: !merge.is_zero(),
         attaching: true,
     };
-    // dropping the handle (when this task ends) detaches the sink
-    let Some(handle) = reader.into_sink(Box::new(sink)) else {
-        return;
-    };
+    // dropping the handle (when this task ends) detaches the sink. `None`: the stream ended
+    // while the viewer attached; what the sink was handed still goes out (the sink is gone,
+    // so the bytes are counted on no stream)
+    let handle = reader.into_sink(Box::new(sink));
+    let unattached = StreamStats::default();
+    let stats = handle.as_ref().map_or(&unattached, SinkHandle::stats);
     loop {
         tokio::select! {
             () = shared.wake.notified() => {}
@@ -443,7 +451,7 @@ async fn serve_direct(
             if !merge.is_zero() {
                 tokio::time::sleep(merge).await;
             }
-            drain(&shared, handle.stats()).await
+            drain(&shared, stats).await
         };
         // a stop ends a drain too: it may wait on a viewer that stopped reading
         let result = tokio::select! {
@@ -519,6 +527,58 @@ fn parse_stream_file(file: &str, kind: StreamKind) -> Result<StreamKey, String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::Codec;
+    use tokio::io::AsyncReadExt;
+
+    /// A viewer whose stream ends between its wait and its attaching still gets every frame
+    /// it was handed (a device that sent a short recording and hung up at once).
+    #[tokio::test]
+    async fn a_viewer_attaching_as_its_stream_ends_gets_what_it_was_handed() {
+        let merged = Duration::from_millis(100);
+        // 1.2 s of audio, and 0.2 s: shorter than the muxer's wait for a video track
+        for (merge, frames) in [
+            (Duration::ZERO, 30),
+            (merged, 30),
+            (Duration::ZERO, 5),
+            (merged, 5),
+        ] {
+            let hub = Hub::default();
+            let key = parse_stream_file("13800138000_1.flv", StreamKind::Live).unwrap();
+            let publisher = hub.publish(key.clone(), CancellationToken::new());
+            let reader = hub.subscribe(&key).unwrap();
+            // G.711A, then the device is gone
+            for i in 0..frames {
+                publisher
+                    .send(Frame {
+                        codec: Codec::G711A,
+                        is_key: false,
+                        pts: i * 40,
+                        data: Bytes::from(vec![0xd5; 320]),
+                    })
+                    .unwrap();
+            }
+            drop(publisher);
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let mut viewer = TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let (socket, _) = listener.accept().await.unwrap();
+            serve_direct(socket, reader, merge, CancellationToken::new()).await;
+            let mut flv = Vec::new();
+            viewer.read_to_end(&mut flv).await.unwrap();
+            assert_eq!(flv.get(..3), Some(&b"FLV"[..]), "merge {merge:?}");
+            let audio_tags = (0..flv.len())
+                .scan(13, |at, _| {
+                    let head = flv.get(*at..*at + 11)?;
+                    let size = u32::from_be_bytes([0, head[1], head[2], head[3]]) as usize;
+                    *at += 15 + size;
+                    Some(head[0])
+                })
+                .filter(|&t| t == 8)
+                .count();
+            assert_eq!(audio_tags as u64, frames, "merge {merge:?}");
+        }
+    }
 
     #[test]
     fn stream_file_names_parse_to_canonical_keys() {
