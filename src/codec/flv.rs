@@ -266,12 +266,8 @@ pub fn tags(flv: Bytes) -> impl Iterator<Item = Tag> {
         let size = usize::from(*head.get(1)?) << 16
             | usize::from(*head.get(2)?) << 8
             | usize::from(*head.get(3)?);
-        let timestamp = u32::from_be_bytes([
-            *head.get(7)?,
-            *head.get(4)?,
-            *head.get(5)?,
-            *head.get(6)?,
-        ]);
+        let timestamp =
+            u32::from_be_bytes([*head.get(7)?, *head.get(4)?, *head.get(5)?, *head.get(6)?]);
         let tag_type = *head.first()?;
         let end = at + 11 + size;
         flv.get(end..end + 4)?;
@@ -298,7 +294,10 @@ pub fn metadata_numbers(body: &[u8]) -> Vec<(String, f64)> {
         Some(3) => 14, // object
         _ => return fields,
     };
-    while let Some(len) = body.get(at..at + 2).and_then(|l| <[u8; 2]>::try_from(l).ok()) {
+    while let Some(len) = body
+        .get(at..at + 2)
+        .and_then(|l| <[u8; 2]>::try_from(l).ok())
+    {
         let len = usize::from(u16::from_be_bytes(len));
         let Some(name) = body.get(at + 2..at + 2 + len) else {
             break;
@@ -307,11 +306,16 @@ pub fn metadata_numbers(body: &[u8]) -> Vec<(String, f64)> {
         if body.get(at) != Some(&0) {
             break;
         }
-        let Some(value) = body.get(at + 1..at + 9).and_then(|v| <[u8; 8]>::try_from(v).ok())
+        let Some(value) = body
+            .get(at + 1..at + 9)
+            .and_then(|v| <[u8; 8]>::try_from(v).ok())
         else {
             break;
         };
-        fields.push((String::from_utf8_lossy(name).into_owned(), f64::from_be_bytes(value)));
+        fields.push((
+            String::from_utf8_lossy(name).into_owned(),
+            f64::from_be_bytes(value),
+        ));
         at += 9;
     }
     fields
@@ -347,7 +351,13 @@ mod tests {
             0, 0, 0, 1, 0x67, 1, 0, 0, 1, 0x68, 2, 0, 0, 1, 0x65, 7, 7, 7,
         ];
         let mut out = BytesMut::new();
-        write_video_frame(&mut out, (VideoCodec::H264, HevcSignal::CodecId12), 40, true, &au);
+        write_video_frame(
+            &mut out,
+            (VideoCodec::H264, HevcSignal::CodecId12),
+            40,
+            true,
+            &au,
+        );
         let body = &out[11..out.len() - 4];
         assert_eq!(body, &[0x17, 1, 0, 0, 0, 0, 0, 0, 4, 0x65, 7, 7, 7]);
     }
@@ -356,15 +366,30 @@ mod tests {
     fn enhanced_hevc_frames_carry_the_fourcc() {
         let au = [0, 0, 0, 1, 0x26, 1, 9, 9];
         let mut out = BytesMut::new();
-        write_video_frame(&mut out, (VideoCodec::H265, HevcSignal::Enhanced), 0, true, &au);
+        write_video_frame(
+            &mut out,
+            (VideoCodec::H265, HevcSignal::Enhanced),
+            0,
+            true,
+            &au,
+        );
         let body = &out[11..out.len() - 4];
         assert_eq!(&body[..8], &[0x91, b'h', b'v', b'c', b'1', 0, 0, 0]);
         assert_eq!(&body[8..], &[0, 0, 0, 4, 0x26, 1, 9, 9]);
         let mut out = BytesMut::new();
         write_video_config(&mut out, VideoCodec::H265, HevcSignal::Enhanced, 0, &[1, 2]);
-        assert_eq!(&out[11..out.len() - 4], &[0x90, b'h', b'v', b'c', b'1', 1, 2]);
+        assert_eq!(
+            &out[11..out.len() - 4],
+            &[0x90, b'h', b'v', b'c', b'1', 1, 2]
+        );
         let mut classic = BytesMut::new();
-        write_video_frame(&mut classic, (VideoCodec::H265, HevcSignal::CodecId12), 0, false, &au);
+        write_video_frame(
+            &mut classic,
+            (VideoCodec::H265, HevcSignal::CodecId12),
+            0,
+            false,
+            &au,
+        );
         assert_eq!(&classic[11..16], &[0x2c, 1, 0, 0, 0]);
     }
 
@@ -383,7 +408,10 @@ mod tests {
         assert_eq!(&all[1].body[..], &[0x72, 1, 2, 3]);
         let fields = metadata_numbers(&all[0].body);
         assert!(fields.contains(&("width".to_owned(), 640.0)), "{fields:?}");
-        assert!(fields.contains(&("videocodecid".to_owned(), f64::from(u32::from_be_bytes(*b"hvc1")))));
+        assert!(fields.contains(&(
+            "videocodecid".to_owned(),
+            f64::from(u32::from_be_bytes(*b"hvc1"))
+        )));
         // a torn tag is not returned
         let mut torn = BytesMut::new();
         write_audio_frame(&mut torn, SoundFormat::G711A, 0, &[1, 2, 3]);

@@ -17,8 +17,8 @@ use super::mqtt::Inbound;
 use super::params::{LiveParams, PullParams, live_params, playback_params};
 use super::topics::Topics;
 use crate::hub::{Hub, HubEvent};
-use crate::output::rtmp_push::PushEvent;
 use crate::media::{Channel, DeviceId, StreamKey, StreamKind};
+use crate::output::rtmp_push::PushEvent;
 
 mod outgoing;
 mod rtmp;

@@ -535,10 +535,16 @@ mod tests {
     fn targets_parse_into_app_and_stream() {
         let t = RtmpTarget::parse("rtmp://127.0.0.1:19350/live/13800138000_1").unwrap();
         assert_eq!((t.host.as_str(), t.port), ("127.0.0.1", 19350));
-        assert_eq!((t.app.as_str(), t.stream.as_str()), ("live", "13800138000_1"));
+        assert_eq!(
+            (t.app.as_str(), t.stream.as_str()),
+            ("live", "13800138000_1")
+        );
         assert_eq!(t.tc_url(), "rtmp://127.0.0.1:19350/live");
         let t = RtmpTarget::parse("rtmp://srs/a/b/s?token=x").unwrap();
-        assert_eq!((t.port, t.app.as_str(), t.stream_name()), (1935, "a/b", "s"));
+        assert_eq!(
+            (t.port, t.app.as_str(), t.stream_name()),
+            (1935, "a/b", "s")
+        );
         for bad in [
             "http://srs/live/s",
             "rtmp://srs",
