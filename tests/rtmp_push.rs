@@ -9,8 +9,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::control::*;
 use common::mqtt::TestClient;
 use common::srs::{NginxRtmp, Srs};
@@ -172,6 +170,220 @@ async fn an_mqtt_rtmp_request_pushes_to_srs_and_srs_serves_it() {
             r.topic == "jt1078/status/stream/13800138000/1" && r.json().get("rtmp").is_none()
         })
         .await;
+    device.cancel();
+    gateway.stop().await;
+}
+
+/// The gateway's own HTTP-FLV viewer of the device's stream, reading in a task: the bytes
+/// it got so far.
+struct FlvViewer {
+    bytes: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    /// Signalled after every read.
+    read: std::sync::Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FlvViewer {
+    async fn start(gateway: &Gateway) -> FlvViewer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut socket = tokio::net::TcpStream::connect(gateway.addrs.http)
+            .await
+            .unwrap();
+        socket
+            .write_all(b"GET /live/13800138000_1.flv HTTP/1.0\r\n\r\n")
+            .await
+            .unwrap();
+        let bytes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&bytes);
+        let read = std::sync::Arc::new(tokio::sync::Notify::new());
+        let signal = std::sync::Arc::clone(&read);
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n) = socket.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+                signal.notify_one();
+            }
+        });
+        FlvViewer { bytes, read, task }
+    }
+
+    /// Timestamps of the video tags received so far.
+    fn video_timestamps(&self) -> Vec<u32> {
+        let bytes = self.bytes.lock().unwrap().clone();
+        let Some(head) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return Vec::new();
+        };
+        let body = bytes::Bytes::from(bytes[head + 4..].to_vec());
+        jt1078_gateway::codec::flv::tags(body)
+            .filter(|t| t.tag_type == 9 && t.body.get(1) == Some(&1))
+            .map(|t| t.timestamp)
+            .collect()
+    }
+}
+
+impl Drop for FlvViewer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_resumes_after_srs_restarts_and_other_viewers_never_notice() {
+    let mut srs = Srs::start().await;
+    let mut env = srs.gateway_env();
+    for (key, value) in [
+        ("JTGW__RTMP__RETRY_BACKOFF", "200ms"),
+        ("JTGW__RTMP__RETRY_BACKOFF_MAX", "1s"),
+        ("JTGW__RTMP__MAX_ATTEMPTS", "100"),
+    ] {
+        env.push((key.to_owned(), value.to_owned()));
+    }
+    let (gateway, mut backend, device, _) = setup(&env).await;
+    backend
+        .publish(
+            "jt1078/gateway/13800138000/RTMP",
+            r#"{"seqid":"k1","client_id":"backend-1"}"#,
+        )
+        .await;
+    backend.expect("OK", WAIT, is("jt1078/client/k1/OK")).await;
+    let publishing = |r: &common::mqtt::Received| {
+        r.topic == "jt1078/status/stream/13800138000/1" && r.json()["rtmp"]["state"] == "publishing"
+    };
+    backend.expect("publishing", WAIT, publishing).await;
+    let viewer = FlvViewer::start(&gateway).await;
+    let flv = srs.flv_url("live", "13800138000_1");
+    let (codec, frames) = pull_frames(&flv, 2).await;
+    assert_sample_frames("before the restart", &codec, &frames, 2.0);
+
+    srs.kill().await;
+    let retrying = backend
+        .expect("retrying", WAIT, |r| {
+            r.topic == "jt1078/status/stream/13800138000/1"
+                && r.json()["rtmp"]["state"] == "retrying"
+        })
+        .await
+        .json();
+    let error = retrying["rtmp"]["error"].as_str().unwrap().to_owned();
+    assert!(
+        ["closed", "unreachable", "stalled"].contains(&error.as_str()),
+        "{retrying}"
+    );
+    let during_outage = viewer.video_timestamps().len();
+    // the viewer keeps getting frames while the push cannot reach SRS
+    let more = during_outage + 10;
+    tokio::time::timeout(WAIT, async {
+        while viewer.video_timestamps().len() < more {
+            viewer.read.notified().await;
+        }
+    })
+    .await
+    .expect("the gateway's viewer goes on while SRS is down");
+
+    srs.restart().await;
+    backend.expect("publishing again", WAIT, publishing).await;
+    let (codec, frames) = pull_frames(&flv, 2).await;
+    assert_sample_frames("after the restart", &codec, &frames, 2.0);
+
+    // the gateway's own viewer never noticed: video timestamps advance in steps of a frame
+    // or two throughout (the simulator loops its 10 s sample with continuous timestamps)
+    let stamps = viewer.video_timestamps();
+    assert!(stamps.len() > more, "{} frames", stamps.len());
+    for pair in stamps.windows(2) {
+        let step = i64::from(pair[1]) - i64::from(pair[0]);
+        assert!(
+            (0..=120).contains(&step),
+            "viewer's video jumped {step} ms between two frames"
+        );
+    }
+    drop(viewer);
+    device.cancel();
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_to_nginx_rtmp_by_url_override_plays_back() {
+    let nginx = NginxRtmp::start().await;
+    // the templates point nowhere: the request's url decides
+    let (gateway, mut backend, device, _) = setup(&[]).await;
+    let target = format!("rtmp://127.0.0.1:{}/live/truck7", nginx.rtmp);
+    let body = format!(r#"{{"seqid":"n1","client_id":"b","url":"{target}"}}"#);
+    backend
+        .publish("jt1078/gateway/13800138000/RTMP", &body)
+        .await;
+    let ok = backend
+        .expect("OK", WAIT, is("jt1078/client/n1/OK"))
+        .await
+        .json();
+    assert_eq!(ok["rtmp"]["url"], target.as_str());
+    assert_eq!(
+        ok["rtmp"]["play_urls"]["flv"], "http://127.0.0.1:8080/live/truck7.flv",
+        "play URLs follow the target's app and stream"
+    );
+    backend
+        .expect("publishing", WAIT, |r| {
+            r.topic == "jt1078/status/stream/13800138000/1"
+                && r.json()["rtmp"]["state"] == "publishing"
+        })
+        .await;
+    let (codec, frames) = pull_frames(&target, 4).await;
+    assert_sample_frames("nginx-rtmp RTMP", &codec, &frames, 4.0);
+    device.cancel();
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_nobody_takes_ends_in_an_error_reply_with_a_code() {
+    let dead = format!("rtmp://127.0.0.1:{}/live/x", free_port());
+    let env = [
+        ("JTGW__RTMP__LIVE_URL".to_owned(), dead.clone()),
+        ("JTGW__RTMP__RETRY_BACKOFF".to_owned(), "100ms".to_owned()),
+        ("JTGW__RTMP__MAX_ATTEMPTS".to_owned(), "3".to_owned()),
+    ];
+    let (gateway, mut backend, device, _) = setup(&env).await;
+    backend
+        .publish(
+            "jt1078/gateway/13800138000/RTMP",
+            r#"{"seqid":"e1","client_id":"b"}"#,
+        )
+        .await;
+    backend.expect("OK", WAIT, is("jt1078/client/e1/OK")).await;
+    let retrying = backend
+        .expect("retrying status", WAIT, |r| {
+            r.topic == "jt1078/status/stream/13800138000/1"
+                && r.json()["rtmp"]["state"] == "retrying"
+        })
+        .await
+        .json();
+    assert_eq!(retrying["rtmp"]["error"], "unreachable");
+    let error = backend
+        .expect("ERROR", WAIT, is("jt1078/client/e1/ERROR"))
+        .await
+        .json();
+    assert_eq!(error["code"], "rtmp_unavailable");
+    assert_eq!(error["rtmp"]["error"], "unreachable");
+    assert_eq!(error["rtmp"]["url"], dead.as_str());
+    let failed = backend
+        .expect("failed status", WAIT, |r| {
+            r.topic == "jt1078/status/stream/13800138000/1" && r.json()["rtmp"]["state"] == "failed"
+        })
+        .await
+        .json();
+    assert_eq!(failed["rtmp"]["attempts"], 3);
+    // bad input is an ERROR with the request's seqid, never a push
+    backend
+        .publish(
+            "jt1078/gateway/13800138000/RTMP",
+            r#"{"seqid":"e2","url":"http://srs/live/x"}"#,
+        )
+        .await;
+    let bad = backend
+        .expect("ERROR", WAIT, is("jt1078/client/e2/ERROR"))
+        .await
+        .json();
+    assert_eq!(bad["code"], "invalid_field");
     device.cancel();
     gateway.stop().await;
 }
