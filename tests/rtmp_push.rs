@@ -387,3 +387,32 @@ async fn a_push_nobody_takes_ends_in_an_error_reply_with_a_code() {
     device.cancel();
     gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_push_publishes_every_live_stream_without_a_request() {
+    let srs = Srs::start().await;
+    let mut env = srs.gateway_env();
+    env.push(("JTGW__RTMP__AUTO_PUSH".to_owned(), "true".to_owned()));
+    let (gateway, mut backend, device, _) = setup(&env).await;
+    // a device that pushes on its own: nobody asked over MQTT
+    device.cancel();
+    let pushing = push_on_its_own(gateway.addrs.live, "13800138000");
+    backend
+        .expect("publishing", WAIT, |r| {
+            r.topic == "jt1078/status/stream/13800138000/1"
+                && r.json()["rtmp"]["state"] == "publishing"
+        })
+        .await;
+    let (codec, frames) = pull_frames(&srs.flv_url("live", "13800138000_1"), 3).await;
+    assert_sample_frames("auto push", &codec, &frames, 3.0);
+    // the device goes away: the push ends with its stream
+    pushing.cancel();
+    backend
+        .expect("push ended", WAIT, |r| {
+            r.topic == "jt1078/status/stream/13800138000/1"
+                && r.json()["live"] == false
+                && r.json().get("rtmp").is_none()
+        })
+        .await;
+    gateway.stop().await;
+}
