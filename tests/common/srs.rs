@@ -1,5 +1,5 @@
 //! RTMP servers for the push tests: SRS 6 run from `config/srs.conf` (the file
-//! docker-compose ships, with ports, the WebRTC candidate and the hook switch substituted)
+//! docker-compose ships, with its ports and the WebRTC candidate substituted)
 //! and Debian's nginx with libnginx-mod-rtmp. Each on free loopback ports, in its own
 //! temporary directory, killed by pid on drop.
 
@@ -32,11 +32,6 @@ pub(crate) fn render_srs_conf(rtmp: u16, http: u16, api: u16, rtc: u16) -> Strin
         (
             "candidate       $CANDIDATE;",
             "candidate       127.0.0.1;".to_owned(),
-        ),
-        (
-            "http_hooks {\n        enabled         on;",
-            // the tests push without the gateway's hook bridge
-            "http_hooks {\n        enabled         off;".to_owned(),
         ),
     ];
     let mut out = conf.to_owned();
