@@ -3,11 +3,6 @@
 //! loads as settings, the Dockerfile is multi-stage and non-root, and `config/srs.conf` is
 //! the file the push tests run SRS with.
 
-#![expect(
-    clippy::unwrap_used,
-    reason = "helpers of tests: a failure is a test failure"
-)]
-
 mod common;
 
 use std::collections::HashMap;
