@@ -416,3 +416,147 @@ async fn auto_push_publishes_every_live_stream_without_a_request() {
         .await;
     gateway.stop().await;
 }
+
+/// The body of the first video tag of 2 s of an HTTP-FLV URL (read by curl, which undoes
+/// SRS's chunked encoding).
+async fn first_video_tag(url: &str) -> Vec<u8> {
+    let out = tokio::process::Command::new("curl")
+        .args(["-s", "--max-time", "2", url])
+        .output()
+        .await
+        .expect("curl");
+    let flv = bytes::Bytes::from(out.stdout);
+    assert!(flv.starts_with(b"FLV"), "{url}: not FLV");
+    jt1078_gateway::codec::flv::tags(flv)
+        .find(|t| t.tag_type == 9)
+        .expect("a video tag")
+        .body
+        .to_vec()
+}
+
+/// The ffmpeg of the `imageio-ffmpeg` PyPI package, in the venv scripts/test.sh makes
+/// (Debian's ffmpeg 5.1 reads no HEVC in FLV; this one reads Enhanced RTMP).
+fn modern_ffmpeg() -> String {
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyenv/bin/python");
+    let out = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (scripts/test.sh makes the venv)", python.display()));
+    assert!(
+        out.status.success(),
+        "imageio-ffmpeg is not installed in target/pyenv"
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h265_is_pushed_as_enhanced_rtmp_and_srs_serves_it() {
+    let ffmpeg = modern_ffmpeg();
+    let tmp = TempDir::new("h265-push");
+    let hevc = tmp.path("video.hevc");
+    run(
+        "ffmpeg",
+        &[
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=640x360:rate=25",
+            "-t",
+            "4",
+            "-c:v",
+            "libx265",
+            "-preset",
+            "ultrafast",
+            "-x265-params",
+            "keyint=25:bframes=0:log-level=error",
+            "-f",
+            "hevc",
+            hevc.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let packed = jt1078_gateway::simulate::pack::pack(
+        jt1078_gateway::codec::h26x::VideoCodec::H265,
+        &std::fs::read(&hevc).unwrap(),
+        None,
+        &jt1078_gateway::simulate::pack::PackOptions::default(),
+    )
+    .unwrap();
+    let recording = tmp.path("h265.jt1078");
+    std::fs::write(&recording, &packed).unwrap();
+
+    let srs = Srs::start().await;
+    let mut env = srs.gateway_env();
+    env.push(("JTGW__RTMP__AUTO_PUSH".to_owned(), "true".to_owned()));
+    let (gateway, mut backend, device, _) = setup(&env).await;
+    device.cancel();
+    let options = jt1078_gateway::simulate::SimulateOptions {
+        packets: std::sync::Arc::new(jt1078_gateway::simulate::load_file(&recording).unwrap()),
+        server: gateway.addrs.live,
+        device: None,
+        channel: None,
+        devices: 1,
+        pace: jt1078_gateway::simulate::Pace::Realtime,
+        looping: true,
+    };
+    let pushing = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(jt1078_gateway::simulate::run(options, pushing.clone()));
+    backend
+        .expect("publishing", WAIT, |r| {
+            r.topic == "jt1078/status/stream/13800138000/1"
+                && r.json()["rtmp"]["state"] == "publishing"
+        })
+        .await;
+    // SRS serves what it got: Enhanced RTMP video tags, FourCC hvc1
+    let first_video = first_video_tag(&srs.flv_url("live", "13800138000_1")).await;
+    assert_eq!(first_video[0] & 0x80, 0x80, "extended header bit");
+    assert_eq!(&first_video[1..5], b"hvc1");
+    // 3 s pulled back from SRS over HTTP-FLV and RTMP, every frame decoded
+    for url in [
+        srs.flv_url("live", "13800138000_1"),
+        srs.rtmp_url("live", "13800138000_1"),
+    ] {
+        let (_, log) = run(
+            &ffmpeg,
+            &[
+                "-hide_banner",
+                "-rw_timeout",
+                "15000000",
+                "-i",
+                &url,
+                "-t",
+                "3",
+                "-map",
+                "0:v",
+                "-vf",
+                "showinfo",
+                "-f",
+                "null",
+                "-",
+            ],
+        )
+        .await;
+        let stream = log
+            .lines()
+            .find(|l| l.contains("Video:"))
+            .unwrap_or_else(|| panic!("{url}: no video stream\n{log}"));
+        assert!(stream.contains("hevc"), "{url}: {stream}");
+        assert!(stream.contains("640x360"), "{url}: {stream}");
+        let frames = log.lines().filter(|l| l.contains("] n:")).count();
+        assert!(
+            (50..=25 * 6).contains(&frames),
+            "{url}: {frames} frames decoded in a 3 s window\n{log}"
+        );
+        assert!(
+            !log.lines().any(|l| l.contains("rror")),
+            "{url}: decode errors\n{log}"
+        );
+    }
+    pushing.cancel();
+    gateway.stop().await;
+}
