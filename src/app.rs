@@ -88,11 +88,19 @@ impl App {
             (addrs.live.port(), addrs.playback.port(), addrs.http.port()),
         );
         crate::control::spawn(control, self.hub.clone(), &tasks, shutdown.clone())?;
+        let bridge = crate::bridge::spawn(
+            &self.settings.bridge,
+            &self.settings.mqtt,
+            self.settings.control.lease,
+            &tasks,
+            shutdown.clone(),
+        )?;
         let sides = IoSides {
             ingest: IngestServer::new(&self.settings.ingest, self.hub.clone()),
             router: Router::new()
                 .merge(http_flv::routes(self.hub.clone(), &self.settings.http))
-                .merge(api::routes(self.hub.clone())),
+                .merge(api::routes(self.hub.clone()))
+                .merge(bridge.routes()),
             player: http_flv::FlvPlayer::new(self.hub.clone(), &self.settings.http),
         };
         let listeners = [
