@@ -431,5 +431,6 @@ pub(crate) fn flv_tags(flv: &[u8]) -> Vec<FlvTag> {
     assert_eq!(i, flv.len(), "FLV ends on a tag boundary");
     tags
 }
+pub(crate) mod bridge;
 pub(crate) mod control;
 pub(crate) mod mqtt;
