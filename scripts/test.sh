@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs what the tests need
-# (ffmpeg/ffprobe, mosquitto and its clients; later redis, nginx-rtmp, chromium) when missing, then runs
+# (ffmpeg/ffprobe, mosquitto and its clients, redis-server and redis-cli; later nginx-rtmp, chromium) when missing, then runs
 # formatting, lints, unit/property/integration tests, docs and the purity check.
 # Usage: ./scripts/test.sh
 set -euo pipefail
@@ -11,6 +11,8 @@ command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
 command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
 command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing: ${need[*]}"
   sudo=""
