@@ -1,11 +1,6 @@
 //! The Redis `EXTERNAL_COMMAND` queue into MQTT: a real redis-server and a real mosquitto,
 //! entries pushed with `redis-cli`, and what a subscriber sees.
 
-#![expect(
-    clippy::unwrap_used,
-    reason = "helpers of tests: a failure is a test failure"
-)]
-
 mod common;
 
 use std::time::Duration;
