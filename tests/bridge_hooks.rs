@@ -2,6 +2,11 @@
 //! replayed at the gateway, and what a subscriber on a real mosquitto sees: the requests
 //! the bridge publishes, and the control plane's device commands they cause.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "helpers of tests: a failure is a test failure"
+)]
+
 mod common;
 
 use common::bridge::{hook, http_post};
