@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs what the tests need
-# (ffmpeg/ffprobe, mosquitto and its clients, nginx-rtmp, docker-compose, curl, an
-# imageio-ffmpeg venv; later redis, chromium) when missing, then runs
+# (ffmpeg/ffprobe, mosquitto and its clients, redis-server and redis-cli, nginx-rtmp,
+# docker-compose, curl, an imageio-ffmpeg venv; later chromium) when missing, then runs
 # formatting, lints, unit/property/integration tests, docs and the purity check.
 # Usage: ./scripts/test.sh
 set -euo pipefail
@@ -17,6 +17,8 @@ command -v nginx >/dev/null 2>&1 || need+=(nginx)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing: ${need[*]}"
   sudo=""

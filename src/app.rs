@@ -100,11 +100,19 @@ impl App {
             settings: self.settings.rtmp.clone(),
         };
         crate::control::spawn(control, self.hub.clone(), rtmp, &tasks, shutdown.clone())?;
+        let bridge = crate::bridge::spawn(
+            &self.settings.bridge,
+            &self.settings.mqtt,
+            self.settings.control.lease,
+            &tasks,
+            shutdown.clone(),
+        )?;
         let sides = IoSides {
             ingest: IngestServer::new(&self.settings.ingest, self.hub.clone()),
             router: Router::new()
                 .merge(http_flv::routes(self.hub.clone(), &self.settings.http))
-                .merge(api::routes(self.hub.clone())),
+                .merge(api::routes(self.hub.clone()))
+                .merge(bridge.routes()),
             player: http_flv::FlvPlayer::new(self.hub.clone(), &self.settings.http),
         };
         let listeners = [

@@ -31,6 +31,8 @@ pub struct Settings {
     pub control: ControlSettings,
     /// RTMP push to a media server (SRS, nginx-rtmp).
     pub rtmp: RtmpSettings,
+    /// SRS hooks and the Redis queue.
+    pub bridge: BridgeSettings,
     /// Threads.
     pub runtime: RuntimeSettings,
     /// Logging.
@@ -178,6 +180,37 @@ pub struct RtmpSettings {
     pub retry_backoff_max: Duration,
     /// Failed attempts in a row before the push gives up.
     pub max_attempts: NonZeroUsize,
+}
+
+/// `[bridge]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeSettings {
+    /// Token SRS hook URLs must carry as `?token=` (empty = none).
+    pub hook_token: String,
+    /// Networks SRS hooks may come from.
+    pub hook_allow: Vec<ipnet::IpNet>,
+    /// Allow plays while the MQTT broker is unreachable.
+    pub fail_open: bool,
+    /// SRS app of live streams.
+    pub live_app: String,
+    /// SRS app of playback streams.
+    pub playback_app: String,
+    /// Stream name forms, tried in order.
+    pub stream_forms: Vec<String>,
+    /// Where the gateway pushes a played stream (`{srs}`, `{app}`, `{stream}`); empty =
+    /// on_play subscribes without a push.
+    pub push_url: String,
+    /// Prefix of the control-plane client id of an SRS client.
+    pub client_prefix: String,
+    /// Redis URL (empty = no queue).
+    pub redis_url: String,
+    /// The list of external commands.
+    pub redis_key: String,
+    /// Copy the gateway's own REQPULL/STOP into `redis_mirror_key`.
+    pub redis_mirror: bool,
+    /// The mirror list.
+    pub redis_mirror_key: String,
 }
 
 /// `[log]`

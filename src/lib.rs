@@ -12,10 +12,12 @@
 //! - [`ingest`]: the JT/T 1078 TCP listeners (live and playback).
 //! - [`output`]: HTTP-FLV and the stream API.
 //! - [`control`]: the MQTT control plane (requests, demand, device commands, status).
+//! - [`bridge`]: SRS HTTP hooks and the Redis `EXTERNAL_COMMAND` queue into MQTT.
 //! - [`simulate`]: the device simulator and load generator.
 //! - [`app`]: the composition root; [`config`] the settings tree.
 
 pub mod app;
+pub mod bridge;
 pub mod cli;
 pub mod codec;
 pub mod config;

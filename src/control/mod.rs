@@ -82,13 +82,10 @@ pub fn spawn(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let topics = Topics::new(&ctx.mqtt.topic_prefix);
-    let url = if ctx.mqtt.embedded {
+    if ctx.mqtt.embedded {
         mqtt::start_embedded_broker(&ctx.mqtt)?;
-        let port = ctx.mqtt.embedded_listen.port();
-        format!("mqtt://127.0.0.1:{port}")
-    } else {
-        ctx.mqtt.url.clone()
-    };
+    }
+    let url = mqtt::broker_url(&ctx.mqtt);
     let offline = serde_json::to_vec(&GatewayStatus {
         gateway_id: &ctx.mqtt.gateway_id,
         status: "offline",

@@ -90,6 +90,15 @@ pub fn start_embedded_broker(settings: &MqttSettings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The broker the gateway's clients connect to: its embedded one, or `mqtt.url`.
+pub fn broker_url(settings: &MqttSettings) -> String {
+    if settings.embedded {
+        format!("mqtt://127.0.0.1:{}", settings.embedded_listen.port())
+    } else {
+        settings.url.clone()
+    }
+}
+
 /// Parses `mqtt://host:port` / `mqtts://host:port` into options for `client_id`.
 pub fn mqtt_options(url: &str, client_id: &str) -> anyhow::Result<MqttOptions> {
     let (scheme, rest) = url.split_once("://").with_context(|| {

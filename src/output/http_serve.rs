@@ -11,13 +11,16 @@ use std::io::Cursor;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::ConnectInfo;
 use bytes::BytesMut;
+use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 use tracing::{debug, warn};
 
 use super::http_flv::{FlvPlayer, PlayRequest};
@@ -123,9 +126,15 @@ async fn connection(
         player.play(socket, play, shutdown).await?;
         return Ok(());
     }
+    // handlers that check who calls (the SRS hooks) see the peer as axum's ConnectInfo
+    let peer = socket.peer_addr()?;
     // hyper reads the bytes already taken first, then the socket
     let (read, write) = socket.into_split();
     let io = tokio::io::join(Cursor::new(buf.freeze()).chain(read), write);
+    let router = router.map_request(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        request
+    });
     let service = TowerToHyperService::new(router);
     let conn = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(io), service)

@@ -431,6 +431,7 @@ pub(crate) fn flv_tags(flv: &[u8]) -> Vec<FlvTag> {
     assert_eq!(i, flv.len(), "FLV ends on a tag boundary");
     tags
 }
+pub(crate) mod bridge;
 pub(crate) mod control;
 pub(crate) mod mqtt;
 pub(crate) mod srs;

@@ -1,0 +1,596 @@
+//! SRS HTTP hooks → control requests.
+//!
+//! `POST /api/v1/sessions` (on_play, on_stop), `POST /api/v1/streams` (on_publish,
+//! on_unpublish) with the bodies SRS 6 sends, and the seed's `POST /web_on_play
+//! {"device_id": …}`. SRS blocks its client until the hook answers, so a handler only
+//! checks (source address, token, stream name), hands the hook to the hook task over a
+//! bounded channel and answers: HTTP 200 with body `0` allows, anything else refuses. The
+//! task keeps the SRS clients (`sessions.rs`) and publishes, per client:
+//! - on_play: the RTMP request (`bridge.push_url` set: the gateway pushes the stream to SRS
+//!   and the client is its requester) or SUBSCRIBE/PLAYBACK, client id
+//!   `{client_prefix}{client_id}`; a renewed on_play renews it;
+//! - on_stop: UNSUBSCRIBE with the same client id, once;
+//! - on_unpublish while clients remain: the RTMP request again (the push restarts).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::Router;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bytes::Bytes;
+use ipnet::IpNet;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use super::BridgeStatus;
+use super::names::{FormError, StreamNames};
+use super::publisher::Publisher;
+use super::sessions::{Sessions, Want};
+use crate::config::BridgeSettings;
+use crate::control::topics::Topics;
+use crate::media::{StreamKey, StreamKind};
+
+/// Most SRS clients remembered at once.
+const MAX_CLIENTS: usize = 100_000;
+
+/// Hooks waiting for the task.
+const HOOK_QUEUE: usize = 4096;
+
+/// Fields of the 0x9201 request a playback viewer may give in its play URL's query
+/// (`…/playback/{stream}.flv?start_time=…`), passed on to the control plane.
+const PLAYBACK_FIELDS: [&str; 7] = [
+    "start_time",
+    "end_time",
+    "media_type",
+    "stream_type",
+    "storage_type",
+    "playback_mode",
+    "speed",
+];
+
+/// What the hook task needs.
+#[derive(Debug, Clone)]
+pub(super) struct HookContext {
+    pub(super) topics: Topics,
+    pub(super) lease: Duration,
+    pub(super) publisher: Publisher,
+    pub(super) status: Arc<BridgeStatus>,
+}
+
+/// The handlers' shared, read-only state.
+#[derive(Debug, Clone)]
+pub(super) struct HookState {
+    names: Arc<StreamNames>,
+    token: Arc<str>,
+    allow: Arc<[IpNet]>,
+    fail_open: bool,
+    hooks_tx: mpsc::Sender<Hook>,
+    status: Arc<BridgeStatus>,
+}
+
+/// A checked hook for the task.
+#[derive(Debug)]
+enum Hook {
+    Play {
+        client: String,
+        key: StreamKey,
+        stream: PlayedStream,
+    },
+    Stop {
+        client: String,
+    },
+    Unpublish {
+        key: StreamKey,
+    },
+}
+
+/// What the requests about a stream need besides its key.
+#[derive(Debug, Clone)]
+struct PlayedStream {
+    /// SRS's address (the hook's source), app and stream name: the push URL.
+    srs: IpAddr,
+    app: String,
+    stream: String,
+    /// Playback fields from the play URL's query.
+    fields: Map<String, Value>,
+}
+
+/// An SRS hook body (SRS 6; fields it does not always send default to empty).
+#[derive(Debug, Deserialize)]
+struct SrsHook {
+    action: String,
+    #[serde(default)]
+    client_id: String,
+    #[serde(default)]
+    app: Option<String>,
+    stream: String,
+    #[serde(default)]
+    param: String,
+}
+
+/// The seed's manual play request.
+#[derive(Debug, Deserialize)]
+struct WebOnPlay {
+    device_id: String,
+}
+
+/// Starts the hook task; returns the handlers' state.
+pub(super) fn start(
+    settings: &BridgeSettings,
+    ctx: HookContext,
+    tasks: &TaskTracker,
+    cancel: CancellationToken,
+) -> Result<HookState, FormError> {
+    let names = StreamNames::new(
+        &settings.live_app,
+        &settings.playback_app,
+        &settings.stream_forms,
+    )?;
+    let (hooks_tx, hooks_rx) = mpsc::channel(HOOK_QUEUE);
+    let state = HookState {
+        names: Arc::new(names),
+        token: settings.hook_token.as_str().into(),
+        allow: settings.hook_allow.clone().into(),
+        fail_open: settings.fail_open,
+        hooks_tx,
+        status: ctx.status.clone(),
+    };
+    let task = HookTask {
+        sessions: Sessions::new(ctx.lease, MAX_CLIENTS),
+        streams: HashMap::new(),
+        push_url: settings.push_url.clone(),
+        client_prefix: settings.client_prefix.clone(),
+        sequence: 0,
+        ctx,
+    };
+    tasks.spawn(task.run(hooks_rx, cancel));
+    Ok(state)
+}
+
+/// The hook routes.
+pub(super) fn routes(state: HookState) -> Router {
+    Router::new()
+        .route("/api/v1/sessions", post(sessions))
+        .route("/api/v1/streams", post(streams))
+        .route("/web_on_play", post(web_on_play))
+        .with_state(state)
+}
+
+/// The answer that lets SRS go on.
+fn allow() -> Response {
+    (StatusCode::OK, "0").into_response()
+}
+
+/// An answer that makes SRS refuse the client (any status but 200/201 does).
+fn refuse(state: &HookState, status: StatusCode, reason: &str) -> Response {
+    state.status.hooks_refused.fetch_add(1, Ordering::Relaxed);
+    (
+        status,
+        axum::Json(json!({"code": status.as_u16(), "message": reason})),
+    )
+        .into_response()
+}
+
+impl HookState {
+    /// The source address and token check; the reason when refused.
+    fn admit(
+        &self,
+        peer: Option<SocketAddr>,
+        query: &HashMap<String, String>,
+    ) -> Result<(), String> {
+        let Some(peer) = peer else {
+            return Err("no source address".to_owned());
+        };
+        let ip = match peer.ip() {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        if !self.allow.iter().any(|net| net.contains(&ip)) {
+            return Err(format!("source {ip} is not in bridge.hook_allow"));
+        }
+        if !self.token.is_empty() && query.get("token").map(String::as_str) != Some(&*self.token) {
+            return Err("missing or wrong token (bridge.hook_token)".to_owned());
+        }
+        Ok(())
+    }
+
+    /// Hands `hook` to the task; whether the client may go on.
+    fn hand_over(&self, hook: Hook) -> Result<(), &'static str> {
+        let connected = self.status.mqtt_connected.load(Ordering::Relaxed);
+        if !connected && !self.fail_open {
+            return Err(
+                "the control plane (MQTT broker) is unreachable and bridge.fail_open is false",
+            );
+        }
+        match self.hooks_tx.try_send(hook) {
+            Ok(()) => Ok(()),
+            Err(_) if self.fail_open => {
+                warn!("bridge hook queue full; hook dropped, client allowed (fail_open)");
+                Ok(())
+            }
+            Err(_) => Err("the bridge's hook queue is full"),
+        }
+    }
+}
+
+/// The caller's address, which `output::http_serve` puts on every request.
+type Peer = Option<Extension<ConnectInfo<SocketAddr>>>;
+
+fn addr(peer: &Peer) -> Option<SocketAddr> {
+    peer.as_ref().map(|p| p.0.0)
+}
+
+async fn sessions(
+    State(state): State<HookState>,
+    peer: Peer,
+    Query(query): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    let hook = match checked(&state, &peer, &query, &body) {
+        Ok(hook) => hook,
+        Err((status, reason)) => return refuse(&state, status, &reason),
+    };
+    let Some(srs) = addr(&peer).map(|p| p.ip()) else {
+        return refuse(&state, StatusCode::FORBIDDEN, "no source address");
+    };
+    match hook.action.as_str() {
+        "on_play" => {
+            let key = match state.names.resolve(hook.app(&state), &hook.stream) {
+                Ok(key) => key,
+                Err(error) => {
+                    warn!(client = %hook.client_id, %error, "on_play refused: unknown stream name");
+                    return refuse(&state, StatusCode::NOT_FOUND, &error.to_string());
+                }
+            };
+            let stream = PlayedStream {
+                srs,
+                app: hook.app(&state).to_owned(),
+                stream: hook.stream.clone(),
+                fields: playback_fields(&hook.param),
+            };
+            let play = Hook::Play {
+                client: hook.client_id.clone(),
+                key,
+                stream,
+            };
+            finish(&state, "on_play", state.hand_over(play))
+        }
+        "on_stop" => {
+            // SRS ignores the answer; a client never seen (or a name that fits no form)
+            // simply has nothing to stop
+            let _ = state.hooks_tx.try_send(Hook::Stop {
+                client: hook.client_id.clone(),
+            });
+            state.status.hooks_allowed.fetch_add(1, Ordering::Relaxed);
+            allow()
+        }
+        other => refuse(
+            &state,
+            StatusCode::BAD_REQUEST,
+            &format!("action {other:?} on /api/v1/sessions: expected on_play or on_stop"),
+        ),
+    }
+}
+
+async fn streams(
+    State(state): State<HookState>,
+    peer: Peer,
+    Query(query): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    let hook = match checked(&state, &peer, &query, &body) {
+        Ok(hook) => hook,
+        Err((status, reason)) => return refuse(&state, status, &reason),
+    };
+    let key = state.names.resolve(hook.app(&state), &hook.stream);
+    match (hook.action.as_str(), key) {
+        ("on_publish", Ok(key)) => {
+            info!(stream = %key, client = %hook.client_id, "SRS publish of a device stream allowed");
+            state.status.hooks_allowed.fetch_add(1, Ordering::Relaxed);
+            allow()
+        }
+        ("on_publish", Err(error)) => {
+            warn!(client = %hook.client_id, %error, "on_publish refused: not a device stream");
+            refuse(&state, StatusCode::NOT_FOUND, &error.to_string())
+        }
+        ("on_unpublish", Ok(key)) => {
+            let _ = state.hooks_tx.try_send(Hook::Unpublish { key });
+            allow()
+        }
+        ("on_unpublish", Err(_)) => allow(),
+        (other, _) => refuse(
+            &state,
+            StatusCode::BAD_REQUEST,
+            &format!("action {other:?} on /api/v1/streams: expected on_publish or on_unpublish"),
+        ),
+    }
+}
+
+async fn web_on_play(
+    State(state): State<HookState>,
+    peer: Peer,
+    Query(query): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    if let Err(reason) = state.admit(addr(&peer), &query) {
+        warn!(%reason, "web_on_play refused");
+        return refuse(&state, StatusCode::FORBIDDEN, &reason);
+    }
+    let request: WebOnPlay = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(error) => {
+            return refuse(
+                &state,
+                StatusCode::BAD_REQUEST,
+                &format!("expected {{\"device_id\": \"…\"}}: {error}"),
+            );
+        }
+    };
+    let key = match state.names.key(StreamKind::Live, &request.device_id) {
+        Ok(key) => key,
+        Err(error) => {
+            warn!(%error, "web_on_play refused: unknown stream name");
+            return refuse(&state, StatusCode::NOT_FOUND, &error.to_string());
+        }
+    };
+    let Some(srs) = addr(&peer).map(|p| p.ip()) else {
+        return refuse(&state, StatusCode::FORBIDDEN, "no source address");
+    };
+    let play = Hook::Play {
+        client: format!("web-{}", request.device_id),
+        key,
+        stream: PlayedStream {
+            srs,
+            app: "live".to_owned(),
+            stream: request.device_id,
+            fields: Map::new(),
+        },
+    };
+    match state.hand_over(play) {
+        Ok(()) => {
+            state.status.hooks_allowed.fetch_add(1, Ordering::Relaxed);
+            axum::Json(json!({"code": 0})).into_response()
+        }
+        Err(reason) => refuse(&state, StatusCode::SERVICE_UNAVAILABLE, reason),
+    }
+}
+
+/// The admission checks and the body, or why the hook is refused.
+fn checked(
+    state: &HookState,
+    peer: &Peer,
+    query: &HashMap<String, String>,
+    body: &[u8],
+) -> Result<SrsHook, (StatusCode, String)> {
+    if let Err(reason) = state.admit(addr(peer), query) {
+        warn!(%reason, "SRS hook refused");
+        return Err((StatusCode::FORBIDDEN, reason));
+    }
+    serde_json::from_slice(body).map_err(|error| {
+        warn!(%error, "SRS hook refused: body is not an SRS hook");
+        (
+            StatusCode::BAD_REQUEST,
+            format!("not an SRS hook body: {error}"),
+        )
+    })
+}
+
+fn finish(state: &HookState, action: &str, outcome: Result<(), &'static str>) -> Response {
+    match outcome {
+        Ok(()) => {
+            state.status.hooks_allowed.fetch_add(1, Ordering::Relaxed);
+            allow()
+        }
+        Err(reason) => {
+            warn!(action, reason, "SRS hook refused");
+            refuse(state, StatusCode::SERVICE_UNAVAILABLE, reason)
+        }
+    }
+}
+
+impl SrsHook {
+    /// The app; the seed's manual calls send none: the live app then.
+    fn app<'a>(&'a self, state: &'a HookState) -> &'a str {
+        self.app
+            .as_deref()
+            .unwrap_or_else(|| state.names.live_app())
+    }
+}
+
+/// The playback fields of a hook's `param` (`?start_time=…&end_time=…`), numbers as
+/// numbers.
+fn playback_fields(param: &str) -> Map<String, Value> {
+    let query = param.trim_start_matches('?');
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap_or_default();
+    pairs
+        .into_iter()
+        .filter(|(name, _)| PLAYBACK_FIELDS.contains(&name.as_str()))
+        .map(|(name, value)| {
+            let value = match value.parse::<u64>() {
+                Ok(n) if name != "start_time" && name != "end_time" => Value::from(n),
+                _ => Value::String(value),
+            };
+            (name, value)
+        })
+        .collect()
+}
+
+/// The task that owns the SRS clients and publishes their requests.
+struct HookTask {
+    ctx: HookContext,
+    sessions: Sessions,
+    /// Per stream with clients: what its requests need (push URL, playback fields).
+    streams: HashMap<StreamKey, PlayedStream>,
+    push_url: String,
+    client_prefix: String,
+    sequence: u64,
+}
+
+impl HookTask {
+    async fn run(mut self, mut hooks_rx: mpsc::Receiver<Hook>, cancel: CancellationToken) {
+        loop {
+            let hook = tokio::select! {
+                () = cancel.cancelled() => break,
+                hook = hooks_rx.recv() => match hook {
+                    Some(hook) => hook,
+                    None => break,
+                },
+            };
+            self.handle(hook);
+        }
+    }
+
+    fn handle(&mut self, hook: Hook) {
+        let now = Instant::now().into_std();
+        let mut wants = Vec::new();
+        match hook {
+            Hook::Play {
+                client,
+                key,
+                stream,
+            } => {
+                self.streams.insert(key.clone(), stream);
+                if let Err(error) = self.sessions.play(&client, key, now, &mut wants) {
+                    warn!(%client, %error, "SRS client not counted");
+                }
+            }
+            Hook::Stop { client } => match self.sessions.stop(&client, now) {
+                Some(want) => wants.push(want),
+                None => debug!(%client, "on_stop for no playing client (duplicate or expired)"),
+            },
+            Hook::Unpublish { key } => {
+                if self.push_url.is_empty() {
+                    debug!(stream = %key, "on_unpublish");
+                } else if let Some(want) = self.sessions.unpublished(&key, now) {
+                    info!(stream = %key, "SRS lost the push while clients remain; asking again");
+                    wants.push(want);
+                }
+            }
+        }
+        for want in wants {
+            self.send(&want);
+        }
+        self.streams
+            .retain(|key, _| self.sessions.clients_of(key) > 0);
+        self.ctx
+            .status
+            .srs_clients
+            .store(self.sessions.len(), Ordering::Relaxed);
+    }
+
+    /// Publishes the request for `want`.
+    fn send(&mut self, want: &Want) {
+        self.sequence += 1;
+        let (client, key) = match want {
+            Want::Play { client, key } | Want::Leave { client, key } => (client, key),
+        };
+        let client_id = format!("{}{}", self.client_prefix, topic_safe(client));
+        let mut body = Map::new();
+        body.insert(
+            "seqid".to_owned(),
+            Value::String(format!("{client_id}-{}", self.sequence)),
+        );
+        body.insert("client_id".to_owned(), Value::String(client_id));
+        body.insert("channel".to_owned(), Value::from(key.channel.0));
+        body.insert("kind".to_owned(), json!(key.kind));
+        let mode = match want {
+            Want::Leave { .. } => "UNSUBSCRIBE",
+            Want::Play { .. } => {
+                let stream = self.streams.get(key);
+                if let Some(stream) = stream {
+                    if key.kind == StreamKind::Playback {
+                        body.extend(stream.fields.clone());
+                    }
+                    if !self.push_url.is_empty() {
+                        body.insert(
+                            "url".to_owned(),
+                            Value::String(push_url(&self.push_url, stream)),
+                        );
+                    }
+                }
+                match (self.push_url.is_empty(), key.kind) {
+                    (false, _) => "RTMP",
+                    (true, StreamKind::Live) => "SUBSCRIBE",
+                    (true, StreamKind::Playback) => "PLAYBACK",
+                }
+            }
+        };
+        let topic = self.ctx.topics.request(key.device.as_str(), mode);
+        debug!(%topic, "bridge request");
+        let payload = Value::Object(body).to_string().into_bytes();
+        if let Err(error) = self.ctx.publisher.send(topic, payload) {
+            warn!(%error, stream = %key, mode, "bridge request dropped");
+        }
+    }
+}
+
+/// `template` with `{srs}`, `{app}`, `{stream}` filled in.
+fn push_url(template: &str, stream: &PlayedStream) -> String {
+    let srs = match stream.srs {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => format!("[{v6}]"),
+        },
+        IpAddr::V4(v4) => v4.to_string(),
+    };
+    template
+        .replace("{srs}", &srs)
+        .replace("{app}", &stream.app)
+        .replace("{stream}", &stream.stream)
+}
+
+/// An SRS client id as a topic level and client id: letters, digits, `-`, `_`, `.`.
+fn topic_safe(client: &str) -> String {
+    client
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn playback_fields_come_from_the_query() {
+        let fields = playback_fields("?start_time=261122080000&end_time=0&speed=2&token=x&other=1");
+        assert_eq!(fields["start_time"], "261122080000");
+        assert_eq!(fields["end_time"], "0");
+        assert_eq!(fields["speed"], 2);
+        assert!(!fields.contains_key("token"));
+        assert!(playback_fields("").is_empty());
+    }
+
+    #[test]
+    fn push_urls_and_client_ids() {
+        let stream = PlayedStream {
+            srs: "::ffff:127.0.0.1".parse().unwrap(),
+            app: "live".into(),
+            stream: "13800138000_1".into(),
+            fields: Map::new(),
+        };
+        assert_eq!(
+            push_url("rtmp://{srs}:1935/{app}/{stream}", &stream),
+            "rtmp://127.0.0.1:1935/live/13800138000_1"
+        );
+        assert_eq!(topic_safe("a/b+#c"), "a_b__c");
+    }
+}
