@@ -91,9 +91,17 @@ impl App {
         let sides = IoSides {
             ingest: IngestServer::new(&self.settings.ingest, self.hub.clone()),
             router: Router::new()
-                .merge(http_flv::routes(self.hub.clone(), &self.settings.http))
+                .merge(http_flv::routes(
+                    self.hub.clone(),
+                    &self.settings.http,
+                    self.settings.audio.flv_mode(),
+                ))
                 .merge(api::routes(self.hub.clone())),
-            player: http_flv::FlvPlayer::new(self.hub.clone(), &self.settings.http),
+            player: http_flv::FlvPlayer::new(
+                self.hub.clone(),
+                &self.settings.http,
+                self.settings.audio.flv_mode(),
+            ),
         };
         let listeners = [
             self.live.into_std()?,

@@ -2,10 +2,11 @@
 
 use bytes::{Bytes, BytesMut};
 
+use crate::codec::audio::aac::{SAMPLES_PER_FRAME, split_adts};
 use crate::codec::flv::{self, SoundFormat};
 use crate::codec::h26x::{NalKind, VideoCodec};
 use crate::hub::{MediaInfo, Tracks};
-use crate::media::{Codec, Frame};
+use crate::media::{AudioMode, Codec, Frame};
 
 /// Hub frames → FLV bytes for one viewer. Writes the file header first, a sequence header
 /// before the first key frame and whenever the parameter sets change, and rebases
@@ -26,6 +27,8 @@ pub struct FlvMuxer {
     /// The tracks the stream is expected to carry (see [`MediaInfo::expected`]).
     expected: Option<Tracks>,
     sent_config: Option<Bytes>,
+    /// The AudioSpecificConfig last sent (a new one goes out when the stream's changes).
+    sent_audio_config: Option<[u8; 2]>,
     base_pts: Option<u64>,
 }
 
@@ -36,9 +39,14 @@ pub const TRACK_PROBE_MS: u64 = 1000;
 const MAX_HELD: usize = 128;
 
 impl FlvMuxer {
-    /// A muxer for a stream with this media info (as known when the viewer attached).
-    pub fn new(info: &MediaInfo) -> FlvMuxer {
-        let audio = info.audio.and_then(sound_format);
+    /// A muxer for a stream with this media info (as known when the viewer attached),
+    /// for a reader that takes the stream's audio as `audio` says (the frames it is given
+    /// must be that rendition: [`crate::hub::Hub::subscribe_or_wait_as`]).
+    pub fn new(info: &MediaInfo, audio: AudioMode) -> FlvMuxer {
+        let audio = info
+            .audio
+            .and_then(|codec| audio.codec_out(codec))
+            .and_then(sound_format);
         FlvMuxer {
             header_pending: true,
             audio,
@@ -46,6 +54,7 @@ impl FlvMuxer {
             held: Vec::new(),
             expected: info.expected,
             sent_config: None,
+            sent_audio_config: None,
             base_pts: None,
         }
     }
@@ -123,10 +132,31 @@ impl FlvMuxer {
             Codec::H264 | Codec::H265 => self.push_video(frame, ts, out),
             codec => {
                 // a track the header did not announce is left out
-                if let Some(format) = sound_format(codec).filter(|_| self.audio.is_some()) {
-                    flv::write_audio_frame(out, format, ts, &frame.data);
+                match sound_format(codec).filter(|_| self.audio.is_some()) {
+                    Some(SoundFormat::Aac) => self.push_aac(frame, ts, out),
+                    Some(format) => flv::write_audio_frame(out, format, ts, &frame.data),
+                    None => {}
                 }
             }
+        }
+    }
+
+    /// ADTS frames → a sequence header when the AudioSpecificConfig is new, then one tag
+    /// per raw frame. A payload that is not ADTS is left out (the hub counts those).
+    fn push_aac(&mut self, frame: &Frame, ts: u64, out: &mut BytesMut) {
+        let Ok(raw_frames) = split_adts(&frame.data) else {
+            return;
+        };
+        let mut ts = ts;
+        for raw in raw_frames {
+            let config = raw.config.audio_specific_config();
+            if self.sent_audio_config != Some(config) {
+                flv::write_aac_config(out, ts, &config);
+                self.sent_audio_config = Some(config);
+            }
+            flv::write_aac_frame(out, ts, &raw.data);
+            let rate = u64::from(raw.config.sample_rate().max(1));
+            ts += u64::from(SAMPLES_PER_FRAME) * 1000 / rate;
         }
     }
 
@@ -157,6 +187,7 @@ fn sound_format(codec: Codec) -> Option<SoundFormat> {
     match codec {
         Codec::G711A => Some(SoundFormat::G711A),
         Codec::G711U => Some(SoundFormat::G711U),
+        Codec::Aac => Some(SoundFormat::Aac),
         _ => None,
     }
 }
@@ -243,7 +274,7 @@ mod tests {
             audio: Some(Codec::G711A),
             ..MediaInfo::default()
         };
-        let mut muxer = FlvMuxer::new(&info);
+        let mut muxer = FlvMuxer::new(&info, AudioMode::Passthrough);
         assert!(
             muxer.push(&p_frame(1000)).is_empty(),
             "nothing before a key frame"
@@ -271,7 +302,7 @@ mod tests {
 
     #[test]
     fn a_viewer_waiting_for_the_device_learns_both_tracks_before_the_header() {
-        let mut muxer = FlvMuxer::new(&MediaInfo::default());
+        let mut muxer = FlvMuxer::new(&MediaInfo::default(), AudioMode::Passthrough);
         assert!(
             muxer.push(&sample_key_frame(5000)).is_empty(),
             "held until audio shows"
@@ -288,7 +319,7 @@ mod tests {
 
     #[test]
     fn video_without_audio_starts_after_the_probe_time_with_video_only() {
-        let mut muxer = FlvMuxer::new(&MediaInfo::default());
+        let mut muxer = FlvMuxer::new(&MediaInfo::default(), AudioMode::Passthrough);
         assert!(muxer.push(&sample_key_frame(0)).is_empty());
         let mut pts = 0;
         while pts + 40 < TRACK_PROBE_MS {
@@ -310,10 +341,13 @@ mod tests {
 
     /// A viewer waiting for a stream expected to carry `tracks`.
     fn muxer_expecting(video: bool, audio: bool) -> FlvMuxer {
-        FlvMuxer::new(&MediaInfo {
-            expected: Some(Tracks { video, audio }),
-            ..MediaInfo::default()
-        })
+        FlvMuxer::new(
+            &MediaInfo {
+                expected: Some(Tracks { video, audio }),
+                ..MediaInfo::default()
+            },
+            AudioMode::Passthrough,
+        )
     }
 
     #[test]
@@ -347,7 +381,7 @@ mod tests {
 
     #[test]
     fn a_stream_that_ends_while_probing_still_gets_its_frames_out() {
-        let mut muxer = FlvMuxer::new(&MediaInfo::default());
+        let mut muxer = FlvMuxer::new(&MediaInfo::default(), AudioMode::Passthrough);
         for pts in [0, 40, 80] {
             assert!(muxer.push(&audio(pts)).is_empty(), "held: video may come");
         }
@@ -363,7 +397,7 @@ mod tests {
 
     #[test]
     fn audio_only_stream_starts_audio_only() {
-        let mut muxer = FlvMuxer::new(&MediaInfo::default());
+        let mut muxer = FlvMuxer::new(&MediaInfo::default(), AudioMode::Passthrough);
         let mut out = BytesMut::new();
         let mut pts = 0;
         while out.is_empty() {
