@@ -142,7 +142,13 @@ impl StreamAudio {
         Ok(())
     }
 
-    fn undecodable(&mut self, codec: Codec, error: &AudioError, key: &StreamKey, stats: &StreamStats) {
+    fn undecodable(
+        &mut self,
+        codec: Codec,
+        error: &AudioError,
+        key: &StreamKey,
+        stats: &StreamStats,
+    ) {
         stats.add_audio_undecodable();
         if !self.warned {
             self.warned = true;

@@ -121,7 +121,9 @@ struct SinkSlot {
 impl StreamState {
     /// Whether some reader or sink takes AAC.
     fn wants_aac(&self) -> bool {
-        self.aac_tx.as_ref().is_some_and(|tx| tx.receiver_count() > 0)
+        self.aac_tx
+            .as_ref()
+            .is_some_and(|tx| tx.receiver_count() > 0)
             || self.sinks.iter().any(|slot| slot.mode == AudioMode::Aac)
     }
 

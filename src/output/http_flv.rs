@@ -32,8 +32,8 @@ use tracing::{debug, info};
 
 pub use super::flv_mux::FlvMuxer;
 use crate::config::HttpSettings;
-use crate::media::AudioMode;
 use crate::hub::{Hub, Reader, Sink, SinkHandle, StreamStats};
+use crate::media::AudioMode;
 use crate::media::{Channel, DeviceId, Frame, StreamKey, StreamKind};
 
 /// Frames already queued for a viewer are written together, up to this many bytes.

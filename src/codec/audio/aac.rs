@@ -41,7 +41,10 @@ impl AacConfig {
 
     /// Sample rate in Hz.
     pub fn sample_rate(&self) -> u32 {
-        RATES.get(usize::from(self.rate_index)).copied().unwrap_or(0)
+        RATES
+            .get(usize::from(self.rate_index))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The 2-byte AudioSpecificConfig.
@@ -125,8 +128,7 @@ fn parse_header(data: &[u8]) -> Result<(AacConfig, usize, usize), AudioError> {
             reason: "sampling frequency index past the table",
         });
     }
-    let frame_len =
-        (usize::from(b3 & 0x03) << 11) | (usize::from(b4) << 3) | usize::from(b5 >> 5);
+    let frame_len = (usize::from(b3 & 0x03) << 11) | (usize::from(b4) << 3) | usize::from(b5 >> 5);
     if frame_len <= header_len || frame_len > data.len() {
         return Err(AudioError::NotAdts {
             reason: "frame length past the payload",

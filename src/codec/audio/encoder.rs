@@ -60,8 +60,8 @@ const MAX_FRAME: usize = 768;
 impl FdkAacEncoder {
     /// An encoder for mono PCM at `sample_rate` Hz and `bit_rate` bit/s.
     pub fn new(sample_rate: u32, bit_rate: u32) -> Result<FdkAacEncoder, EncodeError> {
-        let config =
-            AacConfig::lc(sample_rate, 1).ok_or(EncodeError::UnsupportedRate { rate: sample_rate })?;
+        let config = AacConfig::lc(sample_rate, 1)
+            .ok_or(EncodeError::UnsupportedRate { rate: sample_rate })?;
         let encoder = Encoder::new(EncoderParams {
             bit_rate: BitRate::Cbr(bit_rate),
             sample_rate,

@@ -104,8 +104,8 @@ impl Transcoder {
     /// The stream ended: encodes silence until the frames out cover the input (rounded to
     /// the nearest frame), and appends them.
     pub fn finish(&mut self, out: &mut Vec<EncodedFrame>) -> Result<(), AudioError> {
-        let wanted = (self.samples_in + u64::from(SAMPLES_PER_FRAME) / 2)
-            / u64::from(SAMPLES_PER_FRAME);
+        let wanted =
+            (self.samples_in + u64::from(SAMPLES_PER_FRAME) / 2) / u64::from(SAMPLES_PER_FRAME);
         let silence = vec![0i16; SAMPLES_PER_FRAME as usize];
         let most = self.priming + 3;
         let mut fed = 0;
