@@ -22,6 +22,9 @@ use jt1078_gateway::simulate::pack::{PackOptions, audio_frames};
 /// Three tones, one of them swept in level: speech-like spectrum, 3 s at 8 kHz.
 const SIGNAL: &str = "aevalsrc=0.3*sin(2*PI*440*t)+0.2*sin(2*PI*1300*t)*sin(2*PI*3*t)+0.1*sin(2*PI*2900*t):s=8000:d=3";
 
+/// A pure 1 kHz tone, 3 s at 8 kHz.
+const TONE: &str = "sine=frequency=1000:sample_rate=8000:duration=3,volume=0.5";
+
 /// ffmpeg with `args`, quietly.
 async fn ffmpeg(args: &[&str]) {
     let mut all = vec!["-v", "error", "-y"];
@@ -210,17 +213,21 @@ async fn ima_adpcm_decodes_as_ffmpeg_in_either_nibble_order() {
 #[tokio::test]
 async fn g726_decodes_as_ffmpeg_at_every_rate_and_bit_order() {
     let tmp = TempDir::new("g726-ref");
-    for bits in [2u32, 3, 4, 5] {
+    for (signal, bits) in [SIGNAL, TONE]
+        .into_iter()
+        .flat_map(|s| [2u32, 3, 4, 5].map(|b| (s, b)))
+    {
         for (encoder, order) in [("g726", BitOrder::MsbFirst), ("g726le", BitOrder::LsbFirst)] {
-            let encoded = tmp.path(&format!("{encoder}-{bits}.raw"));
-            let reference = tmp.path(&format!("{encoder}-{bits}.pcm"));
+            let tag = if signal == TONE { "tone" } else { "mix" };
+            let encoded = tmp.path(&format!("{encoder}-{bits}-{tag}.raw"));
+            let reference = tmp.path(&format!("{encoder}-{bits}-{tag}.pcm"));
             let rate = format!("{}k", bits * 8);
             let code_size = bits.to_string();
             ffmpeg(&[
                 "-f",
                 "lavfi",
                 "-i",
-                SIGNAL,
+                signal,
                 "-c:a",
                 encoder,
                 "-b:a",
@@ -267,18 +274,32 @@ async fn g726_decodes_as_ffmpeg_at_every_rate_and_bit_order() {
                 &options,
             );
             let snr_fixed = snr(&reference, &fixed);
-            let snr_detected = snr(&reference[2560..], &detected.1[2560..]);
+            let snr_detected = snr(&reference[8000..], &detected.1[8000..]);
             eprintln!(
-                "{encoder} {bits} bits: SNR {snr_fixed:.1} dB fixed order, {snr_detected:.1} dB detected ({:?})",
+                "{tag} {encoder} {bits} bits: SNR {snr_fixed:.1} dB fixed order, {snr_detected:.1} dB detected ({:?})",
                 detected.0
             );
-            // bound: within 30 dB of ffmpeg's decode (the ITU reference arithmetic and
-            // ffmpeg's differ in rounding only)
+            // bound: 30 dB SNR against ffmpeg's decode (the ITU reference arithmetic and
+            // ffmpeg's differ in rounding only); 20 dB for a pure tone at 16 kbit/s, where
+            // the 2-bit quantiser magnifies those differences
+            let bound = if signal == TONE && bits == 2 {
+                20.0
+            } else {
+                30.0
+            };
             assert!(
-                snr_fixed >= 30.0,
-                "{encoder} {bits} bits: SNR {snr_fixed:.1} dB"
+                snr_fixed >= bound,
+                "{tag} {encoder} {bits} bits: SNR {snr_fixed:.1} dB"
             );
-            assert_eq!(detected.0, Some(order), "{encoder} {bits} bits: bit order");
+            // the order is told by how rough each decoding sounds: right on a speech-like
+            // signal; on a pure tone the wrong order can come out smoother (a known limit)
+            if signal == SIGNAL {
+                assert_eq!(detected.0, Some(order), "{encoder} {bits} bits: bit order");
+                assert!(
+                    snr_detected >= 30.0,
+                    "{encoder} {bits} bits: SNR {snr_detected:.1} dB detected"
+                );
+            }
         }
     }
 }

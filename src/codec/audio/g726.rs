@@ -13,10 +13,10 @@
 //! 320-sample frames devices send, 200/160/120/80 bytes = 40/32/24/16 kbit/s; 100/60/40 bytes
 //! are 160-sample frames at 40/24/16). The bit packing differs between devices (codes
 //! packed from the most or the least significant bit of each byte); the decoder runs both
-//! over the first frames, keeps the one that sounds like a signal rather than noise, and
-//! sticks to it for the stream.
+//! over the first loud frames, keeps the one whose spectrum is less noise-like, and sticks
+//! to it for the stream.
 
-use super::{ORDER_MIN_LEVEL, level, roughness};
+use super::{ORDER_MIN_LEVEL, level, spectral_flatness};
 
 /// G.726 bit rates, by bits per sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +80,9 @@ pub struct G726Decoder {
     /// While the order is unknown: the state as decoded MSB-first and LSB-first.
     msb: State,
     lsb: State,
+    /// Spectral flatness summed over the loud frames while probing: MSB-first, LSB-first,
+    /// frames.
+    evidence: (f64, f64, u32),
 }
 
 impl G726Decoder {
@@ -117,7 +120,9 @@ impl G726Decoder {
         }
     }
 
-    /// Decodes both ways; once a frame is loud enough, keeps the order that is not noise.
+    /// Decodes both ways and sums how noise-like each comes out (spectral flatness) over
+    /// the loud frames; keeps the other order once it is clearly so, or after
+    /// [`ORDER_FRAMES`] loud frames.
     fn decode_probing(&mut self, frame: &[u8], rate: G726Rate, out: &mut Vec<i16>) {
         let mut msb = Vec::new();
         self.msb
@@ -125,8 +130,15 @@ impl G726Decoder {
         let mut lsb = Vec::new();
         self.lsb
             .decode_frame(frame, rate, BitOrder::LsbFirst, &mut lsb);
-        let lsb_wins = roughness(&lsb) < roughness(&msb);
         if level(&msb).max(level(&lsb)) >= ORDER_MIN_LEVEL {
+            self.evidence.0 += spectral_flatness(&msb);
+            self.evidence.1 += spectral_flatness(&lsb);
+            self.evidence.2 += 1;
+        }
+        let (flat_msb, flat_lsb, frames) = self.evidence;
+        let lsb_wins = flat_lsb < flat_msb;
+        let clear = frames >= 3 && (flat_msb > 2.0 * flat_lsb || flat_lsb > 2.0 * flat_msb);
+        if clear || frames >= ORDER_FRAMES {
             // the state kept is always `msb`'s slot
             if lsb_wins {
                 self.msb = self.lsb.clone();
@@ -138,6 +150,9 @@ impl G726Decoder {
         out.extend_from_slice(if lsb_wins { &lsb } else { &msb });
     }
 }
+
+/// Loud frames after which the smoother bit order is kept whatever the margin.
+const ORDER_FRAMES: u32 = 25;
 
 /// Quantizer tables of one rate (G.726 §4.2.4-4.2.6, in the reference code's scaling).
 #[derive(Debug)]
