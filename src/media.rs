@@ -228,7 +228,9 @@ fn serialize_other<S: Serializer>(pt: &u8, serializer: S) -> Result<S::Ok, S::Er
 #[serde(rename_all = "lowercase")]
 pub enum AudioMode {
     /// AAC: a device's AAC as it came, any other audio the gateway decodes transcoded to
-    /// AAC-LC once per stream (what browsers and SRS play).
+    /// AAC-LC once per stream (what browsers and SRS play). A reader in this mode gets the
+    /// device's own audio frames too (they say audio is coming before the first AAC frame,
+    /// which trails by the encoder's delay) and must play only the AAC ones.
     #[default]
     Aac,
     /// The device's audio as it came (G.711 in FLV for ffplay/VLC and server-side consumers).

@@ -84,7 +84,8 @@ async fn g711a_audio_arrives_whole(setting: Option<(&str, &str)>) {
         .map(|p| p.body.len())
         .sum();
     let expected_frames = expected_video_frames(&raw_packets(&bytes, 6));
-    let mut settings = vec![DEEP_QUEUE];
+    // G.711 passed through, byte for byte as before AAC was the default
+    let mut settings = vec![DEEP_QUEUE, ("JTGW__AUDIO__FLV", "passthrough")];
     settings.extend(setting);
     let gateway = Gateway::start(&settings).await;
     let flv = replay_and_watch(&gateway, &bytes, "156987000796_1").await;

@@ -256,6 +256,12 @@ impl Stream {
         });
     }
 
+    /// Whether the stream runs a transcoder now (tests).
+    #[cfg(test)]
+    pub(crate) fn has_transcoder(&self) -> bool {
+        self.lock().audio.is_transcoding()
+    }
+
     pub(crate) fn has_video(&self) -> bool {
         self.has_video.load(Ordering::Relaxed)
     }
@@ -418,17 +424,17 @@ impl Stream {
         let has_video = self.has_video();
         let max_bytes = self.settings.gop_cache_max_bytes;
         let mut derived = Vec::new();
-        let renditions = if frame.track() == Track::Audio {
+        if frame.track() == Track::Audio {
             let wanted = state.wants_aac();
             let state = &mut *state;
             state
                 .audio
-                .route(&frame, wanted, &self.key, &self.stats, &mut derived)
-        } else {
-            Renditions::BOTH
-        };
-        state.gop.push(&frame, renditions, has_video, max_bytes);
-        let mut finished = state.deliver(&frame, renditions, &self.stats);
+                .route(&frame, wanted, &self.key, &self.stats, &mut derived);
+        }
+        state
+            .gop
+            .push(&frame, Renditions::BOTH, has_video, max_bytes);
+        let mut finished = state.deliver(&frame, Renditions::BOTH, &self.stats);
         for aac in &derived {
             state.gop.push(aac, Renditions::AAC, has_video, max_bytes);
             finished += state.deliver(aac, Renditions::AAC, &self.stats);

@@ -20,6 +20,7 @@ use crate::media::{AudioMode, Codec, Frame};
 /// stream is expected without the missing one (see [`MediaInfo::expected`]).
 #[derive(Debug)]
 pub struct FlvMuxer {
+    mode: AudioMode,
     header_pending: bool,
     audio: Option<SoundFormat>,
     has_video: bool,
@@ -29,6 +30,8 @@ pub struct FlvMuxer {
     sent_config: Option<Bytes>,
     /// The AudioSpecificConfig last sent (a new one goes out when the stream's changes).
     sent_audio_config: Option<[u8; 2]>,
+    /// AAC mode: the device codec the AAC is made of (a change sends a new sequence header).
+    source_audio: Option<Codec>,
     base_pts: Option<u64>,
 }
 
@@ -42,12 +45,13 @@ impl FlvMuxer {
     /// A muxer for a stream with this media info (as known when the viewer attached),
     /// for a reader that takes the stream's audio as `audio` says (the frames it is given
     /// must be that rendition: [`crate::hub::Hub::subscribe_or_wait_as`]).
-    pub fn new(info: &MediaInfo, audio: AudioMode) -> FlvMuxer {
+    pub fn new(info: &MediaInfo, mode: AudioMode) -> FlvMuxer {
         let audio = info
             .audio
-            .and_then(|codec| audio.codec_out(codec))
+            .and_then(|codec| mode.codec_out(codec))
             .and_then(sound_format);
         FlvMuxer {
+            mode,
             header_pending: true,
             audio,
             has_video: info.video.is_some(),
@@ -55,6 +59,7 @@ impl FlvMuxer {
             expected: info.expected,
             sent_config: None,
             sent_audio_config: None,
+            source_audio: None,
             base_pts: None,
         }
     }
@@ -86,7 +91,8 @@ impl FlvMuxer {
     fn probe(&mut self, frame: &Frame, out: &mut BytesMut) {
         if frame.codec.is_video() {
             self.has_video = true;
-        } else if let Some(format) = sound_format(frame.codec) {
+        } else if let Some(format) = self.mode.codec_out(frame.codec).and_then(sound_format) {
+            // in AAC mode a device frame of another codec says AAC will follow
             self.audio.get_or_insert(format);
         }
         // nothing before the first key frame can be shown, except audio on its own
@@ -130,6 +136,17 @@ impl FlvMuxer {
         let ts = frame.pts.saturating_sub(base);
         match frame.codec {
             Codec::H264 | Codec::H265 => self.push_video(frame, ts, out),
+            // in AAC mode only the AAC goes out (the device's frames came as a hint); a
+            // new device format restarts the AAC stream with a sequence header
+            codec if self.mode == AudioMode::Aac && codec != Codec::Aac => {
+                if self
+                    .source_audio
+                    .replace(codec)
+                    .is_some_and(|was| was != codec)
+                {
+                    self.sent_audio_config = None;
+                }
+            }
             codec => {
                 // a track the header did not announce is left out
                 match sound_format(codec).filter(|_| self.audio.is_some()) {
@@ -393,6 +410,76 @@ mod tests {
         let mut again = BytesMut::new();
         muxer.finish_into(&mut again);
         assert!(again.is_empty());
+    }
+
+    /// An ADTS AAC frame of `rate` Hz as the hub carries it.
+    fn aac(pts: u64, rate: u32) -> Frame {
+        let config = crate::codec::audio::aac::AacConfig::lc(rate, 1).unwrap();
+        let mut data = config.adts_header(4).to_vec();
+        data.extend([1, 2, 3, 4]);
+        Frame {
+            codec: Codec::Aac,
+            is_key: false,
+            pts,
+            data: Bytes::from(data),
+        }
+    }
+
+    /// (AACPacketType, body after it) of the AAC tags in `out`.
+    fn aac_tags(out: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut found = Vec::new();
+        let mut at = 13;
+        while at + 11 <= out.len() {
+            let size = u32::from_be_bytes([0, out[at + 1], out[at + 2], out[at + 3]]) as usize;
+            let body = &out[at + 11..at + 11 + size];
+            if out[at] == 8 && body[0] == 0xaf {
+                found.push((body[1], body[2..].to_vec()));
+            }
+            at += 11 + size + 4;
+        }
+        found
+    }
+
+    #[test]
+    fn aac_mode_writes_aac_only_with_a_sequence_header_per_format() {
+        let mut muxer = muxer_expecting(false, true);
+        muxer.mode = AudioMode::Aac;
+        let mut out = BytesMut::new();
+        // the device's G.711 says audio comes; only the AAC is written
+        muxer.push_into(&audio(0), &mut out);
+        assert_eq!(out[4], 0b100, "audio announced from the device's frame");
+        for (i, frame) in [aac(0, 8000), audio(20), aac(128, 8000)].iter().enumerate() {
+            muxer.push_into(frame, &mut out);
+            assert!(i < 3);
+        }
+        let tags = aac_tags(&out);
+        assert_eq!(tags.len(), 3, "sequence header, two frames; no G.711 tag");
+        assert_eq!(
+            tags[0],
+            (0, vec![0x15, 0x88]),
+            "AudioSpecificConfig 8 kHz mono"
+        );
+        assert_eq!(tags[1], (1, vec![1, 2, 3, 4]), "raw frame, ADTS stripped");
+        // the device switches to G.726: same AAC config, but a new stream: header again
+        let mut out = BytesMut::new();
+        muxer.push_into(
+            &Frame {
+                codec: Codec::G726,
+                ..audio(140)
+            },
+            &mut out,
+        );
+        muxer.push_into(&aac(256, 8000), &mut out);
+        assert_eq!(aac_tags(&out)[0].0, 0);
+        // a device's AAC changing rate: a new AudioSpecificConfig
+        let mut out = BytesMut::new();
+        muxer.push_into(&aac(384, 16000), &mut out);
+        assert_eq!(aac_tags(&out)[0], (0, vec![0x14, 0x08]));
+        // passthrough of a device's AAC writes it too
+        let mut muxer = muxer_expecting(false, true);
+        let mut out = BytesMut::new();
+        muxer.push_into(&aac(0, 8000), &mut out);
+        assert_eq!(aac_tags(&out).len(), 2);
     }
 
     #[test]
