@@ -105,7 +105,7 @@ fn bench_flv_mux(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(total));
         group.bench_function(name, |b| {
             b.iter(|| {
-                let mut muxer = FlvMuxer::new(&info);
+                let mut muxer = FlvMuxer::new(&info, jt1078_gateway::media::AudioMode::Passthrough);
                 frames.iter().map(|f| muxer.push(f).len()).sum::<usize>()
             })
         });

@@ -90,7 +90,7 @@ impl App {
         );
         let (pusher, events_rx) = RtmpPusher::new(
             self.hub.clone(),
-            PushSettings::new(&self.settings.rtmp),
+            PushSettings::new(&self.settings.rtmp, self.settings.audio.rtmp_mode()),
             tasks.clone(),
             shutdown.clone(),
         );
@@ -110,10 +110,18 @@ impl App {
         let sides = IoSides {
             ingest: IngestServer::new(&self.settings.ingest, self.hub.clone()),
             router: Router::new()
-                .merge(http_flv::routes(self.hub.clone(), &self.settings.http))
+                .merge(http_flv::routes(
+                    self.hub.clone(),
+                    &self.settings.http,
+                    self.settings.audio.flv_mode(),
+                ))
                 .merge(api::routes(self.hub.clone()))
                 .merge(bridge.routes()),
-            player: http_flv::FlvPlayer::new(self.hub.clone(), &self.settings.http),
+            player: http_flv::FlvPlayer::new(
+                self.hub.clone(),
+                &self.settings.http,
+                self.settings.audio.flv_mode(),
+            ),
         };
         let listeners = [
             self.live.into_std()?,

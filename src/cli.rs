@@ -25,6 +25,22 @@ pub enum PackCodec {
     H265,
 }
 
+/// Audio codecs `pack` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PackAudio {
+    /// Raw G.711 A-law bytes (`ffmpeg ... -f alaw`), PT 6.
+    Alaw,
+    /// Raw G.711 µ-law bytes (`ffmpeg ... -f mulaw`), PT 7.
+    Mulaw,
+    /// Raw G.726 code words (`ffmpeg ... -c:a g726 -f g726` or `g726le`), PT 8.
+    G726,
+    /// 16-bit little-endian 8 kHz PCM (`-f s16le`), encoded here as IMA ADPCM frames with
+    /// their 4-byte state block, as devices send them, PT 26.
+    Adpcm,
+    /// ADTS AAC (`-c:a aac -f adts`), one ADTS frame a packet, PT 19.
+    Aac,
+}
+
 /// JT/T 1078 vehicle video gateway.
 #[derive(Debug, Parser)]
 #[command(name = "jt1078-gateway", version, about)]
@@ -87,9 +103,31 @@ pub enum Command {
         /// Video frame rate.
         #[arg(long, default_value_t = 25)]
         fps: u32,
-        /// Raw 8 kHz mono G.711 A-law samples (e.g. `ffmpeg ... -f alaw`).
-        #[arg(long)]
+        /// Raw 8 kHz mono G.711 A-law samples (e.g. `ffmpeg ... -f alaw`); the same as
+        /// `--audio FILE --audio-codec alaw`.
+        #[arg(long, conflicts_with = "audio")]
         alaw: Option<PathBuf>,
+        /// Audio to pack, in the form `--audio-codec` says.
+        #[arg(long)]
+        audio: Option<PathBuf>,
+        /// Codec of `--audio`.
+        #[arg(long, value_enum, default_value_t = PackAudio::Alaw)]
+        audio_codec: PackAudio,
+        /// Bytes per audio frame (ADPCM: including the 4-byte state block). Default: 20 ms
+        /// of G.711 (160), 320 samples of G.726 at 32 kbit/s (160), 320 samples of ADPCM
+        /// (164).
+        #[arg(long)]
+        audio_frame: Option<usize>,
+        /// Milliseconds per audio frame (default: from the codec and frame size; G.726
+        /// needs it for rates other than 32 kbit/s).
+        #[arg(long)]
+        audio_frame_ms: Option<u64>,
+        /// Put the 4-byte HiSilicon header (`00 01 LL 00`) in front of each audio frame.
+        #[arg(long)]
+        hisilicon: bool,
+        /// ADPCM: put the later sample in the low nibble (some devices do).
+        #[arg(long)]
+        high_nibble_first: bool,
         /// Device id to write into the SIM field.
         #[arg(long, default_value = "13800138000")]
         device: String,
@@ -183,6 +221,12 @@ impl Cli {
                 codec,
                 fps,
                 alaw,
+                audio,
+                audio_codec,
+                audio_frame,
+                audio_frame_ms,
+                hisilicon,
+                high_nibble_first,
                 device,
                 channel,
                 sim20,
@@ -190,9 +234,41 @@ impl Cli {
             } => {
                 let video_bytes = std::fs::read(&video)
                     .with_context(|| format!("reading {}", video.display()))?;
-                let audio_bytes = alaw
+                let audio_codec = if alaw.is_some() {
+                    PackAudio::Alaw
+                } else {
+                    audio_codec
+                };
+                let mut audio_bytes = alaw
+                    .or(audio)
                     .map(|p| std::fs::read(&p).with_context(|| format!("reading {}", p.display())))
                     .transpose()?;
+                let (payload_type, default_frame, default_ms) = match audio_codec {
+                    PackAudio::Alaw => (PayloadType::G711A, 160, None),
+                    PackAudio::Mulaw => (PayloadType::G711U, 160, None),
+                    PackAudio::G726 => (PayloadType::G726, 160, Some(40)),
+                    PackAudio::Adpcm => (PayloadType::AdpcmA, 164, None),
+                    PackAudio::Aac => (PayloadType::Aac, 0, None),
+                };
+                let audio_frame = audio_frame.unwrap_or(default_frame);
+                let audio_frame_ms = audio_frame_ms.or(default_ms).or(
+                    // ADPCM: two samples a byte after the state block, 8 kHz
+                    (audio_codec == PackAudio::Adpcm).then(|| (audio_frame as u64 - 4) / 4),
+                );
+                if audio_codec == PackAudio::Adpcm {
+                    if audio_frame < 6 {
+                        anyhow::bail!(
+                            "--audio-frame {audio_frame}: ADPCM frames need the 4-byte state block and samples"
+                        );
+                    }
+                    audio_bytes = audio_bytes.map(|pcm| {
+                        simulate::pack::encode_adpcm_frames(
+                            &pcm,
+                            (audio_frame - 4) * 2,
+                            high_nibble_first,
+                        )
+                    });
+                }
                 let options = PackOptions {
                     device: DeviceId::parse(&device).context("--device")?.to_string(),
                     channel,
@@ -202,13 +278,16 @@ impl Cli {
                         SimLayout::Bcd6
                     },
                     fps,
+                    audio_frame,
+                    audio_frame_ms,
+                    hisilicon,
                     ..PackOptions::default()
                 };
                 let codec = match codec {
                     PackCodec::H264 => VideoCodec::H264,
                     PackCodec::H265 => VideoCodec::H265,
                 };
-                let audio = audio_bytes.as_deref().map(|a| (PayloadType::G711A, a));
+                let audio = audio_bytes.as_deref().map(|a| (payload_type, a));
                 let packed = pack(codec, &video_bytes, audio, &options)
                     .context("--device does not fit the SIM field")?;
                 std::fs::write(&out, &packed)

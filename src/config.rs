@@ -23,6 +23,8 @@ pub struct Settings {
     pub ingest: IngestSettings,
     /// HTTP server (HTTP-FLV, API).
     pub http: HttpSettings,
+    /// Audio transcoding per output.
+    pub audio: AudioSettings,
     /// Stream hub.
     pub hub: HubConfig,
     /// MQTT broker and connection.
@@ -75,6 +77,38 @@ pub struct HttpSettings {
     /// every frame at once, lowest latency).
     #[serde(with = "humantime_serde")]
     pub flv_merge_write: Duration,
+}
+
+/// `[audio]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AudioSettings {
+    /// Decode and transcode device audio at all.
+    pub enabled: bool,
+    /// Audio for HTTP-FLV viewers.
+    pub flv: crate::media::AudioMode,
+    /// Audio for RTMP outputs.
+    pub rtmp: crate::media::AudioMode,
+}
+
+impl AudioSettings {
+    /// What HTTP-FLV viewers take (passthrough when transcoding is off).
+    pub fn flv_mode(&self) -> crate::media::AudioMode {
+        self.mode(self.flv)
+    }
+
+    /// What RTMP outputs take (passthrough when transcoding is off).
+    pub fn rtmp_mode(&self) -> crate::media::AudioMode {
+        self.mode(self.rtmp)
+    }
+
+    fn mode(&self, wanted: crate::media::AudioMode) -> crate::media::AudioMode {
+        if self.enabled {
+            wanted
+        } else {
+            crate::media::AudioMode::Passthrough
+        }
+    }
 }
 
 /// `[runtime]`

@@ -6,9 +6,11 @@
 //! device TCP → ingest → codec::jt1078 → media::Frame → hub → output::http_flv → viewer
 //! ```
 //!
-//! - [`codec`]: sans-IO JT/T 1078, H.264/H.265 and FLV codecs.
+//! - [`codec`]: sans-IO JT/T 1078, H.264/H.265, FLV and audio (G.711, G.726, IMA ADPCM, AAC)
+//!   codecs.
 //! - [`media`]: the types that cross the hub (ids, stream keys, frames, timestamps).
-//! - [`hub`]: the only place streams live; one publisher, many bounded readers.
+//! - [`hub`]: the only place streams live; one publisher, many bounded readers; the AAC
+//!   made of a stream's audio, once, while a reader takes it.
 //! - [`ingest`]: the JT/T 1078 TCP listeners (live and playback).
 //! - [`output`]: HTTP-FLV and the stream API.
 //! - [`control`]: the MQTT control plane (requests, demand, device commands, status).

@@ -223,6 +223,35 @@ fn serialize_other<S: Serializer>(pt: &u8, serializer: S) -> Result<S::Ok, S::Er
     serializer.serialize_str(&format!("pt{pt}"))
 }
 
+/// Which audio an output takes from a stream (`[audio]` in the config names it per output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AudioMode {
+    /// AAC: a device's AAC as it came, any other audio the gateway decodes transcoded to
+    /// AAC-LC once per stream (what browsers and SRS play). A reader in this mode gets the
+    /// device's own audio frames too (they say audio is coming before the first AAC frame,
+    /// which trails by the encoder's delay) and must play only the AAC ones.
+    #[default]
+    Aac,
+    /// The device's audio as it came (G.711 in FLV for ffplay/VLC and server-side consumers).
+    Passthrough,
+}
+
+impl AudioMode {
+    /// What an output in this mode gets of a device sending `device` audio (`None`:
+    /// nothing, the gateway cannot decode it).
+    pub const fn codec_out(self, device: Codec) -> Option<Codec> {
+        match (self, device) {
+            (AudioMode::Passthrough, codec) => Some(codec),
+            (
+                AudioMode::Aac,
+                Codec::Aac | Codec::G711A | Codec::G711U | Codec::G726 | Codec::Adpcm,
+            ) => Some(Codec::Aac),
+            (AudioMode::Aac, _) => None,
+        }
+    }
+}
+
 /// Audio or video.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Track {

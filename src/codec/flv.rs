@@ -92,6 +92,28 @@ pub enum SoundFormat {
     G711A = 7,
     /// 8: G.711 µ-law (8 kHz mono).
     G711U = 8,
+    /// 10: AAC (raw frames after an AudioSpecificConfig sequence header).
+    Aac = 10,
+}
+
+/// AAC audio tag header byte: format 10, and the rate/size/type bits the FLV spec fixes
+/// for AAC (44 kHz, 16-bit, stereo; players take the real values from the
+/// AudioSpecificConfig).
+const AAC_TAG_HEAD: u8 = 0xaf;
+
+/// Appends an AAC sequence header tag (AACPacketType 0) carrying the AudioSpecificConfig.
+pub fn write_aac_config(out: &mut BytesMut, timestamp: u64, audio_specific_config: &[u8]) {
+    write_tag(
+        out,
+        TagType::Audio,
+        timestamp,
+        &[&[AAC_TAG_HEAD, 0], audio_specific_config],
+    );
+}
+
+/// Appends an AAC frame tag (AACPacketType 1): one raw frame, no ADTS header.
+pub fn write_aac_frame(out: &mut BytesMut, timestamp: u64, raw: &[u8]) {
+    write_tag(out, TagType::Audio, timestamp, &[&[AAC_TAG_HEAD, 1], raw]);
 }
 
 /// The 9-byte FLV header followed by PreviousTagSize0.

@@ -5,6 +5,7 @@
 
 #![deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod audio;
 pub mod flv;
 pub mod h26x;
 pub mod jt1078;

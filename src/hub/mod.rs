@@ -5,6 +5,7 @@
 //! across `.await`; frames never pass through it. The hub names no protocol: outputs
 //! subscribe, ingest publishes.
 
+mod audio;
 mod reader;
 mod sink;
 mod stream;
@@ -21,7 +22,7 @@ pub use reader::Reader;
 pub use sink::{Sink, SinkHandle};
 pub use stream::{MediaInfo, Publisher, StreamStats, Tracks};
 
-use crate::media::{Codec, StreamKey};
+use crate::media::{AudioMode, Codec, StreamKey};
 use stream::Stream;
 
 /// Hub tuning, from the `[hub]` config section.
@@ -111,8 +112,14 @@ pub struct StreamSnapshot {
     pub kind: crate::media::StreamKind,
     /// Video codec, once seen.
     pub video_codec: Option<Codec>,
-    /// Audio codec, once seen.
+    /// Audio codec the device sends, once seen.
     pub audio_codec: Option<Codec>,
+    /// Audio codecs the stream's readers get now: the device's (outputs passing it
+    /// through) and `aac` (outputs taking AAC, transcoded once for all of them).
+    pub audio_codec_out: Vec<Codec>,
+    /// Device audio frames that could not be decoded for AAC outputs (dropped; video goes
+    /// on).
+    pub audio_undecodable: u64,
     /// Picture width from the SPS.
     pub width: Option<u32>,
     /// Picture height from the SPS.
@@ -176,19 +183,36 @@ impl Hub {
         Publisher::new(self.clone(), stream, generation)
     }
 
-    /// A reader of `key`, starting at the latest key frame; `None` if nothing publishes it.
+    /// A reader of `key` taking the device's audio as it came, starting at the latest key
+    /// frame; `None` if nothing publishes it.
     pub fn subscribe(&self, key: &StreamKey) -> Option<Reader> {
+        self.subscribe_as(key, AudioMode::Passthrough)
+    }
+
+    /// [`Hub::subscribe`], taking the stream's audio as `audio` says.
+    pub fn subscribe_as(&self, key: &StreamKey, audio: AudioMode) -> Option<Reader> {
         let stream = self.registry().get(key).map(Arc::clone)?;
         if !stream.is_publishing() {
             return None;
         }
-        stream.reader()
+        stream.reader(audio)
     }
 
     /// Like [`Hub::subscribe`], but waits up to `timeout` for the stream to come up. A
     /// waiting reader is attached before the publisher arrives, so it gets every frame
     /// from the first one.
     pub async fn subscribe_or_wait(&self, key: &StreamKey, timeout: Duration) -> Option<Reader> {
+        self.subscribe_or_wait_as(key, timeout, AudioMode::Passthrough)
+            .await
+    }
+
+    /// [`Hub::subscribe_or_wait`], taking the stream's audio as `audio` says.
+    pub async fn subscribe_or_wait_as(
+        &self,
+        key: &StreamKey,
+        timeout: Duration,
+        audio: AudioMode,
+    ) -> Option<Reader> {
         let mut events = self.inner.events_tx.subscribe();
         let mut waiting = {
             let mut streams = self.registry();
@@ -197,7 +221,7 @@ impl Hub {
                     .entry(key.clone())
                     .or_insert_with(|| self.new_stream(key)),
             );
-            let reader = stream.reader()?;
+            let reader = stream.reader(audio)?;
             Waiting {
                 hub: self,
                 stream,

@@ -12,7 +12,7 @@ use tokio::sync::broadcast;
 
 use super::sink::{Sink, SinkHandle};
 use super::stream::{MediaInfo, Stream};
-use crate::media::{Frame, StreamKey};
+use crate::media::{AudioMode, Frame, StreamKey};
 
 /// What the lag policy made of one receive.
 enum Accepted {
@@ -28,6 +28,7 @@ pub struct Reader {
     rx: broadcast::Receiver<Frame>,
     backlog: VecDeque<Frame>,
     info: MediaInfo,
+    audio: AudioMode,
     waiting_for_key: bool,
     /// Whether dropping this reader counts a viewer out (not once a sink took its place).
     counted: bool,
@@ -39,6 +40,7 @@ impl Reader {
         rx: broadcast::Receiver<Frame>,
         backlog: Vec<Frame>,
         info: MediaInfo,
+        audio: AudioMode,
     ) -> Reader {
         stream.reader_delta(true);
         Reader {
@@ -47,6 +49,7 @@ impl Reader {
             rx,
             backlog: backlog.into(),
             info,
+            audio,
             counted: true,
         }
     }
@@ -66,6 +69,11 @@ impl Reader {
     /// The stream being read.
     pub fn key(&self) -> &StreamKey {
         self.stream.key()
+    }
+
+    /// The audio this reader takes.
+    pub fn audio_mode(&self) -> AudioMode {
+        self.audio
     }
 
     /// Media info as known when the reader attached.

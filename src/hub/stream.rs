@@ -11,10 +11,11 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::audio::{Renditions, StreamAudio};
 use super::reader::Reader;
 use super::sink::{Sink, SinkHandle};
 use super::{Hub, HubEvent, HubSettings, StreamSnapshot};
-use crate::media::{Codec, Frame, StreamKey, Track};
+use crate::media::{AudioMode, Codec, Frame, StreamKey, Track};
 
 /// What is known about a stream's media.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -57,6 +58,7 @@ pub struct StreamStats {
     pub(crate) frames_dropped: AtomicU64,
     pub(crate) resyncs: AtomicU64,
     pub(crate) viewers: AtomicU64,
+    pub(crate) audio_undecodable: AtomicU64,
     pub(crate) first_video_pts: AtomicU64,
     pub(crate) last_video_pts: AtomicU64,
 }
@@ -70,6 +72,11 @@ impl StreamStats {
     /// Adds frames an output skipped for a viewer that fell behind.
     pub fn add_dropped(&self, n: u64) {
         self.frames_dropped.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts an audio frame that could not be decoded (or framed) for AAC outputs.
+    pub(crate) fn add_audio_undecodable(&self) {
+        self.audio_undecodable.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -91,18 +98,66 @@ struct StreamState {
     generation: u64,
     publishing: bool,
     on_replaced: CancellationToken,
+    /// Live frames for readers taking the device's audio ([`AudioMode::Passthrough`]).
     tx: Option<broadcast::Sender<Frame>>,
+    /// Live frames for readers taking AAC ([`AudioMode::Aac`]).
+    aac_tx: Option<broadcast::Sender<Frame>>,
     gop: GopCache,
     info: MediaInfo,
     last_pts: u64,
-    sinks: Vec<(u64, Box<dyn Sink>)>,
+    sinks: Vec<SinkSlot>,
     next_sink: u64,
+    audio: StreamAudio,
+}
+
+/// An attached sink and the audio it takes.
+#[derive(Debug)]
+struct SinkSlot {
+    id: u64,
+    mode: AudioMode,
+    sink: Box<dyn Sink>,
+}
+
+impl StreamState {
+    /// Whether some reader or sink takes AAC.
+    fn wants_aac(&self) -> bool {
+        self.aac_tx
+            .as_ref()
+            .is_some_and(|tx| tx.receiver_count() > 0)
+            || self.sinks.iter().any(|slot| slot.mode == AudioMode::Aac)
+    }
+
+    /// The live queue of readers in `mode`.
+    fn queue(&self, mode: AudioMode) -> Option<&broadcast::Sender<Frame>> {
+        match mode {
+            AudioMode::Aac => self.aac_tx.as_ref(),
+            AudioMode::Passthrough => self.tx.as_ref(),
+        }
+    }
+
+    /// Hands `frame` to the readers and sinks of `renditions` (not the GOP cache); returns
+    /// how many sinks finished (dropped here, to be counted out after the lock).
+    fn deliver(&mut self, frame: &Frame, renditions: Renditions, stats: &StreamStats) -> usize {
+        for mode in [AudioMode::Passthrough, AudioMode::Aac] {
+            if !renditions.includes(mode) {
+                continue;
+            }
+            if let Some(tx) = self.queue(mode).filter(|tx| tx.receiver_count() > 0) {
+                // a reader that went away meanwhile is a normal state, not an error
+                let _ = tx.send(frame.clone());
+            }
+        }
+        let before = self.sinks.len();
+        self.sinks
+            .retain_mut(|slot| !renditions.includes(slot.mode) || slot.sink.push(frame, stats));
+        before - self.sinks.len()
+    }
 }
 
 /// Frames from the latest video key frame on, so a new reader starts at once.
 #[derive(Debug, Default)]
 struct GopCache {
-    frames: Vec<Frame>,
+    frames: Vec<(Frame, Renditions)>,
     bytes: usize,
     overflowed: bool,
 }
@@ -146,6 +201,7 @@ impl Stream {
                 publishing: false,
                 on_replaced: CancellationToken::new(),
                 tx: Some(broadcast::channel(settings.reader_queue.max(1)).0),
+                aac_tx: Some(broadcast::channel(settings.reader_queue.max(1)).0),
                 gop: GopCache::default(),
                 info: MediaInfo {
                     expected,
@@ -154,6 +210,7 @@ impl Stream {
                 last_pts: 0,
                 sinks: Vec::new(),
                 next_sink: 0,
+                audio: StreamAudio::default(),
             }),
         }
     }
@@ -199,6 +256,12 @@ impl Stream {
         });
     }
 
+    /// Whether the stream runs a transcoder now (tests).
+    #[cfg(test)]
+    pub(crate) fn has_transcoder(&self) -> bool {
+        self.lock().audio.is_transcoding()
+    }
+
     pub(crate) fn has_video(&self) -> bool {
         self.has_video.load(Ordering::Relaxed)
     }
@@ -217,6 +280,9 @@ impl Stream {
         if state.tx.is_none() {
             state.tx = Some(broadcast::channel(self.settings.reader_queue.max(1)).0);
         }
+        if state.aac_tx.is_none() {
+            state.aac_tx = Some(broadcast::channel(self.settings.reader_queue.max(1)).0);
+        }
         (state.generation, was_publishing)
     }
 
@@ -226,7 +292,10 @@ impl Stream {
 
     pub(crate) fn has_readers(&self) -> bool {
         let state = self.lock();
-        !state.sinks.is_empty() || state.tx.as_ref().is_some_and(|tx| tx.receiver_count() > 0)
+        !state.sinks.is_empty()
+            || [&state.tx, &state.aac_tx]
+                .iter()
+                .any(|tx| tx.as_ref().is_some_and(|tx| tx.receiver_count() > 0))
     }
 
     /// Ends publishing if `generation` is current; true if it was (the stream is down).
@@ -236,12 +305,20 @@ impl Stream {
             return false;
         }
         state.publishing = false;
+        // the AAC still in the transcoder goes out before the end
+        let mut tail = Vec::new();
+        state.audio.finish(&mut tail);
+        let mut ended = 0;
+        for frame in &tail {
+            ended += state.deliver(frame, Renditions::AAC, &self.stats);
+        }
         state.tx = None;
+        state.aac_tx = None;
         state.gop = GopCache::default();
         let sinks = std::mem::take(&mut state.sinks);
         drop(state);
         // dropping a sink tells its output that the stream ended
-        let ended = sinks.len();
+        let ended = ended + sinks.len();
         drop(sinks);
         self.count_out(ended);
         true
@@ -270,7 +347,11 @@ impl Stream {
         state.tx.as_ref()?;
         let id = state.next_sink;
         state.next_sink += 1;
-        state.sinks.push((id, sink));
+        state.sinks.push(SinkSlot {
+            id,
+            mode: reader.audio_mode(),
+            sink,
+        });
         drop(state);
         reader.hand_over_count();
         Some(SinkHandle::new(Arc::clone(self), id))
@@ -294,7 +375,7 @@ impl Stream {
         }
         state
             .sinks
-            .retain_mut(|(_, sink)| offer(sink.as_mut(), &self.stats));
+            .retain_mut(|slot| offer(slot.sink.as_mut(), &self.stats));
         let finished = before - state.sinks.len();
         drop(state);
         self.count_out(finished);
@@ -310,7 +391,7 @@ impl Stream {
     /// Drops the sink `id` if it is still attached.
     pub(crate) fn detach(&self, id: u64) {
         let mut state = self.lock();
-        let Some(at) = state.sinks.iter().position(|(sink_id, _)| *sink_id == id) else {
+        let Some(at) = state.sinks.iter().position(|slot| slot.id == id) else {
             return;
         };
         let sink = state.sinks.swap_remove(at);
@@ -319,13 +400,19 @@ impl Stream {
         self.count_out(1);
     }
 
-    pub(crate) fn reader(self: &Arc<Self>) -> Option<Reader> {
+    pub(crate) fn reader(self: &Arc<Self>, mode: AudioMode) -> Option<Reader> {
         let state = self.lock();
-        let rx = state.tx.as_ref()?.subscribe();
-        let backlog = state.gop.frames.clone();
+        let rx = state.queue(mode)?.subscribe();
+        let backlog = state
+            .gop
+            .frames
+            .iter()
+            .filter(|(_, renditions)| renditions.includes(mode))
+            .map(|(frame, _)| frame.clone())
+            .collect();
         let info = state.info.clone();
         drop(state);
-        Some(Reader::new(Arc::clone(self), rx, backlog, info))
+        Some(Reader::new(Arc::clone(self), rx, backlog, info, mode))
     }
 
     fn send(&self, generation: u64, frame: Frame) -> Result<(), PublishError> {
@@ -335,19 +422,43 @@ impl Stream {
         }
         state.last_pts = state.last_pts.max(frame.pts);
         let has_video = self.has_video();
+        let max_bytes = self.settings.gop_cache_max_bytes;
+        let mut derived = Vec::new();
+        if frame.track() == Track::Audio {
+            let wanted = state.wants_aac();
+            let state = &mut *state;
+            state
+                .audio
+                .route(&frame, wanted, &self.key, &self.stats, &mut derived);
+        }
         state
             .gop
-            .push(&frame, has_video, self.settings.gop_cache_max_bytes);
-        if let Some(tx) = state.tx.as_ref().filter(|tx| tx.receiver_count() > 0) {
-            // a reader that went away meanwhile is a normal state, not an error
-            let _ = tx.send(frame.clone());
+            .push(&frame, Renditions::BOTH, has_video, max_bytes);
+        let mut finished = state.deliver(&frame, Renditions::BOTH, &self.stats);
+        for aac in &derived {
+            state.gop.push(aac, Renditions::AAC, has_video, max_bytes);
+            finished += state.deliver(aac, Renditions::AAC, &self.stats);
         }
-        self.offer_sinks(state, |sink, stats| sink.push(&frame, stats));
+        drop(state);
+        self.count_out(finished);
         Ok(())
     }
 
     pub(crate) fn snapshot(&self) -> StreamSnapshot {
-        let info = self.lock().info.clone();
+        let state = self.lock();
+        let info = state.info.clone();
+        let takes = |mode: AudioMode| {
+            state.queue(mode).is_some_and(|tx| tx.receiver_count() > 0)
+                || state.sinks.iter().any(|slot| slot.mode == mode)
+        };
+        let mut audio_out = Vec::new();
+        for mode in [AudioMode::Passthrough, AudioMode::Aac] {
+            let out = info.audio.and_then(|codec| mode.codec_out(codec));
+            if let Some(codec) = out.filter(|c| takes(mode) && !audio_out.contains(c)) {
+                audio_out.push(codec);
+            }
+        }
+        drop(state);
         let s = &self.stats;
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let uptime = self.started.elapsed().as_secs_f64();
@@ -364,6 +475,8 @@ impl Stream {
             kind: self.key.kind,
             video_codec: info.video,
             audio_codec: info.audio,
+            audio_codec_out: audio_out,
+            audio_undecodable: load(&s.audio_undecodable),
             width: info.resolution.map(|r| r.0),
             height: info.resolution.map(|r| r.1),
             fps: (fps * 100.0).round() / 100.0,
@@ -391,7 +504,7 @@ impl Stream {
 }
 
 impl GopCache {
-    fn push(&mut self, frame: &Frame, has_video: bool, max_bytes: usize) {
+    fn push(&mut self, frame: &Frame, renditions: Renditions, has_video: bool, max_bytes: usize) {
         if frame.is_key {
             self.frames.clear();
             self.bytes = 0;
@@ -407,7 +520,7 @@ impl GopCache {
             return;
         }
         self.bytes += frame.data.len();
-        self.frames.push(frame.clone());
+        self.frames.push((frame.clone(), renditions));
     }
 }
 

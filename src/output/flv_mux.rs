@@ -2,10 +2,11 @@
 
 use bytes::{Bytes, BytesMut};
 
+use crate::codec::audio::aac::{SAMPLES_PER_FRAME, split_adts};
 use crate::codec::flv::{self, HevcSignal, SoundFormat};
 use crate::codec::h26x::{NalKind, VideoCodec};
 use crate::hub::{MediaInfo, Tracks};
-use crate::media::{Codec, Frame};
+use crate::media::{AudioMode, Codec, Frame};
 
 /// Hub frames → FLV bytes for one viewer. Writes the file header first, a sequence header
 /// before the first key frame and whenever the parameter sets change, and rebases
@@ -19,6 +20,7 @@ use crate::media::{Codec, Frame};
 /// stream is expected without the missing one (see [`MediaInfo::expected`]).
 #[derive(Debug)]
 pub struct FlvMuxer {
+    mode: AudioMode,
     header_pending: bool,
     audio: Option<SoundFormat>,
     has_video: bool,
@@ -26,6 +28,10 @@ pub struct FlvMuxer {
     /// The tracks the stream is expected to carry (see [`MediaInfo::expected`]).
     expected: Option<Tracks>,
     sent_config: Option<Bytes>,
+    /// The AudioSpecificConfig last sent (a new one goes out when the stream's changes).
+    sent_audio_config: Option<[u8; 2]>,
+    /// AAC mode: the device codec the AAC is made of (a change sends a new sequence header).
+    source_audio: Option<Codec>,
     base_pts: Option<u64>,
     /// How H.265 is written (HTTP-FLV: codec id 12; RTMP push: Enhanced RTMP).
     hevc: HevcSignal,
@@ -38,16 +44,24 @@ pub const TRACK_PROBE_MS: u64 = 1000;
 const MAX_HELD: usize = 128;
 
 impl FlvMuxer {
-    /// A muxer for a stream with this media info (as known when the viewer attached).
-    pub fn new(info: &MediaInfo) -> FlvMuxer {
-        let audio = info.audio.and_then(sound_format);
+    /// A muxer for a stream with this media info (as known when the viewer attached),
+    /// for a reader that takes the stream's audio as `audio` says (the frames it is given
+    /// must be that rendition: [`crate::hub::Hub::subscribe_or_wait_as`]).
+    pub fn new(info: &MediaInfo, mode: AudioMode) -> FlvMuxer {
+        let audio = info
+            .audio
+            .and_then(|codec| mode.codec_out(codec))
+            .and_then(sound_format);
         FlvMuxer {
+            mode,
             header_pending: true,
             audio,
             has_video: info.video.is_some(),
             held: Vec::new(),
             expected: info.expected,
             sent_config: None,
+            sent_audio_config: None,
+            source_audio: None,
             base_pts: None,
             hevc: HevcSignal::CodecId12,
         }
@@ -86,7 +100,8 @@ impl FlvMuxer {
     fn probe(&mut self, frame: &Frame, out: &mut BytesMut) {
         if frame.codec.is_video() {
             self.has_video = true;
-        } else if let Some(format) = sound_format(frame.codec) {
+        } else if let Some(format) = self.mode.codec_out(frame.codec).and_then(sound_format) {
+            // in AAC mode a device frame of another codec says AAC will follow
             self.audio.get_or_insert(format);
         }
         // nothing before the first key frame can be shown, except audio on its own
@@ -130,12 +145,44 @@ impl FlvMuxer {
         let ts = frame.pts.saturating_sub(base);
         match frame.codec {
             Codec::H264 | Codec::H265 => self.push_video(frame, ts, out),
-            codec => {
-                // a track the header did not announce is left out
-                if let Some(format) = sound_format(codec).filter(|_| self.audio.is_some()) {
-                    flv::write_audio_frame(out, format, ts, &frame.data);
+            // in AAC mode only the AAC goes out (the device's frames came as a hint); a
+            // new device format restarts the AAC stream with a sequence header
+            codec if self.mode == AudioMode::Aac && codec != Codec::Aac => {
+                if self
+                    .source_audio
+                    .replace(codec)
+                    .is_some_and(|was| was != codec)
+                {
+                    self.sent_audio_config = None;
                 }
             }
+            codec => {
+                // a track the header did not announce is left out
+                match sound_format(codec).filter(|_| self.audio.is_some()) {
+                    Some(SoundFormat::Aac) => self.push_aac(frame, ts, out),
+                    Some(format) => flv::write_audio_frame(out, format, ts, &frame.data),
+                    None => {}
+                }
+            }
+        }
+    }
+
+    /// ADTS frames → a sequence header when the AudioSpecificConfig is new, then one tag
+    /// per raw frame. A payload that is not ADTS is left out (the hub counts those).
+    fn push_aac(&mut self, frame: &Frame, ts: u64, out: &mut BytesMut) {
+        let Ok(raw_frames) = split_adts(&frame.data) else {
+            return;
+        };
+        let mut ts = ts;
+        for raw in raw_frames {
+            let config = raw.config.audio_specific_config();
+            if self.sent_audio_config != Some(config) {
+                flv::write_aac_config(out, ts, &config);
+                self.sent_audio_config = Some(config);
+            }
+            flv::write_aac_frame(out, ts, &raw.data);
+            let rate = u64::from(raw.config.sample_rate().max(1));
+            ts += u64::from(SAMPLES_PER_FRAME) * 1000 / rate;
         }
     }
 
@@ -168,6 +215,7 @@ fn sound_format(codec: Codec) -> Option<SoundFormat> {
     match codec {
         Codec::G711A => Some(SoundFormat::G711A),
         Codec::G711U => Some(SoundFormat::G711U),
+        Codec::Aac => Some(SoundFormat::Aac),
         _ => None,
     }
 }
@@ -254,7 +302,7 @@ mod tests {
             audio: Some(Codec::G711A),
             ..MediaInfo::default()
         };
-        let mut muxer = FlvMuxer::new(&info);
+        let mut muxer = FlvMuxer::new(&info, AudioMode::Passthrough);
         assert!(
             muxer.push(&p_frame(1000)).is_empty(),
             "nothing before a key frame"
@@ -282,7 +330,7 @@ mod tests {
 
     #[test]
     fn a_viewer_waiting_for_the_device_learns_both_tracks_before_the_header() {
-        let mut muxer = FlvMuxer::new(&MediaInfo::default());
+        let mut muxer = FlvMuxer::new(&MediaInfo::default(), AudioMode::Passthrough);
         assert!(
             muxer.push(&sample_key_frame(5000)).is_empty(),
             "held until audio shows"
@@ -299,7 +347,7 @@ mod tests {
 
     #[test]
     fn video_without_audio_starts_after_the_probe_time_with_video_only() {
-        let mut muxer = FlvMuxer::new(&MediaInfo::default());
+        let mut muxer = FlvMuxer::new(&MediaInfo::default(), AudioMode::Passthrough);
         assert!(muxer.push(&sample_key_frame(0)).is_empty());
         let mut pts = 0;
         while pts + 40 < TRACK_PROBE_MS {
@@ -321,10 +369,13 @@ mod tests {
 
     /// A viewer waiting for a stream expected to carry `tracks`.
     fn muxer_expecting(video: bool, audio: bool) -> FlvMuxer {
-        FlvMuxer::new(&MediaInfo {
-            expected: Some(Tracks { video, audio }),
-            ..MediaInfo::default()
-        })
+        FlvMuxer::new(
+            &MediaInfo {
+                expected: Some(Tracks { video, audio }),
+                ..MediaInfo::default()
+            },
+            AudioMode::Passthrough,
+        )
     }
 
     #[test]
@@ -358,7 +409,7 @@ mod tests {
 
     #[test]
     fn a_stream_that_ends_while_probing_still_gets_its_frames_out() {
-        let mut muxer = FlvMuxer::new(&MediaInfo::default());
+        let mut muxer = FlvMuxer::new(&MediaInfo::default(), AudioMode::Passthrough);
         for pts in [0, 40, 80] {
             assert!(muxer.push(&audio(pts)).is_empty(), "held: video may come");
         }
@@ -372,9 +423,79 @@ mod tests {
         assert!(again.is_empty());
     }
 
+    /// An ADTS AAC frame of `rate` Hz as the hub carries it.
+    fn aac(pts: u64, rate: u32) -> Frame {
+        let config = crate::codec::audio::aac::AacConfig::lc(rate, 1).unwrap();
+        let mut data = config.adts_header(4).to_vec();
+        data.extend([1, 2, 3, 4]);
+        Frame {
+            codec: Codec::Aac,
+            is_key: false,
+            pts,
+            data: Bytes::from(data),
+        }
+    }
+
+    /// (AACPacketType, body after it) of the AAC tags in `out`.
+    fn aac_tags(out: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut found = Vec::new();
+        let mut at = 13;
+        while at + 11 <= out.len() {
+            let size = u32::from_be_bytes([0, out[at + 1], out[at + 2], out[at + 3]]) as usize;
+            let body = &out[at + 11..at + 11 + size];
+            if out[at] == 8 && body[0] == 0xaf {
+                found.push((body[1], body[2..].to_vec()));
+            }
+            at += 11 + size + 4;
+        }
+        found
+    }
+
+    #[test]
+    fn aac_mode_writes_aac_only_with_a_sequence_header_per_format() {
+        let mut muxer = muxer_expecting(false, true);
+        muxer.mode = AudioMode::Aac;
+        let mut out = BytesMut::new();
+        // the device's G.711 says audio comes; only the AAC is written
+        muxer.push_into(&audio(0), &mut out);
+        assert_eq!(out[4], 0b100, "audio announced from the device's frame");
+        for (i, frame) in [aac(0, 8000), audio(20), aac(128, 8000)].iter().enumerate() {
+            muxer.push_into(frame, &mut out);
+            assert!(i < 3);
+        }
+        let tags = aac_tags(&out);
+        assert_eq!(tags.len(), 3, "sequence header, two frames; no G.711 tag");
+        assert_eq!(
+            tags[0],
+            (0, vec![0x15, 0x88]),
+            "AudioSpecificConfig 8 kHz mono"
+        );
+        assert_eq!(tags[1], (1, vec![1, 2, 3, 4]), "raw frame, ADTS stripped");
+        // the device switches to G.726: same AAC config, but a new stream: header again
+        let mut out = BytesMut::new();
+        muxer.push_into(
+            &Frame {
+                codec: Codec::G726,
+                ..audio(140)
+            },
+            &mut out,
+        );
+        muxer.push_into(&aac(256, 8000), &mut out);
+        assert_eq!(aac_tags(&out)[0].0, 0);
+        // a device's AAC changing rate: a new AudioSpecificConfig
+        let mut out = BytesMut::new();
+        muxer.push_into(&aac(384, 16000), &mut out);
+        assert_eq!(aac_tags(&out)[0], (0, vec![0x14, 0x08]));
+        // passthrough of a device's AAC writes it too
+        let mut muxer = muxer_expecting(false, true);
+        let mut out = BytesMut::new();
+        muxer.push_into(&aac(0, 8000), &mut out);
+        assert_eq!(aac_tags(&out).len(), 2);
+    }
+
     #[test]
     fn audio_only_stream_starts_audio_only() {
-        let mut muxer = FlvMuxer::new(&MediaInfo::default());
+        let mut muxer = FlvMuxer::new(&MediaInfo::default(), AudioMode::Passthrough);
         let mut out = BytesMut::new();
         let mut pts = 0;
         while out.is_empty() {

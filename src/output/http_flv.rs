@@ -33,6 +33,7 @@ use tracing::{debug, info};
 pub use super::flv_mux::FlvMuxer;
 use crate::config::HttpSettings;
 use crate::hub::{Hub, Reader, Sink, SinkHandle, StreamStats};
+use crate::media::AudioMode;
 use crate::media::{Channel, DeviceId, Frame, StreamKey, StreamKind};
 
 /// Frames already queued for a viewer are written together, up to this many bytes.
@@ -51,12 +52,14 @@ struct FlvState {
     hub: Hub,
     wait: Duration,
     merge_write: Duration,
+    audio: AudioMode,
 }
 
 impl FlvState {
-    fn new(hub: Hub, settings: &HttpSettings) -> FlvState {
+    fn new(hub: Hub, settings: &HttpSettings, audio: AudioMode) -> FlvState {
         FlvState {
             hub,
+            audio,
             wait: settings.flv_wait_timeout,
             // a viewer sleeping longer could overrun its queue (`hub.reader_queue` frames)
             merge_write: settings.flv_merge_write.min(MAX_MERGE),
@@ -64,12 +67,12 @@ impl FlvState {
     }
 }
 
-/// The HTTP-FLV routes, with the `[http]` settings.
-pub fn routes(hub: Hub, settings: &HttpSettings) -> Router {
+/// The HTTP-FLV routes, with the `[http]` settings; viewers take audio as `audio` says.
+pub fn routes(hub: Hub, settings: &HttpSettings, audio: AudioMode) -> Router {
     Router::new()
         .route("/live/{file}", get(play_live))
         .route("/playback/{file}", get(play_playback))
-        .with_state(FlvState::new(hub, settings))
+        .with_state(FlvState::new(hub, settings, audio))
 }
 
 async fn play_live(state: State<FlvState>, file: Path<String>) -> Response {
@@ -89,12 +92,16 @@ async fn play(
         Ok(key) => key,
         Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
     };
-    let Some(reader) = state.hub.subscribe_or_wait(&key, state.wait).await else {
+    let Some(reader) = state
+        .hub
+        .subscribe_or_wait_as(&key, state.wait, state.audio)
+        .await
+    else {
         let message = not_live_message(&key, state.wait);
         return (StatusCode::NOT_FOUND, message).into_response();
     };
     info!(stream = %key, "flv viewer joined");
-    let muxer = FlvMuxer::new(reader.info());
+    let muxer = FlvMuxer::new(reader.info(), reader.audio_mode());
     let merge = state.merge_write;
     let body = stream::unfold((reader, muxer), move |(mut reader, mut muxer)| async move {
         let mut out = BytesMut::new();
@@ -180,10 +187,10 @@ impl PlayRequest {
 }
 
 impl FlvPlayer {
-    /// A player with the `[http]` settings.
-    pub fn new(hub: Hub, settings: &HttpSettings) -> FlvPlayer {
+    /// A player with the `[http]` settings; viewers take audio as `audio` says.
+    pub fn new(hub: Hub, settings: &HttpSettings, audio: AudioMode) -> FlvPlayer {
         FlvPlayer {
-            state: FlvState::new(hub, settings),
+            state: FlvState::new(hub, settings, audio),
         }
     }
 
@@ -200,7 +207,10 @@ impl FlvPlayer {
             Ok(key) => key,
             Err(message) => return respond(&mut socket, version, 400, &message).await,
         };
-        let wait = self.state.hub.subscribe_or_wait(&key, self.state.wait);
+        let wait = self
+            .state
+            .hub
+            .subscribe_or_wait_as(&key, self.state.wait, self.state.audio);
         let reader = tokio::select! {
             reader = wait => reader,
             // a viewer that gives up waiting for the device stops counting as one
@@ -429,7 +439,7 @@ async fn serve_direct(
     });
     let sink = DirectSink {
         shared: std::sync::Arc::clone(&shared),
-        muxer: FlvMuxer::new(reader.info()),
+        muxer: FlvMuxer::new(reader.info(), reader.audio_mode()),
         out: BytesMut::new(),
         skipping: false,
         merge: !merge.is_zero(),

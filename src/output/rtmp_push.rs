@@ -35,7 +35,7 @@ use super::flv_mux::FlvMuxer;
 use crate::codec::flv::HevcSignal;
 use crate::config::RtmpSettings;
 use crate::hub::Hub;
-use crate::media::StreamKey;
+use crate::media::{AudioMode, StreamKey};
 use connection::Connection;
 
 /// Muxed bytes sent to the server in one write at most.
@@ -61,17 +61,20 @@ pub struct PushSettings {
     pub retry_backoff_max: Duration,
     /// Failures in a row before giving up.
     pub max_attempts: u32,
+    /// The audio the push sends (`audio.rtmp`: AAC by default, what SRS remuxes).
+    pub audio: AudioMode,
 }
 
 impl PushSettings {
     /// From the `[rtmp]` section.
-    pub fn new(settings: &RtmpSettings) -> PushSettings {
+    pub fn new(settings: &RtmpSettings, audio: AudioMode) -> PushSettings {
         PushSettings {
             connect_timeout: settings.connect_timeout,
             stall_timeout: settings.stall_timeout,
             retry_backoff: settings.retry_backoff,
             retry_backoff_max: settings.retry_backoff_max.max(settings.retry_backoff),
             max_attempts: u32::try_from(settings.max_attempts.get()).unwrap_or(u32::MAX),
+            audio,
         }
     }
 
@@ -477,14 +480,15 @@ impl Push {
         published: &mut bool,
     ) -> Result<Ended, PushError> {
         // subscribed after the publish, so the server starts at the latest key frame
-        let Some(mut reader) = self.inner.hub.subscribe(&self.key) else {
+        let audio = self.inner.settings.audio;
+        let Some(mut reader) = self.inner.hub.subscribe_as(&self.key, audio) else {
             return Ok(Ended::Stream);
         };
         *published = true;
         self.report(PushState::Publishing);
         info!(stream = %self.key, url = self.url, "rtmp push publishing");
         let stall = self.inner.settings.stall_timeout;
-        let mut muxer = FlvMuxer::new(reader.info()).with_hevc(HevcSignal::Enhanced);
+        let mut muxer = FlvMuxer::new(reader.info(), audio).with_hevc(HevcSignal::Enhanced);
         let mut out = BytesMut::new();
         loop {
             tokio::select! {
@@ -566,6 +570,7 @@ mod tests {
             retry_backoff: Duration::from_millis(500),
             retry_backoff_max: Duration::from_secs(4),
             max_attempts: 8,
+            audio: AudioMode::Aac,
         };
         let waits: Vec<u64> = (1..=6)
             .map(|n| settings.backoff(n).as_millis() as u64)

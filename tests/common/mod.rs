@@ -322,7 +322,7 @@ pub(crate) async fn probe_stream(
     }
     args.extend([
         "-show_entries",
-        "stream=codec_name,width,height,sample_rate,nb_read_frames",
+        "stream=codec_name,width,height,sample_rate,channels,nb_read_frames",
         "-of",
         "json",
         file,
@@ -435,3 +435,21 @@ pub(crate) mod bridge;
 pub(crate) mod control;
 pub(crate) mod mqtt;
 pub(crate) mod srs;
+
+/// Replays `bytes` into the live port while one viewer reads the FLV from before the start;
+/// returns the FLV bytes.
+pub(crate) async fn replay_and_watch(gateway: &Gateway, bytes: &[u8], stream: &str) -> Vec<u8> {
+    let http = gateway.addrs.http;
+    let path = format!("/live/{stream}.flv");
+    let mut events = gateway.hub.events();
+    let viewer = tokio::spawn(async move { http_get(http, &path).await });
+    // the viewer is waiting for the device before it connects
+    gateway.wait_for_waiting_reader(&mut events).await;
+    replay(gateway.addrs.live, bytes).await;
+    let (status, body) = tokio::time::timeout(Duration::from_secs(60), viewer)
+        .await
+        .expect("viewer finishes when the device disconnects")
+        .unwrap();
+    assert_eq!(status, 200);
+    body
+}
