@@ -112,7 +112,7 @@ async fn a_thousand_push_start_stop_cycles_leave_nothing_behind() {
     };
     settle(&tasks).await;
     let (tasks_before, fds_before, rss_before) = (metrics.num_alive_tasks(), open_fds(), rss_kb());
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     for i in 0..CYCLES {
         let url = srs.rtmp_url("live", &format!("soak{i}"));
         cycle(&pusher, &mut events, &key, &url).await;
