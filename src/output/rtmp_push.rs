@@ -1,7 +1,8 @@
 //! RTMP push: publishes a hub stream to an RTMP server (SRS, nginx-rtmp) so that the
 //! server's players (HTTP-FLV, HLS, WebRTC) and edge clusters can serve it.
 //!
-//! A push is one more hub reader: it connects and publishes first, then subscribes, so it
+//! A push is one more hub reader (not counted as a viewer: control counts who wants the
+//! push, so a push never makes a device push again by itself): it connects and publishes first, then subscribes, so it
 //! starts from the GOP cache and the server has a key frame at once. Its frames go through
 //! the same [`FlvMuxer`] the HTTP-FLV viewers use (H.265 as Enhanced RTMP, FourCC `hvc1`),
 //! and its tags become RTMP messages ([`connection`]). A push that cannot keep up loses
@@ -34,7 +35,7 @@ use tracing::{debug, info, warn};
 use super::flv_mux::FlvMuxer;
 use crate::codec::flv::HevcSignal;
 use crate::config::RtmpSettings;
-use crate::hub::Hub;
+use crate::hub::{Hub, Reader};
 use crate::media::StreamKey;
 use connection::Connection;
 
@@ -477,7 +478,8 @@ impl Push {
         published: &mut bool,
     ) -> Result<Ended, PushError> {
         // subscribed after the publish, so the server starts at the latest key frame
-        let Some(mut reader) = self.inner.hub.subscribe(&self.key) else {
+        // not a viewer: who wants the push is counted by control
+        let Some(mut reader) = self.inner.hub.subscribe(&self.key).map(Reader::uncounted) else {
             return Ok(Ended::Stream);
         };
         *published = true;
