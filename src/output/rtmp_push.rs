@@ -5,7 +5,7 @@
 //! push, so a push never makes a device push again by itself): it connects and publishes first, then subscribes, so it
 //! starts from the GOP cache and the server has a key frame at once. Its frames go through
 //! the same [`FlvMuxer`] the HTTP-FLV viewers use (H.265 as Enhanced RTMP, FourCC `hvc1`),
-//! and its tags become RTMP messages ([`connection`]). A push that cannot keep up loses
+//! and its tags become RTMP messages (`rtmp_push/connection.rs`). A push that cannot keep up loses
 //! frames in its reader's bounded queue and restarts at the next key frame (counted in the
 //! stream's `frames_dropped`); the publisher and other viewers never wait for it.
 //!
