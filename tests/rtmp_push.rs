@@ -14,6 +14,7 @@ use common::control::*;
 use common::mqtt::TestClient;
 use common::srs::{NginxRtmp, Srs};
 use common::*;
+use std::time::Duration;
 
 const DEVICE: &str = "13800138000";
 
@@ -415,6 +416,13 @@ async fn auto_push_publishes_every_live_stream_without_a_request() {
                 && r.json().get("rtmp").is_none()
         })
         .await;
+    // the push is not a viewer: nobody asked for the stream, so the device is not asked
+    // to come back (stream down + a viewer left = REQPULL)
+    let seen = backend.drain_for(Duration::from_secs(2)).await;
+    assert!(
+        !seen.iter().any(|r| r.topic.ends_with("/REQPULL")),
+        "no REQPULL for a stream nobody requested"
+    );
     gateway.stop().await;
 }
 

@@ -1,10 +1,11 @@
 //! RTMP push: publishes a hub stream to an RTMP server (SRS, nginx-rtmp) so that the
 //! server's players (HTTP-FLV, HLS, WebRTC) and edge clusters can serve it.
 //!
-//! A push is one more hub reader: it connects and publishes first, then subscribes, so it
+//! A push is one more hub reader (not counted as a viewer: control counts who wants the
+//! push, so a push never makes a device push again by itself): it connects and publishes first, then subscribes, so it
 //! starts from the GOP cache and the server has a key frame at once. Its frames go through
 //! the same [`FlvMuxer`] the HTTP-FLV viewers use (H.265 as Enhanced RTMP, FourCC `hvc1`),
-//! and its tags become RTMP messages ([`connection`]). A push that cannot keep up loses
+//! and its tags become RTMP messages (`rtmp_push/connection.rs`). A push that cannot keep up loses
 //! frames in its reader's bounded queue and restarts at the next key frame (counted in the
 //! stream's `frames_dropped`); the publisher and other viewers never wait for it.
 //!
@@ -34,7 +35,7 @@ use tracing::{debug, info, warn};
 use super::flv_mux::FlvMuxer;
 use crate::codec::flv::HevcSignal;
 use crate::config::RtmpSettings;
-use crate::hub::Hub;
+use crate::hub::{Hub, Reader};
 use crate::media::{AudioMode, StreamKey};
 use connection::Connection;
 
@@ -481,7 +482,13 @@ impl Push {
     ) -> Result<Ended, PushError> {
         // subscribed after the publish, so the server starts at the latest key frame
         let audio = self.inner.settings.audio;
-        let Some(mut reader) = self.inner.hub.subscribe_as(&self.key, audio) else {
+        // not a viewer: who wants the push is counted by control
+        let Some(mut reader) = self
+            .inner
+            .hub
+            .subscribe_as(&self.key, audio)
+            .map(Reader::uncounted)
+        else {
             return Ok(Ended::Stream);
         };
         *published = true;
