@@ -94,6 +94,7 @@ impl App {
                 .merge(http_flv::routes(self.hub.clone(), &self.settings.http))
                 .merge(api::routes(self.hub.clone())),
             player: http_flv::FlvPlayer::new(self.hub.clone(), &self.settings.http),
+            head_timeout: self.settings.http.head_timeout,
         };
         let listeners = [
             self.live.into_std()?,
@@ -149,6 +150,7 @@ struct IoSides {
     ingest: IngestServer,
     router: Router,
     player: http_flv::FlvPlayer,
+    head_timeout: std::time::Duration,
 }
 
 /// One I/O thread: a single-threaded event loop over its copies of the listeners (live,
@@ -174,10 +176,11 @@ fn io_thread(
             ingest,
             router,
             player,
+            head_timeout,
         } = sides;
         tokio::join!(
             ingest.run(live?, playback?, shutdown.clone()),
-            http_serve::serve(http?, router, player, shutdown),
+            http_serve::serve(http?, router, player, head_timeout, shutdown),
         );
         Ok(())
     })
