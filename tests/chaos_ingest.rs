@@ -310,26 +310,26 @@ fn streams_up(events: &mut tokio::sync::broadcast::Receiver<HubEvent>) -> BTreeS
     up
 }
 
-#[tokio::test]
+// a thread of its own for the good device: the 2 s idle timeout must not see it stall
+// while the test does other work
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_announces_no_stream_and_the_good_stream_keeps_every_frame() {
+    // four connections with 1 MiB of marker-dense random bytes, two with 3,000 packets
+    // of noise each claiming a random device; made before the good device starts (the
+    // test's thread also runs the good device, which must not stall for seconds)
+    let garbage: Vec<Vec<u8>> = (1..=4)
+        .map(|seed| marker_dense_garbage(seed, 1 << 20))
+        .chain((5..=6).map(|seed| noise_packets(seed, 3000, None)))
+        .collect();
     let url = embedded_url();
     let gateway = gateway_on(&url, BrokerAt::Embedded, &[IDLE, DEEP_QUEUE]).await;
     let mut events = gateway.hub.events();
     let good = GoodPair::start(&gateway).await;
-
-    // four connections with 1 MiB of marker-dense random bytes, two with 3,000 packets
-    // of noise each claiming a random device
     let live = gateway.addrs.live;
-    let mut probes = Vec::new();
-    for seed in 1..=4 {
-        probes.push(tokio::spawn(probe(
-            live,
-            marker_dense_garbage(seed, 1 << 20),
-        )));
-    }
-    for seed in 5..=6 {
-        probes.push(tokio::spawn(probe(live, noise_packets(seed, 3000, None))));
-    }
+    let probes: Vec<_> = garbage
+        .into_iter()
+        .map(|bytes| tokio::spawn(probe(live, bytes)))
+        .collect();
     for probe in probes {
         let stayed = probe.await.unwrap();
         assert!(stayed.is_some(), "a garbage connection is closed");
@@ -376,7 +376,9 @@ async fn garbage_announces_no_stream_and_the_good_stream_keeps_every_frame() {
     good.finish().await;
 }
 
-#[tokio::test]
+// a thread of its own for the good device: the 2 s idle timeout must not see it stall
+// while the test does other work
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trickles_and_packets_that_never_make_a_frame_are_closed_after_the_idle_timeout() {
     let gateway = Gateway::start(&[IDLE, DEEP_QUEUE]).await;
     let good = GoodPair::start(&gateway).await;
@@ -547,12 +549,17 @@ async fn simulate_loop_reconnects_after_the_gateway_restarts() {
         .await;
     first.stop().await;
 
+    let restarted = Instant::now();
     let second = Gateway::start(&settings).await;
     second
         .wait_for_stream("the simulated device, reconnected", |s| {
             s.device == "13800138000" && s.video_frames > 0
         })
         .await;
+    eprintln!(
+        "simulator streaming again {:?} after the new gateway started",
+        restarted.elapsed()
+    );
     assert!(
         simulator.try_wait().unwrap().is_none(),
         "the simulator keeps running"

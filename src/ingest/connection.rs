@@ -229,11 +229,12 @@ impl Connection {
                 "garbage on the wire was skipped"
             );
         }
-        let announced = channels.iter().filter(|c| c.is_proven()).count();
+        // channels that delivered a well-formed frame: 0 for garbage
+        let with_media = channels.iter().filter(|c| c.is_proven()).count();
         info!(
             reason,
             packets = stats.packets,
-            announced,
+            with_media,
             "device disconnected"
         );
     }
