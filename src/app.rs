@@ -122,6 +122,7 @@ impl App {
                 &self.settings.http,
                 self.settings.audio.flv_mode(),
             ),
+            head_timeout: self.settings.http.head_timeout,
         };
         let listeners = [
             self.live.into_std()?,
@@ -177,6 +178,7 @@ struct IoSides {
     ingest: IngestServer,
     router: Router,
     player: http_flv::FlvPlayer,
+    head_timeout: std::time::Duration,
 }
 
 /// One I/O thread: a single-threaded event loop over its copies of the listeners (live,
@@ -202,10 +204,11 @@ fn io_thread(
             ingest,
             router,
             player,
+            head_timeout,
         } = sides;
         tokio::join!(
             ingest.run(live?, playback?, shutdown.clone()),
-            http_serve::serve(http?, router, player, shutdown),
+            http_serve::serve(http?, router, player, head_timeout, shutdown),
         );
         Ok(())
     })

@@ -87,7 +87,9 @@ pub enum Command {
         /// Pacing: by the stream's timestamps, or as fast as possible.
         #[arg(long, value_enum, default_value_t = Pace::Realtime)]
         pace: Pace,
-        /// Start over at the end of the file, forever.
+        /// Start over at the end of the file, forever. Like a terminal, a looping device
+        /// whose connection fails (the gateway restarted, say) reconnects, after 0.5 s
+        /// doubling up to 10 s, and goes on from the start of the file.
         #[arg(long = "loop")]
         looping: bool,
     },

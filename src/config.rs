@@ -49,7 +49,8 @@ pub struct IngestSettings {
     pub live_listen: SocketAddr,
     /// Playback stream listener.
     pub playback_listen: SocketAddr,
-    /// Idle timeout per device connection.
+    /// A device connection that sends no useful packet (one of a channel that delivered a
+    /// well-formed frame) for this long is closed.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// Connection cap.
@@ -77,6 +78,10 @@ pub struct HttpSettings {
     /// every frame at once, lowest latency).
     #[serde(with = "humantime_serde")]
     pub flv_merge_write: Duration,
+    /// A client that sends no complete request head within this is dropped (a trickle of
+    /// bytes does not extend it).
+    #[serde(with = "humantime_serde")]
+    pub head_timeout: Duration,
 }
 
 /// `[audio]`

@@ -199,6 +199,35 @@ impl Codec {
             _ => None,
         }
     }
+
+    /// Whether `data` can be one frame of this audio codec: a size a device sends (10 ms
+    /// to 1 s of sound) and, for the framed codecs, their sync word. What decides whether
+    /// audio may announce a stream (ingest checks nothing else of audio); false for video
+    /// and for payload types the gateway does not know.
+    pub fn is_plausible_audio_frame(self, data: &[u8]) -> bool {
+        let len = data.len();
+        match self {
+            // 8 bytes a millisecond; devices send whole milliseconds (20 ms = 160 bytes)
+            Codec::G711A | Codec::G711U => (80..=8000).contains(&len) && len % 8 == 0,
+            // 2 to 5 bytes a millisecond (16 to 40 kbit/s, ITU-T G.726)
+            Codec::G726 => (20..=5000).contains(&len),
+            // IMA ADPCM, 4 bytes a millisecond, after a 4-byte state header
+            Codec::Adpcm => (44..=4004).contains(&len),
+            // ADTS: syncword 0xFFF, then a 13-bit frame length that fits (ISO/IEC 13818-7)
+            Codec::Aac => match data {
+                [0xff, b1, _, b3, b4, b5, _, ..] if b1 & 0xf0 == 0xf0 => {
+                    let frame = (usize::from(b3 & 0x03) << 11)
+                        | (usize::from(*b4) << 3)
+                        | usize::from(b5 >> 5);
+                    (7..=len).contains(&frame)
+                }
+                _ => false,
+            },
+            // MPEG audio frame sync: 11 set bits (ISO/IEC 11172-3)
+            Codec::Mp3 => matches!(data, [0xff, b1, ..] if b1 & 0xe0 == 0xe0) && len >= 24,
+            Codec::H264 | Codec::H265 | Codec::Other(_) => false,
+        }
+    }
 }
 
 impl From<PayloadType> for Codec {

@@ -519,6 +519,8 @@ async fn a_viewer_that_never_reads_does_not_hold_up_shutdown() {
     let tmp = TempDir::new("stuck");
     let bytes = noisy_lossless_h264(&tmp, 2).await;
     let gateway = Gateway::start(&[]).await;
+    // listening before the request, so its waiting reader cannot be missed
+    let mut events = gateway.hub.events();
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stuck = socket.connect(gateway.addrs.http).await.unwrap();
@@ -526,7 +528,6 @@ async fn a_viewer_that_never_reads_does_not_hold_up_shutdown() {
         .write_all(b"GET /live/13800138000_1.flv HTTP/1.0\r\n\r\n")
         .await
         .unwrap();
-    let mut events = gateway.hub.events();
     gateway.wait_for_waiting_reader(&mut events).await;
     // the device stays connected; the viewer's socket fills and its task waits to write
     let mut device = TcpStream::connect(gateway.addrs.live).await.unwrap();

@@ -89,6 +89,7 @@ async fn a_thousand_push_start_stop_cycles_leave_nothing_behind() {
         retry_backoff: Duration::from_millis(50),
         retry_backoff_max: Duration::from_millis(200),
         max_attempts: 20,
+        audio: jt1078_gateway::media::AudioMode::Aac,
     };
     let (pusher, mut events) =
         RtmpPusher::new(hub.clone(), settings, tasks.clone(), shutdown.clone());

@@ -1,5 +1,5 @@
-//! Arbitrary access units through NAL splitting, SPS parsing and the FLV decoder
-//! configuration records: must never panic.
+//! Arbitrary access units through NAL splitting, SPS parsing, the check that a key slice
+//! starts decoding and the FLV decoder configuration records: must never panic.
 #![no_main]
 
 use jt1078_gateway::codec::flv;
@@ -16,6 +16,8 @@ fuzz_target!(|data: &[u8]| {
                 let _ = flv::hevc_decoder_config(sps, sps, sps, &info);
             }
         }
+        let nal = |kind| codec.find(data, kind).unwrap_or_default();
+        let _ = codec.starts_decoding(nal(NalKind::Sps), nal(NalKind::Pps), nal(NalKind::KeySlice));
         let mut out = bytes::BytesMut::new();
         for signal in [flv::HevcSignal::CodecId12, flv::HevcSignal::Enhanced] {
             flv::write_video_frame(&mut out, (codec, signal), 0, true, data);

@@ -235,9 +235,10 @@ pub fn hevc_decoder_config(vps: &[u8], sps: &[u8], pps: &[u8], info: &SpsInfo) -
     Some(out.freeze())
 }
 
-/// Appends an onMetaData script tag (AMF0) with the picture size and codec ids.
+/// Appends an onMetaData script tag (AMF0) at `ts` with the picture size and codec ids.
 pub fn write_metadata(
     out: &mut BytesMut,
+    ts: u64,
     video: Option<(VideoCodec, HevcSignal, u32, u32)>,
     audio: Option<SoundFormat>,
 ) {
@@ -264,7 +265,7 @@ pub fn write_metadata(
         body.put_f64(value);
     }
     body.put_slice(&[0, 0, 9]); // object end
-    write_tag(out, TagType::Script, 0, &[&body]);
+    write_tag(out, TagType::Script, ts, &[&body]);
 }
 
 /// One tag of an FLV byte stream, as [`tags`] splits it.

@@ -127,10 +127,19 @@ impl VideoCodec {
     pub fn parse_sps(self, sps: &[u8]) -> Option<SpsInfo> {
         match self {
             VideoCodec::H264 => {
+                // scuffle-h264 0.2 reads an Exp-Golomb code of 64 or more leading zero bits
+                // as 0 - 1 (a panic where overflow is checked); no valid SPS has 8 zero bytes
+                // in a row
+                let rbsp = rbsp_prefix(sps, sps.len());
+                if rbsp.windows(8).any(|w| w.iter().all(|b| *b == 0)) {
+                    return None;
+                }
                 let parsed = scuffle_h264::Sps::parse_with_emulation_prevention(sps).ok()?;
+                let (width, height) = h264_picture_size(&parsed)?;
                 Some(SpsInfo {
-                    width: u32::try_from(parsed.width()).ok()?,
-                    height: u32::try_from(parsed.height()).ok()?,
+                    width,
+                    height,
+                    id: u32::from(parsed.seq_parameter_set_id),
                     frame_rate: parsed.frame_rate(),
                     profile: [*sps.get(1)?, *sps.get(2)?, *sps.get(3)?],
                     hevc: None,
@@ -138,6 +147,102 @@ impl VideoCodec {
             }
             VideoCodec::H265 => parse_hevc_sps(sps),
         }
+    }
+}
+
+impl VideoCodec {
+    /// Whether a decoder can start at the key slice `key_slice` with these parameter sets:
+    /// the SPS parses with a profile and level the standard defines, the PPS names that
+    /// SPS, and the slice header starts a picture of the kind its NAL type says and names
+    /// that PPS. Checks only the few fields that tie the three together, so noise that
+    /// merely starts like an SPS, PPS and IDR slice is not taken for video.
+    pub fn starts_decoding(self, sps: &[u8], pps: &[u8], key_slice: &[u8]) -> bool {
+        let Some(info) = self.parse_sps(sps) else {
+            return false;
+        };
+        let (profile, level) = (info.profile[0], info.profile[2]);
+        let defined = match self {
+            // ITU-T H.264 Annex A: profile_idc and level_idc values
+            VideoCodec::H264 => {
+                matches!(
+                    profile,
+                    44 | 66
+                        | 77
+                        | 83
+                        | 86
+                        | 88
+                        | 100
+                        | 110
+                        | 118
+                        | 122
+                        | 128
+                        | 134
+                        | 135
+                        | 138
+                        | 139
+                        | 144
+                        | 244
+                ) && matches!(
+                    level,
+                    9..=13 | 20..=22 | 30..=32 | 40..=42 | 50..=52 | 60..=62
+                )
+            }
+            // ITU-T H.265 Annex A: general_profile_idc 1..=11, general_level_idc 30 × level
+            VideoCodec::H265 => {
+                (1..=11).contains(&(profile & 0x1f))
+                    && matches!(
+                        level,
+                        30 | 60 | 63 | 90 | 93 | 120 | 123 | 150 | 153 | 156 | 180 | 183 | 186
+                    )
+            }
+        };
+        let Some((pps_id, pps_sps_id)) = self.pps_ids(pps) else {
+            return false;
+        };
+        defined && pps_sps_id == info.id && self.key_slice_pps_id(key_slice) == Some(pps_id)
+    }
+
+    /// A PPS's pic_parameter_set_id and the seq_parameter_set_id it names (H.264 §7.3.2.2,
+    /// H.265 §7.3.2.3.1).
+    fn pps_ids(self, pps: &[u8]) -> Option<(u32, u32)> {
+        let (header, max_pps, max_sps) = match self {
+            VideoCodec::H264 => (1, 255, 31),
+            VideoCodec::H265 => (2, 63, 15),
+        };
+        let rbsp = rbsp_prefix(pps.get(header..)?, 16);
+        let mut bits = Bits(BitReader::new_from_slice(rbsp.as_slice()));
+        let pps_id = u32::try_from(bits.ue()?).ok().filter(|id| *id <= max_pps)?;
+        let sps_id = u32::try_from(bits.ue()?).ok().filter(|id| *id <= max_sps)?;
+        Some((pps_id, sps_id))
+    }
+
+    /// The PPS a key slice that starts a picture names; `None` when its header does not
+    /// start one (H.264 §7.3.3: first_mb_in_slice, an I or SI slice_type, the PPS id;
+    /// H.265 §7.3.6.1: first_slice_segment_in_pic_flag set, no_output_of_prior_pics_flag,
+    /// the PPS id).
+    fn key_slice_pps_id(self, slice: &[u8]) -> Option<u32> {
+        let header = match self {
+            VideoCodec::H264 => 1,
+            VideoCodec::H265 => 2,
+        };
+        let rbsp = rbsp_prefix(slice.get(header..)?, 16);
+        let mut bits = Bits(BitReader::new_from_slice(rbsp.as_slice()));
+        match self {
+            VideoCodec::H264 => {
+                bits.ue()?; // first_mb_in_slice
+                // an IDR picture has only I (2, 7) or SI (4, 9) slices
+                if !matches!(bits.ue()?, 2 | 4 | 7 | 9) {
+                    return None;
+                }
+            }
+            VideoCodec::H265 => {
+                if bits.read(1)? != 1 {
+                    return None;
+                }
+                bits.skip(1)?; // no_output_of_prior_pics_flag
+            }
+        }
+        u32::try_from(bits.ue()?).ok()
     }
 }
 
@@ -178,6 +283,8 @@ pub struct SpsInfo {
     pub width: u32,
     /// Picture height after cropping.
     pub height: u32,
+    /// seq_parameter_set_id: the id a PPS names it by.
+    pub id: u32,
     /// Frame rate from the VUI timing info, when present.
     pub frame_rate: Option<f64>,
     /// H.264: profile_idc, constraint flags, level_idc. H.265: the first two bytes of the
@@ -202,6 +309,41 @@ pub struct HevcSpsInfo {
     pub max_sub_layers_minus1: u8,
     /// sps_temporal_id_nesting_flag.
     pub temporal_id_nesting: bool,
+}
+
+/// The cropped picture size of an H.264 SPS (ITU-T H.264 §7.4.2.1.1), every step checked:
+/// `Sps::width`/`height` of scuffle-h264 0.2 subtract the crop unchecked, which panics (or,
+/// in release builds, wraps) on a corrupt SPS whose crop exceeds the picture.
+fn h264_picture_size(sps: &scuffle_h264::Sps) -> Option<(u32, u32)> {
+    let field_pairs = if sps.mb_adaptive_frame_field_flag.is_none() {
+        1
+    } else {
+        2
+    };
+    let width = sps
+        .pic_width_in_mbs_minus1
+        .checked_add(1)?
+        .checked_mul(16)?;
+    let height = sps
+        .pic_height_in_map_units_minus1
+        .checked_add(1)?
+        .checked_mul(16 * field_pairs)?;
+    let (crop_x, crop_y) = match &sps.frame_crop_info {
+        Some(crop) => (
+            crop.frame_crop_left_offset
+                .checked_add(crop.frame_crop_right_offset)?
+                .checked_mul(2)?,
+            crop.frame_crop_top_offset
+                .checked_add(crop.frame_crop_bottom_offset)?
+                .checked_mul(2)?,
+        ),
+        None => (0, 0),
+    };
+    let (width, height) = (width.checked_sub(crop_x)?, height.checked_sub(crop_y)?);
+    if width == 0 || height == 0 || width > MAX_DIMENSION || height > MAX_DIMENSION {
+        return None;
+    }
+    Some((u32::try_from(width).ok()?, u32::try_from(height).ok()?))
 }
 
 /// Largest picture dimension accepted from an SPS (H.265 level 6.2 allows 8192 × 4320; a
@@ -237,7 +379,7 @@ fn parse_hevc_sps(sps: &[u8]) -> Option<SpsInfo> {
             bits.skip(8)?;
         }
     }
-    bits.ue()?; // sps_seq_parameter_set_id
+    let id = u32::try_from(bits.ue()?).ok().filter(|id| *id <= 15)?; // sps_seq_parameter_set_id
     let chroma_format_idc = bits.ue()?;
     if chroma_format_idc > 3 {
         return None;
@@ -273,6 +415,7 @@ fn parse_hevc_sps(sps: &[u8]) -> Option<SpsInfo> {
     Some(SpsInfo {
         width: u32::try_from(width).ok()?,
         height: u32::try_from(height).ok()?,
+        id,
         frame_rate: None,
         profile: [
             general_profile_tier_level[0],
@@ -390,6 +533,32 @@ mod tests {
         assert_eq!(nal_units(&units[2]).count(), 2);
     }
 
+    /// The SPS, PPS and the start of the IDR slice of a 64×48 H.264 picture (x264
+    /// baseline: `ffmpeg -f lavfi -i testsrc=size=64x48 -frames:v 1 -pix_fmt yuv420p
+    /// -c:v libx264 -profile:v baseline`).
+    const SPS_64X48: [u8; 23] = [
+        0x67, 0x42, 0xc0, 0x0a, 0xd9, 0x04, 0x7b, 0x01, 0x10, 0x00, 0x00, 0x03, 0x00, 0x10, 0x00,
+        0x00, 0x03, 0x03, 0x20, 0xf1, 0x22, 0x64, 0x80,
+    ];
+    const PPS_64X48: [u8; 5] = [0x68, 0xcb, 0x83, 0xcb, 0x20];
+    const IDR_64X48: [u8; 5] = [0x65, 0x88, 0x84, 0x0c, 0x7f];
+
+    #[test]
+    fn a_key_slice_starts_decoding_only_with_parameter_sets_that_fit_it() {
+        let h264 = VideoCodec::H264;
+        assert!(h264.starts_decoding(&SPS_64X48, &PPS_64X48, &IDR_64X48));
+        // a PPS naming SPS 1 (pps_id 0, sps_id 1: bits 1 010)
+        assert!(!h264.starts_decoding(&SPS_64X48, &[0x68, 0xa8], &IDR_64X48));
+        // a slice of type P (first_mb 0, slice_type 5: bits 1 00110 1)
+        assert!(!h264.starts_decoding(&SPS_64X48, &PPS_64X48, &[0x65, 0x9a, 0x80]));
+        // a slice naming PPS 1 (first_mb 0, slice_type 7, pps_id 1: bits 1 0001000 010)
+        assert!(!h264.starts_decoding(&SPS_64X48, &PPS_64X48, &[0x65, 0x88, 0x40]));
+        // a profile the standard does not define (67)
+        let mut undefined = SPS_64X48;
+        undefined[1] = 67;
+        assert!(!h264.starts_decoding(&undefined, &PPS_64X48, &IDR_64X48));
+    }
+
     #[test]
     fn removes_emulation_prevention() {
         assert_eq!(rbsp_prefix(&[1, 0, 0, 3, 1, 2], 5), vec![1, 0, 0, 1, 2]);
@@ -398,6 +567,15 @@ mod tests {
     #[test]
     fn garbage_sps_is_none_not_panic() {
         assert!(VideoCodec::H264.parse_sps(&[0x67]).is_none());
+        // a crop wider than the picture (16 pixels wide, 20 cropped): scuffle-h264's own
+        // width() panics on it
+        let over_cropped = [0x67, 0x42, 0xc0, 0x0a, 0xda, 0x7c, 0x5f, 0x40];
+        assert!(VideoCodec::H264.parse_sps(&over_cropped).is_none());
+        // an Exp-Golomb code of 64 leading zero bits (found by the chaos tests' noise)
+        let mut zeros = vec![0x67, 0x42, 0xc0, 0x0a];
+        zeros.extend([0; 9]);
+        zeros.extend([0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0x80]);
+        assert!(VideoCodec::H264.parse_sps(&zeros).is_none());
         assert!(VideoCodec::H265.parse_sps(&[0x42, 0x01, 0xff]).is_none());
     }
 

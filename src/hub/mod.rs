@@ -269,6 +269,12 @@ impl Hub {
         self.update_known_tracks(key, |known| known.requested = requested);
     }
 
+    /// What is known of `key`'s media, if it has a publisher.
+    pub fn live_media(&self, key: &StreamKey) -> Option<MediaInfo> {
+        let stream = self.registry().get(key).map(Arc::clone)?;
+        stream.live_media()
+    }
+
     /// True if `key` has a publisher.
     pub fn is_live(&self, key: &StreamKey) -> bool {
         self.registry().get(key).is_some_and(|s| s.is_publishing())

@@ -286,6 +286,12 @@ impl Stream {
         (state.generation, was_publishing)
     }
 
+    /// The media info, if something publishes the stream.
+    pub(crate) fn live_media(&self) -> Option<MediaInfo> {
+        let state = self.lock();
+        state.publishing.then(|| state.info.clone())
+    }
+
     pub(crate) fn is_publishing(&self) -> bool {
         self.lock().publishing
     }

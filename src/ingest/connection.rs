@@ -6,6 +6,11 @@
 //! A connection may carry several logical channels. Each publishes on its own: when another
 //! connection takes a channel over, only that channel stops (its later packets are ignored,
 //! so it is never taken back); the connection closes once none of its channels is left.
+//!
+//! A channel announces its stream only with its first well-formed frame (`admission.rs`),
+//! and only packets of a channel that delivered one keep the connection from its idle
+//! timeout: garbage, a trickle of bytes or packets that never make a frame are closed
+//! `ingest.idle_timeout` after the last useful packet (or after connecting).
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
@@ -13,14 +18,16 @@ use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::{Span, debug, info, instrument, warn};
 
+use super::admission::{Candidate, Verdict};
 use super::device_socket::{DeviceSocket, READ_CHUNK};
-use crate::codec::h26x::{NalKind, VideoCodec, nal_units};
+use super::parameter_sets::{Learnt, ParameterSets};
+use crate::codec::h26x::VideoCodec;
 use crate::codec::jt1078::{self, ConnectionSequence, DataType, Decoder, Reassembler, Sim};
 use crate::hub::{Hub, Publisher};
 use crate::media::{
@@ -48,9 +55,23 @@ pub(crate) struct Connection {
 struct ChannelEntry {
     sim: Sim,
     channel: u8,
-    /// `None` once another connection took the channel over.
-    ingest: Option<ChannelIngest>,
+    state: ChannelState,
 }
+
+/// Where a channel is in its life on this connection.
+enum ChannelState {
+    /// Not announced: waits for a well-formed frame.
+    Pending(Candidate),
+    /// Publishes its stream.
+    Publishing(ChannelIngest),
+    /// Another connection took the stream over.
+    Retired,
+}
+
+/// Most channels one connection may carry (a terminal has at most a few dozen cameras).
+/// Past it the oldest channel not yet announced makes room: bytes that only look like
+/// packets, each naming another SIM, cannot grow a connection's state.
+const MAX_CHANNELS: usize = 32;
 
 /// A channel that has carried audio and no video frame for this long is taken as audio
 /// only: its audio frames start playback.
@@ -72,16 +93,6 @@ struct ChannelIngest {
     /// A frame a viewer can start playing from was published (see
     /// [`ChannelIngest::starts_stream`]).
     started: bool,
-}
-
-/// The latest parameter sets of a video stream, so every key frame carries them.
-#[derive(Default)]
-struct ParameterSets {
-    codec: Option<VideoCodec>,
-    vps: Option<Bytes>,
-    sps: Option<Bytes>,
-    pps: Option<Bytes>,
-    parsed_sps: Option<Bytes>,
 }
 
 impl Connection {
@@ -115,8 +126,9 @@ impl Connection {
         let shutdown = cancel.cancelled();
         tokio::pin!(shutdown);
         // The idle timer is re-armed lazily: it fires at most once per `idle_timeout` and
-        // only then checks whether anything arrived, instead of a timer reset per read.
-        let mut last_read = Instant::now();
+        // only then checks whether anything useful arrived, instead of a timer reset per
+        // read. Useful: a packet of a channel that delivered a well-formed frame.
+        let mut last_useful = Instant::now();
         let idle = tokio::time::sleep(self.limits.idle_timeout);
         tokio::pin!(idle);
         let reason = loop {
@@ -140,9 +152,13 @@ impl Connection {
                     continue;
                 }
                 () = &mut idle => {
-                    let deadline = last_read + self.limits.idle_timeout;
+                    let deadline = last_useful + self.limits.idle_timeout;
                     if Instant::now() >= deadline {
-                        break "idle timeout";
+                        break if channels.iter().any(ChannelEntry::is_proven) {
+                            "idle timeout"
+                        } else {
+                            "idle timeout: no well-formed frame"
+                        };
                     }
                     idle.as_mut().reset(deadline);
                     continue;
@@ -154,9 +170,10 @@ impl Connection {
                     debug!(%error, "read failed");
                     break "read error";
                 }
-                Ok(_) => last_read = Instant::now(),
+                Ok(_) => {}
             }
             let now = Instant::now();
+            let mut useful = false;
             while let Some(packet) = decoder.next_packet() {
                 let (number, data_type) = (packet.sequence, packet.data_type);
                 let at = match channels
@@ -164,29 +181,31 @@ impl Connection {
                     .position(|c| c.channel == packet.channel && c.sim == packet.sim)
                 {
                     Some(at) => at,
-                    None => {
-                        channels.push(self.open_channel(&packet));
-                        if watched.is_none() {
-                            watched = watch(&channels);
-                        }
-                        channels.len() - 1
-                    }
+                    None => match self.open_channel(&mut channels, &packet) {
+                        Some(at) => at,
+                        None => continue,
+                    },
                 };
                 if let Some(entry) = channels.get_mut(at) {
-                    entry.ingest_packet(packet, &sequence, now);
+                    useful |= entry.ingest_packet(packet, &sequence, now, &self.hub);
                 }
                 if sequence.observe(number, data_type) {
                     // a packet lost on a counter shared by the channels may be anyone's
                     for (i, entry) in channels.iter_mut().enumerate() {
-                        match &mut entry.ingest {
-                            Some(ch) if i != at => ch.reassembler.connection_gap(),
-                            _ => {}
+                        if i != at {
+                            entry.connection_gap();
                         }
                     }
                 }
             }
+            if useful {
+                last_useful = now;
+                if watched.is_none() {
+                    watched = watch(&channels);
+                }
+            }
             let resyncs = decoder.stats().resyncs;
-            for ch in channels.iter_mut().filter_map(|c| c.ingest.as_mut()) {
+            for ch in channels.iter_mut().filter_map(ChannelEntry::publishing) {
                 ch.report(resyncs);
             }
             // a channel taken over retires on its next frame (the publisher refuses it) or,
@@ -210,44 +229,81 @@ impl Connection {
                 "garbage on the wire was skipped"
             );
         }
-        info!(reason, packets = stats.packets, "device disconnected");
+        // channels that delivered a well-formed frame: 0 for garbage
+        let with_media = channels.iter().filter(|c| c.is_proven()).count();
+        info!(
+            reason,
+            packets = stats.packets,
+            with_media,
+            "device disconnected"
+        );
     }
 
-    fn open_channel(&self, packet: &jt1078::Packet) -> ChannelEntry {
-        let device = DeviceId::from_sim(&packet.sim);
-        let key = StreamKey::new(device.clone(), Channel(packet.channel), self.kind);
-        let span = Span::current();
-        span.record("device", tracing::field::display(&device));
-        span.record("channel", packet.channel);
-        let replaced = CancellationToken::new();
-        let publisher = self.hub.publish(key.clone(), replaced.clone());
-        info!(stream = %key, layout = ?packet.layout(), "stream up");
-        ChannelEntry {
+    /// Starts following the channel `packet` names (announcing nothing yet); where it is
+    /// in `channels`, or `None` when the connection carries [`MAX_CHANNELS`] that have all
+    /// announced their streams.
+    fn open_channel(
+        &self,
+        channels: &mut Vec<ChannelEntry>,
+        packet: &jt1078::Packet,
+    ) -> Option<usize> {
+        if channels.len() >= MAX_CHANNELS {
+            let oldest = channels.iter().position(|c| !c.is_proven())?;
+            channels.remove(oldest);
+        }
+        let key = StreamKey::new(
+            DeviceId::from_sim(&packet.sim),
+            Channel(packet.channel),
+            self.kind,
+        );
+        channels.push(ChannelEntry {
             sim: packet.sim,
             channel: packet.channel,
-            ingest: Some(ChannelIngest::new(
-                publisher,
-                replaced,
-                self.limits.max_frame,
-            )),
-        }
+            state: ChannelState::Pending(Candidate::new(key, self.limits.max_frame)),
+        });
+        Some(channels.len() - 1)
     }
 }
 
 impl ChannelEntry {
-    /// Reassembles, translates and publishes; a channel taken over elsewhere ignores the
-    /// packet (publishing it would take the stream back).
+    /// Reassembles, translates and publishes (a channel not announced yet only checks its
+    /// frames, and announces its stream with the first well-formed one); a channel taken
+    /// over elsewhere ignores the packet (publishing it would take the stream back).
+    /// Returns whether the packet was useful: its channel delivered a well-formed frame.
     fn ingest_packet(
         &mut self,
         packet: jt1078::Packet,
         sequence: &ConnectionSequence,
         now: Instant,
-    ) {
-        let Some(ch) = self.ingest.as_mut() else {
-            return;
+        hub: &Hub,
+    ) -> bool {
+        let candidate = match &mut self.state {
+            ChannelState::Publishing(ch) => {
+                ch.bytes_in += packet.encoded_len() as u64;
+                if let Some(frame) = ch.reassembler.push_on(packet, sequence) {
+                    self.publish(frame, now);
+                }
+                return true;
+            }
+            ChannelState::Retired => return false,
+            ChannelState::Pending(candidate) => candidate,
         };
-        ch.bytes_in += packet.encoded_len() as u64;
-        let Some(frame) = ch.reassembler.push_on(packet, sequence) else {
+        let Some(frame) = candidate.push(packet, sequence) else {
+            return candidate.proven;
+        };
+        match candidate.judge(&frame, |key| hub.live_media(key)) {
+            Verdict::Refused | Verdict::AwaitKeyFrame => candidate.proven,
+            Verdict::Admitted => {
+                self.announce(hub);
+                self.publish(frame, now);
+                true
+            }
+        }
+    }
+
+    /// Translates and publishes one frame of a publishing channel.
+    fn publish(&mut self, frame: jt1078::Frame, now: Instant) {
+        let ChannelState::Publishing(ch) = &mut self.state else {
             return;
         };
         let Some(frame) = ch.translate(frame, now) else {
@@ -262,37 +318,96 @@ impl ChannelEntry {
         }
     }
 
+    /// A candidate delivered a well-formed frame: it becomes the stream's publisher.
+    fn announce(&mut self, hub: &Hub) {
+        let ChannelState::Pending(candidate) =
+            std::mem::replace(&mut self.state, ChannelState::Retired)
+        else {
+            return;
+        };
+        let key = candidate.key.clone();
+        let span = Span::current();
+        span.record("device", tracing::field::display(&key.device));
+        span.record("channel", self.channel);
+        let replaced = CancellationToken::new();
+        let publisher = hub.publish(key.clone(), replaced.clone());
+        info!(stream = %key, layout = ?self.sim.layout(), "stream up");
+        self.state = ChannelState::Publishing(ChannelIngest::new(publisher, replaced, candidate));
+    }
+
     /// Stops publishing: drops the publisher (which no longer owns the stream).
     fn retire(&mut self) {
         info!(
             channel = self.channel,
             "channel taken over by a newer connection"
         );
-        self.ingest = None;
+        self.state = ChannelState::Retired;
     }
 
-    fn is_publishing(&self) -> bool {
-        self.ingest.is_some()
+    /// Another channel's packet broke a counter this one may share.
+    fn connection_gap(&mut self) {
+        match &mut self.state {
+            ChannelState::Publishing(ch) => ch.reassembler.connection_gap(),
+            ChannelState::Pending(candidate) => candidate.reassembler.connection_gap(),
+            ChannelState::Retired => {}
+        }
+    }
+
+    fn publishing(&mut self) -> Option<&mut ChannelIngest> {
+        match &mut self.state {
+            ChannelState::Publishing(ch) => Some(ch),
+            _ => None,
+        }
+    }
+
+    fn is_retired(&self) -> bool {
+        matches!(self.state, ChannelState::Retired)
+    }
+
+    /// It delivered a well-formed frame (whether it publishes now or not).
+    fn is_proven(&self) -> bool {
+        match &self.state {
+            ChannelState::Pending(candidate) => candidate.proven,
+            ChannelState::Publishing(_) | ChannelState::Retired => true,
+        }
     }
 
     fn has_started(&self) -> bool {
-        self.ingest.as_ref().is_some_and(|ch| ch.started)
+        matches!(&self.state, ChannelState::Publishing(ch) if ch.started)
     }
 }
 
 impl ChannelIngest {
-    fn new(publisher: Publisher, replaced: CancellationToken, max_frame: usize) -> ChannelIngest {
+    /// The publishing state of a candidate that delivered a well-formed frame: what it
+    /// learnt of the video goes to the hub, its timestamps continue the stream's.
+    fn new(
+        publisher: Publisher,
+        replaced: CancellationToken,
+        candidate: Candidate,
+    ) -> ChannelIngest {
         let origin = publisher.last_pts();
+        let Candidate {
+            reassembler,
+            parameter_sets,
+            opened,
+            bytes_in,
+            ..
+        } = candidate;
+        if let Some(codec) = parameter_sets.codec() {
+            publisher.set_video(Codec::from_video(codec), parameter_sets.resolution());
+        }
+        let s = reassembler.stats();
         ChannelIngest {
             publisher,
             replaced,
-            reassembler: Reassembler::new(max_frame),
+            // what broke before the stream was announced is no drop of the stream's
+            reported_drops: s.broken_frames + s.oversized_frames + s.skipped_waiting_for_key,
+            reassembler,
             normaliser: TimestampNormaliser::default().starting_at(origin),
-            parameter_sets: ParameterSets::default(),
+            parameter_sets,
             audio_codec: None,
-            bytes_in: 0,
-            reported_drops: 0,
-            opened: Instant::now(),
+            bytes_in,
+            opened,
             started: false,
         }
     }
@@ -300,7 +415,7 @@ impl ChannelIngest {
     /// Whether a viewer can start playing from `frame` ([`Frame::starts_playback`]), the
     /// channel counting as video until it has carried no video for [`AUDIO_ONLY_AFTER`].
     fn starts_stream(&self, frame: &Frame, now: Instant) -> bool {
-        let may_have_video = self.parameter_sets.codec.is_some()
+        let may_have_video = self.parameter_sets.codec().is_some()
             || now.saturating_duration_since(self.opened) < AUDIO_ONLY_AFTER;
         frame.starts_playback(may_have_video)
     }
@@ -337,9 +452,12 @@ impl ChannelIngest {
                         return None;
                     }
                 };
-                let data = self
-                    .parameter_sets
-                    .complete(video, frame.data, &self.publisher)?;
+                let (unit, learnt) = self.parameter_sets.remember(video, &frame.data);
+                if let Learnt::Video(codec, resolution) = learnt {
+                    self.publisher
+                        .set_video(Codec::from_video(codec), resolution);
+                }
+                let data = self.parameter_sets.complete(video, frame.data, unit)?;
                 let is_key = video.is_key_frame(&data);
                 let hint = frame
                     .last_frame_interval
@@ -374,88 +492,12 @@ impl ChannelIngest {
     }
 }
 
-impl ParameterSets {
-    /// Remembers parameter sets and makes key frames self-contained. Returns `None` for an
-    /// access unit with no slice (some devices send SPS/PPS as frames of their own).
-    fn complete(&mut self, codec: VideoCodec, data: Bytes, publisher: &Publisher) -> Option<Bytes> {
-        if self.codec != Some(codec) {
-            *self = ParameterSets {
-                codec: Some(codec),
-                ..ParameterSets::default()
-            };
-            publisher.set_video(Codec::from_video(codec), None);
-        }
-        let (mut has_vps, mut has_sps, mut has_pps, mut has_key) = (false, false, false, false);
-        for nal in nal_units(&data) {
-            let slot = match codec.nal_kind(nal) {
-                NalKind::Vps => {
-                    has_vps = true;
-                    &mut self.vps
-                }
-                NalKind::Sps => {
-                    has_sps = true;
-                    &mut self.sps
-                }
-                NalKind::Pps => {
-                    has_pps = true;
-                    &mut self.pps
-                }
-                NalKind::KeySlice => {
-                    has_key = true;
-                    continue;
-                }
-                _ => continue,
-            };
-            if slot.as_deref() != Some(nal) {
-                *slot = Some(data.slice_ref(nal));
-            }
-        }
-        self.update_resolution(codec, publisher);
-        if !codec.has_slice(&data) {
-            return None;
-        }
-        let needs_vps = codec == VideoCodec::H265 && !has_vps;
-        if !has_key || (has_sps && has_pps && !needs_vps) {
-            return Some(data);
-        }
-        let mut out = BytesMut::with_capacity(data.len() + 256);
-        let missing = [
-            (needs_vps, &self.vps),
-            (!has_sps, &self.sps),
-            (!has_pps, &self.pps),
-        ];
-        for (is_missing, set) in missing {
-            if let (true, Some(set)) = (is_missing, set) {
-                out.put_slice(&[0, 0, 0, 1]);
-                out.put_slice(set);
-            }
-        }
-        out.put_slice(&data);
-        Some(out.freeze())
-    }
-
-    fn update_resolution(&mut self, codec: VideoCodec, publisher: &Publisher) {
-        let Some(sps) = &self.sps else { return };
-        if self.parsed_sps.as_ref() == Some(sps) {
-            return;
-        }
-        self.parsed_sps = Some(sps.clone());
-        match codec.parse_sps(sps) {
-            Some(info) => {
-                publisher.set_video(Codec::from_video(codec), Some((info.width, info.height)));
-            }
-            None => warn!("SPS does not parse; resolution unknown"),
-        }
-    }
-}
-
 /// Stops the channels another connection took over. Returns whether the connection has
 /// no channel left to serve (and had at least one).
 fn retire_replaced(channels: &mut [ChannelEntry]) -> bool {
     for entry in channels.iter_mut() {
         if entry
-            .ingest
-            .as_ref()
+            .publishing()
             .is_some_and(|ch| ch.replaced.is_cancelled())
         {
             entry.retire();
@@ -466,20 +508,20 @@ fn retire_replaced(channels: &mut [ChannelEntry]) -> bool {
 
 /// The connection had channels and every one of them was taken over.
 fn no_channel_left(channels: &[ChannelEntry]) -> bool {
-    !channels.is_empty() && !channels.iter().any(ChannelEntry::is_publishing)
+    !channels.is_empty() && channels.iter().all(ChannelEntry::is_retired)
 }
 
 /// A future that completes when the first publishing channel is taken over.
 fn watch(channels: &[ChannelEntry]) -> Option<Pin<Box<WaitForCancellationFutureOwned>>> {
-    channels
-        .iter()
-        .find_map(|c| c.ingest.as_ref())
-        .map(|ch| Box::pin(ch.replaced.clone().cancelled_owned()))
+    channels.iter().find_map(|c| match &c.state {
+        ChannelState::Publishing(ch) => Some(Box::pin(ch.replaced.clone().cancelled_owned())),
+        _ => None,
+    })
 }
 
 /// Drops the 4-byte HiSilicon audio frame header (`00 01 LL 00`, LL = 16-bit words that
 /// follow) that many devices put in front of each audio frame.
-fn strip_hisilicon_header(data: Bytes) -> Bytes {
+pub(super) fn strip_hisilicon_header(data: Bytes) -> Bytes {
     match data.get(..4) {
         Some(&[0, 1, words, 0]) if usize::from(words) * 2 == data.len() - 4 => data.slice(4..),
         _ => data,
@@ -510,9 +552,9 @@ mod tests {
             StreamKind::Live,
         );
         let mut ch = ChannelIngest::new(
-            hub.publish(key, CancellationToken::new()),
+            hub.publish(key.clone(), CancellationToken::new()),
             CancellationToken::new(),
-            1 << 20,
+            Candidate::new(key, 1 << 20),
         );
         let frame = |codec, is_key| Frame {
             codec,
@@ -530,7 +572,7 @@ mod tests {
         assert!(ch.starts_stream(&audio, later), "audio alone for a second");
         assert!(ch.starts_stream(&frame(Codec::H264, true), opened));
         // once a video frame was seen, only a key frame starts the stream
-        ch.parameter_sets.codec = Some(VideoCodec::H264);
+        ch.parameter_sets.remember(VideoCodec::H264, &Bytes::new());
         assert!(!ch.starts_stream(&audio, later + AUDIO_ONLY_AFTER));
         assert!(!ch.starts_stream(&frame(Codec::H264, false), later));
         assert!(ch.starts_stream(&frame(Codec::H264, true), later));

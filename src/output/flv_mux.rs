@@ -8,8 +8,9 @@ use crate::codec::h26x::{NalKind, VideoCodec};
 use crate::hub::{MediaInfo, Tracks};
 use crate::media::{AudioMode, Codec, Frame};
 
-/// Hub frames → FLV bytes for one viewer. Writes the file header first, a sequence header
-/// before the first key frame and whenever the parameter sets change, and rebases
+/// Hub frames → FLV bytes for one viewer. Writes the file header first, metadata and a
+/// sequence header before the first key frame, a sequence header whenever the parameter
+/// sets change (and metadata again when the picture size does), and rebases
 /// timestamps so the viewer's clock starts at 0.
 ///
 /// The header's track flags must be right (flv.js/mpegts.js only play the tracks the
@@ -32,6 +33,8 @@ pub struct FlvMuxer {
     sent_audio_config: Option<[u8; 2]>,
     /// AAC mode: the device codec the AAC is made of (a change sends a new sequence header).
     source_audio: Option<Codec>,
+    /// The picture size the last metadata announced.
+    sent_size: Option<(u32, u32)>,
     base_pts: Option<u64>,
     /// How H.265 is written (HTTP-FLV: codec id 12; RTMP push: Enhanced RTMP).
     hevc: HevcSignal,
@@ -62,6 +65,7 @@ impl FlvMuxer {
             sent_config: None,
             sent_audio_config: None,
             source_audio: None,
+            sent_size: None,
             base_pts: None,
             hevc: HevcSignal::CodecId12,
         }
@@ -194,9 +198,13 @@ impl FlvMuxer {
         if frame.is_key {
             if let Some((record, size)) = decoder_config(codec, &frame.data) {
                 if self.sent_config.as_ref() != Some(&record) {
-                    if self.sent_config.is_none() {
+                    // a new picture size (a device reconnected with other settings, or
+                    // another connection took the stream over) is announced again: players
+                    // size their canvas from the metadata
+                    if self.sent_size != Some(size) {
                         let video = (codec, self.hevc, size.0, size.1);
-                        flv::write_metadata(out, Some(video), self.audio);
+                        flv::write_metadata(out, ts, Some(video), self.audio);
+                        self.sent_size = Some(size);
                     }
                     flv::write_video_config(out, codec, self.hevc, ts, &record);
                     self.sent_config = Some(record);
@@ -491,6 +499,55 @@ mod tests {
         let mut out = BytesMut::new();
         muxer.push_into(&aac(0, 8000), &mut out);
         assert_eq!(aac_tags(&out).len(), 2);
+    }
+
+    /// A key frame of a `width`×`height` H.264 picture: x264 baseline parameter sets (made
+    /// with `ffmpeg -f lavfi -i testsrc=size=WxH -frames:v 1 -pix_fmt yuv420p -c:v libx264
+    /// -profile:v baseline`) and the start of its IDR slice.
+    fn key_frame_sized(width: u32, pts: u64) -> Frame {
+        let sps: &[u8] = match width {
+            64 => &[
+                0x67, 0x42, 0xc0, 0x0a, 0xd9, 0x04, 0x7b, 0x01, 0x10, 0x00, 0x00, 0x03, 0x00, 0x10,
+                0x00, 0x00, 0x03, 0x03, 0x20, 0xf1, 0x22, 0x64, 0x80,
+            ],
+            _ => &[
+                0x67, 0x42, 0xc0, 0x0a, 0xd9, 0x06, 0x26, 0xc0, 0x44, 0x00, 0x00, 0x03, 0x00, 0x04,
+                0x00, 0x00, 0x03, 0x00, 0xc8, 0x3c, 0x48, 0x99, 0x20,
+            ],
+        };
+        let mut au = vec![0, 0, 0, 1];
+        au.extend_from_slice(sps);
+        au.extend_from_slice(&[0, 0, 0, 1, 0x68, 0xcb, 0x83, 0xcb, 0x20]);
+        au.extend_from_slice(&[0, 0, 0, 1, 0x65, 0x88, 0x84, 0x0c, 0x7f]);
+        Frame {
+            codec: Codec::H264,
+            is_key: true,
+            pts,
+            data: Bytes::from(au),
+        }
+    }
+
+    /// The `width` an onMetaData tag's body names (AMF0: name, number marker, f64).
+    fn metadata_width(flv: &[u8]) -> Option<f64> {
+        let at = flv.windows(5).position(|w| w == b"width")? + 6;
+        Some(f64::from_be_bytes(flv.get(at..at + 8)?.try_into().ok()?))
+    }
+
+    #[test]
+    fn a_new_picture_size_gets_new_metadata_and_a_new_sequence_header() {
+        let mut muxer = muxer_expecting(true, false);
+        let first = muxer.push(&key_frame_sized(64, 0));
+        let kinds: Vec<u8> = tags(&first).iter().map(|t| t.0).collect();
+        assert_eq!(kinds, vec![18, 9, 9]);
+        assert_eq!(metadata_width(&first), Some(64.0));
+        // the same parameter sets again: only the frame
+        let same = muxer.push(&key_frame_sized(64, 40));
+        assert_eq!(tags(&[&[0u8; 13][..], &same].concat()).len(), 1);
+        // another picture size: metadata, sequence header, frame, at the frame's time
+        let resized = muxer.push(&key_frame_sized(96, 80));
+        let got = tags(&[&[0u8; 13][..], &resized].concat());
+        assert_eq!(got, vec![(18, 80), (9, 80), (9, 80)]);
+        assert_eq!(metadata_width(&resized), Some(96.0));
     }
 
     #[test]

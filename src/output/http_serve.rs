@@ -14,7 +14,7 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use bytes::BytesMut;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -29,18 +29,19 @@ use super::http_flv::{FlvPlayer, PlayRequest};
 /// gateway's requests are short; a longer head goes to hyper, which answers it).
 const MAX_HEAD: usize = 16 * 1024;
 
-/// A client that opens a connection and sends no complete head within this is dropped.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Pause after a failed accept (out of file descriptors): retrying at once would spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Serves `router` and direct FLV plays on `listener` until `shutdown`; then stops
-/// accepting, lets requests in flight finish and ends every play.
+/// accepting, lets requests in flight finish and ends every play. A client that sends no
+/// complete request head within `head_timeout` (`http.head_timeout`) is dropped: on a new
+/// connection, counted from its start; on a kept-alive one, from the previous response.
+/// Bytes that trickle in do not extend it.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     player: FlvPlayer,
+    head_timeout: Duration,
     shutdown: CancellationToken,
 ) {
     let connections = TaskTracker::new();
@@ -58,7 +59,7 @@ pub async fn serve(
         };
         let (router, player, shutdown) = (router.clone(), player.clone(), shutdown.clone());
         connections.spawn(async move {
-            if let Err(error) = connection(socket, router, player, shutdown).await {
+            if let Err(error) = connection(socket, router, player, head_timeout, shutdown).await {
                 debug!(%error, "http connection ended with an error");
             }
         });
@@ -95,13 +96,15 @@ async fn connection(
     mut socket: TcpStream,
     router: Router,
     player: FlvPlayer,
+    head_timeout: Duration,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     // Nagle stays on: a viewer's small frames (audio) written while earlier ones are not
     // yet acknowledged leave together. Under load that is a sixth less CPU (1,000 streams:
     // 55.6 -> 45.1 %) with no added latency at low load (docs/benchmarks.md).
     let mut buf = BytesMut::with_capacity(1024);
-    let head = tokio::time::timeout(HEAD_TIMEOUT, async {
+    // one deadline for the whole head, however its bytes arrive
+    let head = tokio::time::timeout(head_timeout, async {
         loop {
             if socket.read_buf(&mut buf).await? == 0 {
                 return Ok::<_, std::io::Error>(None);
@@ -136,7 +139,11 @@ async fn connection(
         request
     });
     let service = TowerToHyperService::new(router);
+    // hyper's own deadline for the heads of later requests on a kept-alive connection
+    // (it needs a timer to keep one)
     let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(head_timeout)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);

@@ -3,6 +3,11 @@
 //!
 //! The file is parsed once; every simulated device shares its packets and patches a copy
 //! of each header into its own write buffer, so a thousand devices cost little.
+//!
+//! A looping device behaves like a terminal: when its connection fails (the gateway
+//! restarted, say) it connects again after a backoff ([`RECONNECT_FIRST`], doubling up to
+//! [`RECONNECT_MAX`]) and goes on from the start of the recording, its timestamps still
+//! increasing.
 
 pub mod mqtt_device;
 pub mod pack;
@@ -48,7 +53,8 @@ pub struct SimulateOptions {
     pub devices: usize,
     /// Pacing.
     pub pace: Pace,
-    /// Start over at the end, with timestamps continuing.
+    /// Start over at the end, with timestamps continuing; reconnect when the connection
+    /// fails.
     pub looping: bool,
 }
 
@@ -145,27 +151,116 @@ pub(crate) struct Device {
 /// Largest write the fast pace batches.
 const BATCH: usize = 64 * 1024;
 
+/// A looping device whose connection failed connects again after this.
+pub const RECONNECT_FIRST: Duration = Duration::from_millis(500);
+
+/// ... doubling per failed attempt up to this.
+pub const RECONNECT_MAX: Duration = Duration::from_secs(10);
+
+/// How one connection of a device ended.
+enum Session {
+    /// The recording was sent (or the device was cancelled).
+    Done,
+    /// Connecting or writing failed; `connected` says whether it got as far as a connection.
+    Failed {
+        error: anyhow::Error,
+        connected: bool,
+    },
+}
+
 impl Device {
     async fn run(
         self,
         server: SocketAddr,
         cancel: CancellationToken,
     ) -> anyhow::Result<SimulateReport> {
-        let mut socket = TcpStream::connect(server)
-            .await
-            .with_context(|| format!("connecting to {server}"))?;
-        socket.set_nodelay(true)?;
-        let mut report = SimulateReport {
-            connected: 1,
-            ..SimulateReport::default()
-        };
-        let mut clock = PaceClock::new(&self.packets);
+        let mut report = SimulateReport::default();
         let mut rewriter = Rewriter::new(self.sim, self.channel);
-        let mut out = BytesMut::with_capacity(BATCH);
         let mut round = 0u64;
+        let mut delay = RECONNECT_FIRST;
+        loop {
+            let session = self
+                .session(server, &cancel, &mut rewriter, &mut round, &mut report)
+                .await;
+            let (error, connected) = match session {
+                Session::Done => return Ok(report),
+                Session::Failed { error, connected } => (error, connected),
+            };
+            if !self.looping {
+                return Err(error);
+            }
+            if connected {
+                delay = RECONNECT_FIRST;
+            }
+            warn!(
+                device = %DeviceId::from_sim(&self.sim),
+                ?delay,
+                "simulated device lost its connection: {error:#}; reconnecting"
+            );
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(report),
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(RECONNECT_MAX);
+            // a new connection starts at the recording's start, on a new round so the
+            // timestamps keep increasing
+            round += 1;
+        }
+    }
+
+    /// One connection: connects and replays (forever with `looping`) until done,
+    /// cancelled or failed.
+    async fn session(
+        &self,
+        server: SocketAddr,
+        cancel: &CancellationToken,
+        rewriter: &mut Rewriter,
+        round: &mut u64,
+        report: &mut SimulateReport,
+    ) -> Session {
+        let connect = async {
+            let socket = TcpStream::connect(server)
+                .await
+                .with_context(|| format!("connecting to {server}"))?;
+            socket.set_nodelay(true)?;
+            anyhow::Ok(socket)
+        };
+        let mut socket = match connect.await {
+            Ok(socket) => socket,
+            Err(error) => {
+                return Session::Failed {
+                    error,
+                    connected: false,
+                };
+            }
+        };
+        report.connected = 1;
+        match self
+            .replay(&mut socket, cancel, rewriter, round, report)
+            .await
+        {
+            Ok(()) => Session::Done,
+            Err(error) => Session::Failed {
+                error: anyhow::Error::new(error).context(format!("writing to {server}")),
+                connected: true,
+            },
+        }
+    }
+
+    /// Sends the recording on `socket`, paced from now on (forever with `looping`).
+    async fn replay(
+        &self,
+        socket: &mut TcpStream,
+        cancel: &CancellationToken,
+        rewriter: &mut Rewriter,
+        round: &mut u64,
+        report: &mut SimulateReport,
+    ) -> std::io::Result<()> {
+        let mut clock = PaceClock::new(&self.packets);
+        let mut out = BytesMut::with_capacity(BATCH);
         loop {
             for packet in self.packets.iter() {
-                let packet = rewriter.rewrite(packet, clock.loop_shift(round));
+                let packet = rewriter.rewrite(packet, clock.loop_shift(*round));
                 let due = clock.due(&packet);
                 if self.pace == Pace::Realtime && due > Instant::now() && !out.is_empty() {
                     report.bytes += out.len() as u64;
@@ -174,7 +269,7 @@ impl Device {
                 }
                 if self.pace == Pace::Realtime {
                     tokio::select! {
-                        () = cancel.cancelled() => return Ok(report),
+                        () = cancel.cancelled() => return Ok(()),
                         () = tokio::time::sleep_until(due) => {}
                     }
                 }
@@ -185,19 +280,18 @@ impl Device {
                     socket.write_all(&out).await?;
                     out.clear();
                     if cancel.is_cancelled() {
-                        return Ok(report);
+                        return Ok(());
                     }
                 }
             }
-            round += 1;
+            *round += 1;
             if !self.looping || cancel.is_cancelled() {
                 break;
             }
         }
         report.bytes += out.len() as u64;
         socket.write_all(&out).await?;
-        socket.shutdown().await?;
-        Ok(report)
+        socket.shutdown().await
     }
 }
 

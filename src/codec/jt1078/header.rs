@@ -322,6 +322,15 @@ pub struct Sim {
 }
 
 impl Sim {
+    /// The header layout this SIM's length implies.
+    pub fn layout(&self) -> SimLayout {
+        if self.len == 10 {
+            SimLayout::Bcd10
+        } else {
+            SimLayout::Bcd6
+        }
+    }
+
     /// Takes the raw BCD bytes of a SIM field; `None` unless 6 or 10 bytes of valid BCD.
     pub fn from_bcd(bcd: &[u8]) -> Option<Sim> {
         if !(bcd.len() == 6 || bcd.len() == 10) || !bcd.iter().all(|b| is_bcd(*b)) {

@@ -140,11 +140,7 @@ pub(crate) fn parse_packet(
 impl Packet {
     /// The layout this packet's SIM implies.
     pub fn layout(&self) -> SimLayout {
-        if self.sim.bcd().len() == 10 {
-            SimLayout::Bcd10
-        } else {
-            SimLayout::Bcd6
-        }
+        self.sim.layout()
     }
 
     /// Length of the packet on the wire.
