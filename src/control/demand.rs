@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 use crate::media::StreamKey;
 
+/// Entries a map may hold unused before it is shrunk.
+const SHRINK_SLACK: usize = 1024;
+
 /// Tuning, from `[control]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DemandSettings {
@@ -348,6 +351,17 @@ impl Demand {
             }
             self.schedule(&key);
             self.forget_if_unused(&key);
+        }
+        self.shrink();
+    }
+
+    /// Gives back the memory of a flood once it has passed (maps keep their largest size).
+    fn shrink(&mut self) {
+        if self.entries.capacity() > 4 * self.entries.len() + SHRINK_SLACK {
+            self.entries.shrink_to_fit();
+        }
+        if self.timers.capacity() > 4 * self.timers.len() + SHRINK_SLACK {
+            self.timers.shrink_to_fit();
         }
     }
 

@@ -107,6 +107,10 @@ impl Control {
                     let mut actions = Vec::new();
                     self.demand.poll(Instant::now().into_std(), &mut actions);
                     self.perform(actions);
+                    // a flood's stream parameters are gone once its devices were stopped
+                    if self.pull_params.capacity() > 4 * self.pull_params.len() + 1024 {
+                        self.pull_params.shrink_to_fit();
+                    }
                 }
                 _ = heartbeat.tick() => self.publish_heartbeat(),
                 changed = connected_rx.changed() => {

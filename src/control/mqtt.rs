@@ -48,12 +48,13 @@ pub fn start_embedded_broker(settings: &MqttSettings) -> anyhow::Result<()> {
         router: rumqttd::RouterConfig {
             max_connections: 10_010,
             max_outgoing_packet_count: 1000,
-            // What the broker keeps per subscription filter (so how far a subscriber may
-            // fall behind before it misses messages): 4 segments of 512 KiB, some
-            // 8,000 replies. Was 10 of 1 MiB: 10 MiB per filter, held for good once a
-            // flood filled it.
-            max_segment_size: 512 * 1024,
-            max_segment_count: 4,
+            // What the broker keeps per subscription filter, and so how far a subscriber
+            // may fall behind before it misses messages: 10 segments of 1 MiB. Smaller
+            // (4 of 512 KiB) made a backend miss replies in a flood of 20,000 requests;
+            // the price is that a filter keeps up to 10 MiB once a flood filled it
+            // (docs/reliability.md, "Open").
+            max_segment_size: 1024 * 1024,
+            max_segment_count: 10,
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
