@@ -245,7 +245,7 @@ impl DataLog {
     /// wait and only try reading again when new messages have been added to the commit log. This
     /// methods converts a `DataRequest` (which actively reads the commit log in `Router::consume`)
     /// to a `Waiter` (which only reads when notified).
-    pub fn park(&mut self, id: ConnectionId, request: DataRequest) {
+    pub fn park(&mut self, id: ConnectionId, request: DataRequest, subscribers: usize) {
         // calling unwrap on index here is fine, because only place this function is called is in
         // `Router::consume` method, when the status after reading from commit log of the same
         // filter as `request` is "done", that is, the subscriber has caught up. In other words,
@@ -253,6 +253,12 @@ impl DataLog {
         // `native_readv` hasn't paniced, so this won't panic either.
         let data = self.native.get_mut(request.filter_idx).unwrap();
         data.waiters.register(id, request);
+        // jt1078-gateway patch: once every subscriber of the filter has read everything,
+        // the full segments behind them are kept for nobody: free them. Otherwise a flood
+        // left up to max_segment_count full segments per filter in memory for good.
+        if subscribers > 0 && data.waiters.waiters().len() >= subscribers {
+            data.log.trim_to_active();
+        }
     }
 
     /// Cleanup a connection from all the waiters

@@ -1075,7 +1075,8 @@ impl Router {
                     // When all the data in the log is caught up, current request is
                     // registered in waiters and not added back to the tracker. This
                     // ensures that tracker.next() stops when all the requests are done
-                    datalog.park(id, request);
+                    let subscribers = self.subscription_map.get(filter).map_or(0, |s| s.len());
+                    datalog.park(id, request, subscribers);
                 }
                 ConsumeStatus::PartialRead => {
                     requests.push_back(request);

@@ -162,6 +162,16 @@ where
         }
     }
 
+    /// Drops every segment but the active one (jt1078-gateway patch): for when every reader
+    /// has read past them. A reader still behind would continue at the active segment, as
+    /// after retention.
+    pub fn trim_to_active(&mut self) {
+        while self.segments.len() > 1 {
+            self.segments.pop_front();
+            self.head += 1;
+        }
+    }
+
     #[inline]
     pub fn last(&self) -> Option<T> {
         self.active_segment().last()
@@ -306,6 +316,22 @@ mod tests {
                 end: (100, 1)
             }
         );
+    }
+
+    #[test]
+    fn trimming_keeps_only_the_active_segment_and_offsets_go_on() {
+        let mut log: CommitLog<Bytes> = CommitLog::new(1024, 10).unwrap();
+        for i in 0..40u8 {
+            log.append(random_payload(i, 100));
+        }
+        assert!(log.memory_segments_count() > 2);
+        let next = log.next_offset();
+        log.trim_to_active();
+        assert_eq!(log.memory_segments_count(), 1);
+        assert_eq!(log.next_offset(), next, "offsets continue");
+        assert_eq!(log.head, log.tail);
+        let (_, offset) = log.append(random_payload(99, 100));
+        assert_eq!(offset, next.1 + 1);
     }
 
     #[test]
