@@ -255,8 +255,15 @@ impl DataLog {
         data.waiters.register(id, request);
         // jt1078-gateway patch: once every subscriber of the filter has read everything,
         // the full segments behind them are kept for nobody: free them. Otherwise a flood
-        // left up to max_segment_count full segments per filter in memory for good.
-        if subscribers > 0 && data.waiters.waiters().len() >= subscribers {
+        // left up to max_segment_count full segments per filter in memory for good. A
+        // request is also parked when it read nothing because its connection's inflight
+        // window was full, with its cursor behind: only cursors at the end count.
+        let end = data.log.next_offset();
+        let waiters = data.waiters.waiters();
+        if subscribers > 0
+            && waiters.len() >= subscribers
+            && waiters.iter().all(|(_, waiter)| waiter.cursor == end)
+        {
             data.log.trim_to_active();
         }
     }
