@@ -69,7 +69,8 @@ pub enum Command {
         server: Option<String>,
         /// Act as MQTT-controlled devices: wait for REQPULL/PLAYBACK on
         /// {prefix}/device/{id}/# at this broker (mqtt://host:port), push where it says,
-        /// stop on STOP.
+        /// stop on STOP. A broker that is not reachable is retried with growing delays
+        /// (0.5 s to 30 s).
         #[arg(long)]
         mqtt: Option<String>,
         /// Topic prefix with --mqtt.

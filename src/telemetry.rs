@@ -1,6 +1,8 @@
 //! Logging set-up: a tracing subscriber writing to stderr, filtered by `RUST_LOG` or
 //! `log.level`.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber; a second call (tests) is a no-op.
@@ -12,5 +14,7 @@ pub fn init(level: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // colour codes only for a person at a terminal, never into a file or a pipe
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }

@@ -96,7 +96,19 @@ async fn every_mosquitto_pub_example_in_the_mqtt_docs_is_answered() {
             .next()
             .unwrap()
             .to_owned();
-        let expected = if mode == "WEBRTC" { "REFUSE" } else { "OK" };
+        // a body that is not JSON shows how a typo is answered
+        let body = command
+            .rsplit_once("-m '")
+            .unwrap()
+            .1
+            .trim_end_matches('\'');
+        let expected = if serde_json::from_str::<serde_json::Value>(body).is_err() {
+            "ERROR"
+        } else if mode == "WEBRTC" {
+            "REFUSE"
+        } else {
+            "OK"
+        };
         let reply = client
             .expect(
                 &format!("{expected} to {mode} {seqid}"),

@@ -66,18 +66,25 @@ async fn full_cycle(port: u16, gateway: &Gateway, url: &str) {
         .await
         .json();
     assert_eq!(status["urls"]["flv"], flv.as_str());
-    // re-published once the media is known
-    let status = backend
-        .expect("status with codecs and resolution", WAIT, |r| {
-            let s = r.json();
-            r.topic == "jt1078/status/stream/13800138000/1"
-                && s["live"] == true
-                && s["video_codec"] == "h264"
-                && s["audio_codec"] == "g711a"
-                && s["width"] == 640
-        })
-        .await
-        .json();
+    // re-published once the media is known, unless the first one knew it already (a
+    // state is published once)
+    let has_media = |s: &serde_json::Value| s["video_codec"] == "h264" && s["width"] == 640;
+    let status = if has_media(&status) {
+        status
+    } else {
+        backend
+            .expect("status with codecs and resolution", WAIT, |r| {
+                let s = r.json();
+                r.topic == "jt1078/status/stream/13800138000/1"
+                    && s["live"] == true
+                    && s["video_codec"] == "h264"
+                    && s["audio_codec"] == "g711a"
+                    && s["width"] == 640
+            })
+            .await
+            .json()
+    };
+    assert_eq!(status["audio_codec"], "g711a");
     assert_eq!(status["height"], 360);
     // play what the reply pointed at (port from the gateway, path from the reply)
     let path = flv

@@ -9,10 +9,14 @@
 //! down while someone wants it, the device is asked for it. A stop is remembered until the
 //! stream goes down, so it can be repeated after a reconnect to the broker.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::media::StreamKey;
+
+/// Entries a map may hold unused before it is shrunk.
+const SHRINK_SLACK: usize = 1024;
 
 /// Tuning, from `[control]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,9 +96,10 @@ enum Phase {
     Live,
     /// Asked, nobody wants it any more: stop at `stop_at` unless someone asks.
     Lingering { stop_at: Instant },
-    /// Told to stop, still pushing: the stop is repeated after a reconnect to the broker
-    /// (a command queued while the broker was away may have been lost).
-    Stopping,
+    /// Told to stop (`sent` times), still pushing: the stop is repeated after a reconnect
+    /// to the broker (a command queued while the broker was away may have been lost), up
+    /// to `pull_attempts` times in all.
+    Stopping { sent: u32 },
 }
 
 #[derive(Debug)]
@@ -102,6 +107,8 @@ struct Entry {
     requesters: HashMap<RequesterId, Lease>,
     phase: Phase,
     live: bool,
+    /// The earliest deadline of this entry in the timer heap, if any.
+    scheduled: Option<Instant>,
 }
 
 /// The demand state machine for all streams.
@@ -109,6 +116,11 @@ struct Entry {
 pub struct Demand {
     settings: DemandSettings,
     entries: HashMap<StreamKey, Entry>,
+    /// When each entry next has something due (earliest first). An entry's deadlines may
+    /// move later without its heap item moving: such an item fires early and is
+    /// rescheduled. So finding the next wake-up and what is due costs a heap operation,
+    /// not a pass over every stream (a flood of 20,000 requests made that quadratic).
+    timers: BinaryHeap<Reverse<(Instant, StreamKey)>>,
 }
 
 impl Demand {
@@ -117,6 +129,7 @@ impl Demand {
         Demand {
             settings,
             entries: HashMap::new(),
+            timers: BinaryHeap::new(),
         }
     }
 
@@ -146,23 +159,25 @@ impl Demand {
                 may_pull,
             },
         );
-        match entry.phase {
+        let outcome = match entry.phase {
             Phase::Idle if entry.live => RequestOutcome::Live,
-            Phase::Idle | Phase::Stopping if !entry.live && !entry.may_pull() => {
+            Phase::Idle | Phase::Stopping { .. } if !entry.live && !entry.may_pull() => {
                 RequestOutcome::Waiting
             }
             Phase::Pulling { .. } => RequestOutcome::Pulling,
             Phase::Live => RequestOutcome::Live,
             // Lingering: asked earlier, so asking again is legitimate whoever requests.
-            Phase::Stopping | Phase::Lingering { .. } if entry.live => {
+            Phase::Stopping { .. } | Phase::Lingering { .. } if entry.live => {
                 entry.phase = Phase::Live;
                 RequestOutcome::Live
             }
-            Phase::Idle | Phase::Stopping | Phase::Lingering { .. } => {
+            Phase::Idle | Phase::Stopping { .. } | Phase::Lingering { .. } => {
                 entry.start_pulling(key, now + timeout, actions);
                 RequestOutcome::Pulling
             }
-        }
+        };
+        self.schedule(key);
+        outcome
     }
 
     /// A requester no longer wants `key`. True if it was a requester.
@@ -180,6 +195,7 @@ impl Demand {
                 other => other,
             };
         }
+        self.schedule(key);
         self.forget_if_unused(key);
         was
     }
@@ -209,26 +225,50 @@ impl Demand {
                 entry.start_pulling(key, now + timeout, actions);
             }
             // gone on its own while lingering or stopping: nothing left to stop
-            Phase::Lingering { .. } | Phase::Live | Phase::Stopping => entry.phase = Phase::Idle,
+            Phase::Lingering { .. } | Phase::Live | Phase::Stopping { .. } => {
+                entry.phase = Phase::Idle;
+            }
             Phase::Idle | Phase::Pulling { .. } => {}
         }
+        self.schedule(key);
         self.forget_if_unused(key);
     }
 
     /// The connection to the broker was re-established, possibly without the session that
-    /// held queued commands: the commands still in force are due again. Pulls still
-    /// waiting for their stream are repeated (same attempt), and so are stops of streams
-    /// that still push.
-    pub fn reconnected(&self, actions: &mut Vec<Action>) {
-        for (key, entry) in &self.entries {
+    /// held queued commands: the commands still in force are due again. A pull still
+    /// waiting for its stream is sent again as its next attempt (so however often the
+    /// connection drops, a device gets at most `pull_attempts` pulls, spaced by the growing
+    /// timeout); a stop of a stream that still pushes, up to `pull_attempts` stops in all.
+    pub fn reconnected(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let settings = self.settings;
+        let mut retried = Vec::new();
+        for (key, entry) in &mut self.entries {
             match entry.phase {
-                Phase::Pulling { attempt, .. } => actions.push(Action::Pull {
-                    key: key.clone(),
-                    attempt,
-                }),
-                Phase::Stopping => actions.push(Action::Stop { key: key.clone() }),
-                Phase::Idle | Phase::Live | Phase::Lingering { .. } => {}
+                Phase::Pulling { attempt, .. } if attempt < settings.pull_attempts => {
+                    let next = attempt + 1;
+                    entry.phase = Phase::Pulling {
+                        attempt: next,
+                        retry_at: now + settings.pull_timeout * next,
+                    };
+                    actions.push(Action::Pull {
+                        key: key.clone(),
+                        attempt: next,
+                    });
+                    retried.push(key.clone());
+                }
+                Phase::Stopping { sent } if sent < settings.pull_attempts => {
+                    entry.phase = Phase::Stopping { sent: sent + 1 };
+                    actions.push(Action::Stop { key: key.clone() });
+                }
+                Phase::Idle
+                | Phase::Live
+                | Phase::Lingering { .. }
+                | Phase::Pulling { .. }
+                | Phase::Stopping { .. } => {}
             }
+        }
+        for key in retried {
+            self.schedule(&key);
         }
     }
 
@@ -237,8 +277,25 @@ impl Demand {
     /// nobody.
     pub fn poll(&mut self, now: Instant, actions: &mut Vec<Action>) {
         let settings = self.settings;
-        let keys: Vec<StreamKey> = self.entries.keys().cloned().collect();
-        for key in keys {
+        let mut due = Vec::new();
+        let mut seen = HashSet::new();
+        while let Some(Reverse((at, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((at, key))) = self.timers.pop() else {
+                break;
+            };
+            if let Some(entry) = self.entries.get_mut(&key) {
+                if entry.scheduled == Some(at) {
+                    entry.scheduled = None;
+                }
+                if seen.insert(key.clone()) {
+                    due.push(key);
+                }
+            }
+        }
+        for key in due {
             let Some(entry) = self.entries.get_mut(&key) else {
                 continue;
             };
@@ -284,7 +341,7 @@ impl Demand {
                 }
                 Phase::Lingering { stop_at } if stop_at <= now => {
                     entry.phase = if entry.live {
-                        Phase::Stopping
+                        Phase::Stopping { sent: 1 }
                     } else {
                         Phase::Idle
                     };
@@ -292,27 +349,35 @@ impl Demand {
                 }
                 _ => {}
             }
+            self.schedule(&key);
             self.forget_if_unused(&key);
+        }
+        self.shrink();
+    }
+
+    /// Gives back the memory of a flood once it has passed (maps keep their largest size).
+    fn shrink(&mut self) {
+        if self.entries.capacity() > 4 * self.entries.len() + SHRINK_SLACK {
+            self.entries.shrink_to_fit();
+        }
+        if self.timers.capacity() > 4 * self.timers.len() + SHRINK_SLACK {
+            self.timers.shrink_to_fit();
         }
     }
 
-    /// When `poll` next has something to do.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.entries
-            .values()
-            .flat_map(|entry| {
-                let phase = match entry.phase {
-                    Phase::Pulling { retry_at, .. } => Some(retry_at),
-                    Phase::Lingering { stop_at } => Some(stop_at),
-                    Phase::Idle | Phase::Live | Phase::Stopping => None,
-                };
-                entry
-                    .requesters
-                    .values()
-                    .filter_map(|lease| lease.expires)
-                    .chain(phase)
-            })
-            .min()
+    /// When `poll` next has something to do (possibly earlier: a deadline that moved later
+    /// wakes `poll` once for nothing). Drops heap items of forgotten streams.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        while let Some(Reverse((at, key))) = self.timers.peek() {
+            let at = *at;
+            match self.entries.get_mut(key) {
+                Some(entry) if entry.next_deadline().is_some() => return Some(at),
+                Some(entry) if entry.scheduled == Some(at) => entry.scheduled = None,
+                Some(_) | None => {}
+            }
+            self.timers.pop();
+        }
+        None
     }
 
     /// Requesters of `key` (for status and tests).
@@ -346,7 +411,22 @@ impl Demand {
             requesters: HashMap::new(),
             phase: Phase::Idle,
             live: false,
+            scheduled: None,
         })
+    }
+
+    /// Puts `key`'s next deadline in the timer heap unless an earlier item is there.
+    fn schedule(&mut self, key: &StreamKey) {
+        let Some(entry) = self.entries.get_mut(key) else {
+            return;
+        };
+        let Some(next) = entry.next_deadline() else {
+            return;
+        };
+        if entry.scheduled.is_none_or(|at| next < at) {
+            entry.scheduled = Some(next);
+            self.timers.push(Reverse((next, key.clone())));
+        }
     }
 
     fn forget_if_unused(&mut self, key: &StreamKey) {
@@ -361,6 +441,20 @@ impl Demand {
 }
 
 impl Entry {
+    /// The earliest lease expiry, retry or stop of this stream.
+    fn next_deadline(&self) -> Option<Instant> {
+        let phase = match self.phase {
+            Phase::Pulling { retry_at, .. } => Some(retry_at),
+            Phase::Lingering { stop_at } => Some(stop_at),
+            Phase::Idle | Phase::Live | Phase::Stopping { .. } => None,
+        };
+        self.requesters
+            .values()
+            .filter_map(|lease| lease.expires)
+            .chain(phase)
+            .min()
+    }
+
     /// True if some requester may make the device push.
     fn may_pull(&self) -> bool {
         self.requesters.values().any(|lease| lease.may_pull)

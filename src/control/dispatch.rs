@@ -1,6 +1,7 @@
 //! The control task: owns the demand state, turns requests and hub events into device
 //! commands, replies and status messages. One task, one owner; MQTT I/O is in `mqtt.rs`.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -14,6 +15,7 @@ use super::ControlContext;
 use super::demand::{Action, Demand, RequestOutcome, RequesterId};
 use super::messages::{DeviceCommand, ErrorCode, Mode, Reply, Request, RequestError, bcd_time};
 use super::mqtt::Inbound;
+use super::outbox::Outbox;
 use super::params::{LiveParams, PullParams, live_params, playback_params};
 use super::topics::Topics;
 use crate::hub::{Hub, HubEvent};
@@ -41,6 +43,10 @@ pub(crate) struct Control {
     heartbeats: u64,
     sequence: AtomicU64,
     rtmp: RtmpControl,
+    /// What the current step decided to publish; flushed after it with back-pressure.
+    outbox: RefCell<Outbox>,
+    /// The last retained status body per stream, so each state is published once.
+    statuses: HashMap<StreamKey, Vec<u8>>,
 }
 
 impl Control {
@@ -62,9 +68,12 @@ impl Control {
             heartbeats: 0,
             sequence: AtomicU64::new(0),
             rtmp,
+            outbox: RefCell::new(Outbox::default()),
+            statuses: HashMap::new(),
         }
     }
 
+    /// Serves until `cancel`, then publishes the retained "offline" (best effort).
     pub(crate) async fn run(
         mut self,
         mut inbound_rx: mpsc::Receiver<Inbound>,
@@ -72,16 +81,31 @@ impl Control {
         mut push_events_rx: mpsc::Receiver<PushEvent>,
         cancel: CancellationToken,
     ) {
+        tokio::select! {
+            () = cancel.cancelled() => {}
+            () = self.serve(&mut inbound_rx, &mut connected_rx, &mut push_events_rx) => {}
+        }
+        self.publish_gateway_status("offline");
+        self.outbox.get_mut().flush_now(&self.client);
+    }
+
+    /// One step per event; after each, what it decided is handed to the MQTT client,
+    /// waiting for room (back-pressure: meanwhile no request is read).
+    async fn serve(
+        &mut self,
+        inbound_rx: &mut mpsc::Receiver<Inbound>,
+        connected_rx: &mut watch::Receiver<u64>,
+        push_events_rx: &mut mpsc::Receiver<PushEvent>,
+    ) {
         let mut events = self.hub.events();
         let mut heartbeat = tokio::time::interval(self.ctx.mqtt.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let wake = self.demand.poll_timeout();
             tokio::select! {
-                () = cancel.cancelled() => break,
                 inbound = inbound_rx.recv() => match inbound {
                     Some(inbound) => self.handle_inbound(&inbound),
-                    None => break,
+                    None => return,
                 },
                 event = events.recv() => match event {
                     Ok(event) => self.handle_hub_event(event),
@@ -89,40 +113,43 @@ impl Control {
                         warn!(missed, "control fell behind hub events; resynchronising");
                         self.resync_viewers();
                     }
-                    Err(broadcast::error::RecvError::Closed) => break,
+                    Err(broadcast::error::RecvError::Closed) => return,
                 },
                 () = sleep_until_opt(wake.map(Instant::from_std)) => {
                     let mut actions = Vec::new();
                     self.demand.poll(Instant::now().into_std(), &mut actions);
                     self.perform(actions);
                     self.rtmp_prune();
+                    // a flood's stream parameters are gone once its devices were stopped
+                    if self.pull_params.capacity() > 4 * self.pull_params.len() + 1024 {
+                        self.pull_params.shrink_to_fit();
+                    }
                 }
                 Some(event) = push_events_rx.recv() => self.handle_push_event(event),
                 _ = heartbeat.tick() => self.publish_heartbeat(),
                 changed = connected_rx.changed() => {
                     if changed.is_err() {
-                        break;
+                        return;
                     }
+                    // a new session may have lost the retained state: publish it all again
+                    self.statuses.clear();
                     self.announce();
                     // Commands queued while the broker was away may be lost with the
                     // session: send again those still in force (on a reconnect; what was
-                    // queued before the first connect is still in the client's queue).
+                    // queued before the first connect is still in the client's queue),
+                    // each a bounded number of times.
                     if *connected_rx.borrow_and_update() > 1 {
                         let mut actions = Vec::new();
-                        self.demand.reconnected(&mut actions);
+                        self.demand.reconnected(Instant::now().into_std(), &mut actions);
                         self.perform(actions);
                     }
                 }
             }
+            let mut outbox = self.outbox.take();
+            if !outbox.flush(&self.client).await {
+                return;
+            }
         }
-        self.publish_json(
-            &self.topics.gateway_status(&self.ctx.mqtt.gateway_id),
-            &GatewayStatus {
-                gateway_id: &self.ctx.mqtt.gateway_id,
-                status: "offline",
-            },
-            true,
-        );
     }
 
     #[instrument(name = "command", skip_all, fields(topic = %inbound.topic, seqid))]

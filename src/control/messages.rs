@@ -10,6 +10,15 @@ use serde_json::Value;
 
 use crate::media::{Channel, DeviceId, StreamKey, StreamKind};
 
+mod ids;
+
+pub use ids::MAX_ID_LEN;
+pub(crate) use ids::shorten;
+use ids::{check_client_id, check_seqid, salvage_seqid};
+
+/// Most streams in one batch request (`pull_stream_from_device`): each gets its own reply.
+pub const MAX_BATCH: usize = 64;
+
 /// Stable error codes carried by `ERROR`/`REFUSE` replies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -142,7 +151,8 @@ impl Request {
         let value: Value = serde_json::from_slice(payload).map_err(|e| RequestError {
             code: ErrorCode::InvalidJson,
             message: format!("body is not valid JSON: {e}"),
-            seqid: None,
+            // a shell typo still shows its seqid: answer it there
+            seqid: salvage_seqid(payload),
         })?;
         let Value::Object(map) = &value else {
             return Err(RequestError {
@@ -158,6 +168,22 @@ impl Request {
         };
         if let Some(s) = &seqid {
             check_seqid(s)?;
+        }
+        if let Some(Value::String(client_id)) = map.get("client_id") {
+            check_client_id(client_id, seqid.as_deref())?;
+        }
+        let batch = match map.get("pull_stream_from_device") {
+            Some(Value::Array(batch)) => batch.len(),
+            _ => 0,
+        };
+        if batch > MAX_BATCH {
+            return Err(RequestError {
+                code: ErrorCode::InvalidField,
+                message: format!(
+                    "pull_stream_from_device has {batch} streams; at most {MAX_BATCH} per request"
+                ),
+                seqid,
+            });
         }
         let mut normalised = map.clone();
         if let Some(s) = &seqid {
@@ -178,32 +204,6 @@ impl Request {
         };
         StreamKey::new(device.clone(), Channel(self.channel.unwrap_or(1)), kind)
     }
-}
-
-/// A seqid becomes a topic level (`{prefix}/client/{seqid}/{MODE}`), so it may not contain
-/// `/` (another level), `+`, `#` (wildcards, not allowed in a topic name) or NUL. With `/`
-/// the error can still be published (the requester may listen below it); with the others
-/// it cannot, and is logged.
-fn check_seqid(seqid: &str) -> Result<(), RequestError> {
-    let Some(bad) = seqid.chars().find(|c| matches!(c, '/' | '+' | '#' | '\0')) else {
-        return if seqid.is_empty() {
-            Err(RequestError {
-                code: ErrorCode::InvalidField,
-                message: "seqid is empty: replies go to {prefix}/client/{seqid}/…".to_owned(),
-                seqid: None,
-            })
-        } else {
-            Ok(())
-        };
-    };
-    Err(RequestError {
-        code: ErrorCode::InvalidField,
-        message: format!(
-            "seqid {seqid:?} contains {bad:?}: it names the reply topic \
-             {{prefix}}/client/{{seqid}}/…, so it may not contain '/', '+' or '#'"
-        ),
-        seqid: (bad == '/').then(|| seqid.to_owned()),
-    })
 }
 
 /// Normalises a 0x9201/0x9202 time to the 12 BCD digits `YYMMDDhhmmss`.
@@ -263,6 +263,9 @@ pub struct Reply {
     pub message: Option<String>,
 }
 
+/// Longest `message` of an error reply, in bytes.
+pub const MAX_MESSAGE: usize = 1024;
+
 /// Where to play a stream.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PlayUrls {
@@ -285,8 +288,18 @@ pub struct RtmpReply {
 }
 
 impl Reply {
-    /// An error or refusal.
+    /// An error or refusal. The message is cut at [`MAX_MESSAGE`] bytes: it may quote the
+    /// request (a bad value, an unknown mode), and a reply must stay a small packet.
     pub fn error(seqid: &str, mode: &str, code: ErrorCode, message: impl Into<String>) -> Reply {
+        let mut message = message.into();
+        if message.len() > MAX_MESSAGE {
+            let mut end = MAX_MESSAGE;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push('…');
+        }
         Reply {
             seqid: seqid.to_owned(),
             mode: mode.to_owned(),
@@ -298,7 +311,7 @@ impl Reply {
             lease_secs: None,
             rtmp: None,
             code: Some(code),
-            message: Some(message.into()),
+            message: Some(message),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod demand;
 mod dispatch;
 pub mod messages;
 pub mod mqtt;
+pub mod outbox;
 mod params;
 pub mod topics;
 
@@ -90,30 +91,29 @@ pub fn spawn(
         gateway_id: &ctx.mqtt.gateway_id,
         status: "offline",
     })?;
-    let (client, eventloop) = mqtt::connect(&ctx.mqtt, &url, &topics, offline)?;
+    let ((client, commands), (requests_client, requests)) =
+        mqtt::connect(&ctx.mqtt, &url, &topics, offline)?;
+    // bounded: while it is full the requests connection reads no more from the broker
     let (inbound_tx, inbound_rx) = mpsc::channel(1024);
     let (connected_tx, connected_rx) = watch::channel(0);
-    // The connection outlives the control task long enough to send its last words.
+    // The connections outlive the control task long enough to send its last words.
     let connection_stop = CancellationToken::new();
     let connection_done = CancellationToken::new();
     tasks.spawn({
-        let (client, stop, done) = (
-            client.clone(),
-            connection_stop.clone(),
-            connection_done.clone(),
-        );
+        let (stop, done) = (connection_stop.clone(), connection_done.clone());
         async move {
-            mqtt::run_connection(
-                eventloop,
-                client,
-                topics.requests_filter(),
-                inbound_tx,
-                connected_tx,
-                stop,
-            )
-            .await;
+            let role = mqtt::Role::Commands { connected_tx };
+            mqtt::run_connection(commands, role, stop).await;
             done.cancel();
         }
+    });
+    tasks.spawn({
+        let role = mqtt::Role::Requests {
+            client: requests_client.clone(),
+            filter: topics.requests_filter(),
+            inbound_tx,
+        };
+        mqtt::run_connection(requests, role, connection_stop.clone())
     });
     let RtmpSide {
         pusher,
@@ -126,9 +126,11 @@ pub fn spawn(
         control
             .run(inbound_rx, connected_rx, push_events_rx, cancel)
             .await;
-        // A clean DISCONNECT (after the retained "offline"), so the broker drops the will.
-        if let Err(error) = client.try_disconnect() {
-            tracing::debug!(%error, "could not queue DISCONNECT");
+        // Clean DISCONNECTs (after the retained "offline"), so the broker drops the will.
+        for (client, which) in [(client, "commands"), (requests_client, "requests")] {
+            if let Err(error) = client.try_disconnect() {
+                tracing::debug!(%error, connection = which, "could not queue DISCONNECT");
+            }
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), connection_done.cancelled()).await;
         connection_stop.cancel();

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::outbox::MAX_OUTGOING_PACKET;
 use super::topics::Topics;
 use crate::config::MqttSettings;
 
@@ -24,9 +25,6 @@ pub struct Inbound {
     /// Body.
     pub payload: Bytes,
 }
-
-/// Wait between reconnection attempts after the broker went away.
-const RECONNECT_DELAY: Duration = Duration::from_millis(500);
 
 /// Starts the embedded broker on a thread of its own (`rumqttd`'s `start` blocks):
 /// MQTT 3.1.1 on `embedded_listen`, MQTT over WebSocket on `embedded_ws_listen`.
@@ -50,6 +48,11 @@ pub fn start_embedded_broker(settings: &MqttSettings) -> anyhow::Result<()> {
         router: rumqttd::RouterConfig {
             max_connections: 10_010,
             max_outgoing_packet_count: 1000,
+            // What the broker keeps per subscription filter, and so how far a subscriber
+            // may fall behind before it misses messages: 10 segments of 1 MiB. Smaller
+            // (4 of 512 KiB) made a backend miss replies in a flood of 20,000 requests;
+            // the price is that a filter keeps up to 10 MiB once a flood filled it
+            // (docs/reliability.md, "Open").
             max_segment_size: 1024 * 1024,
             max_segment_count: 10,
             custom_segment: None,
@@ -126,51 +129,90 @@ pub fn mqtt_options(url: &str, client_id: &str) -> anyhow::Result<MqttOptions> {
     Ok(options)
 }
 
-/// The gateway's client: persistent session, QoS 1, retained `offline` as last will.
+/// One MQTT connection of the gateway: its client handle and the event loop to drive.
+pub type Link = (AsyncClient, EventLoop);
+
+/// The gateway's two connections, both with a persistent session and QoS 1:
+/// `commands` publishes everything the gateway sends (client id
+/// `jt1078-gateway-{gateway_id}`, retained `offline` as last will); `requests` subscribes
+/// to the request topics (client id `jt1078-gateway-{gateway_id}-requests`). Two, so that
+/// reading requests can wait for the control task (back-pressure) while the commands
+/// connection keeps draining what the control task publishes: on one connection, a reader
+/// waiting for the control task would also stop the writes it waits for.
 pub fn connect(
     settings: &MqttSettings,
     url: &str,
     topics: &Topics,
     offline_payload: Vec<u8>,
-) -> anyhow::Result<(AsyncClient, EventLoop)> {
+) -> anyhow::Result<(Link, Link)> {
     let client_id = format!("jt1078-gateway-{}", settings.gateway_id);
-    let mut options = mqtt_options(url, &client_id)?;
+    let mut commands = options(settings, url, &client_id)?;
+    commands.set_last_will(LastWill::new(
+        topics.gateway_status(&settings.gateway_id),
+        offline_payload,
+        QoS::AtLeastOnce,
+        true,
+    ));
+    let requests = options(settings, url, &format!("{client_id}-requests"))?;
+    Ok((
+        AsyncClient::new(commands, PUBLISH_QUEUE),
+        AsyncClient::new(requests, 16),
+    ))
+}
+
+fn options(settings: &MqttSettings, url: &str, client_id: &str) -> anyhow::Result<MqttOptions> {
+    let mut options = mqtt_options(url, client_id)?;
     options
         .set_keep_alive(settings.keep_alive)
         .set_clean_session(false)
-        .set_request_channel_capacity(4096)
-        .set_max_packet_size(256 * 1024, 256 * 1024)
-        .set_last_will(LastWill::new(
-            topics.gateway_status(&settings.gateway_id),
-            offline_payload,
-            QoS::AtLeastOnce,
-            true,
-        ));
+        .set_max_packet_size(MAX_INCOMING_PACKET, MAX_OUTGOING_PACKET);
     if !settings.username.is_empty() {
         options.set_credentials(settings.username.clone(), settings.password.clone());
     }
-    Ok(AsyncClient::new(options, PUBLISH_QUEUE))
+    Ok(options)
 }
 
-/// Messages the control task may queue for the broker. A burst of a thousand devices
-/// connecting at once makes several messages each (REQPULL for waiting viewers, stream
-/// status as codecs and picture size become known): measured 4096 overflowing at 1000
-/// streams. Still a bound: a few hundred bytes a message.
-const PUBLISH_QUEUE: usize = 32 * 1024;
+/// Messages the control task may queue for the broker before it waits for room. A bound
+/// of a few hundred bytes a message; while it is full the control task waits (and reads
+/// no requests), nothing is dropped.
+const PUBLISH_QUEUE: usize = 4096;
 
-/// Drives the connection until `cancel`: forwards publishes, re-subscribes on every
-/// connect and bumps `connected_tx` so the control task re-announces its state.
-pub async fn run_connection(
-    mut eventloop: EventLoop,
-    client: AsyncClient,
-    filter: String,
-    inbound_tx: mpsc::Sender<Inbound>,
-    connected_tx: watch::Sender<u64>,
-    cancel: CancellationToken,
-) {
-    // Quiet about the first refusals: the embedded broker may still be starting.
-    let mut was_connected = false;
-    let mut attempts = 0u32;
+/// Largest packet the gateway accepts: a 256 KiB payload (`broker/mosquitto.conf`'s
+/// `message_size_limit`) on the longest topic. A larger one would fail the connection, and
+/// the broker would deliver it again after every reconnect.
+const MAX_INCOMING_PACKET: usize = 256 * 1024 + 64 * 1024 + 16;
+
+/// What a connection does besides keeping itself up.
+pub enum Role {
+    /// Publishes for the control task; `connected_tx` counts its (re)connects so the
+    /// control task re-announces its state and re-sends the commands in force.
+    Commands {
+        /// Bumped on every CONNACK.
+        connected_tx: watch::Sender<u64>,
+    },
+    /// Subscribes to `filter` and hands requests to the control task, waiting for it when
+    /// it is busy.
+    Requests {
+        /// This connection's client (to subscribe on every connect).
+        client: AsyncClient,
+        /// The request topics.
+        filter: String,
+        /// To the control task.
+        inbound_tx: mpsc::Sender<Inbound>,
+    },
+}
+
+/// Drives one connection until `cancel` (or a DISCONNECT the control task sent):
+/// reconnects with a growing delay, re-subscribes on every connect.
+pub async fn run_connection(mut eventloop: EventLoop, role: Role, cancel: CancellationToken) {
+    let name = match role {
+        Role::Commands { .. } => "commands",
+        Role::Requests { .. } => "requests",
+    };
+    let mut backoff = Backoff::default();
+    let mut connected_at: Option<tokio::time::Instant> = None;
+    // quiet about the first refusals: the embedded broker may still be starting
+    let mut ever_connected = false;
     loop {
         let event = tokio::select! {
             () = cancel.cancelled() => break,
@@ -178,41 +220,128 @@ pub async fn run_connection(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                info!("connected to the MQTT broker");
-                was_connected = true;
-                attempts = 0;
-                if let Err(error) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
-                    warn!(%error, "could not queue the subscription");
+                if ever_connected {
+                    info!(connection = name, "connected to the MQTT broker again");
+                } else {
+                    info!(connection = name, "connected to the MQTT broker");
                 }
-                connected_tx.send_modify(|n| *n += 1);
+                ever_connected = true;
+                connected_at = Some(tokio::time::Instant::now());
+                match &role {
+                    Role::Commands { connected_tx } => connected_tx.send_modify(|n| *n += 1),
+                    Role::Requests { client, filter, .. } => {
+                        if let Err(error) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                            warn!(%error, "could not queue the subscription to the request topics");
+                        }
+                    }
+                }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                let inbound = Inbound {
-                    topic: publish.topic.clone(),
-                    payload: publish.payload.clone(),
-                };
-                if inbound_tx.send(inbound).await.is_err() {
-                    break;
+                if let Role::Requests { inbound_tx, .. } = &role {
+                    let inbound = Inbound {
+                        topic: publish.topic.clone(),
+                        payload: publish.payload.clone(),
+                    };
+                    // waits while the control task is busy: the broker's reader slows down
+                    if inbound_tx.send(inbound).await.is_err() {
+                        break;
+                    }
                 }
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
-                debug!("disconnected from the MQTT broker");
+                debug!(connection = name, "disconnected from the MQTT broker");
                 break;
             }
             Ok(other) => debug!(?other, "mqtt event"),
             Err(error) => {
-                attempts += 1;
-                if was_connected {
-                    warn!(%error, "MQTT connection lost; reconnecting");
-                    was_connected = false;
-                } else if attempts == 10 {
-                    warn!(%error, "cannot reach the MQTT broker; still trying");
+                // a connection that stayed up a while starts the delays afresh
+                if connected_at
+                    .take()
+                    .is_some_and(|at| at.elapsed() >= Backoff::STABLE)
+                {
+                    backoff.reset();
+                }
+                let delay = backoff.next_delay();
+                match backoff.failures() {
+                    1 if ever_connected => warn!(
+                        connection = name,
+                        %error,
+                        "MQTT connection lost; reconnecting with growing delays (up to {:?}), \
+                         said once",
+                        Backoff::MAX
+                    ),
+                    QUIET_FAILURES if !ever_connected => warn!(
+                        connection = name,
+                        %error,
+                        "cannot reach the MQTT broker; still trying with growing delays \
+                         (up to {:?}), said once",
+                        Backoff::MAX
+                    ),
+                    _ => debug!(connection = name, %error, ?delay, "MQTT reconnect failed"),
                 }
                 tokio::select! {
                     () = cancel.cancelled() => break,
-                    () = tokio::time::sleep(RECONNECT_DELAY) => {}
+                    () = tokio::time::sleep(delay) => {}
                 }
             }
         }
+    }
+}
+
+/// Failed first connects before a warning (about 7 s: the embedded broker may still be
+/// starting).
+const QUIET_FAILURES: u32 = 4;
+
+/// Delays between reconnection attempts: 0.5 s doubling up to 30 s, so a broker that is
+/// away (or a connection that keeps failing) is not hammered.
+#[derive(Debug, Default)]
+pub(crate) struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    /// The first delay.
+    pub(crate) const BASE: Duration = Duration::from_millis(500);
+    /// The longest delay.
+    pub(crate) const MAX: Duration = Duration::from_secs(30);
+    /// A connection up this long counts as recovered.
+    pub(crate) const STABLE: Duration = Duration::from_secs(10);
+
+    /// The delay before the next attempt, counting a failure.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let delay = Self::BASE
+            .saturating_mul(1 << self.failures.min(6))
+            .min(Self::MAX);
+        self.failures = self.failures.saturating_add(1);
+        delay
+    }
+
+    /// Failures since the last reset.
+    pub(crate) fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// After a stable connection.
+    pub(crate) fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delays_grow_to_a_cap_and_start_again_after_a_reset() {
+        let mut backoff = Backoff::default();
+        let delays: Vec<u64> = (0..9)
+            .map(|_| backoff.next_delay().as_millis() as u64)
+            .collect();
+        assert_eq!(
+            delays,
+            [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
+        backoff.reset();
+        assert_eq!(backoff.next_delay(), Backoff::BASE);
     }
 }

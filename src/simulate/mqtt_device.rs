@@ -11,19 +11,17 @@ use anyhow::Context;
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{Device, Pace};
 use crate::codec::jt1078::{Packet as Jt1078Packet, Sim};
 use crate::control::messages::DeviceCommand;
-use crate::control::mqtt::mqtt_options;
+use crate::control::mqtt::{Backoff, mqtt_options};
 use crate::control::topics::Topics;
 use crate::media::{DeviceId, StreamKind};
 
 /// Heartbeat period of a simulated device.
 const HEARTBEAT: Duration = Duration::from_secs(10);
-/// Wait between reconnection attempts.
-const RECONNECT_DELAY: Duration = Duration::from_millis(500);
 
 /// What the MQTT-controlled simulator needs.
 #[derive(Debug, Clone)]
@@ -57,23 +55,24 @@ pub async fn run(options: MqttDeviceOptions, cancel: CancellationToken) -> anyho
     let tasks = TaskTracker::new();
     // One push per stream: live and playback of a channel run side by side, as on a device.
     let mut running: HashMap<(DeviceId, u8, StreamKind), CancellationToken> = HashMap::new();
-    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    // Heartbeats from a task of their own: cancelling `eventloop.poll()` (as a timer in the
+    // same select would) while it connects leaves a half-made connection that the broker
+    // may register after the real one, taking its session and subscription away.
+    tasks.spawn(heartbeats(
+        client.clone(),
+        topics.clone(),
+        options.devices.clone(),
+        cancel.clone(),
+    ));
+    let mut backoff = Backoff::default();
     loop {
         let event = tokio::select! {
             () = cancel.cancelled() => break,
-            _ = heartbeat.tick() => {
-                for device in &options.devices {
-                    let body = format!(r#"{{"seqid":"hb-{device}","client_id":"{device}"}}"#);
-                    if let Err(error) = client.try_publish(topics.request(device.as_str(), "HEART"), QoS::AtMostOnce, false, body) {
-                        warn!(%error, "heartbeat not queued");
-                    }
-                }
-                continue;
-            }
             event = eventloop.poll() => event,
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff.reset();
                 for device in &options.devices {
                     client
                         .try_subscribe(topics.device_filter(device.as_str()), QoS::AtLeastOnce)
@@ -179,10 +178,21 @@ pub async fn run(options: MqttDeviceOptions, cancel: CancellationToken) -> anyho
             }
             Ok(_) => {}
             Err(error) => {
-                warn!(%error, "MQTT connection failed; retrying");
+                let delay = backoff.next_delay();
+                if backoff.failures() == 1 {
+                    warn!(
+                        %error,
+                        url = %options.url,
+                        "MQTT broker not reachable; retrying with growing delays (up to {:?}) \
+                         until it is, said once",
+                        Backoff::MAX
+                    );
+                } else {
+                    debug!(%error, ?delay, "MQTT reconnect failed");
+                }
                 tokio::select! {
                     () = cancel.cancelled() => break,
-                    () = tokio::time::sleep(RECONNECT_DELAY) => {}
+                    () = tokio::time::sleep(delay) => {}
                 }
             }
         }
@@ -193,6 +203,31 @@ pub async fn run(options: MqttDeviceOptions, cancel: CancellationToken) -> anyho
     tasks.close();
     tasks.wait().await;
     Ok(())
+}
+
+/// A heartbeat per device every [`HEARTBEAT`] until `cancel`.
+async fn heartbeats(
+    client: AsyncClient,
+    topics: Topics,
+    devices: Vec<DeviceId>,
+    cancel: CancellationToken,
+) {
+    // the first one goes out on connect, after the subscription
+    let mut heartbeat =
+        tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = heartbeat.tick() => {}
+        }
+        for device in &devices {
+            let body = format!(r#"{{"seqid":"hb-{device}","client_id":"{device}"}}"#);
+            let topic = topics.request(device.as_str(), "HEART");
+            if let Err(error) = client.try_publish(topic, QoS::AtMostOnce, false, body) {
+                warn!(%error, "heartbeat not queued");
+            }
+        }
+    }
 }
 
 async fn resolve(host: &str, port: u16) -> anyhow::Result<SocketAddr> {

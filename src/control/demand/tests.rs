@@ -298,8 +298,8 @@ fn a_stream_pushed_on_its_own_that_drops_is_pulled_for_its_requesters() {
     );
 }
 
-#[test]
-fn after_a_reconnect_pending_pulls_and_stops_are_repeated() {
+/// A stream asked for, live, left, and told to stop after the linger: still pushing.
+fn a_stream_told_to_stop_that_still_pushes() -> (Instant, Demand, StreamKey) {
     let t0 = origin();
     let mut d = Demand::new(settings());
     let mut actions = Vec::new();
@@ -317,17 +317,24 @@ fn after_a_reconnect_pending_pulls_and_stops_are_repeated() {
             key: stopped.clone()
         }]
     );
+    (t0, d, stopped)
+}
+
+#[test]
+fn after_a_reconnect_pending_pulls_and_stops_are_repeated() {
+    let (t0, mut d, stopped) = a_stream_told_to_stop_that_still_pushes();
+    let mut actions = Vec::new();
     // nobody answers this one yet
     d.request(&key(), client("b"), None, true, t0, &mut actions);
     let mut again = Vec::new();
-    d.reconnected(&mut again);
+    d.reconnected(t0, &mut again);
     again.sort_by_key(|a| format!("{a:?}"));
     assert_eq!(
         again,
         vec![
             Action::Pull {
                 key: key(),
-                attempt: 1
+                attempt: 2
             },
             Action::Stop {
                 key: stopped.clone()
@@ -338,6 +345,27 @@ fn after_a_reconnect_pending_pulls_and_stops_are_repeated() {
     d.stream_down(&stopped, t0, &mut actions);
     d.stream_up(&key());
     again.clear();
-    d.reconnected(&mut again);
+    d.reconnected(t0, &mut again);
     assert!(again.is_empty(), "{again:?}");
+}
+
+#[test]
+fn reconnects_never_make_more_pulls_or_stops_than_the_attempts() {
+    let (t0, mut d, _) = a_stream_told_to_stop_that_still_pushes();
+    let mut actions = Vec::new();
+    d.request(&key(), client("b"), None, true, t0, &mut actions);
+    // a connection that keeps dropping: 100 reconnects
+    for _ in 0..100 {
+        d.reconnected(t0, &mut actions);
+    }
+    let pulls = actions
+        .iter()
+        .filter(|a| matches!(a, Action::Pull { .. }))
+        .count();
+    let stops = actions
+        .iter()
+        .filter(|a| matches!(a, Action::Stop { .. }))
+        .count();
+    assert_eq!(pulls as u32, settings().pull_attempts, "{actions:?}");
+    assert_eq!(stops as u32 + 1, settings().pull_attempts, "{actions:?}");
 }

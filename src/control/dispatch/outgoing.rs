@@ -1,12 +1,11 @@
 //! What the control task publishes: replies, device commands, retained stream and gateway
 //! status, heartbeats.
 
-use rumqttc::QoS;
 use serde::Serialize;
 use tracing::{info, warn};
 
 use super::Control;
-use crate::control::messages::{DeviceCommand, ErrorCode, PlayUrls, Reply, RequestError};
+use crate::control::messages::{DeviceCommand, ErrorCode, PlayUrls, Reply, RequestError, shorten};
 use crate::hub::StreamSnapshot;
 use crate::media::{Channel, DeviceId, StreamKey, StreamKind};
 
@@ -56,7 +55,7 @@ impl Control {
         } else {
             "ERROR"
         };
-        info!(seqid, code = ?error.code, "{}", error.message);
+        info!(seqid = %shorten(seqid), code = ?error.code, "{}", error.message);
         let reply = Reply::error(seqid, mode, error.code, error.message.clone());
         self.publish_json(&self.topics.reply(seqid, mode), &reply, false);
     }
@@ -118,13 +117,13 @@ impl Control {
         self.publish_json(&self.topics.device(device, command.mode()), command, false);
     }
 
-    pub(super) fn publish_stream_status(&self, key: &StreamKey, live: bool) {
+    pub(super) fn publish_stream_status(&mut self, key: &StreamKey, live: bool) {
         self.publish_status(key, live, self.hub.snapshot(key).as_ref());
     }
 
     /// The retained status of `key`, with codecs and picture size from `snapshot`.
     pub(super) fn publish_status(
-        &self,
+        &mut self,
         key: &StreamKey,
         live: bool,
         snapshot: Option<&StreamSnapshot>,
@@ -141,19 +140,38 @@ impl Control {
             urls: self.urls(key),
             rtmp: self.rtmp.status(key),
         };
-        self.publish_json(&self.topics.stream_status(key), &status, true);
+        let payload = match serde_json::to_vec(&status) {
+            Ok(payload) => payload,
+            Err(error) => return warn!(%error, stream = %key, "could not encode a status"),
+        };
+        // once per state: a stream start brings up to four events with the same picture
+        if self.statuses.get(key) == Some(&payload) {
+            return;
+        }
+        let topic = self.topics.stream_status(key);
+        self.outbox.borrow_mut().push(&topic, payload.clone(), true);
+        if live {
+            self.statuses.insert(key.clone(), payload);
+        } else {
+            self.statuses.remove(key);
+        }
     }
 
-    /// On (re)connect: online status and the state of every live stream.
-    pub(super) fn announce(&self) {
+    /// The retained `online`/`offline` of the gateway.
+    pub(super) fn publish_gateway_status(&self, status: &str) {
         self.publish_json(
             &self.topics.gateway_status(&self.ctx.mqtt.gateway_id),
             &GatewayStatus {
                 gateway_id: &self.ctx.mqtt.gateway_id,
-                status: "online",
+                status,
             },
             true,
         );
+    }
+
+    /// On (re)connect: online status and the state of every live stream.
+    pub(super) fn announce(&mut self) {
+        self.publish_gateway_status("online");
         for (key, snapshot) in self.live_streams() {
             self.publish_status(&key, true, Some(&snapshot));
         }
@@ -192,19 +210,11 @@ impl Control {
         );
     }
 
+    /// Queues `body` on `topic` for the flush after this step.
     pub(super) fn publish_json<T: Serialize>(&self, topic: &str, body: &T, retain: bool) {
-        let payload = match serde_json::to_vec(body) {
-            Ok(payload) => payload,
-            Err(error) => {
-                warn!(%error, topic, "could not encode a message");
-                return;
-            }
-        };
-        if let Err(error) = self
-            .client
-            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
-        {
-            warn!(%error, topic, "MQTT publish queue full; message dropped");
+        match serde_json::to_vec(body) {
+            Ok(payload) => self.outbox.borrow_mut().push(topic, payload, retain),
+            Err(error) => warn!(%error, topic, "could not encode a message"),
         }
     }
 }
