@@ -421,6 +421,7 @@ mod tests {
         let mut out = BytesMut::from(&file_header(true, true)[..]);
         write_metadata(
             &mut out,
+            0,
             Some((VideoCodec::H265, HevcSignal::Enhanced, 640, 360)),
             Some(SoundFormat::G711A),
         );
