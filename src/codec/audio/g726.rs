@@ -324,10 +324,6 @@ impl State {
     }
 
     /// The state update after a sample (G.726 §4.2.3-4.2.8, the reference `update`).
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the reference's signals, by name"
-    )]
     fn update(&mut self, y: i32, wi: i32, fi: i32, dq: i32, sr: i32, dqsez: i32) {
         let pk0: i16 = i16::from(dqsez < 0);
         let mag = dq & 0x7FFF;
