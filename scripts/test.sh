@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs what the tests need
-# (ffmpeg/ffprobe, mosquitto and its clients, redis-server and redis-cli; later nginx-rtmp, chromium) when missing, then runs
+# (ffmpeg/ffprobe, mosquitto and its clients, redis-server and redis-cli, nginx-rtmp,
+# docker-compose, curl, an imageio-ffmpeg venv; later chromium) when missing, then runs
 # formatting, lints, unit/property/integration tests, docs and the purity check.
 # Usage: ./scripts/test.sh
 set -euo pipefail
@@ -13,6 +14,11 @@ command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+command -v nginx >/dev/null 2>&1 || need+=(nginx)
+[ -e /usr/lib/nginx/modules/ngx_rtmp_module.so ] || need+=(libnginx-mod-rtmp)
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing: ${need[*]}"
   sudo=""
@@ -20,6 +26,11 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -q
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}"
 fi
+
+echo "== python venv with imageio-ffmpeg (an ffmpeg that reads HEVC in FLV, for the RTMP push tests)"
+[ -x target/pyenv/bin/python ] || python3 -m venv target/pyenv
+target/pyenv/bin/python -c 'import imageio_ffmpeg' >/dev/null 2>&1 \
+  || target/pyenv/bin/pip install -q imageio-ffmpeg
 
 echo "== purity: no tokio or std::net in sans-IO code"
 if grep -rnE 'tokio|std::net' src/codec/ src/control/demand.rs | grep -vE '^[^:]+:[0-9]+:\s*//'; then

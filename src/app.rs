@@ -13,9 +13,10 @@ use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use crate::config::Settings;
-use crate::control::ControlContext;
+use crate::control::{ControlContext, RtmpSide};
 use crate::hub::Hub;
 use crate::ingest::IngestServer;
+use crate::output::rtmp_push::{PushSettings, RtmpPusher};
 use crate::output::{api, http_flv, http_serve};
 
 /// A gateway with its listeners bound, ready to run.
@@ -87,7 +88,18 @@ impl App {
             &self.settings.control,
             (addrs.live.port(), addrs.playback.port(), addrs.http.port()),
         );
-        crate::control::spawn(control, self.hub.clone(), &tasks, shutdown.clone())?;
+        let (pusher, events_rx) = RtmpPusher::new(
+            self.hub.clone(),
+            PushSettings::new(&self.settings.rtmp),
+            tasks.clone(),
+            shutdown.clone(),
+        );
+        let rtmp = RtmpSide {
+            pusher,
+            events_rx,
+            settings: self.settings.rtmp.clone(),
+        };
+        crate::control::spawn(control, self.hub.clone(), rtmp, &tasks, shutdown.clone())?;
         let bridge = crate::bridge::spawn(
             &self.settings.bridge,
             &self.settings.mqtt,

@@ -31,6 +31,8 @@ pub struct Settings {
     pub control: ControlSettings,
     /// SRS hooks and the Redis queue.
     pub bridge: BridgeSettings,
+    /// RTMP push to a media server (SRS, nginx-rtmp).
+    pub rtmp: RtmpSettings,
     /// Threads.
     pub runtime: RuntimeSettings,
     /// Logging.
@@ -182,6 +184,35 @@ pub struct BridgeSettings {
     pub redis_mirror: bool,
     /// The mirror list.
     pub redis_mirror_key: String,
+}
+
+/// `[rtmp]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RtmpSettings {
+    /// Push every live stream as soon as it comes up.
+    pub auto_push: bool,
+    /// Target template for live streams (`{device}`, `{channel}`, `{kind}`).
+    pub live_url: String,
+    /// Target template for playback streams.
+    pub playback_url: String,
+    /// Play URL templates for replies, by name (`{app}`, `{stream}` of the target, and
+    /// `{device}`, `{channel}`, `{kind}`).
+    pub play_urls: std::collections::BTreeMap<String, String>,
+    /// Longest TCP connect, handshake, connect and publish.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// A write to the server that takes longer ends the connection (then retried).
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
+    /// First wait before a retry; doubles per failure up to `retry_backoff_max`.
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    /// Longest wait between retries.
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff_max: Duration,
+    /// Failed attempts in a row before the push gives up.
+    pub max_attempts: NonZeroUsize,
 }
 
 /// `[log]`

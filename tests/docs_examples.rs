@@ -96,11 +96,7 @@ async fn every_mosquitto_pub_example_in_the_mqtt_docs_is_answered() {
             .next()
             .unwrap()
             .to_owned();
-        let expected = if mode == "WEBRTC" || mode == "RTMP" {
-            "REFUSE"
-        } else {
-            "OK"
-        };
+        let expected = if mode == "WEBRTC" { "REFUSE" } else { "OK" };
         let reply = client
             .expect(
                 &format!("{expected} to {mode} {seqid}"),

@@ -279,10 +279,10 @@ async fn malformed_requests(url: &str, broker: BrokerAt) {
         ),
         (
             "jt1078/gateway/13800138000/RTMP",
-            r#"{"seqid":"e3"}"#,
-            "e3/REFUSE",
-            "not_supported",
-            "HTTP-FLV",
+            r#"{"seqid":"e3","url":"http://srs/live/x"}"#,
+            "e3/ERROR",
+            "invalid_field",
+            "rtmp://",
         ),
         (
             "jt1078/gateway/not-a-sim/SUBSCRIBE",

@@ -17,6 +17,10 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         let mut out = bytes::BytesMut::new();
-        flv::write_video_frame(&mut out, codec, 0, true, data);
+        for signal in [flv::HevcSignal::CodecId12, flv::HevcSignal::Enhanced] {
+            flv::write_video_frame(&mut out, (codec, signal), 0, true, data);
+        }
+        let _ = flv::tags(out.freeze()).count();
+        let _ = flv::metadata_numbers(data);
     }
 });

@@ -320,6 +320,14 @@ impl Demand {
         self.entries.get(key).map_or(0, |e| e.requesters.len())
     }
 
+    /// Whether `requester` holds a lease on `key` (it was not released, did not expire and
+    /// was not failed).
+    pub fn holds(&self, key: &StreamKey, requester: &RequesterId) -> bool {
+        self.entries
+            .get(key)
+            .is_some_and(|e| e.requesters.contains_key(requester))
+    }
+
     /// Streams known to be up.
     pub fn live(&self) -> impl Iterator<Item = &StreamKey> {
         self.entries.iter().filter(|(_, e)| e.live).map(|(k, _)| k)

@@ -18,10 +18,13 @@ use super::params::{LiveParams, PullParams, live_params, playback_params};
 use super::topics::Topics;
 use crate::hub::{Hub, HubEvent};
 use crate::media::{Channel, DeviceId, StreamKey, StreamKind};
+use crate::output::rtmp_push::PushEvent;
 
 mod outgoing;
+mod rtmp;
 
 pub(crate) use outgoing::GatewayStatus;
+pub(crate) use rtmp::RtmpControl;
 
 /// Most devices whose heartbeat is remembered (bounded against floods of made-up ids).
 const MAX_DEVICES_SEEN: usize = 100_000;
@@ -37,10 +40,16 @@ pub(crate) struct Control {
     started: Instant,
     heartbeats: u64,
     sequence: AtomicU64,
+    rtmp: RtmpControl,
 }
 
 impl Control {
-    pub(crate) fn new(ctx: ControlContext, hub: Hub, client: AsyncClient) -> Control {
+    pub(crate) fn new(
+        ctx: ControlContext,
+        hub: Hub,
+        client: AsyncClient,
+        rtmp: RtmpControl,
+    ) -> Control {
         Control {
             topics: Topics::new(&ctx.mqtt.topic_prefix),
             demand: Demand::new(ctx.demand),
@@ -52,6 +61,7 @@ impl Control {
             started: Instant::now(),
             heartbeats: 0,
             sequence: AtomicU64::new(0),
+            rtmp,
         }
     }
 
@@ -59,6 +69,7 @@ impl Control {
         mut self,
         mut inbound_rx: mpsc::Receiver<Inbound>,
         mut connected_rx: watch::Receiver<u64>,
+        mut push_events_rx: mpsc::Receiver<PushEvent>,
         cancel: CancellationToken,
     ) {
         let mut events = self.hub.events();
@@ -84,7 +95,9 @@ impl Control {
                     let mut actions = Vec::new();
                     self.demand.poll(Instant::now().into_std(), &mut actions);
                     self.perform(actions);
+                    self.rtmp_prune();
                 }
+                Some(event) = push_events_rx.recv() => self.handle_push_event(event),
                 _ = heartbeat.tick() => self.publish_heartbeat(),
                 changed = connected_rx.changed() => {
                     if changed.is_err() {
@@ -160,13 +173,10 @@ impl Control {
                     self.devices_seen.insert(device, Instant::now());
                 }
             }
-            Mode::Rtmp | Mode::WebRtc => {
+            Mode::Rtmp => self.rtmp_request(&device, &request),
+            Mode::WebRtc => {
                 let key = request.stream_key(&device, mode);
-                let what = if mode == Mode::Rtmp {
-                    "RTMP republishing"
-                } else {
-                    "WebRTC playback"
-                };
+                let what = "WebRTC playback";
                 self.reject(RequestError {
                     code: ErrorCode::NotSupported,
                     message: format!(
@@ -205,36 +215,9 @@ impl Control {
         let requester =
             RequesterId::Client(request.client_id.clone().unwrap_or_else(|| seqid.clone()));
         for key in keys {
-            let params = match key.kind {
-                StreamKind::Live => live_params(request).map(PullParams::Live),
-                StreamKind::Playback => playback_params(request).map(PullParams::Playback),
-            };
-            match params {
-                Ok(params) => {
-                    self.hub.expect_tracks(&key, params.tracks());
-                    self.pull_params.insert(key.clone(), params);
-                }
-                Err((code, message)) => {
-                    return self.reject(RequestError {
-                        code,
-                        message,
-                        seqid: Some(seqid),
-                    });
-                }
-            }
-            let mut actions = Vec::new();
-            let outcome = self.demand.request(
-                &key,
-                requester.clone(),
-                Some(seqid.clone()),
-                true,
-                Instant::now().into_std(),
-                &mut actions,
-            );
-            let state = match outcome {
-                RequestOutcome::Live => "live",
-                RequestOutcome::Pulling => "pulling",
-                RequestOutcome::Waiting => "waiting",
+            let (state, actions) = match self.want(&key, &requester, &seqid, request) {
+                Ok(wanted) => wanted,
+                Err(error) => return self.reject(error),
             };
             info!(stream = %key, requester = ?requester, state, "subscribed");
             self.reply_ok(
@@ -247,6 +230,44 @@ impl Control {
         }
     }
 
+    /// `requester` wants `key` (SUBSCRIBE, PLAYBACK, RTMP): the request's pull fields are
+    /// kept for the device command and the demand counts it. Returns the state for the
+    /// reply and the actions to perform after replying.
+    fn want(
+        &mut self,
+        key: &StreamKey,
+        requester: &RequesterId,
+        seqid: &str,
+        request: &Request,
+    ) -> Result<(&'static str, Vec<Action>), RequestError> {
+        let params = match key.kind {
+            StreamKind::Live => live_params(request).map(PullParams::Live),
+            StreamKind::Playback => playback_params(request).map(PullParams::Playback),
+        };
+        let params = params.map_err(|(code, message)| RequestError {
+            code,
+            message,
+            seqid: Some(seqid.to_owned()),
+        })?;
+        self.hub.expect_tracks(key, params.tracks());
+        self.pull_params.insert(key.clone(), params);
+        let mut actions = Vec::new();
+        let outcome = self.demand.request(
+            key,
+            requester.clone(),
+            Some(seqid.to_owned()),
+            true,
+            Instant::now().into_std(),
+            &mut actions,
+        );
+        let state = match outcome {
+            RequestOutcome::Live => "live",
+            RequestOutcome::Pulling => "pulling",
+            RequestOutcome::Waiting => "waiting",
+        };
+        Ok((state, actions))
+    }
+
     fn unsubscribe(&mut self, device: &DeviceId, request: &Request) {
         let seqid = self.seqid_of(request);
         let key = request.stream_key(device, Mode::Unsubscribe);
@@ -257,6 +278,7 @@ impl Control {
             .release(&key, &requester, Instant::now().into_std())
         {
             info!(stream = %key, requester = ?requester, "unsubscribed");
+            self.rtmp_release(&key, &requester);
             self.reply_ok(&seqid, &key, None, None);
         } else {
             self.reject(RequestError {
@@ -322,6 +344,7 @@ impl Control {
             HubEvent::StreamUp(key) => {
                 self.demand.stream_up(&key);
                 self.publish_stream_status(&key, true);
+                self.rtmp_stream_up(&key);
             }
             HubEvent::StreamDown(key) => {
                 self.demand.stream_down(&key, now, &mut actions);

@@ -30,6 +30,8 @@ pub enum ErrorCode {
     DeviceUnavailable,
     /// The request was about a stream the requester did not subscribe to.
     NotSubscribed,
+    /// The RTMP push failed as many times in a row as allowed (`rtmp.max_attempts`).
+    RtmpUnavailable,
 }
 
 /// Request modes on `{prefix}/gateway/{device}/{MODE}`.
@@ -47,7 +49,7 @@ pub enum Mode {
     DevPush,
     /// A device heartbeat.
     Heart,
-    /// RTMP republish (later issue).
+    /// Push the stream to an RTMP server (SRS); counts as a requester like SUBSCRIBE.
     Rtmp,
     /// WebRTC offer (later issue).
     WebRtc,
@@ -106,6 +108,8 @@ pub struct Request {
     pub seek_time: Option<String>,
     /// Batch: several streams in one request.
     pub pull_stream_from_device: Option<Vec<BatchItem>>,
+    /// RTMP: where to push instead of the `rtmp.live_url`/`rtmp.playback_url` template.
+    pub url: Option<String>,
 }
 
 /// One stream of a batch request.
@@ -248,6 +252,9 @@ pub struct Reply {
     /// Seconds the subscription lasts without renewal, for OK to SUBSCRIBE.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lease_secs: Option<u64>,
+    /// The RTMP push, for replies to RTMP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtmp: Option<RtmpReply>,
     /// Error code, for ERROR/REFUSE.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<ErrorCode>,
@@ -263,6 +270,20 @@ pub struct PlayUrls {
     pub flv: String,
 }
 
+/// The RTMP part of a reply to RTMP.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RtmpReply {
+    /// Where the stream is (or was to be) pushed.
+    pub url: String,
+    /// Where to play it on the RTMP server, by name (`rtmp.play_urls`), for OK.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub play_urls: std::collections::BTreeMap<String, String>,
+    /// What went wrong last (`refused`, `unreachable`, `closed`, `stalled`, `timeout`,
+    /// `protocol`, `bad_url`), for ERROR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 impl Reply {
     /// An error or refusal.
     pub fn error(seqid: &str, mode: &str, code: ErrorCode, message: impl Into<String>) -> Reply {
@@ -275,6 +296,7 @@ impl Reply {
             state: None,
             urls: None,
             lease_secs: None,
+            rtmp: None,
             code: Some(code),
             message: Some(message.into()),
         }

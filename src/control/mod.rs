@@ -18,8 +18,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{ControlSettings, MqttSettings};
+use crate::config::{ControlSettings, MqttSettings, RtmpSettings};
 use crate::hub::Hub;
+use crate::output::rtmp_push::{PushEvent, RtmpPusher};
 use demand::DemandSettings;
 use dispatch::{Control, GatewayStatus};
 use topics::Topics;
@@ -60,10 +61,23 @@ impl ControlContext {
     }
 }
 
+/// The RTMP push side, as control drives it: the pusher handle, its state changes and the
+/// `[rtmp]` settings (targets, play URLs, `auto_push`).
+#[derive(Debug)]
+pub struct RtmpSide {
+    /// Starts and stops pushes.
+    pub pusher: RtmpPusher,
+    /// The pushes' state changes.
+    pub events_rx: mpsc::Receiver<PushEvent>,
+    /// `[rtmp]`.
+    pub settings: RtmpSettings,
+}
+
 /// Starts the MQTT connection and the control task on `tasks`; both stop with `cancel`.
 pub fn spawn(
     ctx: ControlContext,
     hub: Hub,
+    rtmp: RtmpSide,
     tasks: &TaskTracker,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -101,9 +115,17 @@ pub fn spawn(
             done.cancel();
         }
     });
-    let control = Control::new(ctx, hub, client.clone());
+    let RtmpSide {
+        pusher,
+        events_rx: push_events_rx,
+        settings: rtmp_settings,
+    } = rtmp;
+    let rtmp = dispatch::RtmpControl::new(pusher, rtmp_settings);
+    let control = Control::new(ctx, hub, client.clone(), rtmp);
     tasks.spawn(async move {
-        control.run(inbound_rx, connected_rx, cancel).await;
+        control
+            .run(inbound_rx, connected_rx, push_events_rx, cancel)
+            .await;
         // A clean DISCONNECT (after the retained "offline"), so the broker drops the will.
         if let Err(error) = client.try_disconnect() {
             tracing::debug!(%error, "could not queue DISCONNECT");

@@ -58,6 +58,17 @@ impl Reader {
         stream.attach(&mut self, sink)
     }
 
+    /// This reader is not a viewer: it leaves the viewer count (and so the demand for the
+    /// stream). For outputs that republish (RTMP push), whose own requesters control
+    /// counts; a push must not make the device push again after its stream ended.
+    pub fn uncounted(mut self) -> Reader {
+        if self.counted {
+            self.counted = false;
+            self.stream.reader_delta(false);
+        }
+        self
+    }
+
     /// The viewer count now belongs to a sink.
     pub(crate) fn hand_over_count(&mut self) {
         self.counted = false;

@@ -330,3 +330,22 @@ fn a_full_track_record_loses_nothing_to_a_request_for_both_tracks() {
     assert_eq!(hub.known_tracks().len(), KNOWN_TRACKS_KEPT);
     assert!(hub.known_tracks().contains_key(&device(KNOWN_TRACKS_KEPT)));
 }
+
+#[tokio::test]
+async fn an_uncounted_reader_reads_without_being_a_viewer() {
+    let hub = Hub::default();
+    let publisher = hub.publish(key(), CancellationToken::new());
+    publisher.send(video(0, true)).unwrap();
+    let viewer = hub.subscribe(&key()).unwrap();
+    let mut push = hub.subscribe(&key()).unwrap().uncounted();
+    assert_eq!(hub.list()[0].viewers, 1, "only the viewer counts");
+    assert_eq!(
+        push.recv().await.map(|f| f.pts),
+        Some(0),
+        "from the GOP cache"
+    );
+    drop(push);
+    assert_eq!(hub.list()[0].viewers, 1, "dropping it counts nobody out");
+    drop(viewer);
+    assert_eq!(hub.list()[0].viewers, 0);
+}

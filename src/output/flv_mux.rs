@@ -2,7 +2,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use crate::codec::flv::{self, SoundFormat};
+use crate::codec::flv::{self, HevcSignal, SoundFormat};
 use crate::codec::h26x::{NalKind, VideoCodec};
 use crate::hub::{MediaInfo, Tracks};
 use crate::media::{Codec, Frame};
@@ -27,6 +27,8 @@ pub struct FlvMuxer {
     expected: Option<Tracks>,
     sent_config: Option<Bytes>,
     base_pts: Option<u64>,
+    /// How H.265 is written (HTTP-FLV: codec id 12; RTMP push: Enhanced RTMP).
+    hevc: HevcSignal,
 }
 
 /// How much media (ms) a new viewer's muxer waits for a track it has not seen yet.
@@ -47,7 +49,14 @@ impl FlvMuxer {
             expected: info.expected,
             sent_config: None,
             base_pts: None,
+            hevc: HevcSignal::CodecId12,
         }
+    }
+
+    /// The same muxer writing H.265 as `signal` says (RTMP push uses Enhanced RTMP).
+    pub fn with_hevc(mut self, signal: HevcSignal) -> FlvMuxer {
+        self.hevc = signal;
+        self
     }
 
     /// Whether the stream has video (so a viewer that skipped frames restarts at a key
@@ -139,15 +148,17 @@ impl FlvMuxer {
             if let Some((record, size)) = decoder_config(codec, &frame.data) {
                 if self.sent_config.as_ref() != Some(&record) {
                     if self.sent_config.is_none() {
-                        flv::write_metadata(out, Some((codec, size.0, size.1)), self.audio);
+                        let video = (codec, self.hevc, size.0, size.1);
+                        flv::write_metadata(out, Some(video), self.audio);
                     }
-                    flv::write_video_config(out, codec, ts, &record);
+                    flv::write_video_config(out, codec, self.hevc, ts, &record);
                     self.sent_config = Some(record);
                 }
             }
         }
         if self.sent_config.is_some() {
-            flv::write_video_frame(out, codec, ts, frame.is_key, &frame.data);
+            let signal = (codec, self.hevc);
+            flv::write_video_frame(out, signal, ts, frame.is_key, &frame.data);
         }
     }
 }

@@ -5,3 +5,4 @@ pub mod api;
 pub mod flv_mux;
 pub mod http_flv;
 pub mod http_serve;
+pub mod rtmp_push;

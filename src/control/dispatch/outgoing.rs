@@ -40,6 +40,9 @@ pub(super) struct StreamStatus {
     width: Option<u32>,
     height: Option<u32>,
     urls: PlayUrls,
+    /// The RTMP push of this stream, while one runs or after it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rtmp: Option<super::rtmp::PushStatus>,
 }
 
 impl Control {
@@ -65,6 +68,18 @@ impl Control {
         state: Option<&str>,
         lease_secs: Option<u64>,
     ) {
+        self.reply_ok_with(seqid, key, state, lease_secs, None);
+    }
+
+    /// An OK reply, with the RTMP part for a reply to RTMP.
+    pub(super) fn reply_ok_with(
+        &self,
+        seqid: &str,
+        key: &StreamKey,
+        state: Option<&str>,
+        lease_secs: Option<u64>,
+        rtmp: Option<crate::control::messages::RtmpReply>,
+    ) {
         let reply = Reply {
             seqid: seqid.to_owned(),
             mode: "OK".to_owned(),
@@ -74,6 +89,7 @@ impl Control {
             state: state.map(str::to_owned),
             urls: Some(self.urls(key)),
             lease_secs,
+            rtmp,
             code: None,
             message: None,
         };
@@ -123,6 +139,7 @@ impl Control {
             width: snapshot.and_then(|s| s.width),
             height: snapshot.and_then(|s| s.height),
             urls: self.urls(key),
+            rtmp: self.rtmp.status(key),
         };
         self.publish_json(&self.topics.stream_status(key), &status, true);
     }

@@ -1,0 +1,19 @@
+# jt1078-gateway: multi-stage build. The build stage compiles the release binary; the
+# runtime stage is Debian slim with only that binary, run as an unprivileged user.
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src src
+COPY config config
+COPY benches benches
+COPY examples examples
+RUN cargo build --release --locked --bin jt1078-gateway
+
+FROM debian:bookworm-slim AS runtime
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gateway
+COPY --from=build /src/target/release/jt1078-gateway /usr/local/bin/jt1078-gateway
+USER gateway
+# live ingest, playback ingest, HTTP-FLV + API
+EXPOSE 9501 9502 9531
+ENTRYPOINT ["jt1078-gateway"]
+CMD ["serve"]

@@ -1,0 +1,108 @@
+//! The docker-compose deployment, checked without a Docker daemon: Debian's
+//! `docker-compose config` validates `docker-compose.yml`, the gateway's environment there
+//! loads as settings, the Dockerfile is multi-stage and non-root, and `config/srs.conf` is
+//! the file the push tests run SRS with.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use common::run;
+use common::srs::render_srs_conf;
+use jt1078_gateway::config::Settings;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[tokio::test]
+async fn the_compose_file_validates_and_wires_the_four_services() {
+    let file = root().join("docker-compose.yml");
+    let file = file.to_str().unwrap();
+    // `run` fails the test if docker-compose is missing (scripts/test.sh installs it) or
+    // rejects the file
+    let (services, _) = run("docker-compose", &["-f", file, "config", "--services"]).await;
+    let mut services: Vec<&str> = services.lines().collect();
+    services.sort_unstable();
+    assert_eq!(services, ["gateway", "mosquitto", "redis", "srs"]);
+    let (config, _) = run("docker-compose", &["-f", file, "config"]).await;
+    for needle in [
+        "image: ossrs/srs:6",
+        "dockerfile: Dockerfile",
+        "/config/srs.conf:/usr/local/srs/conf/gateway.conf:ro",
+        "/broker/mosquitto.conf:/mosquitto/config/mosquitto.conf:ro",
+        "image: redis:7-alpine",
+        "published: 1935",
+        "published: 8080",
+        "published: 8083",
+        "published: 9531",
+    ] {
+        assert!(
+            config.contains(needle),
+            "compose config lacks {needle:?}:\n{config}"
+        );
+    }
+    // the gateway's environment is a valid configuration, pointing at the other services
+    let env: HashMap<String, String> = config
+        .lines()
+        .filter_map(|line| line.trim().split_once(": "))
+        .filter(|(key, _)| key.starts_with("JTGW__"))
+        .map(|(key, value)| (key.to_owned(), value.trim_matches('"').to_owned()))
+        .collect();
+    assert!(env.len() >= 5, "{env:?}");
+    let settings = Settings::load_from(None, Some(env)).unwrap();
+    assert!(!settings.mqtt.embedded);
+    assert_eq!(settings.mqtt.url, "mqtt://mosquitto:1883");
+    assert_eq!(
+        settings.rtmp.live_url,
+        "rtmp://srs:1935/live/{device}_{channel}"
+    );
+    assert_eq!(
+        settings.rtmp.play_urls["flv"],
+        "http://127.0.0.1:8080/{app}/{stream}.flv"
+    );
+}
+
+#[test]
+fn the_dockerfile_builds_in_a_stage_of_its_own_and_runs_slim_and_unprivileged() {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    let stages: Vec<&str> = dockerfile
+        .lines()
+        .filter(|l| l.starts_with("FROM "))
+        .collect();
+    assert_eq!(stages.len(), 2, "{stages:?}");
+    assert!(stages[0].contains(" AS build"));
+    assert!(stages[1].contains("-slim"), "{}", stages[1]);
+    assert!(dockerfile.contains("COPY --from=build"));
+    let user = dockerfile
+        .lines()
+        .rfind(|l| l.starts_with("USER "))
+        .unwrap();
+    assert_ne!(user.trim(), "USER root");
+}
+
+#[test]
+fn srs_conf_serves_both_apps_over_http_flv_and_webrtc_and_is_what_the_tests_run() {
+    let conf = std::fs::read_to_string(root().join("config/srs.conf")).unwrap();
+    for needle in [
+        "mount       [vhost]/[app]/[stream].flv;",
+        "rtmp_to_rtc on;",
+        "on_publish      http://gateway:9531/api/v1/streams;",
+        "on_unpublish    http://gateway:9531/api/v1/streams;",
+        "on_play         http://gateway:9531/api/v1/sessions;",
+        "on_stop         http://gateway:9531/api/v1/sessions;",
+    ] {
+        assert!(conf.contains(needle), "config/srs.conf lacks {needle:?}");
+    }
+    // the push tests render this very file: only the ports and the candidate change
+    let rendered = render_srs_conf(11935, 18080, 11985, 18000);
+    let changed: Vec<(&str, &str)> = conf
+        .lines()
+        .zip(rendered.lines())
+        .filter(|(a, b)| a != b)
+        .collect();
+    assert_eq!(changed.len(), 5, "{changed:?}");
+    assert!(rendered.contains("listen              11935;"));
+    assert!(rendered.contains("candidate       127.0.0.1;"));
+}
