@@ -13,15 +13,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::Extension;
 use axum::Router;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, FromRequest, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
 use ipnet::IpNet;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -180,26 +180,56 @@ impl HookState {
     }
 }
 
-/// The caller's address, which `output::http_serve` puts on every request.
-type Peer = Option<Extension<ConnectInfo<SocketAddr>>>;
+/// A hook that passed the admission checks (source address, token), with its JSON body
+/// and the caller's address. An extractor, so every hook route checks the same way; a
+/// refusal is the response.
+struct Checked<T> {
+    body: T,
+    caller: IpAddr,
+}
 
-fn addr(peer: &Peer) -> Option<SocketAddr> {
-    peer.as_ref().map(|p| p.0.0)
+impl<T: DeserializeOwned> FromRequest<HookState> for Checked<T> {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &HookState) -> Result<Self, Response> {
+        // `output::http_serve` puts the peer's address on every request
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0);
+        let query: HashMap<String, String> =
+            serde_urlencoded::from_str(request.uri().query().unwrap_or_default())
+                .unwrap_or_default();
+        let path = request.uri().path().to_owned();
+        let caller = match (state.admit(peer, &query), peer) {
+            (Ok(()), Some(peer)) => peer.ip(),
+            (Err(reason), _) => {
+                warn!(%path, %reason, "hook refused");
+                return Err(refuse(state, StatusCode::FORBIDDEN, &reason));
+            }
+            (Ok(()), None) => {
+                return Err(refuse(state, StatusCode::FORBIDDEN, "no source address"));
+            }
+        };
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let body = serde_json::from_slice(&bytes).map_err(|error| {
+            warn!(%path, %error, "hook refused: not the expected body");
+            refuse(
+                state,
+                StatusCode::BAD_REQUEST,
+                &format!("not the body {path} expects: {error}"),
+            )
+        })?;
+        Ok(Checked { body, caller })
+    }
 }
 
 async fn sessions(
     State(state): State<HookState>,
-    peer: Peer,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
+    Checked { body: hook, caller }: Checked<SrsHook>,
 ) -> Response {
-    let hook = match checked(&state, &peer, &query, &body) {
-        Ok(hook) => hook,
-        Err((status, reason)) => return refuse(&state, status, &reason),
-    };
-    let Some(srs) = addr(&peer).map(|p| p.ip()) else {
-        return refuse(&state, StatusCode::FORBIDDEN, "no source address");
-    };
     match hook.action.as_str() {
         "on_play" => {
             let key = match state.names.resolve(hook.app(&state), &hook.stream) {
@@ -210,7 +240,7 @@ async fn sessions(
                 }
             };
             let stream = PlayedStream {
-                srs,
+                srs: caller,
                 app: hook.app(&state).to_owned(),
                 stream: hook.stream.clone(),
                 fields: playback_fields(&hook.param),
@@ -241,14 +271,8 @@ async fn sessions(
 
 async fn streams(
     State(state): State<HookState>,
-    peer: Peer,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
+    Checked { body: hook, .. }: Checked<SrsHook>,
 ) -> Response {
-    let hook = match checked(&state, &peer, &query, &body) {
-        Ok(hook) => hook,
-        Err((status, reason)) => return refuse(&state, status, &reason),
-    };
     let key = state.names.resolve(hook.app(&state), &hook.stream);
     match (hook.action.as_str(), key) {
         ("on_publish", Ok(key)) => {
@@ -275,24 +299,11 @@ async fn streams(
 
 async fn web_on_play(
     State(state): State<HookState>,
-    peer: Peer,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
+    Checked {
+        body: request,
+        caller,
+    }: Checked<WebOnPlay>,
 ) -> Response {
-    if let Err(reason) = state.admit(addr(&peer), &query) {
-        warn!(%reason, "web_on_play refused");
-        return refuse(&state, StatusCode::FORBIDDEN, &reason);
-    }
-    let request: WebOnPlay = match serde_json::from_slice(&body) {
-        Ok(request) => request,
-        Err(error) => {
-            return refuse(
-                &state,
-                StatusCode::BAD_REQUEST,
-                &format!("expected {{\"device_id\": \"…\"}}: {error}"),
-            );
-        }
-    };
     let key = match state.names.key(StreamKind::Live, &request.device_id) {
         Ok(key) => key,
         Err(error) => {
@@ -300,14 +311,11 @@ async fn web_on_play(
             return refuse(&state, StatusCode::NOT_FOUND, &error.to_string());
         }
     };
-    let Some(srs) = addr(&peer).map(|p| p.ip()) else {
-        return refuse(&state, StatusCode::FORBIDDEN, "no source address");
-    };
     let play = Hook::Play {
         client: format!("web-{}", request.device_id),
         key,
         stream: PlayedStream {
-            srs,
+            srs: caller,
             app: "live".to_owned(),
             stream: request.device_id,
             fields: Map::new(),
@@ -320,26 +328,6 @@ async fn web_on_play(
         }
         Err(reason) => refuse(&state, StatusCode::SERVICE_UNAVAILABLE, reason),
     }
-}
-
-/// The admission checks and the body, or why the hook is refused.
-fn checked(
-    state: &HookState,
-    peer: &Peer,
-    query: &HashMap<String, String>,
-    body: &[u8],
-) -> Result<SrsHook, (StatusCode, String)> {
-    if let Err(reason) = state.admit(addr(peer), query) {
-        warn!(%reason, "SRS hook refused");
-        return Err((StatusCode::FORBIDDEN, reason));
-    }
-    serde_json::from_slice(body).map_err(|error| {
-        warn!(%error, "SRS hook refused: body is not an SRS hook");
-        (
-            StatusCode::BAD_REQUEST,
-            format!("not an SRS hook body: {error}"),
-        )
-    })
 }
 
 fn finish(state: &HookState, action: &str, outcome: Result<(), &'static str>) -> Response {
@@ -384,6 +372,35 @@ fn playback_fields(param: &str) -> Map<String, Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn callers_are_admitted_by_network_and_token() {
+        let (hooks_tx, _hooks_rx) = mpsc::channel(1);
+        let state = HookState {
+            names: Arc::new(StreamNames::new("live", "playback", &[]).unwrap()),
+            token: "s3cret".into(),
+            allow: vec!["10.0.0.0/8".parse().unwrap()].into(),
+            fail_open: true,
+            hooks_tx,
+            status: Arc::default(),
+        };
+        let token = HashMap::from([("token".to_owned(), "s3cret".to_owned())]);
+        let at = |ip: &str| Some(SocketAddr::new(ip.parse().unwrap(), 40000));
+        assert_eq!(state.admit(at("10.1.2.3"), &token), Ok(()));
+        assert_eq!(
+            state.admit(at("::ffff:10.1.2.3"), &token),
+            Ok(()),
+            "v4-mapped"
+        );
+        let refused = state.admit(at("127.0.0.1"), &token).unwrap_err();
+        assert!(
+            refused.contains("127.0.0.1") && refused.contains("hook_allow"),
+            "{refused}"
+        );
+        let refused = state.admit(at("10.1.2.3"), &HashMap::new()).unwrap_err();
+        assert!(refused.contains("token"), "{refused}");
+        assert!(state.admit(None, &token).is_err());
+    }
 
     #[test]
     fn playback_fields_come_from_the_query() {
