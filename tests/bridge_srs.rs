@@ -209,3 +209,63 @@ async fn a_lost_on_stop_is_found_through_the_srs_api() {
     assert_eq!(leave.json()["channel"], 1, "{}", srs.log());
     gateway.stop().await;
 }
+
+/// The same through SRS's `playback` app: the 0x9201 window rides in the play URL's query,
+/// the device gets one PLAYBACK, the picture decodes, and the playback is ended after the
+/// player leaves and the linger.
+#[tokio::test]
+async fn an_srs_playback_player_starts_the_device_playback() {
+    let mosquitto = Mosquitto::start().await;
+    let ports = [free_port(), free_port(), free_port(), free_port()];
+    let gateway = gateway_for_srs(&mosquitto, ports, &[("JTGW__CONTROL__STOP_LINGER", "2s")]).await;
+    let mut watch = TestClient::connect(
+        mosquitto.port,
+        &[
+            "jt1078/device/#",
+            "jt1078/gateway/#",
+            "jt1078/status/gateway/#",
+        ],
+    )
+    .await;
+    wait_online(&mut watch).await;
+    let device = start_device(&mosquitto.url(), "13800138000");
+    watch
+        .expect(
+            "device heartbeat",
+            WAIT,
+            topic_is("jt1078/gateway/13800138000/HEART"),
+        )
+        .await;
+    let srs = Srs::start_with_hooks(ports, gateway.addrs.http.port()).await;
+    let url = format!(
+        "{}?start_time=261122080000&end_time=261122081000",
+        srs.flv_url("playback", "13800138000_1")
+    );
+    let frames = probe_frames(&url, 25).await;
+    assert_eq!(frames.len(), 25, "{}", srs.log());
+    assert_eq!(frames[0]["key_frame"], 1);
+    let playback = watch
+        .expect(
+            "PLAYBACK",
+            WAIT,
+            topic_is("jt1078/device/13800138000/PLAYBACK"),
+        )
+        .await
+        .json();
+    assert_eq!(playback["start_time"], "261122080000");
+    assert_eq!(playback["end_time"], "261122081000");
+    assert_eq!(playback["tcp_port"], gateway.addrs.playback.port());
+    let ended = watch
+        .expect("the playback ended", WAIT, |r| {
+            r.topic == "jt1078/device/13800138000/PLAYBACK_CTRL" && r.json()["control"] == 2
+                || r.topic == "jt1078/device/13800138000/STOP"
+        })
+        .await;
+    assert!(
+        !watch.seen.iter().any(|r| r.topic.ends_with("/REQPULL")),
+        "a playback player never asks for live ({})",
+        ended.topic
+    );
+    device.cancel();
+    gateway.stop().await;
+}
