@@ -240,6 +240,8 @@ pub struct BridgeSettings {
     /// Where the gateway pushes a played stream (`{srs}`, `{app}`, `{stream}`); empty =
     /// on_play subscribes without a push.
     pub push_url: String,
+    /// SRS's HTTP API (`{srs}`), asked whether a client still plays; empty = leases only.
+    pub srs_api: String,
     /// Prefix of the control-plane client id of an SRS client.
     pub client_prefix: String,
     /// Redis URL (empty = no queue).

@@ -8,7 +8,8 @@
 //! (those live in the hub) and no demand (that lives in `control`): only which SRS client
 //! plays what (`sessions.rs`), so duplicate and missing on_stop hooks do the right thing.
 //!
-//! - `srs_hooks.rs`: the HTTP hooks (answered at once, worked after) and their task;
+//! - `srs_hooks.rs`: the HTTP hooks (checked and answered at once); `srs_clients.rs`: the
+//!   task that works them (and asks SRS's API, `srs_api.rs`, about long viewers);
 //! - `redis_queue.rs`: the `EXTERNAL_COMMAND` consumer and the optional mirror;
 //! - `names.rs`, `entries.rs`, `sessions.rs`: sans-IO (stream names, queue entries, SRS
 //!   clients).
@@ -18,6 +19,8 @@ mod names;
 mod publisher;
 mod redis_queue;
 mod sessions;
+mod srs_api;
+mod srs_clients;
 mod srs_hooks;
 
 use std::sync::Arc;

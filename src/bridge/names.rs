@@ -14,6 +14,14 @@
 
 use crate::media::{Channel, DeviceId, StreamKey, StreamKind};
 
+/// The placeholders: name, fewest and most digits, whether it is the device.
+const PLACEHOLDERS: [(&str, usize, usize, bool); 4] = [
+    ("device", 1, 20, true),
+    ("sim12", 12, 12, true),
+    ("channel", 1, 3, false),
+    ("channel2", 2, 2, false),
+];
+
 /// One piece of a form.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Piece {
@@ -98,33 +106,19 @@ impl NameForm {
                     name: after.to_owned(),
                 })?;
             let name = &after[..close];
-            let piece = match name {
-                "device" => Piece::Digits {
-                    min: 1,
-                    max: 20,
-                    is_device: true,
-                },
-                "sim12" => Piece::Digits {
-                    min: 12,
-                    max: 12,
-                    is_device: true,
-                },
-                "channel" => Piece::Digits {
-                    min: 1,
-                    max: 3,
-                    is_device: false,
-                },
-                "channel2" => Piece::Digits {
-                    min: 2,
-                    max: 2,
-                    is_device: false,
-                },
-                other => {
-                    return Err(FormError::UnknownPlaceholder {
-                        form: form.to_owned(),
-                        name: other.to_owned(),
-                    });
-                }
+            let Some(&(_, min, max, is_device)) = PLACEHOLDERS
+                .iter()
+                .find(|(placeholder, ..)| *placeholder == name)
+            else {
+                return Err(FormError::UnknownPlaceholder {
+                    form: form.to_owned(),
+                    name: name.to_owned(),
+                });
+            };
+            let piece = Piece::Digits {
+                min,
+                max,
+                is_device,
             };
             if let Piece::Digits { is_device, .. } = piece {
                 if is_device {

@@ -39,6 +39,8 @@ pub(crate) struct Full {
 struct Session {
     key: StreamKey,
     renewed: Instant,
+    /// When SRS was last asked whether this client still plays.
+    asked: Option<Instant>,
 }
 
 /// The SRS clients the bridge knows.
@@ -79,8 +81,12 @@ impl Sessions {
                 });
                 session.key = key.clone();
                 session.renewed = now;
+                session.asked = None;
             }
-            Some(session) => session.renewed = now,
+            Some(session) => {
+                session.renewed = now;
+                session.asked = None;
+            }
             None if full => return Err(Full { max: self.max }),
             None => {
                 self.clients.insert(
@@ -88,6 +94,7 @@ impl Sessions {
                     Session {
                         key: key.clone(),
                         renewed: now,
+                        asked: None,
                     },
                 );
             }
@@ -122,6 +129,40 @@ impl Sessions {
             client: client.clone(),
             key: key.clone(),
         })
+    }
+
+    /// Clients whose lease is half gone: ask SRS whether they still play, then renew
+    /// ([`Sessions::play`]) or end ([`Sessions::stop`]) them. Each is returned once per
+    /// half lease (marked as asked).
+    pub(crate) fn due(&mut self, now: Instant) -> Vec<(String, StreamKey)> {
+        self.expire(now);
+        let half = self.lease / 2;
+        let mut due = Vec::new();
+        for (client, session) in &mut self.clients {
+            let asked = session.asked.unwrap_or(session.renewed);
+            if now.saturating_duration_since(asked) >= half
+                && now.saturating_duration_since(session.renewed) >= half
+            {
+                session.asked = Some(now);
+                due.push((client.clone(), session.key.clone()));
+            }
+        }
+        due.sort();
+        due
+    }
+
+    /// When [`Sessions::due`] has something next.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        let half = self.lease / 2;
+        self.clients
+            .values()
+            .map(|s| s.asked.unwrap_or(s.renewed).max(s.renewed) + half)
+            .min()
+    }
+
+    /// Whether `client` plays `key`.
+    pub(crate) fn holds(&self, client: &str, key: &StreamKey) -> bool {
+        self.clients.get(client).is_some_and(|s| &s.key == key)
     }
 
     /// Clients of `key` now.
@@ -211,6 +252,39 @@ mod tests {
         s.stop("a", t0);
         s.stop("b", t0);
         assert_eq!(s.unpublished(&key(1), t0), None);
+    }
+
+    #[test]
+    fn clients_are_due_for_a_check_at_half_lease_once() {
+        let mut s = Sessions::new(Duration::from_secs(120), 10);
+        let t0 = tokio::time::Instant::now().into_std();
+        let mut out = Vec::new();
+        s.play("a", key(1), t0, &mut out).unwrap();
+        s.play("b", key(1), t0 + Duration::from_secs(30), &mut out)
+            .unwrap();
+        assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+        assert!(s.due(t0 + Duration::from_secs(59)).is_empty());
+        assert_eq!(
+            s.due(t0 + Duration::from_secs(60)),
+            [("a".to_owned(), key(1))]
+        );
+        assert!(s.due(t0 + Duration::from_secs(61)).is_empty(), "asked once");
+        assert_eq!(
+            s.due(t0 + Duration::from_secs(90)),
+            [("b".to_owned(), key(1))]
+        );
+        // SRS says a still plays: renewed, due again half a lease later
+        s.play("a", key(1), t0 + Duration::from_secs(62), &mut out)
+            .unwrap();
+        assert!(s.due(t0 + Duration::from_secs(100)).is_empty());
+        assert_eq!(
+            s.due(t0 + Duration::from_secs(122)),
+            [("a".to_owned(), key(1))]
+        );
+        // b's check went unanswered: its lease runs out
+        assert_eq!(s.len(), 2);
+        s.expire(t0 + Duration::from_secs(151));
+        assert_eq!(s.len(), 1);
     }
 
     #[test]

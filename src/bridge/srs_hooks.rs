@@ -4,13 +4,8 @@
 //! on_unpublish) with the bodies SRS 6 sends, and the seed's `POST /web_on_play
 //! {"device_id": …}`. SRS blocks its client until the hook answers, so a handler only
 //! checks (source address, token, stream name), hands the hook to the hook task over a
-//! bounded channel and answers: HTTP 200 with body `0` allows, anything else refuses. The
-//! task keeps the SRS clients (`sessions.rs`) and publishes, per client:
-//! - on_play: the RTMP request (`bridge.push_url` set: the gateway pushes the stream to SRS
-//!   and the client is its requester) or SUBSCRIBE/PLAYBACK, client id
-//!   `{client_prefix}{client_id}`; a renewed on_play renews it;
-//! - on_stop: UNSUBSCRIBE with the same client id, once;
-//! - on_unpublish while clients remain: the RTMP request again (the push restarts).
+//! bounded channel and answers: HTTP 200 with body `0` allows, anything else refuses.
+//! What follows is the task's (`srs_clients.rs`).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -18,32 +13,28 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::Extension;
 use axum::Router;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, FromRequest, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
 use ipnet::IpNet;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::BridgeStatus;
 use super::names::{FormError, StreamNames};
 use super::publisher::Publisher;
-use super::sessions::{Sessions, Want};
+use super::srs_clients::{self, Hook, PlayedStream};
 use crate::config::BridgeSettings;
 use crate::control::topics::Topics;
-use crate::media::{StreamKey, StreamKind};
-
-/// Most SRS clients remembered at once.
-const MAX_CLIENTS: usize = 100_000;
+use crate::media::StreamKind;
 
 /// Hooks waiting for the task.
 const HOOK_QUEUE: usize = 4096;
@@ -79,34 +70,6 @@ pub(super) struct HookState {
     hooks_tx: mpsc::Sender<Hook>,
     status: Arc<BridgeStatus>,
 }
-
-/// A checked hook for the task.
-#[derive(Debug)]
-enum Hook {
-    Play {
-        client: String,
-        key: StreamKey,
-        stream: PlayedStream,
-    },
-    Stop {
-        client: String,
-    },
-    Unpublish {
-        key: StreamKey,
-    },
-}
-
-/// What the requests about a stream need besides its key.
-#[derive(Debug, Clone)]
-struct PlayedStream {
-    /// SRS's address (the hook's source), app and stream name: the push URL.
-    srs: IpAddr,
-    app: String,
-    stream: String,
-    /// Playback fields from the play URL's query.
-    fields: Map<String, Value>,
-}
-
 /// An SRS hook body (SRS 6; fields it does not always send default to empty).
 #[derive(Debug, Deserialize)]
 struct SrsHook {
@@ -147,15 +110,7 @@ pub(super) fn start(
         hooks_tx,
         status: ctx.status.clone(),
     };
-    let task = HookTask {
-        sessions: Sessions::new(ctx.lease, MAX_CLIENTS),
-        streams: HashMap::new(),
-        push_url: settings.push_url.clone(),
-        client_prefix: settings.client_prefix.clone(),
-        sequence: 0,
-        ctx,
-    };
-    tasks.spawn(task.run(hooks_rx, cancel));
+    tasks.spawn(srs_clients::run(settings, ctx, hooks_rx, cancel));
     Ok(state)
 }
 
@@ -225,26 +180,56 @@ impl HookState {
     }
 }
 
-/// The caller's address, which `output::http_serve` puts on every request.
-type Peer = Option<Extension<ConnectInfo<SocketAddr>>>;
+/// A hook that passed the admission checks (source address, token), with its JSON body
+/// and the caller's address. An extractor, so every hook route checks the same way; a
+/// refusal is the response.
+struct Checked<T> {
+    body: T,
+    caller: IpAddr,
+}
 
-fn addr(peer: &Peer) -> Option<SocketAddr> {
-    peer.as_ref().map(|p| p.0.0)
+impl<T: DeserializeOwned> FromRequest<HookState> for Checked<T> {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &HookState) -> Result<Self, Response> {
+        // `output::http_serve` puts the peer's address on every request
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0);
+        let query: HashMap<String, String> =
+            serde_urlencoded::from_str(request.uri().query().unwrap_or_default())
+                .unwrap_or_default();
+        let path = request.uri().path().to_owned();
+        let caller = match (state.admit(peer, &query), peer) {
+            (Ok(()), Some(peer)) => peer.ip(),
+            (Err(reason), _) => {
+                warn!(%path, %reason, "hook refused");
+                return Err(refuse(state, StatusCode::FORBIDDEN, &reason));
+            }
+            (Ok(()), None) => {
+                return Err(refuse(state, StatusCode::FORBIDDEN, "no source address"));
+            }
+        };
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let body = serde_json::from_slice(&bytes).map_err(|error| {
+            warn!(%path, %error, "hook refused: not the expected body");
+            refuse(
+                state,
+                StatusCode::BAD_REQUEST,
+                &format!("not the body {path} expects: {error}"),
+            )
+        })?;
+        Ok(Checked { body, caller })
+    }
 }
 
 async fn sessions(
     State(state): State<HookState>,
-    peer: Peer,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
+    Checked { body: hook, caller }: Checked<SrsHook>,
 ) -> Response {
-    let hook = match checked(&state, &peer, &query, &body) {
-        Ok(hook) => hook,
-        Err((status, reason)) => return refuse(&state, status, &reason),
-    };
-    let Some(srs) = addr(&peer).map(|p| p.ip()) else {
-        return refuse(&state, StatusCode::FORBIDDEN, "no source address");
-    };
     match hook.action.as_str() {
         "on_play" => {
             let key = match state.names.resolve(hook.app(&state), &hook.stream) {
@@ -255,7 +240,7 @@ async fn sessions(
                 }
             };
             let stream = PlayedStream {
-                srs,
+                srs: caller,
                 app: hook.app(&state).to_owned(),
                 stream: hook.stream.clone(),
                 fields: playback_fields(&hook.param),
@@ -286,14 +271,8 @@ async fn sessions(
 
 async fn streams(
     State(state): State<HookState>,
-    peer: Peer,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
+    Checked { body: hook, .. }: Checked<SrsHook>,
 ) -> Response {
-    let hook = match checked(&state, &peer, &query, &body) {
-        Ok(hook) => hook,
-        Err((status, reason)) => return refuse(&state, status, &reason),
-    };
     let key = state.names.resolve(hook.app(&state), &hook.stream);
     match (hook.action.as_str(), key) {
         ("on_publish", Ok(key)) => {
@@ -320,24 +299,11 @@ async fn streams(
 
 async fn web_on_play(
     State(state): State<HookState>,
-    peer: Peer,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
+    Checked {
+        body: request,
+        caller,
+    }: Checked<WebOnPlay>,
 ) -> Response {
-    if let Err(reason) = state.admit(addr(&peer), &query) {
-        warn!(%reason, "web_on_play refused");
-        return refuse(&state, StatusCode::FORBIDDEN, &reason);
-    }
-    let request: WebOnPlay = match serde_json::from_slice(&body) {
-        Ok(request) => request,
-        Err(error) => {
-            return refuse(
-                &state,
-                StatusCode::BAD_REQUEST,
-                &format!("expected {{\"device_id\": \"…\"}}: {error}"),
-            );
-        }
-    };
     let key = match state.names.key(StreamKind::Live, &request.device_id) {
         Ok(key) => key,
         Err(error) => {
@@ -345,14 +311,11 @@ async fn web_on_play(
             return refuse(&state, StatusCode::NOT_FOUND, &error.to_string());
         }
     };
-    let Some(srs) = addr(&peer).map(|p| p.ip()) else {
-        return refuse(&state, StatusCode::FORBIDDEN, "no source address");
-    };
     let play = Hook::Play {
         client: format!("web-{}", request.device_id),
         key,
         stream: PlayedStream {
-            srs,
+            srs: caller,
             app: "live".to_owned(),
             stream: request.device_id,
             fields: Map::new(),
@@ -365,26 +328,6 @@ async fn web_on_play(
         }
         Err(reason) => refuse(&state, StatusCode::SERVICE_UNAVAILABLE, reason),
     }
-}
-
-/// The admission checks and the body, or why the hook is refused.
-fn checked(
-    state: &HookState,
-    peer: &Peer,
-    query: &HashMap<String, String>,
-    body: &[u8],
-) -> Result<SrsHook, (StatusCode, String)> {
-    if let Err(reason) = state.admit(addr(peer), query) {
-        warn!(%reason, "SRS hook refused");
-        return Err((StatusCode::FORBIDDEN, reason));
-    }
-    serde_json::from_slice(body).map_err(|error| {
-        warn!(%error, "SRS hook refused: body is not an SRS hook");
-        (
-            StatusCode::BAD_REQUEST,
-            format!("not an SRS hook body: {error}"),
-        )
-    })
 }
 
 fn finish(state: &HookState, action: &str, outcome: Result<(), &'static str>) -> Response {
@@ -426,148 +369,38 @@ fn playback_fields(param: &str) -> Map<String, Value> {
         })
         .collect()
 }
-
-/// The task that owns the SRS clients and publishes their requests.
-struct HookTask {
-    ctx: HookContext,
-    sessions: Sessions,
-    /// Per stream with clients: what its requests need (push URL, playback fields).
-    streams: HashMap<StreamKey, PlayedStream>,
-    push_url: String,
-    client_prefix: String,
-    sequence: u64,
-}
-
-impl HookTask {
-    async fn run(mut self, mut hooks_rx: mpsc::Receiver<Hook>, cancel: CancellationToken) {
-        loop {
-            let hook = tokio::select! {
-                () = cancel.cancelled() => break,
-                hook = hooks_rx.recv() => match hook {
-                    Some(hook) => hook,
-                    None => break,
-                },
-            };
-            self.handle(hook);
-        }
-    }
-
-    fn handle(&mut self, hook: Hook) {
-        let now = Instant::now().into_std();
-        let mut wants = Vec::new();
-        match hook {
-            Hook::Play {
-                client,
-                key,
-                stream,
-            } => {
-                self.streams.insert(key.clone(), stream);
-                if let Err(error) = self.sessions.play(&client, key, now, &mut wants) {
-                    warn!(%client, %error, "SRS client not counted");
-                }
-            }
-            Hook::Stop { client } => match self.sessions.stop(&client, now) {
-                Some(want) => wants.push(want),
-                None => debug!(%client, "on_stop for no playing client (duplicate or expired)"),
-            },
-            Hook::Unpublish { key } => {
-                if self.push_url.is_empty() {
-                    debug!(stream = %key, "on_unpublish");
-                } else if let Some(want) = self.sessions.unpublished(&key, now) {
-                    info!(stream = %key, "SRS lost the push while clients remain; asking again");
-                    wants.push(want);
-                }
-            }
-        }
-        for want in wants {
-            self.send(&want);
-        }
-        self.streams
-            .retain(|key, _| self.sessions.clients_of(key) > 0);
-        self.ctx
-            .status
-            .srs_clients
-            .store(self.sessions.len(), Ordering::Relaxed);
-    }
-
-    /// Publishes the request for `want`.
-    fn send(&mut self, want: &Want) {
-        self.sequence += 1;
-        let (client, key) = match want {
-            Want::Play { client, key } | Want::Leave { client, key } => (client, key),
-        };
-        let client_id = format!("{}{}", self.client_prefix, topic_safe(client));
-        let mut body = Map::new();
-        body.insert(
-            "seqid".to_owned(),
-            Value::String(format!("{client_id}-{}", self.sequence)),
-        );
-        body.insert("client_id".to_owned(), Value::String(client_id));
-        body.insert("channel".to_owned(), Value::from(key.channel.0));
-        body.insert("kind".to_owned(), json!(key.kind));
-        let mode = match want {
-            Want::Leave { .. } => "UNSUBSCRIBE",
-            Want::Play { .. } => {
-                let stream = self.streams.get(key);
-                if let Some(stream) = stream {
-                    if key.kind == StreamKind::Playback {
-                        body.extend(stream.fields.clone());
-                    }
-                    if !self.push_url.is_empty() {
-                        body.insert(
-                            "url".to_owned(),
-                            Value::String(push_url(&self.push_url, stream)),
-                        );
-                    }
-                }
-                match (self.push_url.is_empty(), key.kind) {
-                    (false, _) => "RTMP",
-                    (true, StreamKind::Live) => "SUBSCRIBE",
-                    (true, StreamKind::Playback) => "PLAYBACK",
-                }
-            }
-        };
-        let topic = self.ctx.topics.request(key.device.as_str(), mode);
-        debug!(%topic, "bridge request");
-        let payload = Value::Object(body).to_string().into_bytes();
-        if let Err(error) = self.ctx.publisher.send(topic, payload) {
-            warn!(%error, stream = %key, mode, "bridge request dropped");
-        }
-    }
-}
-
-/// `template` with `{srs}`, `{app}`, `{stream}` filled in.
-fn push_url(template: &str, stream: &PlayedStream) -> String {
-    let srs = match stream.srs {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => format!("[{v6}]"),
-        },
-        IpAddr::V4(v4) => v4.to_string(),
-    };
-    template
-        .replace("{srs}", &srs)
-        .replace("{app}", &stream.app)
-        .replace("{stream}", &stream.stream)
-}
-
-/// An SRS client id as a topic level and client id: letters, digits, `-`, `_`, `.`.
-fn topic_safe(client: &str) -> String {
-    client
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn callers_are_admitted_by_network_and_token() {
+        let (hooks_tx, _hooks_rx) = mpsc::channel(1);
+        let state = HookState {
+            names: Arc::new(StreamNames::new("live", "playback", &[]).unwrap()),
+            token: "s3cret".into(),
+            allow: vec!["10.0.0.0/8".parse().unwrap()].into(),
+            fail_open: true,
+            hooks_tx,
+            status: Arc::default(),
+        };
+        let token = HashMap::from([("token".to_owned(), "s3cret".to_owned())]);
+        let at = |ip: &str| Some(SocketAddr::new(ip.parse().unwrap(), 40000));
+        assert_eq!(state.admit(at("10.1.2.3"), &token), Ok(()));
+        assert_eq!(
+            state.admit(at("::ffff:10.1.2.3"), &token),
+            Ok(()),
+            "v4-mapped"
+        );
+        let refused = state.admit(at("127.0.0.1"), &token).unwrap_err();
+        assert!(
+            refused.contains("127.0.0.1") && refused.contains("hook_allow"),
+            "{refused}"
+        );
+        let refused = state.admit(at("10.1.2.3"), &HashMap::new()).unwrap_err();
+        assert!(refused.contains("token"), "{refused}");
+        assert!(state.admit(None, &token).is_err());
+    }
 
     #[test]
     fn playback_fields_come_from_the_query() {
@@ -577,20 +410,5 @@ mod tests {
         assert_eq!(fields["speed"], 2);
         assert!(!fields.contains_key("token"));
         assert!(playback_fields("").is_empty());
-    }
-
-    #[test]
-    fn push_urls_and_client_ids() {
-        let stream = PlayedStream {
-            srs: "::ffff:127.0.0.1".parse().unwrap(),
-            app: "live".into(),
-            stream: "13800138000_1".into(),
-            fields: Map::new(),
-        };
-        assert_eq!(
-            push_url("rtmp://{srs}:1935/{app}/{stream}", &stream),
-            "rtmp://127.0.0.1:1935/live/13800138000_1"
-        );
-        assert_eq!(topic_safe("a/b+#c"), "a_b__c");
     }
 }

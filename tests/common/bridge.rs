@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::{TempDir, free_port};
+use super::{TempDir, free_port, kill_child};
 
 /// POSTs `body` (JSON) over HTTP/1.0: status and body.
 pub(crate) async fn http_post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
@@ -97,10 +97,7 @@ impl Redis {
 
     /// Kills it (no clean shutdown; the append-only file keeps every write).
     pub(crate) fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_child(&mut self.child);
     }
 
     /// Starts it again on the same port with the same data.

@@ -128,6 +128,15 @@ impl Drop for Gateway {
     }
 }
 
+/// Kills a server the test started, if it runs, and reaps it.
+pub(crate) fn kill_child(child: &mut Option<std::process::Child>) {
+    if let Some(mut child) = child.take() {
+        // it may have exited already: nothing to kill then
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 /// A loopback port that was free a moment ago.
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

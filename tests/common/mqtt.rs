@@ -11,7 +11,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{TempDir, free_port};
+use super::{TempDir, free_port, kill_child};
 
 /// Reconnect delay of the test client.
 const RETRY: Duration = Duration::from_millis(100);
@@ -98,10 +98,7 @@ impl Mosquitto {
 
     /// Kills the broker (no clean shutdown).
     pub(crate) fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_child(&mut self.child);
     }
 
     /// Starts it again on the same port.

@@ -74,6 +74,33 @@ impl Srs {
         srs
     }
 
+    /// Starts SRS on `ports` (RTMP, HTTP, API, WebRTC) with its hooks on, pointing at the
+    /// gateway's HTTP port `gateway_http` (the bridge).
+    pub(crate) async fn start_with_hooks(ports: [u16; 4], gateway_http: u16) -> Srs {
+        let [rtmp, http, api, rtc] = ports;
+        let mut srs = Srs {
+            rtmp,
+            http,
+            api,
+            rtc,
+            dir: TempDir::new("srs"),
+            child: None,
+        };
+        std::fs::create_dir_all(srs.dir.path("objs/nginx/html")).unwrap();
+        let conf = render_srs_conf(rtmp, http, api, rtc);
+        let hooks_off = "enabled         off;\n        on_publish";
+        assert_eq!(conf.matches(hooks_off).count(), 1, "config/srs.conf hooks");
+        let conf = conf
+            .replace(hooks_off, "enabled         on;\n        on_publish")
+            .replace(
+                "http://gateway:9531/",
+                &format!("http://127.0.0.1:{gateway_http}/"),
+            );
+        std::fs::write(srs.dir.path("srs.conf"), conf).unwrap();
+        srs.spawn().await;
+        srs
+    }
+
     async fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
