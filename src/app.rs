@@ -88,12 +88,13 @@ impl App {
             (addrs.live.port(), addrs.playback.port(), addrs.http.port()),
         );
         crate::control::spawn(control, self.hub.clone(), &tasks, shutdown.clone())?;
+        let player = http_flv::FlvPlayer::new(self.hub.clone(), &self.settings.http);
         let sides = IoSides {
             ingest: IngestServer::new(&self.settings.ingest, self.hub.clone()),
             router: Router::new()
-                .merge(http_flv::routes(self.hub.clone(), &self.settings.http))
+                .merge(player.routes())
                 .merge(api::routes(self.hub.clone())),
-            player: http_flv::FlvPlayer::new(self.hub.clone(), &self.settings.http),
+            player,
         };
         let listeners = [
             self.live.into_std()?,

@@ -55,6 +55,7 @@ pub struct StreamStats {
     pub(crate) bytes_in: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
     pub(crate) frames_dropped: AtomicU64,
+    pub(crate) viewers_dropped: AtomicU64,
     pub(crate) resyncs: AtomicU64,
     pub(crate) viewers: AtomicU64,
     pub(crate) first_video_pts: AtomicU64,
@@ -70,6 +71,11 @@ impl StreamStats {
     /// Adds frames an output skipped for a viewer that fell behind.
     pub fn add_dropped(&self, n: u64) {
         self.frames_dropped.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts a viewer an output dropped (it fell too far behind).
+    pub fn add_viewer_dropped(&self) {
+        self.viewers_dropped.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -379,6 +385,7 @@ impl Stream {
             bytes_in: load(&s.bytes_in),
             bytes_out: load(&s.bytes_out),
             frames_dropped: load(&s.frames_dropped),
+            viewers_dropped: load(&s.viewers_dropped),
             resyncs: load(&s.resyncs),
             uptime_secs: (uptime * 10.0).round() / 10.0,
         }

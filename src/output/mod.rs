@@ -2,6 +2,8 @@
 //! a task; `app` wires them. Outputs never import ingest.
 
 pub mod api;
+mod flv_direct;
 pub mod flv_mux;
 pub mod http_flv;
 pub mod http_serve;
+mod viewer_limits;

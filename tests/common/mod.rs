@@ -432,4 +432,5 @@ pub(crate) fn flv_tags(flv: &[u8]) -> Vec<FlvTag> {
     tags
 }
 pub(crate) mod control;
+pub(crate) mod http;
 pub(crate) mod mqtt;
