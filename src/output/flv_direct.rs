@@ -6,10 +6,13 @@
 //! write as the frames) and ends with the last chunk when the stream ends, so a player can
 //! tell the end of a stream from a broken connection; HTTP/1.0 bodies are close-delimited.
 //!
-//! A viewer that falls behind (its oldest queued byte older than `http.viewer_max_lag`, 2
-//! MiB queued, or, once all viewers together hold more than `http.viewer_backlog_total`,
-//! older than a second) skips to the next key frame; if it is still behind there it is
-//! dropped, logged with the reason and counted in the stream's `viewers_dropped`.
+//! A viewer that falls behind (its oldest queued byte older than `http.viewer_max_lag`, or
+//! 2 MiB queued) skips to the next key frame; if it is still that far behind in time there
+//! it is dropped (still holding 2 MiB, it skips on to the next).
+//! Once all viewers together hold more than `http.viewer_backlog_total`, a viewer with a
+//! queue older than a second or larger than 256 KiB is dropped at once, and a viewer that
+//! joins starts at the next key frame instead of with the GOP cache. Drops are logged with
+//! the reason and counted in the stream's `viewers_dropped`.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -29,12 +32,17 @@ use crate::hub::{Reader, Sink, SinkHandle, StreamStats};
 use crate::media::{Frame, StreamKey};
 
 /// Most bytes one viewer may have queued for its socket; past it the viewer skips to the
-/// next key frame. About 7 s of a 2 Mbit/s stream.
+/// next key frame, and goes on from the first one it reaches with less queued. About 7 s
+/// of a 2 Mbit/s stream: a player that stalls briefly catches up without a gap.
 const MAX_BACKLOG: usize = 2 * 1024 * 1024;
 
 /// Once all viewers together are over their budget, a viewer whose queue is older than
-/// this skips ahead: a viewer that keeps up never has a queue this old.
+/// this, or holds more than [`BUDGET_FLOOR`], is dropped: a viewer that keeps up never has
+/// a queue this old.
 const BUDGET_GRACE: Duration = Duration::from_secs(1);
+
+/// What a viewer may hold while all viewers are over their budget (a key frame or two).
+const BUDGET_FLOOR: usize = 256 * 1024;
 
 /// Queue marks closer than this share one (bounds the marks to `max_lag / MARK_STEP`).
 const MARK_STEP: Duration = Duration::from_millis(100);
@@ -42,6 +50,11 @@ const MARK_STEP: Duration = Duration::from_millis(100);
 /// Frames muxed for a direct write are written at the latest once this many bytes wait
 /// (a publisher flushes after every read anyway).
 const MAX_UNFLUSHED: usize = 256 * 1024;
+
+/// A direct-write buffer keeps at most this much capacity between writes (a frame or two
+/// of a 1-2 Mbit/s stream; 500 viewers keep 8 MiB); a larger batch (a key frame, a GOP)
+/// gets a buffer of its own, given back after.
+const KEPT_OUT: usize = 16 * 1024;
 
 /// A viewer whose socket takes nothing for this long is dropped (a player paused for good,
 /// or a client that keeps its window shut): it would hold its backlog and, at shutdown,
@@ -80,8 +93,9 @@ enum Behind {
     Lag(Duration),
     /// It has this many bytes queued.
     Queued(usize),
-    /// All viewers together hold this many bytes, and this viewer's queue is this old.
-    Budget(usize, Duration),
+    /// All viewers together hold this many bytes, and this viewer this many, queued this
+    /// long ago.
+    Budget(usize, usize, Duration),
 }
 
 impl std::fmt::Display for Behind {
@@ -89,9 +103,10 @@ impl std::fmt::Display for Behind {
         match self {
             Behind::Lag(lag) => write!(f, "{:.1}s behind (http.viewer_max_lag)", lag.as_secs_f64()),
             Behind::Queued(n) => write!(f, "{n} bytes queued (most {MAX_BACKLOG})"),
-            Behind::Budget(total, lag) => write!(
+            Behind::Budget(total, held, lag) => write!(
                 f,
-                "{:.1}s behind while viewers hold {total} bytes (http.viewer_backlog_total)",
+                "{held} bytes queued, {:.1}s behind, while all viewers hold {total} bytes \
+                 (http.viewer_backlog_total)",
                 lag.as_secs_f64()
             ),
         }
@@ -119,9 +134,11 @@ struct Backlog {
     /// FLV bytes not written yet; each drain frames what it takes as one chunk. While any
     /// bytes wait (or the task drains), new bytes queue behind them.
     bytes: BytesMut,
-    /// Bytes queued and not yet written (including a piece being written), counted
-    /// against the budget of all viewers.
+    /// The memory the queue takes (its buffers' capacity and a piece being written),
+    /// counted against the budget of all viewers.
     hold: BacklogHold,
+    /// Bytes taken out of the queue and being written.
+    in_flight: usize,
     /// Bytes ever queued, and ever taken out for writing.
     queued: u64,
     taken: u64,
@@ -145,6 +162,7 @@ impl Backlog {
             wire: BytesMut::new(),
             bytes: BytesMut::new(),
             hold,
+            in_flight: 0,
             queued: 0,
             taken: 0,
             marks: VecDeque::new(),
@@ -160,11 +178,17 @@ impl Backlog {
             return;
         }
         self.queued += n as u64;
-        self.hold.add(n);
+        self.account();
         match self.marks.back_mut() {
             Some((end, at)) if now.duration_since(*at) < MARK_STEP => *end = self.queued,
             _ => self.marks.push_back((self.queued, now)),
         }
+    }
+
+    /// Counts the memory the queue takes now against the budget.
+    fn account(&mut self) {
+        let memory = self.bytes.capacity() + self.wire.capacity() + self.in_flight;
+        self.hold.set(memory);
     }
 
     /// Records `n` bytes taken out for writing.
@@ -199,10 +223,18 @@ impl Backlog {
         if held >= MAX_BACKLOG {
             return Some(Behind::Queued(held));
         }
-        if lag > BUDGET_GRACE && limits.over_budget() {
-            return Some(Behind::Budget(limits.backlog_used(), lag));
-        }
         None
+    }
+
+    /// Whether this viewer is to go because all viewers hold too much and it is one of
+    /// those behind (not one that keeps up).
+    fn over_budget(&self, now: Instant, limits: &ViewerLimits) -> Option<Behind> {
+        if !limits.over_budget() {
+            return None;
+        }
+        let (lag, held) = (self.lag(now), self.hold.held());
+        (lag > BUDGET_GRACE || held > BUDGET_FLOOR)
+            .then(|| Behind::Budget(limits.backlog_used(), held, lag))
     }
 }
 
@@ -217,6 +249,11 @@ impl DirectShared {
         info!(stream = %self.key, %reason, "flv viewer dropped");
         stats.add_viewer_dropped();
         backlog.closed = true;
+        // given back here, on the thread that allocated it (a free from another thread
+        // waits for this one to collect it)
+        backlog.wire = BytesMut::new();
+        backlog.bytes = BytesMut::new();
+        backlog.account();
         self.dropped.cancel();
     }
 }
@@ -233,6 +270,9 @@ struct DirectSink {
     /// Still taking the GOP cache while attaching: never skipped (the cache is bounded by
     /// `hub.gop_cache_max_bytes`, which may exceed the backlog limit).
     attaching: bool,
+    /// Start at the next key frame that comes live, not with the GOP cache: the viewer
+    /// joined while all viewers were over their budget.
+    late_start: bool,
     /// Dropped after `shared` (fields drop in order): the viewer's task waits for it
     /// before it takes the socket back for another request.
     _gone_tx: tokio::sync::oneshot::Sender<()>,
@@ -245,23 +285,44 @@ impl Sink for DirectSink {
         if backlog.closed {
             return false;
         }
+        if self.late_start {
+            if self.attaching || !frame.starts_playback(self.muxer.has_video()) {
+                return true;
+            }
+            self.late_start = false;
+        }
         let queued = backlog.draining || !backlog.is_empty();
-        if queued && !self.attaching && self.skipping.is_none() {
-            self.skipping = backlog.behind(Instant::now(), &shared.limits);
+        if queued && !self.attaching {
+            let now = Instant::now();
+            if let Some(reason) = backlog.over_budget(now, &shared.limits) {
+                stats.add_dropped(1);
+                shared.drop_viewer(&mut backlog, reason, stats);
+                return false;
+            }
+            if self.skipping.is_none() {
+                self.skipping = backlog.behind(now, &shared.limits);
+            }
         }
         if let Some(reason) = self.skipping {
             if !frame.starts_playback(self.muxer.has_video()) {
                 stats.add_dropped(1);
                 return true;
             }
-            // a key frame: the viewer goes on from here if it caught up, else it goes
-            if let Some(still) = backlog.behind(Instant::now(), &shared.limits) {
-                debug!(first = %reason, "flv viewer still behind at a key frame");
-                stats.add_dropped(1);
-                shared.drop_viewer(&mut backlog, still, stats);
-                return false;
+            // a key frame: the viewer goes on from here if it caught up; still too far
+            // behind in time, it goes; still holding too much, it skips on
+            match backlog.behind(Instant::now(), &shared.limits) {
+                None => self.skipping = None,
+                Some(still @ Behind::Lag(_)) => {
+                    debug!(first = %reason, "flv viewer still behind at a key frame");
+                    stats.add_dropped(1);
+                    shared.drop_viewer(&mut backlog, still, stats);
+                    return false;
+                }
+                Some(_) => {
+                    stats.add_dropped(1);
+                    return true;
+                }
             }
-            self.skipping = None;
         }
         if queued || self.merge {
             let before = backlog.bytes.len();
@@ -333,7 +394,7 @@ impl Drop for DirectSink {
 /// Empties a direct-write buffer; one that grew for a large batch (a GOP, a merged read of
 /// a high-bitrate stream) is given back rather than kept per viewer.
 fn clear_out(out: &mut BytesMut) {
-    if out.capacity() > MAX_UNFLUSHED {
+    if out.capacity() > KEPT_OUT {
         *out = BytesMut::new();
     } else {
         out.clear();
@@ -423,6 +484,7 @@ pub(crate) async fn serve_direct(
         skipping: None,
         merge: !merge.is_zero(),
         attaching: true,
+        late_start: limits.over_budget(),
         _gone_tx: gone_tx,
     };
     // dropping the handle (when this task ends) detaches the sink. `None`: the stream ended
@@ -554,20 +616,36 @@ async fn drain(shared: &DirectShared, stats: &StreamStats) -> std::io::Result<()
             if backlog.wire.is_empty() {
                 let n = backlog.bytes.len().min(DRAIN_CHUNK);
                 backlog.note_taken(n);
-                (Bytes::new(), backlog.bytes.split_to(n).freeze())
+                // the whole queue when it fits one chunk (the usual case), so the piece in
+                // flight owns its buffer and what queues next does not share it (a shared
+                // buffer outlives the count of a piece that a stalled viewer never takes)
+                let piece = if n == backlog.bytes.len() {
+                    backlog.in_flight = backlog.bytes.capacity();
+                    std::mem::take(&mut backlog.bytes)
+                } else {
+                    backlog.in_flight = n;
+                    backlog.bytes.split_to(n)
+                };
+                backlog.account();
+                (Bytes::new(), piece.freeze())
             } else {
                 let wire = std::mem::take(&mut backlog.wire);
                 backlog.note_taken(wire.len());
+                backlog.in_flight = wire.len();
+                backlog.account();
                 (wire.freeze(), Bytes::new())
             }
         };
-        let taken = wire.len() + payload.len();
         let result = if payload.is_empty() {
             write_all(shared, &wire).await
         } else {
             write_chunk(shared, &payload).await
         };
-        shared.backlog().hold.sub(taken);
+        {
+            let mut backlog = shared.backlog();
+            backlog.in_flight = 0;
+            backlog.account();
+        }
         result?;
         stats.add_bytes_out(payload.len() as u64);
     }

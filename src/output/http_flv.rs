@@ -43,6 +43,10 @@ use crate::media::{Channel, DeviceId, StreamKey, StreamKind, echo};
 /// Frames already queued for a viewer are written together, up to this many bytes.
 const MAX_WRITE: usize = 256 * 1024;
 
+/// A direct viewer's socket send buffer (the kernel doubles it for its bookkeeping): two
+/// seconds of a 4 Mbit/s stream, instead of up to 4 MiB each when autotuned.
+const VIEWER_SEND_BUFFER: usize = 1024 * 1024;
+
 /// Longest merged-write interval honoured.
 const MAX_MERGE: Duration = Duration::from_secs(1);
 
@@ -175,6 +179,12 @@ impl FlvPlayer {
             }
         };
         info!(stream = %key, "flv viewer joined");
+        // a fixed send buffer: what a viewer falls behind waits in its backlog, where the
+        // limits see it, not in a kernel buffer autotuned to megabytes per viewer
+        if let Err(error) = socket2::SockRef::from(&socket).set_send_buffer_size(VIEWER_SEND_BUFFER)
+        {
+            debug!(%error, "could not size a viewer's send buffer");
+        }
         socket
             .write_all(play_head(version, 200, &request).as_bytes())
             .await?;

@@ -75,6 +75,15 @@ impl BacklogHold {
             .fetch_sub(n, Ordering::Relaxed);
     }
 
+    /// Counts exactly `n` bytes held from now on.
+    pub(crate) fn set(&mut self, n: usize) {
+        if n > self.held {
+            self.add(n - self.held);
+        } else {
+            self.sub(self.held - n);
+        }
+    }
+
     /// Bytes held now.
     pub(crate) fn held(&self) -> usize {
         self.held

@@ -172,7 +172,7 @@ fn a_queue_is_as_old_as_its_oldest_byte_not_taken() {
 }
 
 #[test]
-fn past_the_budget_only_viewers_a_second_behind_skip() {
+fn past_the_budget_only_viewers_behind_go() {
     let limits = limits(&[("JTGW__HTTP__VIEWER_BACKLOG_TOTAL", "1000")]);
     let mut slow = Backlog::new(limits.hold());
     let mut good = Backlog::new(limits.hold());
@@ -183,8 +183,9 @@ fn past_the_budget_only_viewers_a_second_behind_skip() {
     good.note_queued(10, t0 + Duration::from_millis(1900));
     let now = t0 + Duration::from_secs(2);
     assert!(matches!(
-        slow.behind(now, &limits),
-        Some(Behind::Budget(1510, _))
+        slow.over_budget(now, &limits),
+        Some(Behind::Budget(1510, 1500, _))
     ));
-    assert_eq!(good.behind(now, &limits), None);
+    assert_eq!(good.over_budget(now, &limits), None);
+    assert_eq!(slow.behind(now, &limits), None, "within its own limits");
 }
