@@ -310,3 +310,123 @@ async fn viewers_that_never_read_are_dropped_within_the_memory_budget() {
         "peak RSS {peak} KiB with {NON_READERS} non-readers"
     );
 }
+
+/// Asks for `/live/{device}_1.flv` over HTTP/1.0 and keeps the connection open (a viewer
+/// waiting for a device).
+async fn waiting_viewer(http: SocketAddr, device: &str) -> TcpStream {
+    let mut socket = TcpStream::connect(http).await.unwrap();
+    socket
+        .write_all(format!("GET /live/{device}_1.flv HTTP/1.0\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    socket
+}
+
+/// A refusal: its status and its one-line reason, answered at once.
+async fn refused(http: SocketAddr, path: &str) -> (u16, String) {
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), http_get(http, path))
+        .await
+        .expect("a refusal is answered at once, without a wait");
+    let body = String::from_utf8(body).unwrap();
+    assert_eq!(body.lines().count(), 1, "one line: {body:?}");
+    (status, body)
+}
+
+#[tokio::test]
+async fn viewers_waiting_for_devices_are_capped_and_the_live_stream_is_still_served() {
+    let gateway = Gateway::start(&[
+        ("JTGW__HTTP__MAX_WAITING", "20"),
+        ("JTGW__HTTP__COLD_PULLS_PER_MINUTE", "1000"),
+        ("JTGW__HTTP__FLV_WAIT_TIMEOUT", "60s"),
+    ])
+    .await;
+    let http = gateway.addrs.http;
+    let (device, _) = gateway.device_holding_capture().await;
+    let good = tokio::spawn(async move { http_get(http, "/live/156987000796_1.flv").await });
+
+    // the probe: requests for distinct devices that are not live
+    let mut events = gateway.hub.events();
+    let mut waiting = Vec::new();
+    for i in 0..20 {
+        waiting.push(waiting_viewer(http, &format!("1390000{i:04}")).await);
+        gateway.wait_for_waiting_reader(&mut events).await;
+    }
+    let (status, reason) = refused(http, "/live/13900009999_1.flv").await;
+    assert_eq!(status, 503, "{reason}");
+    assert!(reason.contains("http.max_waiting"), "{reason}");
+    let stream = gateway
+        .wait_for_stream("the good viewer", |s| s.viewers == 1)
+        .await;
+    assert_eq!(stream.device, "156987000796");
+
+    // ids no terminal has, and ids too long to echo
+    let (status, reason) = refused(http, "/live/000000000000_1.flv").await;
+    assert_eq!(status, 400);
+    assert!(reason.contains("all zeros"), "{reason}");
+    let long = "7".repeat(5000);
+    let (status, reason) = refused(http, &format!("/live/{long}_1.flv")).await;
+    assert_eq!(status, 400);
+    assert!(
+        !reason.contains(&"7".repeat(65)),
+        "echoed at most 64 characters: {reason}"
+    );
+    assert!(reason.contains(&"7".repeat(64)), "{reason}");
+
+    // a waiting viewer that leaves frees its place
+    drop(waiting.pop());
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let mut viewer = waiting_viewer(http, "13900008888").await;
+            let mut first = [0u8; 12];
+            let read = tokio::time::timeout(
+                Duration::from_millis(500),
+                tokio::io::AsyncReadExt::read(&mut viewer, &mut first),
+            )
+            .await;
+            // no answer yet: it waits for its device
+            if read.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("a place among the waiting viewers is free again");
+
+    drop(device);
+    let (status, flv) = tokio::time::timeout(Duration::from_secs(30), good)
+        .await
+        .expect("the good viewer's response ends")
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(flv_tags(&flv).iter().any(|t| t.tag_type == 9), "video");
+}
+
+#[tokio::test]
+async fn cold_pulls_from_one_client_address_are_capped_per_minute() {
+    let gateway = Gateway::start(&[
+        ("JTGW__HTTP__COLD_PULLS_PER_MINUTE", "5"),
+        ("JTGW__HTTP__FLV_WAIT_TIMEOUT", "60s"),
+    ])
+    .await;
+    let http = gateway.addrs.http;
+    let mut events = gateway.hub.events();
+    let mut waiting = Vec::new();
+    for i in 0..5 {
+        waiting.push(waiting_viewer(http, &format!("1390000{i:04}")).await);
+        gateway.wait_for_waiting_reader(&mut events).await;
+    }
+    // the waits end, but the address used its pulls for this minute
+    drop(waiting);
+    let (status, reason) = refused(http, "/live/13900001234_1.flv").await;
+    assert_eq!(status, 429, "{reason}");
+    assert!(reason.contains("http.cold_pulls_per_minute"), "{reason}");
+    // a live stream is not a cold pull
+    let (device, _) = gateway.device_holding_capture().await;
+    let mut viewer = waiting_viewer(http, "156987000796").await;
+    let mut head = [0u8; 12];
+    tokio::io::AsyncReadExt::read_exact(&mut viewer, &mut head)
+        .await
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.0 200");
+    drop(device);
+}
