@@ -26,7 +26,7 @@ fn video_frames(tags: &[FlvTag]) -> Vec<(u32, bool)> {
 #[tokio::test]
 async fn a_viewer_that_stops_reading_skips_to_key_frames_and_the_other_viewer_gets_everything() {
     // 6 s of lossless H.264 of a noisy picture (~30 MB), replayed in real time: much more
-    // than a stalled viewer may have queued (2 MB) plus what the sockets hold, while a
+    // than a stalled viewer may have queued (8 MB) plus what the sockets hold, while a
     // viewer that reads keeps up. The cap in time is set out of reach: here the cap in
     // bytes makes the viewer skip (a viewer too far behind in time is dropped instead;
     // tests/chaos_http.rs)
@@ -464,16 +464,18 @@ async fn a_viewer_that_gives_up_waiting_for_the_device_is_counted_out() {
 #[tokio::test]
 async fn a_viewer_that_never_reads_does_not_hold_up_shutdown() {
     let tmp = TempDir::new("stuck");
-    let bytes = noisy_lossless_h264(&tmp, 2).await;
+    // ~20 MB: more than the viewer may queue (8 MB) plus what its socket holds
+    let bytes = noisy_lossless_h264(&tmp, 4).await;
     let gateway = Gateway::start(&[]).await;
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stuck = socket.connect(gateway.addrs.http).await.unwrap();
+    // listening before the request: its wait may be announced at once
+    let mut events = gateway.hub.events();
     stuck
         .write_all(b"GET /live/13800138000_1.flv HTTP/1.0\r\n\r\n")
         .await
         .unwrap();
-    let mut events = gateway.hub.events();
     gateway.wait_for_waiting_reader(&mut events).await;
     // the device stays connected; the viewer's socket fills and its task waits to write
     let mut device = TcpStream::connect(gateway.addrs.live).await.unwrap();

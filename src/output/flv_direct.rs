@@ -7,8 +7,8 @@
 //! tell the end of a stream from a broken connection; HTTP/1.0 bodies are close-delimited.
 //!
 //! A viewer that falls behind (its oldest queued byte older than `http.viewer_max_lag`, or
-//! 2 MiB queued) skips to the next key frame; if it is still that far behind in time there
-//! it is dropped (still holding 2 MiB, it skips on to the next).
+//! 8 MiB queued) skips to the next key frame; if it is still that far behind in time there
+//! it is dropped (still holding 8 MiB, it skips on to the next).
 //! Once all viewers together hold more than `http.viewer_backlog_total`, a viewer with a
 //! queue older than a second or larger than 256 KiB is dropped at once, and a viewer that
 //! joins starts at the next key frame instead of with the GOP cache. Drops are logged with
@@ -32,9 +32,11 @@ use crate::hub::{Reader, Sink, SinkHandle, StreamStats};
 use crate::media::{Frame, StreamKey};
 
 /// Most bytes one viewer may have queued for its socket; past it the viewer skips to the
-/// next key frame, and goes on from the first one it reaches with less queued. About 7 s
-/// of a 2 Mbit/s stream: a player that stalls briefly catches up without a gap.
-const MAX_BACKLOG: usize = 2 * 1024 * 1024;
+/// next key frame, and goes on from the first one it reaches with less queued. 4 s of a
+/// 16 Mbit/s stream: a fast stream's reader that stalls briefly catches up without a gap
+/// (slower streams meet `http.viewer_max_lag` first; memory across viewers is bounded by
+/// `http.viewer_backlog_total`).
+const MAX_BACKLOG: usize = 8 * 1024 * 1024;
 
 /// Once all viewers together are over their budget, a viewer whose queue is older than
 /// this, or holds more than [`BUDGET_FLOOR`], is dropped: a viewer that keeps up never has
@@ -185,6 +187,12 @@ impl Backlog {
         }
     }
 
+    /// Bytes queued and not yet taken out for writing (the memory they take, counted
+    /// against the budget, may be more: buffers keep their capacity).
+    fn waiting(&self) -> usize {
+        usize::try_from(self.queued - self.taken).unwrap_or(usize::MAX)
+    }
+
     /// Counts the memory the queue takes now against the budget.
     fn account(&mut self) {
         let memory = self.bytes.capacity() + self.wire.capacity() + self.in_flight;
@@ -219,7 +227,7 @@ impl Backlog {
         if lag > limits.max_lag {
             return Some(Behind::Lag(lag));
         }
-        let held = self.hold.held();
+        let held = self.waiting();
         if held >= MAX_BACKLOG {
             return Some(Behind::Queued(held));
         }
@@ -232,7 +240,7 @@ impl Backlog {
         if !limits.over_budget() {
             return None;
         }
-        let (lag, held) = (self.lag(now), self.hold.held());
+        let (lag, held) = (self.lag(now), self.waiting());
         (lag > BUDGET_GRACE || held > BUDGET_FLOOR)
             .then(|| Behind::Budget(limits.backlog_used(), held, lag))
     }

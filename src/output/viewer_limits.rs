@@ -83,11 +83,6 @@ impl BacklogHold {
             self.sub(self.held - n);
         }
     }
-
-    /// Bytes held now.
-    pub(crate) fn held(&self) -> usize {
-        self.held
-    }
 }
 
 impl Drop for BacklogHold {
