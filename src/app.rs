@@ -107,21 +107,18 @@ impl App {
             &tasks,
             shutdown.clone(),
         )?;
+        let player = http_flv::FlvPlayer::new(
+            self.hub.clone(),
+            &self.settings.http,
+            self.settings.audio.flv_mode(),
+        );
         let sides = IoSides {
             ingest: IngestServer::new(&self.settings.ingest, self.hub.clone()),
             router: Router::new()
-                .merge(http_flv::routes(
-                    self.hub.clone(),
-                    &self.settings.http,
-                    self.settings.audio.flv_mode(),
-                ))
+                .merge(player.routes())
                 .merge(api::routes(self.hub.clone()))
                 .merge(bridge.routes()),
-            player: http_flv::FlvPlayer::new(
-                self.hub.clone(),
-                &self.settings.http,
-                self.settings.audio.flv_mode(),
-            ),
+            player,
             head_timeout: self.settings.http.head_timeout,
         };
         let listeners = [

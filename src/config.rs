@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::Path;
 use std::time::Duration;
 
@@ -82,6 +82,18 @@ pub struct HttpSettings {
     /// bytes does not extend it).
     #[serde(with = "humantime_serde")]
     pub head_timeout: Duration,
+    /// Bytes all HTTP-FLV viewers together may have queued for their sockets; past it a
+    /// viewer whose queue is older than a second skips ahead (docs/reliability.md).
+    pub viewer_backlog_total: NonZeroUsize,
+    /// A viewer whose oldest queued byte is older than this skips to the next key frame,
+    /// and is dropped if it is still that far behind there.
+    #[serde(with = "humantime_serde")]
+    pub viewer_max_lag: Duration,
+    /// Viewers that may wait at once for devices that are not live; past it 503.
+    pub max_waiting: NonZeroUsize,
+    /// Waits for a device that is not live (cold pulls) one client address may start per
+    /// minute; past it 429.
+    pub cold_pulls_per_minute: NonZeroU32,
 }
 
 /// `[audio]`

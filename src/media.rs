@@ -19,12 +19,33 @@ use crate::codec::jt1078::{PayloadType, Sim};
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DeviceId(String);
 
-/// A device id that is not 1 to 20 decimal digits.
+/// A device id that is not 1 to 20 decimal digits, or is all zeros (no terminal has it).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid device id {input:?}: expected 1 to 20 decimal digits (the terminal's SIM number)")]
+#[error(
+    "invalid device id {input:?}: expected 1 to 20 decimal digits, not all zeros (the terminal's SIM number)"
+)]
 pub struct InvalidDeviceId {
-    /// What was given.
+    /// What was given, cut to its first [`InvalidDeviceId::ECHOED`] characters (it is
+    /// echoed back to whoever sent it).
     pub input: String,
+}
+
+impl InvalidDeviceId {
+    /// Most characters of the input kept.
+    pub const ECHOED: usize = 64;
+
+    fn new(input: &str) -> InvalidDeviceId {
+        InvalidDeviceId { input: echo(input) }
+    }
+}
+
+/// `input` as echoed back to whoever sent it: at most [`InvalidDeviceId::ECHOED`]
+/// characters, then `…`.
+pub(crate) fn echo(input: &str) -> String {
+    match input.char_indices().nth(InvalidDeviceId::ECHOED) {
+        Some((at, _)) => format!("{}…", input.get(..at).unwrap_or_default()),
+        None => input.to_owned(),
+    }
 }
 
 impl DeviceId {
@@ -32,16 +53,13 @@ impl DeviceId {
     pub fn parse(input: &str) -> Result<DeviceId, InvalidDeviceId> {
         let digits = input.trim();
         if digits.is_empty() || digits.len() > 20 || !digits.bytes().all(|c| c.is_ascii_digit()) {
-            return Err(InvalidDeviceId {
-                input: input.to_owned(),
-            });
+            return Err(InvalidDeviceId::new(input));
         }
         let stripped = digits.trim_start_matches('0');
-        Ok(DeviceId(if stripped.is_empty() {
-            "0".to_owned()
-        } else {
-            stripped.to_owned()
-        }))
+        if stripped.is_empty() {
+            return Err(InvalidDeviceId::new(input));
+        }
+        Ok(DeviceId(stripped.to_owned()))
     }
 
     /// The canonical id of a packet's SIM.
@@ -462,7 +480,10 @@ mod tests {
         ] {
             assert_eq!(DeviceId::parse(input).unwrap().as_str(), "13800138000");
         }
-        assert_eq!(DeviceId::parse("000000000000").unwrap().as_str(), "0");
+        assert!(DeviceId::parse("000000000000").is_err(), "all zeros");
+        assert!(DeviceId::parse("0").is_err(), "all zeros");
+        let long = DeviceId::parse(&"x".repeat(10_000)).unwrap_err();
+        assert!(long.to_string().len() < 200, "{long}");
         assert!(DeviceId::parse("12a").is_err());
         assert!(DeviceId::parse("").is_err());
         assert!(DeviceId::parse("123456789012345678901").is_err());

@@ -38,6 +38,19 @@ pub(crate) struct Schedule {
     pub(crate) video: Vec<(u64, bytes::Bytes)>,
     /// Bytes of one round on the wire.
     pub(crate) round_bytes: u64,
+    /// How each device writes its packets.
+    pub(crate) writes: DeviceWrites,
+}
+
+/// How a simulated device writes its packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum DeviceWrites {
+    /// One send per JT/T 1078 packet, Nagle off: what real terminals do (a 950-byte
+    /// payload stream arrives as many small segments).
+    Packet,
+    /// One send for all packets due at the same time (a frame or more at once).
+    Batch,
 }
 
 /// The last 8 bytes of a frame as a number: survives every remux the gateway does (FLV
@@ -104,6 +117,7 @@ impl Schedule {
             span_ms,
             video,
             round_bytes,
+            writes: DeviceWrites::Packet,
         }
     }
 
@@ -165,6 +179,8 @@ impl Device {
         // across rounds (a real device's numbers do not restart every 4 s)
         let mut rewriter = Rewriter::new(self.sim, None);
         let mut out = BytesMut::with_capacity(16 * 1024);
+        // where each packet ends in `out` (for one send per packet)
+        let mut ends = Vec::new();
         let (mut round, mut index) = (0u64, 0usize);
         let due_of = |round: u64, index: usize| {
             let ms = schedule.groups[index].due_ms + round * schedule.span_ms;
@@ -182,6 +198,7 @@ impl Device {
                 let shift = round * schedule.span_ms;
                 for packet in &schedule.packets[group.packets.0..group.packets.1] {
                     rewriter.rewrite(packet, shift).encode(&mut out);
+                    ends.push(out.len());
                 }
                 keys.extend_from_slice(&group.frames);
                 index += 1;
@@ -204,8 +221,18 @@ impl Device {
             self.counters
                 .bytes
                 .fetch_add(out.len() as u64, Ordering::Relaxed);
-            socket.write_all(&out).await?;
+            match schedule.writes {
+                DeviceWrites::Batch => socket.write_all(&out).await?,
+                DeviceWrites::Packet => {
+                    let mut from = 0;
+                    for &end in &ends {
+                        socket.write_all(&out[from..end]).await?;
+                        from = end;
+                    }
+                }
+            }
             out.clear();
+            ends.clear();
         }
         socket.shutdown().await?;
         Ok(())

@@ -17,6 +17,7 @@
 
 mod baseline;
 mod capacity;
+mod chunked;
 mod device;
 mod first_frame;
 mod gateway;
@@ -61,6 +62,10 @@ struct Args {
     /// Streams for the ffmpeg-per-stream baseline (0 skips it).
     #[arg(long, default_value_t = 100)]
     baseline_streams: usize,
+    /// How simulated devices write: `packet` (one send per JT/T 1078 packet, Nagle off, as
+    /// real terminals do; the headline mode) or `batch` (one send per due group).
+    #[arg(long, value_enum, default_value = "packet")]
+    device_writes: device::DeviceWrites,
     /// Keep stepping after a step falls behind.
     #[arg(long)]
     keep_going: bool,
@@ -82,7 +87,9 @@ async fn main() -> anyhow::Result<()> {
     });
     let packets = load_file(&file)?;
     let layout = packets.first().context("empty recording")?.layout();
-    let schedule = Arc::new(Schedule::new(packets));
+    let mut schedule = Schedule::new(packets);
+    schedule.writes = args.device_writes;
+    let schedule = Arc::new(schedule);
     let stream_mbit_s = schedule.round_bytes as f64 * 8.0 / schedule.span_ms as f64 / 1000.0;
     eprintln!(
         "{}: {} frames per {:.1} s round, {stream_mbit_s:.2} Mbit/s",
@@ -106,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
             .join(" "),
         file: file.display().to_string(),
         stream_mbit_s,
+        device_writes: args.device_writes,
         steps: Vec::new(),
         first_frame: None,
         baselines: Vec::new(),

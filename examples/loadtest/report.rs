@@ -20,6 +20,8 @@ pub(crate) struct Results {
     pub(crate) command: String,
     pub(crate) file: String,
     pub(crate) stream_mbit_s: f64,
+    /// How the simulated devices wrote their packets.
+    pub(crate) device_writes: crate::device::DeviceWrites,
     pub(crate) steps: Vec<Step>,
     pub(crate) first_frame: Option<FirstFrame>,
     pub(crate) baselines: Vec<Baseline>,
@@ -39,8 +41,16 @@ impl Results {
         let mut md = String::new();
         let _ = writeln!(
             md,
-            "Run on {} ({}), replaying `{}` (~{:.2} Mbit/s per stream):\n\n```sh\n{}\n```\n",
-            self.date, self.machine, self.file, self.stream_mbit_s, self.command
+            "Run on {} ({}), replaying `{}` (~{:.2} Mbit/s per stream, devices writing {}):\n\n```sh\n{}\n```\n",
+            self.date,
+            self.machine,
+            self.file,
+            self.stream_mbit_s,
+            match self.device_writes {
+                crate::device::DeviceWrites::Packet => "one send per packet",
+                crate::device::DeviceWrites::Batch => "one send per due group of packets",
+            },
+            self.command
         );
         md.push_str("### Capacity and latency\n\n");
         md.push_str(

@@ -1,6 +1,6 @@
-//! An HTTP-FLV viewer for the load runner: reads the gateway's FLV over HTTP/1.0 (close
-//! delimited, no chunking), splits it into tags and matches each media tag to the frame the
-//! device sent, for latency and loss.
+//! An HTTP-FLV viewer for the load runner: reads the gateway's FLV over HTTP/1.1 (a chunked
+//! body, decoded by `chunked`, ended by the last chunk), splits it into tags and matches
+//! each media tag to the frame the device sent, for latency and loss.
 
 use std::net::SocketAddr;
 
@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::chunked::Dechunker;
 use crate::device::{InFlight, tail_key};
 
 /// FLV tag types.
@@ -33,6 +34,8 @@ pub(crate) struct ViewerReport {
     pub(crate) unmatched: u64,
     /// Bytes of FLV received.
     pub(crate) bytes: u64,
+    /// The body ended with the last chunk (the stream ended), not a closed connection.
+    pub(crate) clean_end: bool,
 }
 
 /// A parsed FLV tag.
@@ -45,7 +48,7 @@ struct Tag {
 pub(crate) async fn open(http: SocketAddr, path: &str) -> anyhow::Result<(TcpStream, BytesMut)> {
     let mut socket = TcpStream::connect(http).await.context("connect http")?;
     socket
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: bench\r\n\r\n").as_bytes())
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").as_bytes())
         .await?;
     let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
@@ -85,7 +88,11 @@ pub(crate) async fn watch(
     };
     let mut report = ViewerReport::default();
     let mut header_done = false;
+    // `buf` holds the first raw bytes after the head; the FLV body is decoded out of them
+    let mut raw = std::mem::take(&mut buf);
+    let mut dechunker = Dechunker::default();
     loop {
+        report.clean_end = dechunker.decode(&mut raw, &mut buf)?;
         while let Some(tag) = next_tag(&mut buf, &mut header_done)? {
             if !is_media(&tag) {
                 continue;
@@ -113,7 +120,10 @@ pub(crate) async fn watch(
                 }
             }
         }
-        let n = socket.read(&mut buf).await?;
+        if report.clean_end {
+            break;
+        }
+        let n = socket.read(&mut raw).await?;
         if n == 0 {
             break;
         }
@@ -163,15 +173,17 @@ impl Socket {
 /// Time from sending the request to the first key frame tag (after its sequence header).
 pub(crate) async fn first_key_frame(http: SocketAddr, path: &str) -> anyhow::Result<f64> {
     let asked = Instant::now();
-    let (mut socket, mut buf) = open(http, path).await?;
+    let (mut socket, mut raw) = open(http, path).await?;
     let mut header_done = false;
+    let (mut buf, mut dechunker) = (BytesMut::new(), Dechunker::default());
     loop {
+        let ended = dechunker.decode(&mut raw, &mut buf)?;
         while let Some(tag) = next_tag(&mut buf, &mut header_done)? {
             if tag.kind == TAG_VIDEO && is_media(&tag) && tag.body[0] >> 4 == 1 {
                 return Ok(asked.elapsed().as_secs_f64() * 1000.0);
             }
         }
-        if socket.read_buf(&mut buf).await? == 0 {
+        if ended || socket.read_buf(&mut raw).await? == 0 {
             bail!("{path}: stream ended before a key frame");
         }
     }

@@ -142,6 +142,9 @@ pub struct StreamSnapshot {
     pub bytes_out: u64,
     /// Frames readers skipped because they fell behind, plus frames ingest dropped.
     pub frames_dropped: u64,
+    /// Viewers an output dropped because they fell too far behind (see
+    /// docs/reliability.md, "HTTP viewers").
+    pub viewers_dropped: u64,
     /// Times ingest lost alignment on the wire.
     pub resyncs: u64,
     /// Seconds since the stream came up.

@@ -56,6 +56,7 @@ pub struct StreamStats {
     pub(crate) bytes_in: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
     pub(crate) frames_dropped: AtomicU64,
+    pub(crate) viewers_dropped: AtomicU64,
     pub(crate) resyncs: AtomicU64,
     pub(crate) viewers: AtomicU64,
     pub(crate) audio_undecodable: AtomicU64,
@@ -77,6 +78,11 @@ impl StreamStats {
     /// Counts an audio frame that could not be decoded (or framed) for AAC outputs.
     pub(crate) fn add_audio_undecodable(&self) {
         self.audio_undecodable.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a viewer an output dropped (it fell too far behind).
+    pub fn add_viewer_dropped(&self) {
+        self.viewers_dropped.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -498,6 +504,7 @@ impl Stream {
             bytes_in: load(&s.bytes_in),
             bytes_out: load(&s.bytes_out),
             frames_dropped: load(&s.frames_dropped),
+            viewers_dropped: load(&s.viewers_dropped),
             resyncs: load(&s.resyncs),
             uptime_secs: (uptime * 10.0).round() / 10.0,
         }

@@ -8,10 +8,12 @@
 //! together with the bytes already read, so the router sees the connection untouched.
 
 use std::io::Cursor;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
+use axum::http::{StatusCode, Uri};
 use bytes::BytesMut;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -23,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
-use super::http_flv::{FlvPlayer, PlayRequest};
+use super::http_flv::{AfterPlay, FlvPlayer, PlayRequest};
 
 /// Longest request head read before routing (hyper's default limit is larger, but the
 /// gateway's requests are short; a longer head goes to hyper, which answers it).
@@ -36,7 +38,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// accepting, lets requests in flight finish and ends every play. A client that sends no
 /// complete request head within `head_timeout` (`http.head_timeout`) is dropped: on a new
 /// connection, counted from its start; on a kept-alive one, from the previous response.
-/// Bytes that trickle in do not extend it.
+/// Bytes that trickle in do not extend it. A path nothing serves is answered 404 with a
+/// one-line reason.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -44,11 +47,12 @@ pub async fn serve(
     head_timeout: Duration,
     shutdown: CancellationToken,
 ) {
+    let router = router.fallback(unknown_path);
     let connections = TaskTracker::new();
     loop {
-        let socket = tokio::select! {
+        let (socket, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((socket, _)) => socket,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     warn!(%error, "http accept failed");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
@@ -59,7 +63,8 @@ pub async fn serve(
         };
         let (router, player, shutdown) = (router.clone(), player.clone(), shutdown.clone());
         connections.spawn(async move {
-            if let Err(error) = connection(socket, router, player, head_timeout, shutdown).await {
+            if let Err(error) = connection(socket, peer, router, player, head_timeout, shutdown).await
+            {
                 debug!(%error, "http connection ended with an error");
             }
         });
@@ -68,9 +73,21 @@ pub async fn serve(
     connections.wait().await;
 }
 
-/// The first request's method, path and version, once its head is complete.
+async fn unknown_path(uri: Uri) -> (StatusCode, String) {
+    let path = crate::media::echo(uri.path());
+    (
+        StatusCode::NOT_FOUND,
+        format!(
+            "no such path {path:?}: the gateway serves /live/{{device}}_{{channel}}.flv, \
+             /playback/{{device}}_{{channel}}.flv and /api/streams\n"
+        ),
+    )
+}
+
+/// A request's head, once complete.
 enum Head {
-    Complete(Option<PlayRequest>),
+    /// Complete: a play (or not), and the head's length.
+    Complete(Option<PlayRequest>, usize),
     Partial,
     /// Not HTTP, or too long: hyper answers it.
     Invalid,
@@ -80,20 +97,50 @@ fn parse_head(buf: &[u8]) -> Head {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(buf) {
-        Ok(httparse::Status::Complete(_)) => {
+        Ok(httparse::Status::Complete(len)) => {
             let (Some(method), Some(path)) = (request.method, request.path) else {
                 return Head::Invalid;
             };
             let http10 = request.version == Some(0);
-            Head::Complete(PlayRequest::parse(method, path, http10))
+            let close = request.headers.iter().any(|h| {
+                h.name.eq_ignore_ascii_case("connection")
+                    && std::str::from_utf8(h.value)
+                        .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+            });
+            Head::Complete(PlayRequest::parse(method, path, http10, close), len)
         }
         Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => Head::Partial,
         Ok(httparse::Status::Partial) | Err(_) => Head::Invalid,
     }
 }
 
+/// Reads until `buf` holds a whole request head; `None` if the client closed or sent no
+/// whole head within `head_timeout` (one deadline, however its bytes arrive).
+async fn read_head(
+    socket: &mut TcpStream,
+    buf: &mut BytesMut,
+    head_timeout: Duration,
+) -> std::io::Result<Option<(Option<PlayRequest>, usize)>> {
+    let head = tokio::time::timeout(head_timeout, async {
+        loop {
+            if !buf.is_empty() {
+                match parse_head(buf) {
+                    Head::Partial => {}
+                    Head::Complete(play, len) => return Ok(Some((play, len))),
+                    Head::Invalid => return Ok(Some((None, 0))),
+                }
+            }
+            if socket.read_buf(buf).await? == 0 {
+                return Ok(None);
+            }
+        }
+    });
+    head.await.unwrap_or(Ok(None))
+}
+
 async fn connection(
     mut socket: TcpStream,
+    peer: SocketAddr,
     router: Router,
     player: FlvPlayer,
     head_timeout: Duration,
@@ -103,34 +150,29 @@ async fn connection(
     // yet acknowledged leave together. Under load that is a sixth less CPU (1,000 streams:
     // 55.6 -> 45.1 %) with no added latency at low load (docs/benchmarks.md).
     let mut buf = BytesMut::with_capacity(1024);
-    // one deadline for the whole head, however its bytes arrive
-    let head = tokio::time::timeout(head_timeout, async {
-        loop {
-            if socket.read_buf(&mut buf).await? == 0 {
-                return Ok::<_, std::io::Error>(None);
-            }
-            match parse_head(&buf) {
-                Head::Partial => {}
-                Head::Complete(play) => return Ok(Some(play)),
-                Head::Invalid => return Ok(Some(None)),
+    // plays are served here, one after another while the client keeps the connection;
+    // the first request that is not a play goes to hyper with the rest of the connection
+    loop {
+        let head = tokio::select! {
+            head = read_head(&mut socket, &mut buf, head_timeout) => head?,
+            () = shutdown.cancelled() => return Ok(()),
+        };
+        let Some((play, len)) = head else {
+            // closed, timed out or failed before a whole request
+            return Ok(());
+        };
+        let Some(play) = play else { break };
+        let pending = buf.split_off(len);
+        match player.play(socket, play, pending, shutdown.clone()).await? {
+            AfterPlay::Closed => return Ok(()),
+            AfterPlay::KeptAlive(kept, pending) => {
+                socket = kept;
+                buf = pending;
             }
         }
-    });
-    let play = tokio::select! {
-        head = head => match head {
-            Ok(Ok(Some(play))) => play,
-            // closed, timed out or failed before a whole request
-            Ok(Ok(None)) | Err(_) => return Ok(()),
-            Ok(Err(error)) => return Err(error.into()),
-        },
-        () = shutdown.cancelled() => return Ok(()),
-    };
-    if let Some(play) = play {
-        player.play(socket, play, shutdown).await?;
-        return Ok(());
     }
-    // handlers that check who calls (the SRS hooks) see the peer as axum's ConnectInfo
-    let peer = socket.peer_addr()?;
+    // handlers that check who calls (the SRS hooks, cold-pull limits) see the peer as
+    // axum's ConnectInfo
     // hyper reads the bytes already taken first, then the socket
     let (read, write) = socket.into_split();
     let io = tokio::io::join(Cursor::new(buf.freeze()).chain(read), write);
@@ -164,14 +206,15 @@ mod tests {
     #[test]
     fn first_request_routing() {
         let play = |head: &str| match parse_head(head.as_bytes()) {
-            Head::Complete(play) => play,
+            Head::Complete(play, _) => play,
             Head::Partial => panic!("partial: {head:?}"),
             Head::Invalid => panic!("invalid: {head:?}"),
         };
         assert!(play("GET /live/13800138000_1.flv HTTP/1.1\r\nHost: x\r\n\r\n").is_some());
         assert!(play("GET /playback/13800138000_1.flv?t=1 HTTP/1.0\r\n\r\n").is_some());
         assert!(play("GET /api/streams HTTP/1.1\r\n\r\n").is_none());
-        assert!(play("HEAD /live/13800138000_1.flv HTTP/1.1\r\n\r\n").is_none());
+        assert!(play("HEAD /live/13800138000_1.flv HTTP/1.1\r\n\r\n").is_some());
+        assert!(play("POST /live/13800138000_1.flv HTTP/1.1\r\n\r\n").is_none());
         assert!(play("GET /live/a/b.flv HTTP/1.1\r\n\r\n").is_none());
         assert!(matches!(
             parse_head(b"GET /live/13800138000_1.flv HTTP/1.1\r\nHost"),

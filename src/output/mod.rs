@@ -2,7 +2,9 @@
 //! a task; `app` wires them. Outputs never import ingest.
 
 pub mod api;
+mod flv_direct;
 pub mod flv_mux;
 pub mod http_flv;
 pub mod http_serve;
 pub mod rtmp_push;
+mod viewer_limits;
