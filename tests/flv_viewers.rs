@@ -15,11 +15,11 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-/// Video tags that carry a frame (not the sequence header), with key-frame flag.
 /// The device's G.711 in FLV, as before AAC (these tests compare audio tags with the
 /// device's payloads).
 const PASSTHROUGH: (&str, &str) = ("JTGW__AUDIO__FLV", "passthrough");
 
+/// Video tags that carry a frame (not the sequence header), with key-frame flag.
 fn video_frames(tags: &[FlvTag]) -> Vec<(u32, bool)> {
     tags.iter()
         .filter(|t| t.tag_type == 9 && t.body.get(1) == Some(&1))
@@ -478,8 +478,6 @@ async fn a_viewer_that_never_reads_does_not_hold_up_shutdown() {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stuck = socket.connect(gateway.addrs.http).await.unwrap();
-    // listening before the request: its wait may be announced at once
-    let mut events = gateway.hub.events();
     stuck
         .write_all(b"GET /live/13800138000_1.flv HTTP/1.0\r\n\r\n")
         .await
