@@ -226,7 +226,7 @@ impl Codec {
         let len = data.len();
         match self {
             // 8 bytes a millisecond; devices send whole milliseconds (20 ms = 160 bytes)
-            Codec::G711A | Codec::G711U => (80..=8000).contains(&len) && len % 8 == 0,
+            Codec::G711A | Codec::G711U => (80..=8000).contains(&len) && len.is_multiple_of(8),
             // 2 to 5 bytes a millisecond (16 to 40 kbit/s, ITU-T G.726)
             Codec::G726 => (20..=5000).contains(&len),
             // IMA ADPCM, 4 bytes a millisecond, after a 4-byte state header

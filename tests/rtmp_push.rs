@@ -65,6 +65,34 @@ async fn pull_frames(url: &str, seconds: u32) -> (String, Vec<(bool, u64, u64, f
     (codec, frames)
 }
 
+/// The audio stream of `url` as ffprobe reads it: (codec, sample rate, channels).
+async fn pull_audio(url: &str) -> (String, String, u64) {
+    let (stdout, _) = run(
+        "ffprobe",
+        &[
+            "-v",
+            "error",
+            "-rw_timeout",
+            "15000000",
+            "-select_streams",
+            "a",
+            "-show_entries",
+            "stream=codec_name,sample_rate,channels",
+            "-of",
+            "json",
+            url,
+        ],
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let stream = &v["streams"][0];
+    (
+        stream["codec_name"].as_str().unwrap_or("").to_owned(),
+        stream["sample_rate"].as_str().unwrap_or("").to_owned(),
+        stream["channels"].as_u64().unwrap_or(0),
+    )
+}
+
 /// The sample is 640x360 H.264 at 25 fps: `seconds` of it pulled back from the server
 /// decode at that size, start on a key frame, and run at the source's rate.
 fn assert_sample_frames(what: &str, codec: &str, frames: &[(bool, u64, u64, f64)], seconds: f64) {
@@ -156,6 +184,12 @@ async fn an_mqtt_rtmp_request_pushes_to_srs_and_srs_serves_it() {
     // pulled back from SRS over HTTP-FLV and over RTMP
     let (codec, frames) = pull_frames(&flv, 4).await;
     assert_sample_frames("SRS HTTP-FLV", &codec, &frames, 4.0);
+    // the sample's G.711A tone reaches SRS as AAC (audio.rtmp = "aac"), which SRS remuxes
+    assert_eq!(
+        pull_audio(&flv).await,
+        ("aac".to_owned(), "8000".to_owned(), 1),
+        "audio through SRS"
+    );
     let (codec, frames) = pull_frames(&srs.rtmp_url("live", "13800138000_1"), 4).await;
     assert_sample_frames("SRS RTMP", &codec, &frames, 4.0);
 

@@ -120,6 +120,13 @@ async fn a_thousand_push_start_stop_cycles_leave_nothing_behind() {
     }
     let elapsed = started.elapsed();
     settle(&tasks).await;
+    // a task the tracker saw end is freed by the runtime a moment later
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while metrics.num_alive_tasks() > tasks_before {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
     let (tasks_after, fds_after, rss_after) = (metrics.num_alive_tasks(), open_fds(), rss_kb());
     println!(
         "{CYCLES} push cycles in {elapsed:?}: tasks {tasks_before} -> {tasks_after}, fds {fds_before} -> {fds_after}, RSS {rss_before} -> {rss_after} KB"

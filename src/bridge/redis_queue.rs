@@ -122,7 +122,7 @@ impl Queue {
                 Err(Stop::Redis(error)) => {
                     status.redis_connected.store(false, Ordering::Relaxed);
                     failures = failures.saturating_add(1);
-                    if failures == 1 || failures % 20 == 0 {
+                    if failures == 1 || failures.is_multiple_of(20) {
                         warn!(%error, failures, "Redis queue unavailable; retrying");
                     }
                     if !backoff(failures, &cancel).await {

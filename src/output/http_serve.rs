@@ -63,7 +63,8 @@ pub async fn serve(
         };
         let (router, player, shutdown) = (router.clone(), player.clone(), shutdown.clone());
         connections.spawn(async move {
-            if let Err(error) = connection(socket, peer, router, player, head_timeout, shutdown).await
+            if let Err(error) =
+                connection(socket, peer, router, player, head_timeout, shutdown).await
             {
                 debug!(%error, "http connection ended with an error");
             }

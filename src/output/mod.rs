@@ -6,5 +6,6 @@ mod flv_direct;
 pub mod flv_mux;
 pub mod http_flv;
 pub mod http_serve;
+mod interleave;
 pub mod rtmp_push;
 mod viewer_limits;

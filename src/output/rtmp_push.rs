@@ -33,10 +33,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::flv_mux::FlvMuxer;
+use super::interleave::Interleaver;
 use crate::codec::flv::HevcSignal;
 use crate::config::RtmpSettings;
 use crate::hub::{Hub, Reader};
-use crate::media::{AudioMode, StreamKey};
+use crate::media::{AudioMode, Frame, StreamKey};
 use connection::Connection;
 
 /// Muxed bytes sent to the server in one write at most.
@@ -497,20 +498,40 @@ impl Push {
         let stall = self.inner.settings.stall_timeout;
         let mut muxer = FlvMuxer::new(reader.info(), audio).with_hevc(HevcSignal::Enhanced);
         let mut out = BytesMut::new();
+        // SRS needs the tracks in timestamp order; the AAC rendition trails the video
+        let mut interleaver = (audio == AudioMode::Aac).then(Interleaver::default);
+        let mut ready = Vec::new();
+        let mut push =
+            |frame: Frame, muxer: &mut FlvMuxer, out: &mut BytesMut| match &mut interleaver {
+                Some(interleaver) => {
+                    interleaver.push(frame, &mut ready);
+                    for frame in ready.drain(..) {
+                        muxer.push_into(&frame, out);
+                    }
+                }
+                None => muxer.push_into(&frame, out),
+            };
         loop {
             tokio::select! {
                 frame = reader.recv() => {
                     let Some(frame) = frame else {
+                        if let Some(interleaver) = &mut interleaver {
+                            let mut rest = Vec::new();
+                            interleaver.finish(&mut rest);
+                            for frame in rest {
+                                muxer.push_into(&frame, &mut out);
+                            }
+                        }
                         muxer.finish_into(&mut out);
                         connection.send_flv(out.split().freeze(), stall).await?;
                         debug!(stream = %self.key, "rtmp push: stream ended");
                         return Ok(Ended::Stream);
                     };
-                    muxer.push_into(&frame, &mut out);
+                    push(frame, &mut muxer, &mut out);
                     // what else is queued goes in the same write
                     while out.len() < MAX_WRITE {
                         match reader.try_recv() {
-                            Some(frame) => muxer.push_into(&frame, &mut out),
+                            Some(frame) => push(frame, &mut muxer, &mut out),
                             None => break,
                         }
                     }

@@ -73,8 +73,11 @@ impl Srs {
         };
         std::fs::create_dir_all(srs.dir.path("objs/nginx/html")).unwrap();
         // a push test has no bridge to answer hooks: SRS would refuse every publish
-        let conf = render_srs_conf(srs.rtmp, srs.http, srs.api, srs.rtc)
-            .replacen(HOOKS_ON, "enabled         off;\n        on_publish", 1);
+        let conf = render_srs_conf(srs.rtmp, srs.http, srs.api, srs.rtc).replacen(
+            HOOKS_ON,
+            "enabled         off;\n        on_publish",
+            1,
+        );
         std::fs::write(srs.dir.path("srs.conf"), conf).unwrap();
         srs.spawn().await;
         srs
@@ -95,9 +98,9 @@ impl Srs {
         std::fs::create_dir_all(srs.dir.path("objs/nginx/html")).unwrap();
         let conf = render_srs_conf(rtmp, http, api, rtc);
         let conf = conf.replace(
-                "http://gateway:9531/",
-                &format!("http://127.0.0.1:{gateway_http}/"),
-            );
+            "http://gateway:9531/",
+            &format!("http://127.0.0.1:{gateway_http}/"),
+        );
         std::fs::write(srs.dir.path("srs.conf"), conf).unwrap();
         srs.spawn().await;
         srs
