@@ -102,7 +102,7 @@ pub fn spawn(
     tasks.spawn({
         let (stop, done) = (connection_stop.clone(), connection_done.clone());
         async move {
-            let role = mqtt::Role::Commands { connected_tx };
+            let role = mqtt::Role::Commands;
             mqtt::run_connection(commands, role, stop).await;
             done.cancel();
         }
@@ -112,6 +112,7 @@ pub fn spawn(
             client: requests_client.clone(),
             filter: topics.requests_filter(),
             inbound_tx,
+            connected_tx,
         };
         mqtt::run_connection(requests, role, connection_stop.clone())
     });

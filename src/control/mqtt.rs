@@ -184,12 +184,8 @@ const MAX_INCOMING_PACKET: usize = 256 * 1024 + 64 * 1024 + 16;
 
 /// What a connection does besides keeping itself up.
 pub enum Role {
-    /// Publishes for the control task; `connected_tx` counts its (re)connects so the
-    /// control task re-announces its state and re-sends the commands in force.
-    Commands {
-        /// Bumped on every CONNACK.
-        connected_tx: watch::Sender<u64>,
-    },
+    /// Publishes for the control task.
+    Commands,
     /// Subscribes to `filter` and hands requests to the control task, waiting for it when
     /// it is busy.
     Requests {
@@ -199,6 +195,10 @@ pub enum Role {
         filter: String,
         /// To the control task.
         inbound_tx: mpsc::Sender<Inbound>,
+        /// Bumped on every SUBACK of the request topics, so the control task
+        /// (re-)announces its state and re-sends the commands in force only once the
+        /// gateway can hear requests (both connections reconnect together: one broker).
+        connected_tx: watch::Sender<u64>,
     },
 }
 
@@ -206,7 +206,7 @@ pub enum Role {
 /// reconnects with a growing delay, re-subscribes on every connect.
 pub async fn run_connection(mut eventloop: EventLoop, role: Role, cancel: CancellationToken) {
     let name = match role {
-        Role::Commands { .. } => "commands",
+        Role::Commands => "commands",
         Role::Requests { .. } => "requests",
     };
     let mut backoff = Backoff::default();
@@ -228,7 +228,7 @@ pub async fn run_connection(mut eventloop: EventLoop, role: Role, cancel: Cancel
                 ever_connected = true;
                 connected_at = Some(tokio::time::Instant::now());
                 match &role {
-                    Role::Commands { connected_tx } => connected_tx.send_modify(|n| *n += 1),
+                    Role::Commands => {}
                     Role::Requests { client, filter, .. } => {
                         if let Err(error) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
                             warn!(%error, "could not queue the subscription to the request topics");
@@ -246,6 +246,12 @@ pub async fn run_connection(mut eventloop: EventLoop, role: Role, cancel: Cancel
                     if inbound_tx.send(inbound).await.is_err() {
                         break;
                     }
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                if let Role::Requests { connected_tx, .. } = &role {
+                    // the gateway can hear requests: (re)announce it
+                    connected_tx.send_modify(|n| *n += 1);
                 }
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
