@@ -1,8 +1,8 @@
 //! What the control task has decided to send, checked so that nothing it publishes can
 //! break its own MQTT connection, then handed to the client with back-pressure.
 //!
-//! The handlers are synchronous: they [`Outbox::push`] messages; the control loop then
-//! [`Outbox::flush`]es them, waiting for room in the client's queue. Nothing decided is
+//! The handlers are synchronous: they `Outbox::push` messages; the control loop then
+//! `Outbox::flush`es them, waiting for room in the client's queue. Nothing decided is
 //! dropped for want of room (while the control task waits it reads no more requests, so
 //! the broker's reader slows down instead). A message that MQTT cannot carry is refused
 //! here, before the client sees it: rumqttc writes a topic's length as 16 bits without
