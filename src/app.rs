@@ -17,6 +17,7 @@ use crate::control::{ControlContext, RtmpSide};
 use crate::hub::Hub;
 use crate::ingest::IngestServer;
 use crate::output::rtmp_push::{PushSettings, RtmpPusher};
+use crate::output::webrtc::WebRtc;
 use crate::output::{api, http_flv, http_serve};
 
 /// A gateway with its listeners bound, ready to run.
@@ -27,6 +28,8 @@ pub struct App {
     live: TcpListener,
     playback: TcpListener,
     http: TcpListener,
+    /// `webrtc.udp_listen`, when WebRTC is enabled.
+    webrtc: Option<std::net::UdpSocket>,
 }
 
 /// The addresses the gateway actually listens on.
@@ -36,8 +39,10 @@ pub struct BoundAddrs {
     pub live: SocketAddr,
     /// Playback JT/T 1078 ingest.
     pub playback: SocketAddr,
-    /// HTTP (FLV, API).
+    /// HTTP (FLV, API, WHEP).
     pub http: SocketAddr,
+    /// WebRTC media (UDP), when enabled.
+    pub webrtc: Option<SocketAddr>,
 }
 
 impl App {
@@ -49,6 +54,15 @@ impl App {
         let live = bind(settings.ingest.live_listen, "ingest.live_listen").await?;
         let playback = bind(settings.ingest.playback_listen, "ingest.playback_listen").await?;
         let http = bind(settings.http.listen, "http.listen").await?;
+        let webrtc = if settings.webrtc.enabled {
+            let addr = settings.webrtc.udp_listen;
+            Some(
+                std::net::UdpSocket::bind(addr)
+                    .with_context(|| format!("binding webrtc.udp_listen = {addr}"))?,
+            )
+        } else {
+            None
+        };
         let hub = Hub::new(settings.hub_settings());
         Ok(App {
             settings,
@@ -56,6 +70,7 @@ impl App {
             live,
             playback,
             http,
+            webrtc,
         })
     }
 
@@ -65,6 +80,7 @@ impl App {
             live: self.live.local_addr()?,
             playback: self.playback.local_addr()?,
             http: self.http.local_addr()?,
+            webrtc: self.webrtc.as_ref().map(|s| s.local_addr()).transpose()?,
         })
     }
 
@@ -99,7 +115,27 @@ impl App {
             events_rx,
             settings: self.settings.rtmp.clone(),
         };
-        crate::control::spawn(control, self.hub.clone(), rtmp, &tasks, shutdown.clone())?;
+        let webrtc = match self.webrtc {
+            Some(socket) => Some(WebRtc::start(
+                &self.settings.webrtc,
+                socket,
+                self.hub.clone(),
+                &tasks,
+                shutdown.clone(),
+            )?),
+            None => None,
+        };
+        let whep = webrtc
+            .as_ref()
+            .map(|(webrtc, _)| crate::output::webrtc::whep::routes(webrtc.clone()));
+        crate::control::spawn(
+            control,
+            self.hub.clone(),
+            rtmp,
+            webrtc,
+            &tasks,
+            shutdown.clone(),
+        )?;
         let bridge = crate::bridge::spawn(
             &self.settings.bridge,
             &self.settings.mqtt,
@@ -117,7 +153,8 @@ impl App {
             router: Router::new()
                 .merge(player.routes())
                 .merge(api::routes(self.hub.clone()))
-                .merge(bridge.routes()),
+                .merge(bridge.routes())
+                .merge(whep.unwrap_or_default()),
             player,
             head_timeout: self.settings.http.head_timeout,
         };

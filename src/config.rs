@@ -35,6 +35,8 @@ pub struct Settings {
     pub rtmp: RtmpSettings,
     /// SRS hooks and the Redis queue.
     pub bridge: BridgeSettings,
+    /// WebRTC to browsers (MQTT-signalled and WHEP).
+    pub webrtc: WebRtcSettings,
     /// Threads.
     pub runtime: RuntimeSettings,
     /// Logging.
@@ -233,6 +235,33 @@ pub struct RtmpSettings {
     pub max_attempts: NonZeroUsize,
 }
 
+/// `[webrtc]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebRtcSettings {
+    /// Serve WebRTC (WHEP and the MQTT `WEBRTC` request).
+    pub enabled: bool,
+    /// The one UDP socket every peer's media goes through.
+    pub udp_listen: SocketAddr,
+    /// Addresses to announce as host candidates (NAT 1:1: the public address of this
+    /// machine); empty: the addresses of the machine's interfaces. A list, or (from the
+    /// environment) a comma-separated string.
+    #[serde(deserialize_with = "ip_list")]
+    pub public_ips: Vec<std::net::IpAddr>,
+    /// Peers at once, over all streams.
+    pub max_peers: NonZeroUsize,
+    /// A peer that sends nothing (no consent check, no RTCP) for this long is gone.
+    #[serde(with = "humantime_serde")]
+    pub consent_timeout: Duration,
+    /// How long a peer waits for its stream to come up (the device to connect).
+    #[serde(with = "humantime_serde")]
+    pub wait_timeout: Duration,
+    /// Bearer token WHEP requests must carry (empty = none).
+    pub whep_token: String,
+    /// `Access-Control-Allow-Origin` for WHEP (browsers on another origin).
+    pub cors_origin: String,
+}
+
 /// `[bridge]`
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -272,6 +301,32 @@ pub struct BridgeSettings {
 pub struct LogSettings {
     /// tracing filter.
     pub level: String,
+}
+
+/// IP addresses as a list, or as one comma-separated string (environment variables cannot
+/// hold lists; a parsing environment would also turn strings such as passwords into
+/// numbers).
+fn ip_list<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<std::net::IpAddr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        List(Vec<std::net::IpAddr>),
+        Text(String),
+    }
+    match Form::deserialize(deserializer)? {
+        Form::List(list) => Ok(list),
+        Form::Text(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse()
+                    .map_err(|_| serde::de::Error::custom(format!("{s:?} is not an IP address")))
+            })
+            .collect(),
+    }
 }
 
 impl Settings {
@@ -348,6 +403,21 @@ mod tests {
         assert_eq!(s.http.listen, "127.0.0.1:19531".parse().unwrap());
         assert_eq!(s.ingest.idle_timeout, Duration::from_secs(120));
         assert_eq!(s.hub.reader_queue.get(), 1000);
+    }
+
+    #[test]
+    fn public_ips_come_from_the_environment_comma_separated() {
+        let env = HashMap::from([(
+            "JTGW__WEBRTC__PUBLIC_IPS".to_owned(),
+            "203.0.113.7,198.51.100.2".to_owned(),
+        )]);
+        let s = Settings::load_from(None, Some(env)).unwrap();
+        let expected: Vec<std::net::IpAddr> = vec![
+            "203.0.113.7".parse().unwrap(),
+            "198.51.100.2".parse().unwrap(),
+        ];
+        assert_eq!(s.webrtc.public_ips, expected);
+        assert_eq!(s.webrtc.udp_listen.port(), 8000);
     }
 
     #[test]

@@ -105,7 +105,7 @@ async fn every_mosquitto_pub_example_in_the_mqtt_docs_is_answered() {
         let expected = if serde_json::from_str::<serde_json::Value>(body).is_err() {
             "ERROR"
         } else if mode == "WEBRTC" {
-            "REFUSE"
+            "ANSWER"
         } else {
             "OK"
         };

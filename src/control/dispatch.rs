@@ -21,9 +21,11 @@ use super::topics::Topics;
 use crate::hub::{Hub, HubEvent};
 use crate::media::{Channel, DeviceId, StreamKey, StreamKind};
 use crate::output::rtmp_push::PushEvent;
+use crate::output::webrtc::{PeerEvent, WebRtc};
 
 mod outgoing;
 mod rtmp;
+mod webrtc;
 
 pub(crate) use outgoing::GatewayStatus;
 pub(crate) use rtmp::RtmpControl;
@@ -43,6 +45,8 @@ pub(crate) struct Control {
     heartbeats: u64,
     sequence: AtomicU64,
     rtmp: RtmpControl,
+    /// The WebRTC side (`None`: `webrtc.enabled = false`).
+    webrtc: Option<WebRtc>,
     /// What the current step decided to publish; flushed after it with back-pressure.
     outbox: RefCell<Outbox>,
     /// The last retained status body per stream, so each state is published once.
@@ -55,6 +59,7 @@ impl Control {
         hub: Hub,
         client: AsyncClient,
         rtmp: RtmpControl,
+        webrtc: Option<WebRtc>,
     ) -> Control {
         Control {
             topics: Topics::new(&ctx.mqtt.topic_prefix),
@@ -68,6 +73,7 @@ impl Control {
             heartbeats: 0,
             sequence: AtomicU64::new(0),
             rtmp,
+            webrtc,
             outbox: RefCell::new(Outbox::default()),
             statuses: HashMap::new(),
         }
@@ -79,11 +85,17 @@ impl Control {
         mut inbound_rx: mpsc::Receiver<Inbound>,
         mut connected_rx: watch::Receiver<u64>,
         mut push_events_rx: mpsc::Receiver<PushEvent>,
+        mut peer_events_rx: mpsc::Receiver<PeerEvent>,
         cancel: CancellationToken,
     ) {
         tokio::select! {
             () = cancel.cancelled() => {}
-            () = self.serve(&mut inbound_rx, &mut connected_rx, &mut push_events_rx) => {}
+            () = self.serve(
+                &mut inbound_rx,
+                &mut connected_rx,
+                &mut push_events_rx,
+                &mut peer_events_rx,
+            ) => {}
         }
         self.publish_gateway_status("offline");
         self.outbox.get_mut().flush_now(&self.client);
@@ -96,6 +108,7 @@ impl Control {
         inbound_rx: &mut mpsc::Receiver<Inbound>,
         connected_rx: &mut watch::Receiver<u64>,
         push_events_rx: &mut mpsc::Receiver<PushEvent>,
+        peer_events_rx: &mut mpsc::Receiver<PeerEvent>,
     ) {
         let mut events = self.hub.events();
         let mut heartbeat = tokio::time::interval(self.ctx.mqtt.heartbeat_interval);
@@ -126,6 +139,7 @@ impl Control {
                     }
                 }
                 Some(event) = push_events_rx.recv() => self.handle_push_event(event),
+                Some(event) = peer_events_rx.recv() => self.handle_peer_event(event),
                 _ = heartbeat.tick() => self.publish_heartbeat(),
                 changed = connected_rx.changed() => {
                     if changed.is_err() {
@@ -201,19 +215,7 @@ impl Control {
                 }
             }
             Mode::Rtmp => self.rtmp_request(&device, &request),
-            Mode::WebRtc => {
-                let key = request.stream_key(&device, mode);
-                let what = "WebRTC playback";
-                self.reject(RequestError {
-                    code: ErrorCode::NotSupported,
-                    message: format!(
-                        "{what} is not available in this version of the gateway; \
-                         play the stream over HTTP-FLV instead: {}",
-                        self.urls(&key).flv
-                    ),
-                    seqid: request.seqid.clone(),
-                });
-            }
+            Mode::WebRtc => self.webrtc_request(&device, &request),
         }
     }
 

@@ -41,6 +41,12 @@ pub enum ErrorCode {
     NotSubscribed,
     /// The RTMP push failed as many times in a row as allowed (`rtmp.max_attempts`).
     RtmpUnavailable,
+    /// A WebRTC offer that is not SDP the gateway can read.
+    BadSdp,
+    /// A WebRTC offer without a codec the stream can be sent in (e.g. no H264).
+    NoCommonCodec,
+    /// `webrtc.max_peers` WebRTC peers run already.
+    TooManyPeers,
 }
 
 /// Request modes on `{prefix}/gateway/{device}/{MODE}`.
@@ -60,7 +66,7 @@ pub enum Mode {
     Heart,
     /// Push the stream to an RTMP server (SRS); counts as a requester like SUBSCRIBE.
     Rtmp,
-    /// WebRTC offer (later issue).
+    /// A WebRTC offer: answered on `ANSWER` with the gateway's SDP answer.
     WebRtc,
 }
 
@@ -119,6 +125,43 @@ pub struct Request {
     pub pull_stream_from_device: Option<Vec<BatchItem>>,
     /// RTMP: where to push instead of the `rtmp.live_url`/`rtmp.playback_url` template.
     pub url: Option<String>,
+    /// WEBRTC: the browser's offer, `{"type": "offer", "sdp": "v=0…"}`.
+    pub offer: Option<SessionDescription>,
+    /// WEBRTC: ICE servers the page uses (the seed's field). The gateway is an ICE-lite
+    /// peer on `webrtc.public_ips`: it needs none itself; accepted and ignored.
+    pub iceserver: Option<serde_json::Value>,
+}
+
+/// An SDP offer or answer as browsers write it (`RTCSessionDescription.toJSON()`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SessionDescription {
+    /// `offer` or `answer`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The SDP.
+    pub sdp: String,
+}
+
+/// The reply to WEBRTC, on `{prefix}/client/{seqid}/ANSWER`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WebRtcAnswer {
+    /// The request's seqid.
+    pub seqid: String,
+    /// `answer`.
+    #[serde(rename = "type")]
+    pub sdp_type: String,
+    /// The gateway's SDP answer (every candidate included: no trickle).
+    pub sdp: String,
+    /// The session (also ended by `DELETE /whep/session/{session}`).
+    pub session: String,
+    /// Canonical device id.
+    pub device: String,
+    /// Channel.
+    pub channel: u8,
+    /// `live` or `playback`.
+    pub kind: StreamKind,
+    /// `live`, `pulling` or `waiting`, as for SUBSCRIBE.
+    pub state: String,
 }
 
 /// One stream of a batch request.

@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{ControlSettings, MqttSettings, RtmpSettings};
 use crate::hub::Hub;
 use crate::output::rtmp_push::{PushEvent, RtmpPusher};
+use crate::output::webrtc::{PeerEvent, WebRtc};
 use demand::DemandSettings;
 use dispatch::{Control, GatewayStatus};
 use topics::Topics;
@@ -79,6 +80,7 @@ pub fn spawn(
     ctx: ControlContext,
     hub: Hub,
     rtmp: RtmpSide,
+    webrtc: Option<(WebRtc, mpsc::Receiver<PeerEvent>)>,
     tasks: &TaskTracker,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -122,10 +124,21 @@ pub fn spawn(
         settings: rtmp_settings,
     } = rtmp;
     let rtmp = dispatch::RtmpControl::new(pusher, rtmp_settings);
-    let control = Control::new(ctx, hub, client.clone(), rtmp);
+    let (webrtc, peer_events_rx) = match webrtc {
+        Some((webrtc, events)) => (Some(webrtc), events),
+        // never sends: the sender is dropped at once
+        None => (None, mpsc::channel(1).1),
+    };
+    let control = Control::new(ctx, hub, client.clone(), rtmp, webrtc);
     tasks.spawn(async move {
         control
-            .run(inbound_rx, connected_rx, push_events_rx, cancel)
+            .run(
+                inbound_rx,
+                connected_rx,
+                push_events_rx,
+                peer_events_rx,
+                cancel,
+            )
             .await;
         // Clean DISCONNECTs (after the retained "offline"), so the broker drops the will.
         for (client, which) in [(client, "commands"), (requests_client, "requests")] {

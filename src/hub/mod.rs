@@ -130,6 +130,8 @@ pub struct StreamSnapshot {
     pub bitrate_kbps: f64,
     /// Readers attached now.
     pub viewers: u64,
+    /// Of those, WebRTC peers.
+    pub webrtc_viewers: u64,
     /// Frames published.
     pub frames_in: u64,
     /// Video frames published.

@@ -32,6 +32,8 @@ pub struct Reader {
     waiting_for_key: bool,
     /// Whether dropping this reader counts a viewer out (not once a sink took its place).
     counted: bool,
+    /// Whether this reader is counted as a WebRTC viewer.
+    webrtc: bool,
 }
 
 impl Reader {
@@ -51,6 +53,19 @@ impl Reader {
             info,
             audio,
             counted: true,
+            webrtc: false,
+        }
+    }
+
+    /// Counts this reader among the stream's WebRTC viewers (`webrtc_viewers` in
+    /// `/api/streams`) until it is dropped.
+    pub fn count_as_webrtc(&mut self) {
+        if !self.webrtc {
+            self.webrtc = true;
+            self.stream
+                .stats()
+                .webrtc_viewers
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -164,6 +179,12 @@ impl Reader {
 
 impl Drop for Reader {
     fn drop(&mut self) {
+        if self.webrtc {
+            self.stream
+                .stats()
+                .webrtc_viewers
+                .fetch_sub(1, Ordering::Relaxed);
+        }
         if self.counted {
             self.stream.reader_delta(false);
         }

@@ -57,6 +57,7 @@ pub struct StreamStats {
     pub(crate) bytes_out: AtomicU64,
     pub(crate) frames_dropped: AtomicU64,
     pub(crate) viewers_dropped: AtomicU64,
+    pub(crate) webrtc_viewers: AtomicU64,
     pub(crate) resyncs: AtomicU64,
     pub(crate) viewers: AtomicU64,
     pub(crate) audio_undecodable: AtomicU64,
@@ -505,6 +506,7 @@ impl Stream {
             bytes_out: load(&s.bytes_out),
             frames_dropped: load(&s.frames_dropped),
             viewers_dropped: load(&s.viewers_dropped),
+            webrtc_viewers: load(&s.webrtc_viewers),
             resyncs: load(&s.resyncs),
             uptime_secs: (uptime * 10.0).round() / 10.0,
         }

@@ -424,9 +424,18 @@ fn parse_stream_file(file: &str, kind: StreamKind) -> Result<StreamKey, String> 
     let stem = file
         .strip_suffix(".flv")
         .ok_or_else(|| format!("{:?}: {usage}\n", echo(file)))?;
-    let (device, channel) = stem
+    parse_stream_name(stem, kind, usage)
+}
+
+/// Parses `{device}_{channel}` (a play URL's stream name); `usage` says what was expected.
+pub(crate) fn parse_stream_name(
+    name: &str,
+    kind: StreamKind,
+    usage: &str,
+) -> Result<StreamKey, String> {
+    let (device, channel) = name
         .rsplit_once('_')
-        .ok_or_else(|| format!("{:?}: {usage}\n", echo(file)))?;
+        .ok_or_else(|| format!("{:?}: {usage}\n", echo(name)))?;
     let device = DeviceId::parse(device).map_err(|e| format!("{e}\n"))?;
     let channel: u8 = channel
         .parse()

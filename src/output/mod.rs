@@ -9,3 +9,4 @@ pub mod http_serve;
 mod interleave;
 pub mod rtmp_push;
 mod viewer_limits;
+pub mod webrtc;

@@ -51,6 +51,7 @@ impl Gateway {
                 "JTGW__MQTT__EMBEDDED_WS_LISTEN",
                 format!("127.0.0.1:{}", free_port()),
             ),
+            ("JTGW__WEBRTC__UDP_LISTEN", "127.0.0.1:0".to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -445,6 +446,7 @@ pub(crate) mod control;
 pub(crate) mod http;
 pub(crate) mod mqtt;
 pub(crate) mod srs;
+pub(crate) mod webrtc;
 
 /// Replays `bytes` into the live port while one viewer reads the FLV from before the start;
 /// returns the FLV bytes.

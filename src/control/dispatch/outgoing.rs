@@ -50,10 +50,12 @@ impl Control {
             warn!(code = ?error.code, "{} (no seqid to reply to)", error.message);
             return;
         };
-        let mode = if error.code == ErrorCode::NotSupported {
-            "REFUSE"
-        } else {
-            "ERROR"
+        // a refusal is the gateway declining (by configuration or capacity), not a fault
+        let mode = match error.code {
+            ErrorCode::NotSupported | ErrorCode::NoCommonCodec | ErrorCode::TooManyPeers => {
+                "REFUSE"
+            }
+            _ => "ERROR",
         };
         info!(seqid = %shorten(seqid), code = ?error.code, "{}", error.message);
         let reply = Reply::error(seqid, mode, error.code, error.message.clone());

@@ -1,0 +1,500 @@
+//! WebRTC to browsers: the gateway is the browser's peer (ICE-lite, DTLS-SRTP), with no
+//! media server between. Signalling arrives over MQTT (`WEBRTC`, answered on `ANSWER`) or
+//! over WHEP (`POST /whep/{kind}/{device}_{channel}`, see `whep.rs`); both end in
+//! [`WebRtc::offer`].
+//!
+//! Built on `str0m`, a sans-IO WebRTC stack, not on the `webrtc` crate the design named:
+//! `webrtc` 0.21 binds sockets per peer connection inside its own driver and has no way to
+//! serve every peer from one UDP port, which `webrtc.udp_listen` requires (one port to open
+//! in a firewall, as SRS does); nor can its sockets choose the source address per packet.
+//! With `str0m` the gateway owns the one socket (`udp.rs`) and each peer is a plain task
+//! (`peer.rs`) that is handed its datagrams (docs/architecture.md, "WebRTC").
+
+mod peer;
+mod udp;
+pub mod whep;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::Instant;
+
+use anyhow::Context;
+use serde::Serialize;
+use str0m::change::SdpOffer;
+use str0m::{Candidate, IceCreds, Rtc};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::WebRtcSettings;
+use crate::hub::Hub;
+use crate::media::{Codec, StreamKey};
+pub use peer::Ended;
+use peer::{LocalCandidates, PeerSetup};
+use udp::{PEER_QUEUE, UdpMux};
+
+/// A request for a peer.
+#[derive(Debug, Clone)]
+pub struct Offer {
+    /// The stream to play.
+    pub key: StreamKey,
+    /// The browser's SDP offer.
+    pub sdp: String,
+    /// Send video.
+    pub video: bool,
+    /// Send audio.
+    pub audio: bool,
+    /// Who asked, for the event when the peer ends (MQTT: client_id or seqid).
+    pub requester: Option<String>,
+}
+
+/// An accepted offer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// Session id (WHEP resource, `DELETE /whep/session/{id}`).
+    pub session: String,
+    /// The SDP answer, with the gateway's candidates.
+    pub sdp: String,
+}
+
+/// Why an offer was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// `webrtc.enabled` is off.
+    #[error("WebRTC is disabled on this gateway (webrtc.enabled = false)")]
+    Disabled,
+    /// The offer is not SDP the gateway can read.
+    #[error("bad SDP offer: {0}")]
+    BadSdp(String),
+    /// No video (or audio) codec the stream can be sent in.
+    #[error("{0}")]
+    NoCommonCodec(String),
+    /// `webrtc.max_peers` peers already.
+    #[error("too many WebRTC peers: {0} at once is the limit (webrtc.max_peers)")]
+    TooManyPeers(usize),
+}
+
+/// A peer ended (for control, which releases the requester's demand).
+#[derive(Debug, Clone)]
+pub struct PeerEvent {
+    /// The stream.
+    pub key: StreamKey,
+    /// The requester the offer named.
+    pub requester: Option<String>,
+    /// Why it ended.
+    pub ended: Ended,
+}
+
+/// The WebRTC side of the gateway (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct WebRtc {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    settings: WebRtcSettings,
+    hub: Hub,
+    mux: Arc<UdpMux>,
+    candidates: LocalCandidates,
+    runtime: tokio::runtime::Handle,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+    sessions: Mutex<HashMap<String, Session>>,
+    next_id: AtomicU64,
+    events_tx: mpsc::Sender<PeerEvent>,
+}
+
+#[derive(Debug)]
+struct Session {
+    key: StreamKey,
+    cancel: CancellationToken,
+    started: Instant,
+}
+
+/// One session in `GET /api/webrtc`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionInfo {
+    /// Session id.
+    pub session: String,
+    /// `{kind}/{device}_{channel}`.
+    pub stream: String,
+    /// Seconds since the offer.
+    pub age_secs: f64,
+}
+
+impl WebRtc {
+    /// Serves WebRTC on `socket` (bound to `webrtc.udp_listen`; within a tokio runtime).
+    /// Peer endings are reported on the returned channel.
+    pub fn start(
+        settings: &WebRtcSettings,
+        socket: std::net::UdpSocket,
+        hub: Hub,
+        tasks: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<(WebRtc, mpsc::Receiver<PeerEvent>)> {
+        install_crypto();
+        let mux = Arc::new(UdpMux::new(socket).context("setting up the webrtc socket")?);
+        let candidates = local_candidates(settings, mux.local_addr());
+        info!(udp = %mux.local_addr(), candidates = ?candidates.announced, "webrtc listening");
+        tasks.spawn(Arc::clone(&mux).run(shutdown.clone()));
+        let (events_tx, events_rx) = mpsc::channel(1024);
+        let inner = Inner {
+            settings: settings.clone(),
+            hub,
+            mux,
+            candidates,
+            runtime: tokio::runtime::Handle::current(),
+            tasks: tasks.clone(),
+            shutdown,
+            sessions: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            events_tx,
+        };
+        Ok((
+            WebRtc {
+                inner: Arc::new(inner),
+            },
+            events_rx,
+        ))
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.mux.local_addr()
+    }
+
+    /// The addresses announced to browsers.
+    pub fn candidates(&self) -> &[SocketAddr] {
+        &self.inner.candidates.announced
+    }
+
+    fn sessions(&self) -> MutexGuard<'_, HashMap<String, Session>> {
+        // each update is one insert or remove: the map is consistent after a panic
+        self.inner
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Peers running now.
+    pub fn peers(&self) -> usize {
+        self.sessions().len()
+    }
+
+    /// The sessions running now.
+    pub fn list(&self) -> Vec<SessionInfo> {
+        let mut list: Vec<SessionInfo> = self
+            .sessions()
+            .iter()
+            .map(|(id, s)| SessionInfo {
+                session: id.clone(),
+                stream: s.key.to_string(),
+                age_secs: s.started.elapsed().as_secs_f64(),
+            })
+            .collect();
+        list.sort_by(|a, b| a.session.cmp(&b.session));
+        list
+    }
+
+    /// Accepts a browser's offer: a peer that plays `offer.key` starts (it waits for the
+    /// stream if it is not live; its hub reader asks for it) and the answer is returned.
+    pub fn offer(&self, offer: Offer) -> Result<Answer, Refusal> {
+        let settings = &self.inner.settings;
+        if !settings.enabled {
+            return Err(Refusal::Disabled);
+        }
+        let max = settings.max_peers.get();
+        if self.peers() >= max {
+            return Err(Refusal::TooManyPeers(max));
+        }
+        let parsed =
+            SdpOffer::from_sdp_string(&offer.sdp).map_err(|e| Refusal::BadSdp(e.to_string()))?;
+        let offered = OfferedCodecs::scan(&offer.sdp);
+        let live_video = self
+            .inner
+            .hub
+            .live_media(&offer.key)
+            .and_then(|media| media.video);
+        let video = offer.video && offered.has_video_section;
+        let audio = offer.audio && offered.has_audio_section;
+        if !video && !audio {
+            return Err(Refusal::BadSdp(
+                "the offer has no audio or video section to receive (add recvonly transceivers)"
+                    .to_owned(),
+            ));
+        }
+        if video {
+            offered.check_video(live_video)?;
+        }
+        let creds = IceCreds::new();
+        let ufrag = creds.ufrag.clone();
+        let mut rtc = Rtc::builder()
+            .set_ice_lite(true)
+            .set_local_ice_credentials(creds)
+            .clear_codecs()
+            .enable_h264(true)
+            .enable_h265(offered.h265)
+            .enable_pcma(true, false)
+            .enable_pcmu(true, false)
+            .build(clock());
+        for addr in &self.inner.candidates.announced {
+            match Candidate::host(*addr, "udp") {
+                Ok(candidate) => {
+                    rtc.add_local_candidate(candidate);
+                }
+                Err(error) => warn!(%addr, %error, "webrtc candidate not usable"),
+            }
+        }
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(parsed)
+            .map_err(|e| Refusal::BadSdp(e.to_string()))?;
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        // the random ufrag makes the id unguessable (a WHEP DELETE needs only the id)
+        let session = format!("{id:x}-{ufrag}");
+        let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        self.inner.mux.register(id, &ufrag, tx);
+        let cancel = self.inner.shutdown.child_token();
+        self.sessions().insert(
+            session.clone(),
+            Session {
+                key: offer.key.clone(),
+                cancel: cancel.clone(),
+                started: clock(),
+            },
+        );
+        let setup = PeerSetup {
+            id,
+            key: offer.key.clone(),
+            rtc,
+            ufrag,
+            want_video: video,
+            want_audio: audio,
+            rx,
+            mux: Arc::clone(&self.inner.mux),
+            candidates: self.inner.candidates.clone(),
+            hub: self.inner.hub.clone(),
+            wait: settings.wait_timeout,
+            consent_timeout: settings.consent_timeout,
+            cancel,
+        };
+        info!(stream = %offer.key, session, video, audio, "webrtc peer starts");
+        let this = self.clone();
+        let requester = offer.requester;
+        let answer = Answer {
+            session: session.clone(),
+            sdp: answer.to_sdp_string(),
+        };
+        self.inner.tasks.spawn_on(
+            async move {
+                let key = setup.key.clone();
+                let ended = peer::run(setup).await;
+                this.sessions().remove(&session);
+                info!(stream = %key, session, reason = ended.as_str(), "webrtc peer ended");
+                let event = PeerEvent {
+                    key,
+                    requester,
+                    ended,
+                };
+                // control gone (shutdown): nobody to tell
+                let _ = this.inner.events_tx.send(event).await;
+            },
+            &self.inner.runtime,
+        );
+        Ok(answer)
+    }
+
+    /// Ends a session (WHEP `DELETE`); false if there is none by that id.
+    pub fn close(&self, session: &str) -> bool {
+        match self.sessions().get(session) {
+            Some(s) => {
+                s.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Bearer token WHEP requests must carry (empty: none).
+    pub(crate) fn whep_token(&self) -> &str {
+        &self.inner.settings.whep_token
+    }
+
+    /// `Access-Control-Allow-Origin` for WHEP.
+    pub(crate) fn cors_origin(&self) -> &str {
+        &self.inner.settings.cors_origin
+    }
+}
+
+/// Now, on tokio's clock (paused-time tests move it).
+pub(crate) fn clock() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Installs `str0m`'s crypto provider for the process, once.
+fn install_crypto() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| str0m::crypto::from_feature_flags().install_process_default());
+}
+
+/// The host candidates to announce: `webrtc.public_ips`, else the bound address, else
+/// (bound to a wildcard) the machine's interface addresses of its family, loopback only
+/// when there is no other.
+fn local_candidates(settings: &WebRtcSettings, bound: SocketAddr) -> LocalCandidates {
+    let port = bound.port();
+    let machine: Vec<IpAddr> = if bound.ip().is_unspecified() {
+        interface_addrs(bound.is_ipv4())
+    } else {
+        vec![bound.ip()]
+    };
+    let announced_ips: Vec<IpAddr> = if settings.public_ips.is_empty() {
+        let outside: Vec<IpAddr> = machine
+            .iter()
+            .copied()
+            .filter(|ip| !ip.is_loopback())
+            .collect();
+        if outside.is_empty() {
+            machine.clone()
+        } else {
+            outside
+        }
+    } else {
+        settings.public_ips.clone()
+    };
+    LocalCandidates {
+        announced: announced_ips
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect(),
+        machine,
+    }
+}
+
+/// The addresses of this machine's interfaces (IPv4 or IPv6), link-local excluded.
+fn interface_addrs(ipv4: bool) -> Vec<IpAddr> {
+    let mut addrs: Vec<IpAddr> = match if_addrs::get_if_addrs() {
+        Ok(interfaces) => interfaces
+            .into_iter()
+            .map(|i| i.ip())
+            .filter(|ip| ip.is_ipv4() == ipv4)
+            .filter(|ip| match ip {
+                IpAddr::V4(v4) => !v4.is_link_local(),
+                IpAddr::V6(v6) => !v6.is_unicast_link_local(),
+            })
+            .collect(),
+        Err(error) => {
+            warn!(%error, "cannot list network interfaces; announcing loopback only");
+            Vec::new()
+        }
+    };
+    addrs.sort();
+    addrs.dedup();
+    if addrs.is_empty() {
+        addrs.push(if ipv4 {
+            IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        } else {
+            IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+        });
+    }
+    addrs
+}
+
+/// The codecs an offer lists, per kind (from its `a=rtpmap` lines).
+#[derive(Debug, Default)]
+struct OfferedCodecs {
+    has_video_section: bool,
+    has_audio_section: bool,
+    h264: bool,
+    h265: bool,
+    video: Vec<String>,
+}
+
+impl OfferedCodecs {
+    fn scan(sdp: &str) -> OfferedCodecs {
+        let mut offered = OfferedCodecs::default();
+        let mut in_video = false;
+        for line in sdp.lines() {
+            let line = line.trim_end();
+            if let Some(media) = line.strip_prefix("m=") {
+                in_video = media.starts_with("video ");
+                offered.has_video_section |= in_video;
+                offered.has_audio_section |= media.starts_with("audio ");
+            } else if let Some(map) = line.strip_prefix("a=rtpmap:") {
+                if !in_video {
+                    continue;
+                }
+                let name = map
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|enc| enc.split('/').next())
+                    .unwrap_or("")
+                    .to_ascii_uppercase();
+                offered.h264 |= name == "H264";
+                offered.h265 |= name == "H265";
+                if !matches!(name.as_str(), "RTX" | "RED" | "ULPFEC" | "FLEXFEC-03" | "")
+                    && !offered.video.contains(&name)
+                {
+                    offered.video.push(name);
+                }
+            }
+        }
+        offered
+    }
+
+    /// Whether the stream's video (`None`: not live yet, H.264 or H.265 later) can go
+    /// out in a codec offered.
+    fn check_video(&self, live: Option<Codec>) -> Result<(), Refusal> {
+        let offered = if self.video.is_empty() {
+            "none".to_owned()
+        } else {
+            self.video.join(", ")
+        };
+        match live {
+            Some(Codec::H265) if !self.h265 => Err(Refusal::NoCommonCodec(format!(
+                "the stream's video is H.265 (HEVC) and this browser does not offer H.265 \
+                 (offered: {offered}); play it over HTTP-FLV, or in a browser that decodes H.265"
+            ))),
+            Some(Codec::H264) | None if !self.h264 && !self.h265 => {
+                Err(Refusal::NoCommonCodec(format!(
+                    "the stream's video is H.264 and the offer has no H264 (offered: {offered})"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHROME_LIKE: &str = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 8 0\r\n\
+        a=rtpmap:111 opus/48000/2\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 96 97 102\r\na=rtpmap:96 VP8/90000\r\n\
+        a=rtpmap:97 rtx/90000\r\na=rtpmap:102 H264/90000\r\n";
+
+    #[test]
+    fn offered_codecs_are_read_per_section() {
+        let offered = OfferedCodecs::scan(CHROME_LIKE);
+        assert!(offered.has_audio_section && offered.has_video_section);
+        assert!(offered.h264 && !offered.h265);
+        assert_eq!(offered.video, ["VP8", "H264"]);
+        assert!(offered.check_video(Some(Codec::H264)).is_ok());
+        let refused = offered.check_video(Some(Codec::H265)).unwrap_err();
+        assert!(refused.to_string().contains("H.265"), "{refused}");
+    }
+
+    #[test]
+    fn an_offer_without_h264_is_refused_naming_what_it_offered() {
+        let vp8_only = CHROME_LIKE.replace("a=rtpmap:102 H264/90000\r\n", "");
+        let refused = OfferedCodecs::scan(&vp8_only)
+            .check_video(None)
+            .unwrap_err();
+        assert!(matches!(refused, Refusal::NoCommonCodec(_)));
+        assert!(refused.to_string().contains("offered: VP8"), "{refused}");
+    }
+}

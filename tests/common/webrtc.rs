@@ -1,0 +1,194 @@
+//! An in-process WebRTC peer (`str0m`, full ICE, on its own loopback UDP socket) that plays
+//! what the gateway sends: the error paths and the load runner use it; the browser tests
+//! check the same in Chromium.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc};
+use tokio::net::UdpSocket;
+
+/// What the peer received so far.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Played {
+    /// Video frames (depacketized access units).
+    pub(crate) video_frames: u64,
+    /// Audio frames.
+    pub(crate) audio_frames: u64,
+    /// Codec of the video received.
+    pub(crate) video_codec: Option<Codec>,
+    /// Codec of the audio received.
+    pub(crate) audio_codec: Option<Codec>,
+    /// NAL unit types of the first video frame.
+    pub(crate) first_frame_nals: Vec<u8>,
+    /// When the first video frame arrived.
+    pub(crate) first_frame_at: Option<Instant>,
+    /// Audio payload bytes received.
+    pub(crate) audio_bytes: u64,
+    /// ICE connected and DTLS up.
+    pub(crate) connected: bool,
+    /// The gateway closed the session.
+    pub(crate) closed: bool,
+}
+
+/// A receiving peer.
+pub(crate) struct TestPeer {
+    rtc: Rtc,
+    socket: UdpSocket,
+    local: SocketAddr,
+    pending: Option<SdpPendingOffer>,
+    video: Option<Mid>,
+    pub(crate) played: Played,
+}
+
+/// Which codecs the test peer offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Offers {
+    /// H.264 video and PCMA/PCMU audio, like a browser.
+    H264,
+    /// VP8 video only (no H.264): the gateway must refuse.
+    Vp8Only,
+}
+
+impl TestPeer {
+    /// A peer with recvonly video and audio; returns it and its SDP offer.
+    pub(crate) async fn new(offers: Offers) -> (TestPeer, String) {
+        str0m::crypto::from_feature_flags().install_process_default();
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = socket.local_addr().unwrap();
+        let mut config = Rtc::builder().clear_codecs();
+        config = match offers {
+            Offers::H264 => config
+                .enable_h264(true)
+                .enable_pcma(true, false)
+                .enable_pcmu(true, false),
+            Offers::Vp8Only => config.enable_vp8(true),
+        };
+        let mut rtc = config.build(clock());
+        rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
+        let mut changes = rtc.sdp_api();
+        let video = changes.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+        if offers == Offers::H264 {
+            changes.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+        }
+        let (offer, pending) = changes.apply().unwrap();
+        let peer = TestPeer {
+            rtc,
+            socket,
+            local,
+            pending: Some(pending),
+            video: Some(video),
+            played: Played::default(),
+        };
+        (peer, offer.to_sdp_string())
+    }
+
+    /// Takes the gateway's answer.
+    pub(crate) fn accept(&mut self, answer: &str) {
+        let answer = SdpAnswer::from_sdp_string(answer).expect("the answer is SDP");
+        let pending = self.pending.take().expect("one answer");
+        self.rtc.sdp_api().accept_answer(pending, answer).unwrap();
+    }
+
+    /// Plays until `done` holds for what was received (true) or `timeout` passes (false).
+    pub(crate) async fn play_until(
+        &mut self,
+        timeout: Duration,
+        done: impl Fn(&Played) -> bool,
+    ) -> bool {
+        let deadline = clock() + timeout;
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let wait = loop {
+                match self.rtc.poll_output() {
+                    Ok(Output::Timeout(at)) => break at,
+                    Ok(Output::Transmit(t)) => {
+                        // loopback: a lost datagram is the peer's own problem to retry
+                        let _ = self.socket.send_to(&t.contents, t.destination).await;
+                    }
+                    Ok(Output::Event(event)) => self.event(event),
+                    Err(_) => {
+                        self.played.closed = true;
+                        break clock() + Duration::from_millis(10);
+                    }
+                }
+            };
+            if done(&self.played) {
+                return true;
+            }
+            let now = clock();
+            if now >= deadline || !self.rtc.is_alive() {
+                self.played.closed |= !self.rtc.is_alive();
+                return done(&self.played);
+            }
+            let wait = wait.min(deadline).max(now);
+            match tokio::time::timeout(wait - now, self.socket.recv_from(&mut buf)).await {
+                Ok(Ok((n, source))) => {
+                    let Ok(contents) = buf[..n].try_into() else {
+                        continue;
+                    };
+                    let input = Input::Receive(
+                        clock(),
+                        Receive {
+                            proto: Protocol::Udp,
+                            source,
+                            destination: self.local,
+                            contents,
+                        },
+                    );
+                    // garbage from the gateway would be a test failure seen in the counts
+                    let _ = self.rtc.handle_input(input);
+                }
+                Ok(Err(_)) | Err(_) => {
+                    let _ = self.rtc.handle_input(Input::Timeout(clock()));
+                }
+            }
+        }
+    }
+
+    fn event(&mut self, event: Event) {
+        match event {
+            Event::Connected => self.played.connected = true,
+            Event::Closed => self.played.closed = true,
+            Event::MediaData(data) => {
+                let codec = data.params.spec().codec;
+                if Some(data.mid) == self.video {
+                    if self.played.video_frames == 0 {
+                        self.played.first_frame_nals = nal_types(&data.data);
+                        self.played.first_frame_at = Some(clock());
+                    }
+                    self.played.video_frames += 1;
+                    self.played.video_codec = Some(codec);
+                } else {
+                    self.played.audio_frames += 1;
+                    self.played.audio_bytes += data.data.len() as u64;
+                    self.played.audio_codec = Some(codec);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// NAL unit types of an Annex-B access unit.
+pub(crate) fn nal_types(au: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    let mut i = 0;
+    while i + 3 < au.len() {
+        if au[i] == 0 && au[i + 1] == 0 && au[i + 2] == 1 {
+            types.push(au[i + 3] & 0x1f);
+            i += 3;
+        }
+        i += 1;
+    }
+    types
+}
+
+/// Now, as a std instant (str0m's clock), from tokio's.
+fn clock() -> Instant {
+    tokio::time::Instant::now().into_std()
+}

@@ -1,0 +1,357 @@
+//! WebRTC with an in-process peer (`str0m`): WHEP and MQTT signalling, the media a peer
+//! gets, and the error paths (bad SDP, no H.264, too many peers, a device that never
+//! connects, a peer that vanishes). What a real browser plays: `webrtc_browser.rs`.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "helpers of tests: a failure is a test failure"
+)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::control::*;
+use common::mqtt::TestClient;
+use common::webrtc::{Offers, TestPeer};
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant as TokioInstant;
+
+/// An HTTP/1.0 request with a body: status, head and body.
+async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String, String) {
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.0\r\nHost: test\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    socket.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head.to_owned(), body.to_owned())
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+async fn whep_post(addr: SocketAddr, path: &str, sdp: &str) -> (u16, String, String) {
+    http_request(addr, "POST", path, "Content-Type: application/sdp\r\n", sdp).await
+}
+
+/// `/api/streams` entry of the stream named `device`.
+async fn stream_json(addr: SocketAddr, device: &str) -> Option<serde_json::Value> {
+    let (_, body) = http_get(addr, "/api/streams").await;
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+    list.into_iter().find(|s| s["device"] == device)
+}
+
+/// Polls `/api/streams` until `pred` holds for the stream of `device` (or it is gone and
+/// `pred(None)` holds).
+async fn wait_api(
+    addr: SocketAddr,
+    device: &str,
+    what: &str,
+    pred: impl Fn(Option<&serde_json::Value>) -> bool,
+) {
+    let deadline = TokioInstant::now() + Duration::from_secs(30);
+    loop {
+        let stream = stream_json(addr, device).await;
+        if pred(stream.as_ref()) {
+            return;
+        }
+        assert!(
+            TokioInstant::now() < deadline,
+            "timed out waiting for {what}: {stream:?}"
+        );
+        // an HTTP poll of an external view; nothing to subscribe to
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whep_peer_gets_the_stream_from_a_key_frame_with_its_parameter_sets_and_pcma() {
+    let gateway = Gateway::start(&[]).await;
+    let device = push_on_its_own(gateway.addrs.live, "13800138000");
+    gateway
+        .wait_for_stream("the sample", |s| s.video_frames >= 30)
+        .await;
+    let (mut peer, offer) = TestPeer::new(Offers::H264).await;
+    let (status, head, answer) =
+        whep_post(gateway.addrs.http, "/whep/live/13800138000_1", &offer).await;
+    assert_eq!(status, 201, "{head}\n{answer}");
+    assert_eq!(header(&head, "content-type"), Some("application/sdp"));
+    let location = header(&head, "location").unwrap().to_owned();
+    assert!(location.starts_with("/whep/session/"), "{location}");
+    assert_eq!(
+        header(&head, "access-control-expose-headers"),
+        Some("Location")
+    );
+    assert!(
+        answer.contains("a=candidate:"),
+        "answer carries candidates:\n{answer}"
+    );
+    assert!(answer.contains("a=ice-lite"), "{answer}");
+    peer.accept(&answer);
+    let played = peer
+        .play_until(Duration::from_secs(20), |p| {
+            p.video_frames >= 50 && p.audio_frames >= 50
+        })
+        .await;
+    assert!(played, "video and audio frames: {:?}", peer.played);
+    let p = &peer.played;
+    assert_eq!(p.video_codec, Some(str0m::format::Codec::H264));
+    assert_eq!(
+        p.audio_codec,
+        Some(str0m::format::Codec::PCMA),
+        "G.711A passed through"
+    );
+    // the first frame is the cached key frame, parameter sets in front
+    for nal in [7, 8, 5] {
+        assert!(
+            p.first_frame_nals.contains(&nal),
+            "NAL {nal} in {:?}",
+            p.first_frame_nals
+        );
+    }
+    // 20 ms of A-law is 160 bytes
+    assert_eq!(p.audio_bytes / p.audio_frames, 160);
+    wait_api(
+        gateway.addrs.http,
+        "13800138000",
+        "one webrtc viewer",
+        |s| s.is_some_and(|s| s["webrtc_viewers"] == 1),
+    )
+    .await;
+    let (status, _, _) = http_request(gateway.addrs.http, "DELETE", &location, "", "").await;
+    assert_eq!(status, 200);
+    wait_api(gateway.addrs.http, "13800138000", "no webrtc viewer", |s| {
+        s.is_some_and(|s| s["webrtc_viewers"] == 0)
+    })
+    .await;
+    let (status, _, _) = http_request(gateway.addrs.http, "DELETE", &location, "", "").await;
+    assert_eq!(status, 404, "a session ends once");
+    device.cancel();
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whep_answers_cors_preflights_and_checks_its_token_and_limits() {
+    let gateway = Gateway::start(&[
+        ("JTGW__WEBRTC__WHEP_TOKEN", "s3cret"),
+        ("JTGW__WEBRTC__MAX_PEERS", "1"),
+    ])
+    .await;
+    let http = gateway.addrs.http;
+    let (status, head, _) = http_request(
+        http,
+        "OPTIONS",
+        "/whep/live/13800138000_1",
+        "Origin: http://player.example\r\nAccess-Control-Request-Method: POST\r\n",
+        "",
+    )
+    .await;
+    assert_eq!(status, 204, "{head}");
+    assert_eq!(header(&head, "access-control-allow-origin"), Some("*"));
+    assert!(
+        header(&head, "access-control-allow-methods")
+            .unwrap()
+            .contains("POST")
+    );
+    assert!(
+        header(&head, "access-control-allow-headers")
+            .unwrap()
+            .contains("Authorization")
+    );
+    let (_, offer) = TestPeer::new(Offers::H264).await;
+    let (status, head, body) = whep_post(http, "/whep/live/13800138000_1", &offer).await;
+    assert_eq!(status, 401, "no token: {body}");
+    assert_eq!(header(&head, "www-authenticate"), Some("Bearer"));
+    let with_token = "Content-Type: application/sdp\r\nAuthorization: Bearer s3cret\r\n";
+    let (status, _, body) = http_request(
+        http,
+        "POST",
+        "/whep/live/13800138000_1",
+        with_token,
+        "v=0 garbage",
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.starts_with("bad SDP offer"), "{body}");
+    let (status, _, body) =
+        http_request(http, "POST", "/whep/live/nodevice_1", with_token, &offer).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _, body) =
+        http_request(http, "POST", "/whep/vod/13800138000_1", with_token, &offer).await;
+    assert_eq!(status, 404, "{body}");
+    // one peer (it waits for a device that is not there), then the limit
+    let (status, _, body) =
+        http_request(http, "POST", "/whep/live/13800138000_1", with_token, &offer).await;
+    assert_eq!(status, 201, "{body}");
+    let (_, offer2) = TestPeer::new(Offers::H264).await;
+    let (status, _, body) = http_request(
+        http,
+        "POST",
+        "/whep/live/13800138000_2",
+        with_token,
+        &offer2,
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("too many WebRTC peers"), "{body}");
+    gateway.stop().await;
+}
+
+/// Publishes a WEBRTC request and returns the reply (topic and JSON).
+async fn webrtc_request(
+    backend: &mut TestClient,
+    device: &str,
+    seqid: &str,
+    offer: &str,
+) -> (String, serde_json::Value) {
+    let body = serde_json::json!({
+        "seqid": seqid,
+        "channel": 1,
+        "offer": {"type": "offer", "sdp": offer},
+    });
+    backend
+        .publish(
+            &format!("jt1078/gateway/{device}/WEBRTC"),
+            &body.to_string(),
+        )
+        .await;
+    let prefix = format!("jt1078/client/{seqid}/");
+    let reply = backend
+        .expect("a reply", WAIT, |r| r.topic.starts_with(&prefix))
+        .await;
+    (reply.topic.clone(), reply.json())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_signalling_answers_refuses_and_reports_a_device_that_never_connects() {
+    let url = embedded_url();
+    let gateway = gateway_on(
+        &url,
+        BrokerAt::Embedded,
+        &[
+            ("JTGW__CONTROL__PULL_TIMEOUT", "1s"),
+            ("JTGW__CONTROL__PULL_ATTEMPTS", "1"),
+        ],
+    )
+    .await;
+    let mut backend = TestClient::connect(
+        port_of(&url),
+        &["jt1078/client/#", "jt1078/device/#", "jt1078/status/#"],
+    )
+    .await;
+    wait_online(&mut backend).await;
+
+    let (topic, reply) = webrtc_request(&mut backend, "13800138000", "bad", "hello").await;
+    assert_eq!(topic, "jt1078/client/bad/ERROR", "{reply}");
+    assert_eq!(reply["code"], "bad_sdp");
+
+    let body = r#"{"seqid":"nooffer","channel":1}"#;
+    backend
+        .publish("jt1078/gateway/13800138000/WEBRTC", body)
+        .await;
+    let reply = backend
+        .expect("missing offer", WAIT, is("jt1078/client/nooffer/ERROR"))
+        .await
+        .json();
+    assert_eq!(reply["code"], "missing_field");
+
+    let (_, vp8) = TestPeer::new(Offers::Vp8Only).await;
+    let (topic, reply) = webrtc_request(&mut backend, "13800138000", "vp8", &vp8).await;
+    assert_eq!(topic, "jt1078/client/vp8/REFUSE", "{reply}");
+    assert_eq!(reply["code"], "no_common_codec");
+    assert!(
+        reply["message"].as_str().unwrap().contains("VP8"),
+        "{reply}"
+    );
+    // a refused offer does not make the device push
+    let pulls = backend.drain_for(Duration::from_millis(300)).await;
+    assert!(
+        !pulls.iter().any(|r| r.topic.ends_with("/REQPULL")),
+        "no REQPULL for refused offers"
+    );
+
+    let (mut peer, offer) = TestPeer::new(Offers::H264).await;
+    let (topic, reply) = webrtc_request(&mut backend, "13800138000", "cold", &offer).await;
+    assert_eq!(topic, "jt1078/client/cold/ANSWER", "{reply}");
+    assert_eq!(reply["type"], "answer");
+    assert_eq!(reply["state"], "pulling");
+    assert_eq!(reply["device"], "13800138000");
+    backend
+        .expect("REQPULL", WAIT, is("jt1078/device/13800138000/REQPULL"))
+        .await;
+    peer.accept(reply["sdp"].as_str().unwrap());
+    let connected = peer.play_until(WAIT, |p| p.connected).await;
+    assert!(connected, "ICE and DTLS up while the device is awaited");
+    let error = backend
+        .expect("device_unavailable", WAIT, is("jt1078/client/cold/ERROR"))
+        .await
+        .json();
+    assert_eq!(error["code"], "device_unavailable", "{error}");
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_vanishes_is_released_after_the_consent_timeout() {
+    let url = embedded_url();
+    let gateway = gateway_on(
+        &url,
+        BrokerAt::Embedded,
+        &[
+            ("JTGW__WEBRTC__CONSENT_TIMEOUT", "3s"),
+            ("JTGW__CONTROL__STOP_LINGER", "0s"),
+        ],
+    )
+    .await;
+    let mut backend = TestClient::connect(
+        port_of(&url),
+        &["jt1078/client/#", "jt1078/device/#", "jt1078/status/#"],
+    )
+    .await;
+    wait_online(&mut backend).await;
+    let device = start_device(&url, "13800138000");
+    let (mut peer, offer) = TestPeer::new(Offers::H264).await;
+    let (topic, reply) = webrtc_request(&mut backend, "13800138000", "gone", &offer).await;
+    assert_eq!(topic, "jt1078/client/gone/ANSWER", "{reply}");
+    backend
+        .expect("REQPULL", WAIT, is("jt1078/device/13800138000/REQPULL"))
+        .await;
+    peer.accept(reply["sdp"].as_str().unwrap());
+    let played = peer.play_until(WAIT, |p| p.video_frames >= 25).await;
+    assert!(played, "the pulled stream plays: {:?}", peer.played);
+    // the browser vanishes: no goodbye, no more consent checks
+    let vanished = TokioInstant::now();
+    drop(peer);
+    backend
+        .expect(
+            "STOP once the peer is gone",
+            WAIT,
+            is("jt1078/device/13800138000/STOP"),
+        )
+        .await;
+    let after = vanished.elapsed();
+    assert!(
+        after >= Duration::from_millis(2500),
+        "released only after the 3 s consent timeout, not at once ({after:?})"
+    );
+    device.cancel();
+    gateway.stop().await;
+}
