@@ -50,6 +50,9 @@ echo "== mqtt.js (v5) in target/npm (the browser pages' MQTT client, served loca
 [ -e target/npm/node_modules/mqtt/dist/mqtt.min.js ] \
   || npm install --prefix target/npm mqtt@5 --no-audit --no-fund
 
+echo "== browser harness self-test (headless chromium plays a canvas to itself over WebRTC)"
+target/pyenv/bin/python tests/browser/selftest.py
+
 echo "== purity: no tokio or std::net in sans-IO code"
 if grep -rnE 'tokio|std::net' src/codec/ src/control/demand.rs | grep -vE '^[^:]+:[0-9]+:\s*//'; then
   echo "src/codec and src/control/demand.rs must stay sans-IO (no tokio, no std::net)" >&2
