@@ -163,7 +163,8 @@ const Play = (() => {
 
   /** Polls getStats() every 20 ms until `min_frames` video frames are decoded (audio
    * packets received when there is no video) or `max_ms` passes, waits `hold_ms`, and
-   * returns the last figures with `reached` and `first_frame_ms` (from `t0`). */
+   * returns the last figures with `reached`, `first_frame_ms` (from `t0`) and the
+   * connection state ("connected"; "failed" when ICE or DTLS failed). */
   async function play(pc, p, t0) {
     stage("playing");
     const deadline = now() + p.max_ms;
@@ -186,10 +187,15 @@ const Play = (() => {
     }
     const s = summarize(await pc.getStats());
     if (firstFrameMs === null && count(s) > 0) firstFrameMs = Math.round(now() - t0);
-    Object.assign(s, { reached, first_frame_ms: firstFrameMs, candidates: candidates(pc.localDescription) });
+    Object.assign(s, {
+      reached,
+      first_frame_ms: firstFrameMs,
+      connection_state: pc.connectionState,
+      candidates: candidates(pc.localDescription),
+    });
     if (!reached) {
       const what = p.video ? "video frames decoded" : "audio packets received";
-      s.error = `${count(s)} ${what} in ${p.max_ms} ms, wanted ${p.min_frames}`;
+      s.error = `${count(s)} ${what} in ${p.max_ms} ms, wanted ${p.min_frames} (connection ${pc.connectionState})`;
     }
     return s;
   }
