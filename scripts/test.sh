@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs what the tests need
 # (ffmpeg/ffprobe, mosquitto and its clients, redis-server and redis-cli, nginx-rtmp,
-# docker-compose, curl, an imageio-ffmpeg venv; later chromium) when missing, then runs
-# formatting, lints, unit/property/integration tests, docs and the purity check.
+# docker-compose, curl, chromium, npm; a venv with imageio-ffmpeg, playwright and paho-mqtt;
+# mqtt.js in target/npm) when missing, then runs formatting, lints,
+# unit/property/integration tests, docs and the purity check. The browser tests drive
+# Debian's chromium through playwright (tests/browser/driver.py); `playwright install` is
+# never run: it would download browsers.
 # Usage: ./scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +24,9 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 # the AAC encoder (fdk-aac) is C++ built from source by cargo
 command -v g++ >/dev/null 2>&1 || need+=(g++)
+# the WebRTC tests play in a real browser, with mqtt.js from npm for MQTT over WebSocket
+[ -x /usr/bin/chromium ] || need+=(chromium)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing: ${need[*]}"
   sudo=""
@@ -33,6 +39,19 @@ echo "== python venv with imageio-ffmpeg (an ffmpeg that reads HEVC in FLV, for 
 [ -x target/pyenv/bin/python ] || python3 -m venv target/pyenv
 target/pyenv/bin/python -c 'import imageio_ffmpeg' >/dev/null 2>&1 \
   || target/pyenv/bin/pip install -q imageio-ffmpeg
+
+echo "== playwright and paho-mqtt in the venv (drive /usr/bin/chromium; no browser download)"
+target/pyenv/bin/python -c 'import playwright.sync_api' >/dev/null 2>&1 \
+  || target/pyenv/bin/pip install -q playwright
+target/pyenv/bin/python -c 'import paho.mqtt.client' >/dev/null 2>&1 \
+  || target/pyenv/bin/pip install -q paho-mqtt
+
+echo "== mqtt.js (v5) in target/npm (the browser pages' MQTT client, served locally)"
+[ -e target/npm/node_modules/mqtt/dist/mqtt.min.js ] \
+  || npm install --prefix target/npm mqtt@5 --no-audit --no-fund
+
+echo "== browser harness self-test (headless chromium plays a canvas to itself over WebRTC)"
+target/pyenv/bin/python tests/browser/selftest.py
 
 echo "== purity: no tokio or std::net in sans-IO code"
 if grep -rnE 'tokio|std::net' src/codec/ src/control/demand.rs | grep -vE '^[^:]+:[0-9]+:\s*//'; then

@@ -442,6 +442,7 @@ pub(crate) fn flv_tags(flv: &[u8]) -> Vec<FlvTag> {
     tags
 }
 pub(crate) mod bridge;
+pub(crate) mod browser;
 pub(crate) mod control;
 pub(crate) mod http;
 pub(crate) mod mqtt;
