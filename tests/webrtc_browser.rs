@@ -1,0 +1,177 @@
+//! WebRTC in a real browser: headless Chromium (one instance for the whole file, see
+//! `common/browser.rs`) plays a replayed device capture over WHEP and a cold stream
+//! signalled over MQTT through the broker's WebSocket listener, and says through
+//! `getStats()` what it decoded.
+//!
+//! The gateway's UDP socket is bound to the wildcard and announces two addresses of this
+//! machine (loopback and the machine's own), so the browser checks a pair on each: media
+//! that left from an address the browser did not expect for its pair would be dropped
+//! (`../shared/tools/BROWSER-TESTS.md`).
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "helpers of tests: a failure is a test failure"
+)]
+
+mod common;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::browser::{PlayOptions, PlayResult, play_mqtt, play_whep};
+use common::control::*;
+use common::*;
+use jt1078_gateway::media::DeviceId;
+use jt1078_gateway::simulate::{self, Pace, SimulateOptions, load_file};
+use tokio_util::sync::CancellationToken;
+
+/// The H.264 High 720x576 + G.711A device capture, looping, as device `device`.
+fn replay_capture(server: std::net::SocketAddr, device: &str) -> CancellationToken {
+    let options = SimulateOptions {
+        packets: Arc::new(load_file(&testdata("h264-g711a-156987000796-ch1.jt1078")).unwrap()),
+        server,
+        device: Some(DeviceId::parse(device).unwrap()),
+        channel: Some(1),
+        devices: 1,
+        pace: Pace::Realtime,
+        looping: true,
+    };
+    let cancel = CancellationToken::new();
+    tokio::spawn(simulate::run(options, cancel.clone()));
+    cancel
+}
+
+/// This machine's first IPv4 address that is not loopback, if it has one.
+fn machine_ipv4() -> Option<IpAddr> {
+    if_addrs::get_if_addrs()
+        .unwrap()
+        .into_iter()
+        .map(|i| i.ip())
+        .find(|ip| ip.is_ipv4() && !ip.is_loopback())
+}
+
+/// The picture size ffprobe reads from the capture's H.264 (the reference, not the
+/// gateway's own parsing).
+async fn capture_size() -> (u64, u64) {
+    let bytes = std::fs::read(testdata("h264-g711a-156987000796-ch1.jt1078")).unwrap();
+    let tmp = TempDir::new("browser-ref");
+    let h264 = tmp.path("capture.h264");
+    std::fs::write(&h264, raw_video(&raw_packets(&bytes, 6))).unwrap();
+    let probe = probe_stream(&h264, "v", Some("h264")).await;
+    (
+        probe["width"].as_u64().unwrap(),
+        probe["height"].as_u64().unwrap(),
+    )
+}
+
+fn describe(result: &PlayResult) -> String {
+    serde_json::to_string_pretty(&result.raw).unwrap()
+}
+
+/// Video at the source's size, dozens of frames decoded, none lost; G.711A as PCMA.
+fn assert_played(result: &PlayResult, size: (u64, u64), audio: bool) {
+    let all = describe(result);
+    assert!(result.ok && result.reached, "{all}");
+    let video = &result.video;
+    assert!(video.frames_decoded >= 50, "{all}");
+    assert_eq!(video.mime_type.as_deref(), Some("video/H264"), "{all}");
+    assert_eq!(
+        (
+            u64::from(video.frame_width.unwrap()),
+            u64::from(video.frame_height.unwrap())
+        ),
+        size,
+        "{all}"
+    );
+    assert_eq!(video.packets_lost, 0, "{all}");
+    if audio {
+        let audio = &result.audio;
+        assert_eq!(audio.mime_type.as_deref(), Some("audio/PCMA"), "{all}");
+        assert!(audio.packets_received >= 25, "{all}");
+        assert!(audio.total_samples_received >= 8000, "decoded: {all}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_plays_whep_and_mqtt_signalled_streams() {
+    let size = capture_size().await;
+    let ws_port = free_port();
+    let ws_listen = format!("127.0.0.1:{ws_port}");
+    let url = embedded_url();
+    // two addresses of this machine announced on a wildcard socket: the browser checks a
+    // pair on each
+    let mut announced = vec!["127.0.0.1".to_owned()];
+    if let Some(ip) = machine_ipv4() {
+        announced.push(ip.to_string());
+    } else {
+        eprintln!("this machine has only loopback: one interface tested");
+    }
+    let announced = announced.join(",");
+    let gateway = gateway_on(
+        &url,
+        BrokerAt::Embedded,
+        &[
+            ("JTGW__MQTT__EMBEDDED_WS_LISTEN", &ws_listen),
+            ("JTGW__WEBRTC__UDP_LISTEN", "0.0.0.0:0"),
+            ("JTGW__WEBRTC__PUBLIC_IPS", &announced),
+        ],
+    )
+    .await;
+    let http = gateway.addrs.http;
+
+    // 1. WHEP, a live stream: the picture from the GOP cache at once
+    let device = replay_capture(gateway.addrs.live, "156987000796");
+    gateway
+        .wait_for_stream("the capture", |s| s.video_frames >= 30)
+        .await;
+    let opts = PlayOptions {
+        hold: Duration::from_secs(2),
+        ..PlayOptions::default()
+    };
+    let whep = play_whep(&format!("http://{http}/whep/live/156987000796_1"), &opts).await;
+    assert_played(&whep, size, true);
+    assert_eq!(whep.status, Some(201), "{}", describe(&whep));
+    assert_eq!(whep.delete_status, Some(200), "{}", describe(&whep));
+    // every pair the browser checked worked: each answered from its own address
+    if announced.contains(',') {
+        let remotes: std::collections::HashSet<_> = whep
+            .ice
+            .pairs
+            .iter()
+            .filter(|p| p.state.as_deref() == Some("succeeded"))
+            .filter_map(|p| p.remote.as_deref().map(|r| r.rsplit_once(':').unwrap().0))
+            .collect();
+        assert!(
+            remotes.len() >= 2,
+            "a pair succeeded on each announced address: {}",
+            describe(&whep)
+        );
+    }
+    let live_ms = whep.first_frame_ms.unwrap();
+    eprintln!(
+        "WHEP live: answer {} ms, first decoded frame {live_ms} ms after createOffer",
+        whep.answer_ms.unwrap_or_default()
+    );
+    device.cancel();
+
+    // 2. MQTT over WebSocket, a device that is not connected: REQPULL, then the picture
+    let mqtt_device = start_device(&url, "13800138000");
+    let opts = PlayOptions {
+        seqid: Some("browser-1".to_owned()),
+        hold: Duration::from_secs(1),
+        ..PlayOptions::default()
+    };
+    let cold = play_mqtt(&format!("ws://{ws_listen}/mqtt"), "13800138000", 1, &opts).await;
+    let reply = cold.reply.clone().unwrap_or_default();
+    assert_eq!(reply["state"], "pulling", "{}", describe(&cold));
+    // the bundled sample: 640x360 (samples/make-sample.sh)
+    assert_played(&cold, (640, 360), true);
+    eprintln!(
+        "MQTT cold: answer {} ms, first decoded frame {} ms after createOffer",
+        cold.answer_ms.unwrap_or_default(),
+        cold.first_frame_ms.unwrap_or_default()
+    );
+    mqtt_device.cancel();
+    gateway.stop().await;
+}
