@@ -355,3 +355,140 @@ async fn a_peer_that_vanishes_is_released_after_the_consent_timeout() {
     device.cancel();
     gateway.stop().await;
 }
+
+/// Power of `hz` in `samples` (8 kHz), by the Goertzel recurrence.
+fn power_at(samples: &[f64], hz: f64) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * hz / 8000.0;
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for x in samples {
+        let s0 = x + 2.0 * w.cos() * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h265_goes_to_a_peer_that_offers_it_and_adpcm_arrives_as_a_law() {
+    let tmp = TempDir::new("webrtc-h265");
+    let video = tmp.path("v.h265");
+    let tone = tmp.path("tone.pcm");
+    for args in [
+        vec![
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=25",
+            "-t",
+            "4",
+            "-c:v",
+            "libx265",
+            "-x265-params",
+            "keyint=25:bframes=0:log-level=error",
+            "-f",
+            "hevc",
+            video.to_str().unwrap(),
+        ],
+        vec![
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=1000:sample_rate=8000:duration=4",
+            "-af",
+            "volume=0.5",
+            "-f",
+            "s16le",
+            tone.to_str().unwrap(),
+        ],
+    ] {
+        let mut all = vec!["-v", "error", "-y"];
+        all.extend(args);
+        run("ffmpeg", &all).await;
+    }
+    let recording = tmp.path("h265-adpcm.jt1078");
+    run(
+        env!("CARGO_BIN_EXE_jt1078-gateway"),
+        &[
+            "pack",
+            "--video",
+            video.to_str().unwrap(),
+            "--codec",
+            "h265",
+            "--audio",
+            tone.to_str().unwrap(),
+            "--audio-codec",
+            "adpcm",
+            "--hisilicon",
+            "--device",
+            "13912345678",
+            "--out",
+            recording.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let gateway = Gateway::start(&[]).await;
+    let options = jt1078_gateway::simulate::SimulateOptions {
+        packets: std::sync::Arc::new(jt1078_gateway::simulate::load_file(&recording).unwrap()),
+        server: gateway.addrs.live,
+        device: None,
+        channel: None,
+        devices: 1,
+        pace: jt1078_gateway::simulate::Pace::Realtime,
+        looping: true,
+    };
+    let device = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(jt1078_gateway::simulate::run(options, device.clone()));
+    gateway
+        .wait_for_stream("the H.265 stream", |s| s.video_frames >= 10)
+        .await;
+    let path = "/whep/live/13912345678_1";
+
+    // a peer without H.265 is told which codec it lacks
+    let (_, h264_only) = TestPeer::new(Offers::H264).await;
+    let (status, _, body) = whep_post(gateway.addrs.http, path, &h264_only).await;
+    assert_eq!(status, 406, "{body}");
+    assert!(
+        body.contains("H.265"),
+        "the refusal names the codec: {body}"
+    );
+
+    let (mut peer, offer) = TestPeer::new(Offers::H265).await;
+    let (status, _, answer) = whep_post(gateway.addrs.http, path, &offer).await;
+    assert_eq!(status, 201, "{answer}");
+    peer.accept(&answer);
+    let played = peer
+        .play_until(Duration::from_secs(20), |p| {
+            p.video_frames >= 50 && p.audio_payload.len() >= 16_000
+        })
+        .await;
+    assert!(played, "{:?}", peer.played.video_frames);
+    let p = &peer.played;
+    assert_eq!(p.video_codec, Some(str0m::format::Codec::H265));
+    // VPS, SPS, PPS in front of the IDR
+    for nal in [32, 33, 34] {
+        assert!(
+            p.first_frame_nals.contains(&nal),
+            "NAL {nal} in {:?}",
+            p.first_frame_nals
+        );
+    }
+    assert!(
+        p.first_frame_nals.iter().any(|n| (16..=21).contains(n)),
+        "an IRAP picture: {:?}",
+        p.first_frame_nals
+    );
+    // the ADPCM tone, decoded and sent as A-law, is still a 1 kHz tone
+    assert_eq!(p.audio_codec, Some(str0m::format::Codec::PCMA));
+    let pcm: Vec<f64> = p.audio_payload[..16_000]
+        .iter()
+        .map(|b| f64::from(audio_codec_algorithms::decode_alaw(*b)))
+        .collect();
+    let tone_power = power_at(&pcm, 1000.0);
+    for other in [250.0, 500.0, 1500.0, 2000.0, 3000.0] {
+        let ratio = tone_power / power_at(&pcm, other).max(1.0);
+        // ADPCM then A-law: harmonics 25 dB down (audio_aac.rs bounds ADPCM at -15 dB)
+        assert!(ratio > 100.0, "1 kHz over {other} Hz: {ratio:.0}x");
+    }
+    device.cancel();
+    gateway.stop().await;
+}

@@ -23,6 +23,7 @@ use std::time::Instant;
 use anyhow::Context;
 use serde::Serialize;
 use str0m::change::SdpOffer;
+use str0m::config::DtlsCert;
 use str0m::{Candidate, IceCreds, Rtc};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -100,6 +101,9 @@ struct Inner {
     hub: Hub,
     mux: Arc<UdpMux>,
     candidates: LocalCandidates,
+    /// One DTLS certificate for every peer (its fingerprint goes in each answer), made at
+    /// start: making one per offer cost the first offer tens of milliseconds.
+    certificate: Option<DtlsCert>,
     runtime: tokio::runtime::Handle,
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -142,7 +146,14 @@ impl WebRtc {
         info!(udp = %mux.local_addr(), candidates = ?candidates.announced, "webrtc listening");
         tasks.spawn(Arc::clone(&mux).run(shutdown.clone()));
         let (events_tx, events_rx) = mpsc::channel(1024);
+        let certificate = str0m::crypto::from_feature_flags()
+            .dtls_provider
+            .generate_certificate();
+        if certificate.is_none() {
+            warn!("no shared DTLS certificate; each peer makes its own");
+        }
         let inner = Inner {
+            certificate,
             settings: settings.clone(),
             hub,
             mux,
@@ -232,7 +243,11 @@ impl WebRtc {
         }
         let creds = IceCreds::new();
         let ufrag = creds.ufrag.clone();
-        let mut rtc = Rtc::builder()
+        let mut config = Rtc::builder();
+        if let Some(certificate) = &self.inner.certificate {
+            config = config.set_dtls_cert(certificate.clone());
+        }
+        let mut rtc = config
             .set_ice_lite(true)
             .set_local_ice_credentials(creds)
             .clear_codecs()

@@ -25,10 +25,14 @@ pub(crate) struct Played {
     pub(crate) audio_codec: Option<Codec>,
     /// NAL unit types of the first video frame.
     pub(crate) first_frame_nals: Vec<u8>,
+    /// RTP time of the first video frame.
+    pub(crate) first_frame_time: Option<str0m::media::MediaTime>,
     /// When the first video frame arrived.
     pub(crate) first_frame_at: Option<Instant>,
     /// Audio payload bytes received.
     pub(crate) audio_bytes: u64,
+    /// The first audio payloads, up to 10 s of G.711.
+    pub(crate) audio_payload: Vec<u8>,
     /// ICE connected and DTLS up.
     pub(crate) connected: bool,
     /// The gateway closed the session.
@@ -52,6 +56,8 @@ pub(crate) enum Offers {
     H264,
     /// VP8 video only (no H.264): the gateway must refuse.
     Vp8Only,
+    /// H.265 and H.264 video, PCMA/PCMU audio.
+    H265,
 }
 
 impl TestPeer {
@@ -67,12 +73,17 @@ impl TestPeer {
                 .enable_pcma(true, false)
                 .enable_pcmu(true, false),
             Offers::Vp8Only => config.enable_vp8(true),
+            Offers::H265 => config
+                .enable_h265(true)
+                .enable_h264(true)
+                .enable_pcma(true, false)
+                .enable_pcmu(true, false),
         };
         let mut rtc = config.build(clock());
         rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
         let mut changes = rtc.sdp_api();
         let video = changes.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
-        if offers == Offers::H264 {
+        if offers != Offers::Vp8Only {
             changes.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
         }
         let (offer, pending) = changes.apply().unwrap();
@@ -157,8 +168,19 @@ impl TestPeer {
             Event::MediaData(data) => {
                 let codec = data.params.spec().codec;
                 if Some(data.mid) == self.video {
+                    let nals = match codec {
+                        Codec::H265 => hevc_nal_types(&data.data),
+                        _ => nal_types(&data.data),
+                    };
+                    // str0m hands over an H.265 access unit in parts (it ends one at each
+                    // fragmented NAL unit): the first frame is everything at its RTP time
+                    if self.played.first_frame_time == Some(data.time) {
+                        self.played.first_frame_nals.extend(nals);
+                        return;
+                    }
                     if self.played.video_frames == 0 {
-                        self.played.first_frame_nals = nal_types(&data.data);
+                        self.played.first_frame_time = Some(data.time);
+                        self.played.first_frame_nals = nals;
                         self.played.first_frame_at = Some(clock());
                     }
                     self.played.video_frames += 1;
@@ -166,6 +188,9 @@ impl TestPeer {
                 } else {
                     self.played.audio_frames += 1;
                     self.played.audio_bytes += data.data.len() as u64;
+                    if self.played.audio_payload.len() < 80_000 {
+                        self.played.audio_payload.extend_from_slice(&data.data);
+                    }
                     self.played.audio_codec = Some(codec);
                 }
             }
@@ -181,6 +206,20 @@ pub(crate) fn nal_types(au: &[u8]) -> Vec<u8> {
     while i + 3 < au.len() {
         if au[i] == 0 && au[i + 1] == 0 && au[i + 2] == 1 {
             types.push(au[i + 3] & 0x1f);
+            i += 3;
+        }
+        i += 1;
+    }
+    types
+}
+
+/// NAL unit types of an H.265 Annex-B access unit.
+pub(crate) fn hevc_nal_types(au: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    let mut i = 0;
+    while i + 3 < au.len() {
+        if au[i] == 0 && au[i + 1] == 0 && au[i + 2] == 1 {
+            types.push((au[i + 3] >> 1) & 0x3f);
             i += 3;
         }
         i += 1;
