@@ -492,3 +492,39 @@ async fn h265_goes_to_a_peer_that_offers_it_and_adpcm_arrives_as_a_law() {
     device.cancel();
     gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pli_is_answered_with_the_cached_key_frame_and_peers_close_when_the_stream_ends() {
+    let gateway = Gateway::start(&[]).await;
+    let device = push_on_its_own(gateway.addrs.live, "13800138000");
+    gateway
+        .wait_for_stream("the sample", |s| s.video_frames >= 10)
+        .await;
+    let (mut peer, offer) = TestPeer::new(Offers::H264).await;
+    let (status, _, answer) =
+        whep_post(gateway.addrs.http, "/whep/live/13800138000_1", &offer).await;
+    assert_eq!(status, 201, "{answer}");
+    peer.accept(&answer);
+    // the sample has a key frame every 50 frames: ask 10 frames after one, when the next
+    // is 40 frames (1.6 s) away
+    let past_a_key = peer
+        .play_until(Duration::from_secs(20), |p| {
+            p.key_frames >= 2 && p.frames_since_key == 10
+        })
+        .await;
+    assert!(past_a_key, "{:?}", peer.played.key_frames);
+    let keys = peer.played.key_frames;
+    peer.request_keyframe();
+    let answered = peer
+        .play_until(Duration::from_millis(600), |p| p.key_frames > keys)
+        .await;
+    assert!(
+        answered,
+        "a key frame within 600 ms of the PLI (the next one of the stream is 1.6 s away)"
+    );
+    // the device leaves: the gateway ends the session (DTLS close), the peer sees it
+    device.cancel();
+    let closed = peer.play_until(Duration::from_secs(20), |p| p.closed).await;
+    assert!(closed, "the session closes when the stream ends");
+    gateway.stop().await;
+}

@@ -33,6 +33,10 @@ pub(crate) struct Played {
     pub(crate) audio_bytes: u64,
     /// The first audio payloads, up to 10 s of G.711.
     pub(crate) audio_payload: Vec<u8>,
+    /// Video frames since the last key frame (an IDR or IRAP picture).
+    pub(crate) frames_since_key: u64,
+    /// Key frames received.
+    pub(crate) key_frames: u64,
     /// ICE connected and DTLS up.
     pub(crate) connected: bool,
     /// The gateway closed the session.
@@ -105,6 +109,15 @@ impl TestPeer {
         self.rtc.sdp_api().accept_answer(pending, answer).unwrap();
     }
 
+    /// Asks the gateway for a key frame (RTCP PLI), as a browser does after a loss.
+    pub(crate) fn request_keyframe(&mut self) {
+        let mid = self.video.expect("a video section");
+        let mut writer = self.rtc.writer(mid).expect("the video writer");
+        writer
+            .request_keyframe(None, str0m::media::KeyframeRequestKind::Pli)
+            .expect("PLI negotiated");
+    }
+
     /// Plays until `done` holds for what was received (true) or `timeout` passes (false).
     pub(crate) async fn play_until(
         &mut self,
@@ -172,6 +185,16 @@ impl TestPeer {
                         Codec::H265 => hevc_nal_types(&data.data),
                         _ => nal_types(&data.data),
                     };
+                    let key = match codec {
+                        Codec::H265 => nals.iter().any(|n| (16..=21).contains(n)),
+                        _ => nals.contains(&5),
+                    };
+                    if key {
+                        self.played.key_frames += 1;
+                        self.played.frames_since_key = 0;
+                    } else {
+                        self.played.frames_since_key += 1;
+                    }
                     // str0m hands over an H.265 access unit in parts (it ends one at each
                     // fragmented NAL unit): the first frame is everything at its RTP time
                     if self.played.first_frame_time == Some(data.time) {
