@@ -368,76 +368,125 @@ fn power_at(samples: &[f64], hz: f64) -> f64 {
     s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h265_goes_to_a_peer_that_offers_it_and_adpcm_arrives_as_a_law() {
-    let tmp = TempDir::new("webrtc-h265");
-    let video = tmp.path("v.h265");
-    let tone = tmp.path("tone.pcm");
-    for args in [
-        vec![
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc=size=320x240:rate=25",
-            "-t",
-            "4",
-            "-c:v",
-            "libx265",
-            "-x265-params",
-            "keyint=25:bframes=0:log-level=error",
-            "-f",
-            "hevc",
-            video.to_str().unwrap(),
-        ],
-        vec![
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=1000:sample_rate=8000:duration=4",
-            "-af",
-            "volume=0.5",
-            "-f",
-            "s16le",
-            tone.to_str().unwrap(),
-        ],
-    ] {
+/// A recording of 4 s of test pattern (`codec`: h264 or h265) with a 1 kHz tone at
+/// `rate` Hz, encoded by ffmpeg with `audio_args`, packed with `pack_args`, as device
+/// 13912345678.
+async fn tone_recording(
+    tmp: &TempDir,
+    codec: &str,
+    audio_args: &[&str],
+    pack_args: &[&str],
+) -> std::path::PathBuf {
+    let video = tmp.path(&format!("v.{codec}"));
+    let audio = tmp.path("tone.audio");
+    let encoder = if codec == "h265" {
+        "libx265"
+    } else {
+        "libx264"
+    };
+    let format = if codec == "h265" { "hevc" } else { "h264" };
+    let mut video_args = vec![
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=320x240:rate=25",
+        "-t",
+        "4",
+        "-c:v",
+        encoder,
+    ];
+    if codec == "h265" {
+        video_args.extend(["-x265-params", "keyint=25:bframes=0:log-level=error"]);
+    } else {
+        video_args.extend(["-g", "25", "-bf", "0"]);
+    }
+    video_args.extend(["-f", format, video.to_str().unwrap()]);
+    let mut tone_args = vec![
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=1000:sample_rate=8000:duration=4",
+        "-af",
+        "volume=0.5",
+    ];
+    tone_args.extend(audio_args);
+    tone_args.push(audio.to_str().unwrap());
+    for args in [video_args, tone_args] {
         let mut all = vec!["-v", "error", "-y"];
         all.extend(args);
         run("ffmpeg", &all).await;
     }
-    let recording = tmp.path("h265-adpcm.jt1078");
-    run(
-        env!("CARGO_BIN_EXE_jt1078-gateway"),
-        &[
-            "pack",
-            "--video",
-            video.to_str().unwrap(),
-            "--codec",
-            "h265",
-            "--audio",
-            tone.to_str().unwrap(),
-            "--audio-codec",
-            "adpcm",
-            "--hisilicon",
-            "--device",
-            "13912345678",
-            "--out",
-            recording.to_str().unwrap(),
-        ],
-    )
-    .await;
-    let gateway = Gateway::start(&[]).await;
+    let recording = tmp.path("tone.jt1078");
+    let mut args = vec![
+        "pack",
+        "--video",
+        video.to_str().unwrap(),
+        "--codec",
+        codec,
+        "--audio",
+        audio.to_str().unwrap(),
+        "--device",
+        "13912345678",
+        "--out",
+        recording.to_str().unwrap(),
+    ];
+    args.extend(pack_args);
+    run(env!("CARGO_BIN_EXE_jt1078-gateway"), &args).await;
+    recording
+}
+
+/// Replays `recording` into `server` in real time, looping, until cancelled.
+fn replay_looping(
+    recording: &std::path::Path,
+    server: SocketAddr,
+) -> tokio_util::sync::CancellationToken {
     let options = jt1078_gateway::simulate::SimulateOptions {
-        packets: std::sync::Arc::new(jt1078_gateway::simulate::load_file(&recording).unwrap()),
-        server: gateway.addrs.live,
+        packets: std::sync::Arc::new(jt1078_gateway::simulate::load_file(recording).unwrap()),
+        server,
         device: None,
         channel: None,
         devices: 1,
         pace: jt1078_gateway::simulate::Pace::Realtime,
         looping: true,
     };
-    let device = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(jt1078_gateway::simulate::run(options, device.clone()));
+    let cancel = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(jt1078_gateway::simulate::run(options, cancel.clone()));
+    cancel
+}
+
+/// The A-law the peer got is a 1 kHz tone: 20 dB over any other frequency checked (the
+/// device's codec, then A-law, leave harmonics about 25 dB down; audio_aac.rs bounds ADPCM
+/// at -15 dB THD+N).
+fn assert_tone_in_alaw(payload: &[u8]) {
+    assert!(
+        payload.len() >= 16_000,
+        "2 s of audio: {} bytes",
+        payload.len()
+    );
+    // skip the first half second (a decoder's start)
+    let pcm: Vec<f64> = payload[4000..16_000]
+        .iter()
+        .map(|b| f64::from(audio_codec_algorithms::decode_alaw(*b)))
+        .collect();
+    let tone_power = power_at(&pcm, 1000.0);
+    for other in [250.0, 500.0, 1500.0, 2000.0, 3000.0] {
+        let ratio = tone_power / power_at(&pcm, other).max(1.0);
+        assert!(ratio > 100.0, "1 kHz over {other} Hz: {ratio:.0}x");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h265_goes_to_a_peer_that_offers_it_and_adpcm_arrives_as_a_law() {
+    let tmp = TempDir::new("webrtc-h265");
+    let recording = tone_recording(
+        &tmp,
+        "h265",
+        &["-f", "s16le"],
+        &["--audio-codec", "adpcm", "--hisilicon"],
+    )
+    .await;
+    let gateway = Gateway::start(&[]).await;
+    let device = replay_looping(&recording, gateway.addrs.live);
     gateway
         .wait_for_stream("the H.265 stream", |s| s.video_frames >= 10)
         .await;
@@ -464,7 +513,7 @@ async fn h265_goes_to_a_peer_that_offers_it_and_adpcm_arrives_as_a_law() {
     assert!(played, "{:?}", peer.played.video_frames);
     let p = &peer.played;
     assert_eq!(p.video_codec, Some(str0m::format::Codec::H265));
-    // VPS, SPS, PPS in front of the IDR
+    // VPS, SPS, PPS in front of the IRAP picture
     for nal in [32, 33, 34] {
         assert!(
             p.first_frame_nals.contains(&nal),
@@ -477,18 +526,42 @@ async fn h265_goes_to_a_peer_that_offers_it_and_adpcm_arrives_as_a_law() {
         "an IRAP picture: {:?}",
         p.first_frame_nals
     );
-    // the ADPCM tone, decoded and sent as A-law, is still a 1 kHz tone
+    // the ADPCM tone, decoded and sent as A-law
     assert_eq!(p.audio_codec, Some(str0m::format::Codec::PCMA));
-    let pcm: Vec<f64> = p.audio_payload[..16_000]
-        .iter()
-        .map(|b| f64::from(audio_codec_algorithms::decode_alaw(*b)))
-        .collect();
-    let tone_power = power_at(&pcm, 1000.0);
-    for other in [250.0, 500.0, 1500.0, 2000.0, 3000.0] {
-        let ratio = tone_power / power_at(&pcm, other).max(1.0);
-        // ADPCM then A-law: harmonics 25 dB down (audio_aac.rs bounds ADPCM at -15 dB)
-        assert!(ratio > 100.0, "1 kHz over {other} Hz: {ratio:.0}x");
-    }
+    assert_tone_in_alaw(&p.audio_payload);
+    device.cancel();
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aac_from_a_device_at_16_khz_arrives_as_8_khz_a_law() {
+    let tmp = TempDir::new("webrtc-aac");
+    let recording = tone_recording(
+        &tmp,
+        "h264",
+        &[
+            "-ar", "16000", "-ac", "1", "-c:a", "aac", "-b:a", "32k", "-f", "adts",
+        ],
+        &["--audio-codec", "aac"],
+    )
+    .await;
+    let gateway = Gateway::start(&[]).await;
+    let device = replay_looping(&recording, gateway.addrs.live);
+    gateway
+        .wait_for_stream("the stream", |s| s.video_frames >= 10)
+        .await;
+    let (mut peer, offer) = TestPeer::new(Offers::H264).await;
+    let (status, _, answer) =
+        whep_post(gateway.addrs.http, "/whep/live/13912345678_1", &offer).await;
+    assert_eq!(status, 201, "{answer}");
+    peer.accept(&answer);
+    let played = peer
+        .play_until(Duration::from_secs(20), |p| p.audio_payload.len() >= 16_000)
+        .await;
+    assert!(played, "audio: {} bytes", peer.played.audio_payload.len());
+    assert_eq!(peer.played.audio_codec, Some(str0m::format::Codec::PCMA));
+    // 8 kHz A-law: one byte a sample, as many as the stream's clock says
+    assert_tone_in_alaw(&peer.played.audio_payload);
     device.cancel();
     gateway.stop().await;
 }

@@ -11,6 +11,7 @@
 //! decoded is an [`AudioError`] the caller counts.
 
 pub mod aac;
+pub mod aac_decode;
 pub mod adpcm;
 pub mod encoder;
 pub mod g711;
@@ -74,6 +75,9 @@ pub enum AudioError {
     /// The encoder failed.
     #[error("AAC encoder: {0}")]
     Encode(#[from] EncodeError),
+    /// The AAC decoder failed.
+    #[error("AAC decoder: {0}")]
+    Decode(&'static str),
 }
 
 /// A decoder from one [`PcmFormat`] to 8 kHz mono PCM. Keeps the per-stream state (G.726

@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use super::clock;
 use super::udp::{Datagram, UdpMux};
+use crate::codec::audio::aac_decode::AacToTelephony;
 use crate::codec::audio::{PcmDecoder, PcmFormat};
 use crate::hub::{Hub, Reader};
 use crate::media::{AudioMode, Codec, Frame, StreamKey, Track};
@@ -117,6 +118,7 @@ struct AudioOut {
     pcma: Option<Pt>,
     pcmu: Option<Pt>,
     decoder: Option<PcmDecoder>,
+    aac: Option<Box<AacToTelephony>>,
     pcm: Vec<i16>,
     warned: bool,
 }
@@ -396,6 +398,7 @@ impl Peer {
                     pcma: pt(RtpCodec::PCMA, None),
                     pcmu: pt(RtpCodec::PCMU, None),
                     decoder: None,
+                    aac: None,
                     pcm: Vec::new(),
                     warned: false,
                 });
@@ -581,21 +584,26 @@ impl AudioOut {
             }
             _ => {}
         }
-        let format = match frame.codec {
-            Codec::G711A => PcmFormat::G711A,
-            Codec::G711U => PcmFormat::G711U,
-            Codec::G726 => PcmFormat::G726,
-            Codec::Adpcm => PcmFormat::ImaAdpcm,
-            _ => return None,
-        };
-        if self.decoder.as_ref().map(PcmDecoder::format) != Some(format) {
-            self.decoder = Some(PcmDecoder::new(format));
-        }
         self.pcm.clear();
-        self.decoder
-            .as_mut()?
-            .decode(&frame.data, &mut self.pcm)
-            .ok()?;
+        if frame.codec == Codec::Aac {
+            let aac = self.aac.get_or_insert_with(Box::default);
+            aac.decode(&frame.data, &mut self.pcm).ok()?;
+        } else {
+            let format = match frame.codec {
+                Codec::G711A => PcmFormat::G711A,
+                Codec::G711U => PcmFormat::G711U,
+                Codec::G726 => PcmFormat::G726,
+                Codec::Adpcm => PcmFormat::ImaAdpcm,
+                _ => return None,
+            };
+            if self.decoder.as_ref().map(PcmDecoder::format) != Some(format) {
+                self.decoder = Some(PcmDecoder::new(format));
+            }
+            self.decoder
+                .as_mut()?
+                .decode(&frame.data, &mut self.pcm)
+                .ok()?;
+        }
         match (self.pcma, self.pcmu) {
             (Some(pt), _) => Some((
                 pt,
