@@ -64,10 +64,14 @@ impl AacToTelephony {
         let channels = usize::try_from(info.numChannels).unwrap_or(1).max(1);
         let frame = usize::try_from(info.frameSize).unwrap_or(0);
         let rate = u32::try_from(info.sampleRate).unwrap_or(0);
-        if rate == 0 || frame == 0 || frame * channels > self.pcm.len() {
+        let Some(samples) = self
+            .pcm
+            .get(..frame * channels)
+            .filter(|_| rate > 0 && frame > 0)
+        else {
             return Err(AudioError::Decode("no samples"));
-        }
-        let mono = self.pcm[..frame * channels].iter().step_by(channels);
+        };
+        let mono = samples.iter().step_by(channels);
         if rate == TELEPHONY_RATE {
             out.extend(mono);
             return Ok(());
@@ -77,9 +81,9 @@ impl AacToTelephony {
         while self.phase < frame as f64 {
             let start = self.phase.floor() as usize;
             let end = ((self.phase + step).floor() as usize).clamp(start + 1, frame);
-            let span = &mono[start..end];
+            let span = mono.get(start..end).unwrap_or_default();
             let sum: i64 = span.iter().map(|s| i64::from(*s)).sum();
-            out.push((sum / span.len() as i64) as i16);
+            out.push((sum / span.len().max(1) as i64) as i16);
             self.phase += step;
         }
         self.phase -= frame as f64;
