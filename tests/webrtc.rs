@@ -310,7 +310,7 @@ async fn mqtt_signalling_answers_refuses_and_reports_a_device_that_never_connect
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_that_vanishes_is_released_after_the_consent_timeout() {
+async fn a_peer_that_vanishes_stalls_nobody_and_is_released_after_the_consent_timeout() {
     let url = embedded_url();
     let gateway = gateway_on(
         &url,
@@ -328,29 +328,49 @@ async fn a_peer_that_vanishes_is_released_after_the_consent_timeout() {
     .await;
     wait_online(&mut backend).await;
     let device = start_device(&url, "13800138000");
-    let (mut peer, offer) = TestPeer::new(Offers::H264).await;
-    let (topic, reply) = webrtc_request(&mut backend, "13800138000", "gone", &offer).await;
-    assert_eq!(topic, "jt1078/client/gone/ANSWER", "{reply}");
-    backend
-        .expect("REQPULL", WAIT, is("jt1078/device/13800138000/REQPULL"))
-        .await;
-    peer.accept(reply["sdp"].as_str().unwrap());
-    let played = peer.play_until(WAIT, |p| p.video_frames >= 25).await;
-    assert!(played, "the pulled stream plays: {:?}", peer.played);
-    // the browser vanishes: no goodbye, no more consent checks
+    let mut peers = Vec::new();
+    for seqid in ["gone", "stays"] {
+        let (mut peer, offer) = TestPeer::new(Offers::H264).await;
+        let (topic, reply) = webrtc_request(&mut backend, "13800138000", seqid, &offer).await;
+        assert_eq!(topic, format!("jt1078/client/{seqid}/ANSWER"), "{reply}");
+        peer.accept(reply["sdp"].as_str().unwrap());
+        let played = peer.play_until(WAIT, |p| p.video_frames >= 25).await;
+        assert!(played, "the pulled stream plays: {:?}", peer.played);
+        peers.push(peer);
+    }
+    let mut stays = peers.pop().unwrap();
+    let gone = peers.pop().unwrap();
+    // one browser vanishes (no goodbye, no more consent checks, nothing read): the other
+    // keeps the full rate meanwhile (25 fps for 4 s, past the consent timeout)
     let vanished = TokioInstant::now();
-    drop(peer);
+    drop(gone);
+    let before = stays.played.video_frames;
+    stays.play_until(Duration::from_secs(4), |_| false).await;
+    let frames = stays.played.video_frames - before;
+    assert!(frames >= 90, "{frames} frames in 4 s beside a dead peer");
+    wait_api(
+        gateway.addrs.http,
+        "13800138000",
+        "one webrtc viewer left",
+        |s| s.is_some_and(|s| s["webrtc_viewers"] == 1),
+    )
+    .await;
+    // the last one vanishes too: its stream is released after the consent timeout
+    let vanished_last = TokioInstant::now();
+    drop(stays);
     backend
         .expect(
-            "STOP once the peer is gone",
+            "STOP once the peers are gone",
             WAIT,
             is("jt1078/device/13800138000/STOP"),
         )
         .await;
-    let after = vanished.elapsed();
+    let after = vanished_last.elapsed();
     assert!(
         after >= Duration::from_millis(2500),
-        "released only after the 3 s consent timeout, not at once ({after:?})"
+        "released only after the 3 s consent timeout, not at once ({after:?}, first peer \
+         gone {:?} ago)",
+        vanished.elapsed()
     );
     device.cancel();
     gateway.stop().await;
