@@ -322,9 +322,9 @@ async fn malformed_requests(url: &str, broker: BrokerAt) {
         (
             "jt1078/gateway/13800138000/WEBRTC",
             r#"{"seqid":"e8","offer":{"type":"offer","sdp":"v=0"}}"#,
-            "e8/REFUSE",
-            "not_supported",
-            "WebRTC",
+            "e8/ERROR",
+            "bad_sdp",
+            "bad SDP offer",
         ),
         (
             "jt1078/gateway/13800138000/SUBSCRIBE",

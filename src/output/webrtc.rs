@@ -37,6 +37,11 @@ pub use peer::Ended;
 use peer::{LocalCandidates, PeerSetup};
 use udp::{PEER_QUEUE, UdpMux};
 
+/// Video packets a peer keeps for retransmission (NACK) and between a frame's write and
+/// its send: one large key frame (about 600 KB at 1,200 bytes a packet) and seconds of a
+/// vehicle camera's P frames. str0m's default of 1,000 held 1.2 MB a peer.
+const SEND_BUFFER_VIDEO: usize = 512;
+
 /// A request for a peer.
 #[derive(Debug, Clone)]
 pub struct Offer {
@@ -223,7 +228,7 @@ impl WebRtc {
             return Err(Refusal::TooManyPeers(max));
         }
         let parsed =
-            SdpOffer::from_sdp_string(&offer.sdp).map_err(|e| Refusal::BadSdp(e.to_string()))?;
+            SdpOffer::from_sdp_string(&offer.sdp).map_err(|e| Refusal::BadSdp(sdp_error(&e)))?;
         let offered = OfferedCodecs::scan(&offer.sdp);
         let live_video = self
             .inner
@@ -255,6 +260,7 @@ impl WebRtc {
             .enable_h265(offered.h265)
             .enable_pcma(true, false)
             .enable_pcmu(true, false)
+            .set_send_buffer_video(SEND_BUFFER_VIDEO)
             .build(clock());
         for addr in &self.inner.candidates.announced {
             match Candidate::host(*addr, "udp") {
@@ -267,7 +273,7 @@ impl WebRtc {
         let answer = rtc
             .sdp_api()
             .accept_offer(parsed)
-            .map_err(|e| Refusal::BadSdp(e.to_string()))?;
+            .map_err(|e| Refusal::BadSdp(sdp_error(&e)))?;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         // the random ufrag makes the id unguessable (a WHEP DELETE needs only the id)
         let session = format!("{id:x}-{ufrag}");
@@ -348,6 +354,23 @@ impl WebRtc {
 /// Now, on tokio's clock (paused-time tests move it).
 pub(crate) fn clock() -> Instant {
     tokio::time::Instant::now().into_std()
+}
+
+/// A parser's error as one line, without the memory address it quotes.
+fn sdp_error(error: &dyn std::fmt::Display) -> String {
+    let text = error.to_string();
+    let mut line = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find(" at PointerOffset(") {
+        line.push_str(&rest[..at]);
+        rest = rest[at..].find(')').map_or("", |end| &rest[at + end + 1..]);
+    }
+    line.push_str(rest);
+    line.split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Installs `str0m`'s crypto provider for the process, once.
@@ -491,6 +514,21 @@ mod tests {
         a=rtpmap:111 opus/48000/2\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\n\
         m=video 9 UDP/TLS/RTP/SAVPF 96 97 102\r\na=rtpmap:96 VP8/90000\r\n\
         a=rtpmap:97 rtx/90000\r\na=rtpmap:102 H264/90000\r\n";
+
+    #[test]
+    fn sdp_errors_read_as_one_line_without_addresses() {
+        let text = "SDP parse: Parse error at PointerOffset(0x7f21)\nUnexpected end of input\n";
+        assert_eq!(
+            sdp_error(&text),
+            "SDP parse: Parse error; Unexpected end of input"
+        );
+        let refused = SdpOffer::from_sdp_string("v=0").map_err(|e| sdp_error(&e));
+        let message = refused.unwrap_err();
+        assert!(
+            !message.contains("0x") && !message.contains('\n'),
+            "{message}"
+        );
+    }
 
     #[test]
     fn offered_codecs_are_read_per_section() {
