@@ -621,3 +621,43 @@ async fn a_pli_is_answered_with_the_cached_key_frame_and_peers_close_when_the_st
     assert!(closed, "the session closes when the stream ends");
     gateway.stop().await;
 }
+
+/// The gateway's share of a cold start: a peer is connected and waiting when its device
+/// connects; from the stream coming up in the hub (the device's first whole frame) to the
+/// peer's first video frame. Printed for docs/benchmarks.md §7 (a debug build here: an
+/// upper bound); the assertion is only that the waiting peer plays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_peer_plays_as_soon_as_its_device_connects() {
+    let gateway = Gateway::start(&[]).await;
+    let (mut peer, offer) = TestPeer::new(Offers::H264).await;
+    let mut events = gateway.hub.events();
+    let (status, _, answer) =
+        whep_post(gateway.addrs.http, "/whep/live/13800138000_1", &offer).await;
+    assert_eq!(status, 201, "{answer}");
+    peer.accept(&answer);
+    let connected = peer.play_until(WAIT, |p| p.connected).await;
+    assert!(connected, "ICE and DTLS up before the device comes");
+    let device = push_on_its_own(gateway.addrs.live, "13800138000");
+    let up = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(jt1078_gateway::hub::HubEvent::StreamUp(_)) = events.recv().await {
+                return TokioInstant::now();
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let played = peer.play_until(WAIT, |p| p.video_frames >= 1).await;
+    assert!(played, "the waiting peer plays");
+    let first = TokioInstant::from_std(peer.played.first_frame_at.unwrap());
+    eprintln!(
+        "cold start, gateway's share: {:.1} ms from the stream up to the peer's first frame",
+        first.duration_since(up).as_secs_f64() * 1000.0
+    );
+    assert!(
+        peer.played.first_frame_nals.contains(&5),
+        "it starts at a key frame"
+    );
+    device.cancel();
+    gateway.stop().await;
+}
