@@ -53,6 +53,7 @@ pub(crate) enum Player {
     HttpFlv,
     /// `POST /whep/live/{device}_1` from a `str0m` peer; the time ends at the first video
     /// frame it depacketizes (ICE and DTLS included).
+    #[serde(rename = "webrtc")]
     WebRtc,
 }
 
