@@ -1,8 +1,10 @@
 //! First frame: from a viewer's request to its first decodable video frame, for a stream
 //! already live (served from the GOP cache) and for a cold start (request → REQPULL over
-//! the gateway's embedded MQTT broker → the device connects → first frame).
+//! the gateway's embedded MQTT broker → the device connects → first frame). The viewer is
+//! an HTTP-FLV player or a WebRTC peer signalling over WHEP ([`Player`]).
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,6 +22,7 @@ use crate::capacity::percentile_ms;
 use crate::device::{Device, DeviceCounters, Schedule};
 use crate::gateway::GatewayProcess;
 use crate::viewer;
+use crate::webrtc_viewer::WebRtcOffer;
 
 /// Milliseconds: p50, p99, max.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -30,7 +33,8 @@ pub(crate) struct Spread {
 }
 
 impl Spread {
-    fn of(ms: &[f64]) -> Spread {
+    /// The spread of times in milliseconds (any order).
+    pub(crate) fn of(ms: &[f64]) -> Spread {
         let mut us: Vec<u32> = ms.iter().map(|m| (m * 1000.0) as u32).collect();
         us.sort_unstable();
         Spread {
@@ -41,9 +45,66 @@ impl Spread {
     }
 }
 
+/// Who asks for the stream.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Player {
+    /// `GET /live/{device}_1.flv`; the time ends at the first key frame tag.
+    HttpFlv,
+    /// `POST /whep/live/{device}_1` from a `str0m` peer; the time ends at the first video
+    /// frame it depacketizes (ICE and DTLS included).
+    #[serde(rename = "webrtc")]
+    WebRtc,
+}
+
+impl Player {
+    /// What the player's time runs from and to, for the report.
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Player::HttpFlv => "HTTP-FLV: request → first key frame tag",
+            Player::WebRtc => {
+                "WebRTC (str0m peer): WHEP POST → first video frame depacketized (ICE and DTLS included)"
+            }
+        }
+    }
+
+    /// Gets ready to ask (a WebRTC peer makes its offer: a browser's work, before the clock
+    /// starts).
+    fn prepare(self) -> anyhow::Result<Prepared> {
+        Ok(match self {
+            Player::HttpFlv => Prepared::HttpFlv,
+            Player::WebRtc => Prepared::WebRtc(Box::new(WebRtcOffer::new()?)),
+        })
+    }
+}
+
+/// A player ready to ask (an `Rtc` is some 10 KB: boxed).
+enum Prepared {
+    HttpFlv,
+    WebRtc(Box<WebRtcOffer>),
+}
+
+impl Prepared {
+    /// Asks for `device`'s channel 1: ms from the request to the first video frame.
+    async fn first_frame(self, http: SocketAddr, device: String) -> anyhow::Result<f64> {
+        match self {
+            Prepared::HttpFlv => {
+                viewer::first_key_frame(http, &format!("/live/{device}_1.flv")).await
+            }
+            Prepared::WebRtc(offer) => {
+                offer
+                    .first_frame(http, &format!("/whep/live/{device}_1"))
+                    .await
+            }
+        }
+    }
+}
+
 /// First-frame figures.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct FirstFrame {
+    /// Who asked.
+    pub(crate) player: Player,
     pub(crate) runs: usize,
     /// Stream already live: request → first key frame.
     pub(crate) live: Spread,
@@ -74,20 +135,22 @@ fn device(schedule: &Arc<Schedule>, layout: SimLayout, id: &str) -> anyhow::Resu
     })
 }
 
-/// Measures both, `runs` times each.
+/// Measures both, `runs` times each, with `player` asking.
 pub(crate) async fn measure(
     bin: &Path,
     schedule: &Arc<Schedule>,
     layout: SimLayout,
     runs: usize,
+    player: Player,
 ) -> anyhow::Result<FirstFrame> {
     let gateway = GatewayProcess::start(bin).await?;
-    let live = live(&gateway, schedule, layout, runs).await?;
-    let (cold, seen_before) = cold(&gateway, schedule, layout, runs).await?;
+    let live = live(&gateway, schedule, layout, runs, player).await?;
+    let (cold, seen_before) = cold(&gateway, schedule, layout, runs, player).await?;
     gateway.stop().await?;
     let column = |i: usize| Spread::of(&cold.iter().map(|c| c[i]).collect::<Vec<_>>());
     let again = |i: usize| Spread::of(&seen_before.iter().map(|c| c[i]).collect::<Vec<_>>());
     Ok(FirstFrame {
+        player,
         seen_before_total: again(0),
         seen_before_gateway_share: again(4),
         runs,
@@ -105,17 +168,19 @@ async fn live(
     schedule: &Arc<Schedule>,
     layout: SimLayout,
     runs: usize,
+    player: Player,
 ) -> anyhow::Result<Vec<f64>> {
     let id = "13700000001";
     let stop = CancellationToken::new();
     let pusher =
         tokio::spawn(device(schedule, layout, id)?.run(gateway.live, Instant::now(), stop.clone()));
     // the first key frame is in the GOP cache once one viewer has seen it
-    let path = format!("/live/{id}_1.flv");
-    viewer::first_key_frame(gateway.http, &path).await?;
+    let first = player.prepare()?;
+    first.first_frame(gateway.http, id.to_owned()).await?;
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
-        times.push(viewer::first_key_frame(gateway.http, &path).await?);
+        let prepared = player.prepare()?;
+        times.push(prepared.first_frame(gateway.http, id.to_owned()).await?);
     }
     stop.cancel();
     pusher.await??;
@@ -132,6 +197,7 @@ async fn cold(
     schedule: &Arc<Schedule>,
     layout: SimLayout,
     runs: usize,
+    player: Player,
 ) -> anyhow::Result<(Vec<ColdRun>, Vec<ColdRun>)> {
     let mut options = MqttOptions::new("loadtest-device", "127.0.0.1", gateway.mqtt.port());
     options.set_keep_alive(Duration::from_secs(30));
@@ -174,12 +240,12 @@ async fn cold(
         .await
         .context("the gateway did not announce itself online within 10 s")?;
     let fresh: Vec<String> = (0..runs).map(|run| format!("137100{run:05}")).collect();
-    let first = cold_runs(gateway, schedule, layout, &fresh, &mut reqpull_rx).await?;
+    let first = cold_runs(gateway, schedule, layout, &fresh, &mut reqpull_rx, player).await?;
     let known: Vec<String> = (0..runs).map(|run| format!("137200{run:05}")).collect();
     prime(gateway, schedule, layout, &known).await?;
     // REQPULLs for earlier devices (their viewers lingered) must not be taken for new ones
     while reqpull_rx.try_recv().is_ok() {}
-    let again = cold_runs(gateway, schedule, layout, &known, &mut reqpull_rx).await?;
+    let again = cold_runs(gateway, schedule, layout, &known, &mut reqpull_rx, player).await?;
     mqtt.abort();
     Ok((first, again))
 }
@@ -227,13 +293,13 @@ async fn cold_runs(
     layout: SimLayout,
     ids: &[String],
     reqpull_rx: &mut mpsc::Receiver<(String, Instant)>,
+    player: Player,
 ) -> anyhow::Result<Vec<ColdRun>> {
     let mut results = Vec::with_capacity(ids.len());
     for (run, id) in ids.iter().enumerate() {
-        let path = format!("/live/{id}_1.flv");
-        let http = gateway.http;
+        let prepared = player.prepare()?;
         let asked = Instant::now();
-        let viewer = tokio::spawn(async move { viewer::first_key_frame(http, &path).await });
+        let viewer = tokio::spawn(prepared.first_frame(gateway.http, id.clone()));
         // earlier devices may be asked again (their viewer was still counted when they
         // stopped): wait for this device's own REQPULL
         let wanted = format!("/device/{id}/REQPULL");

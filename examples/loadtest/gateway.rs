@@ -1,5 +1,5 @@
 //! The gateway under test, as its own process (so its CPU and memory are its own), on free
-//! loopback ports.
+//! loopback ports (WebRTC's UDP port too).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -28,6 +28,13 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// A loopback UDP port that was free a moment ago.
+pub(crate) fn free_udp_port() -> anyhow::Result<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 impl GatewayProcess {
     /// Starts `bin serve` on its built-in defaults, every listener on a free loopback port,
     /// and waits until it answers HTTP.
@@ -36,6 +43,9 @@ impl GatewayProcess {
         let live = addr(free_port()?);
         let http = addr(free_port()?);
         let mqtt = addr(free_port()?);
+        // not the default 0.0.0.0:8000, which another gateway on the machine may hold; on
+        // a loopback address the gateway announces that address as its candidate
+        let webrtc = addr(free_udp_port()?);
         let child = Command::new(bin)
             .arg("serve")
             .env("JTGW__INGEST__LIVE_LISTEN", live.to_string())
@@ -49,6 +59,7 @@ impl GatewayProcess {
                 "JTGW__MQTT__EMBEDDED_WS_LISTEN",
                 addr(free_port()?).to_string(),
             )
+            .env("JTGW__WEBRTC__UDP_LISTEN", webrtc.to_string())
             .env("JTGW__LOG__LEVEL", "warn")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
@@ -82,9 +93,16 @@ impl GatewayProcess {
 
     /// `GET /api/streams` as JSON.
     pub(crate) async fn streams(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        Ok(serde_json::from_value(
+            self.get_json("/api/streams").await?,
+        )?)
+    }
+
+    /// `GET {path}` as JSON.
+    pub(crate) async fn get_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
         let mut socket = TcpStream::connect(self.http).await?;
         socket
-            .write_all(b"GET /api/streams HTTP/1.0\r\nHost: bench\r\n\r\n")
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: bench\r\n\r\n").as_bytes())
             .await?;
         let mut response = Vec::new();
         socket.read_to_end(&mut response).await?;

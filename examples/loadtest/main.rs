@@ -1,10 +1,12 @@
 //! Load runner: drives the real gateway (its own process, over loopback) with simulated
 //! devices and HTTP-FLV viewers, and measures capacity, latency, first-frame time and the
-//! ffmpeg-per-stream baseline. Writes Markdown, JSON and an SVG plot.
+//! ffmpeg-per-stream baseline. Writes Markdown, JSON and an SVG plot. The `webrtc`
+//! subcommand measures WebRTC viewers of one stream instead (`webrtc.rs`).
 //!
 //! ```sh
 //! cargo build --release --bin jt1078-gateway --example loadtest
 //! target/release/examples/loadtest --steps 10,100,250,500,1000 --out docs/bench
+//! target/release/examples/loadtest webrtc --viewers 10,100 --out docs/bench/webrtc
 //! ```
 //!
 //! See docs/benchmarks.md for what each figure means.
@@ -24,8 +26,11 @@ mod gateway;
 mod procstat;
 mod report;
 mod viewer;
+mod webrtc;
+mod webrtc_pool;
+mod webrtc_viewer;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,39 +44,58 @@ use crate::report::Results;
 /// Measures the gateway under load.
 #[derive(Debug, Parser)]
 struct Args {
+    /// What to measure (without a subcommand: capacity, first frame and the baseline).
+    #[command(subcommand)]
+    mode: Option<Mode>,
     /// Recording every simulated device replays (looping, in real time). Default: the
     /// H.264 + G.711A device capture in ../shared/testdata when present, else the bundled
     /// sample.
-    #[arg(long)]
+    #[arg(long, global = true)]
     file: Option<PathBuf>,
     /// The gateway binary to run.
-    #[arg(long, default_value = "target/release/jt1078-gateway")]
+    #[arg(long, global = true, default_value = "target/release/jt1078-gateway")]
     gateway: PathBuf,
     /// Numbers of streams to step through (stops after the first step that falls behind).
     #[arg(long, value_delimiter = ',', default_value = "10,100,250,500,750,1000")]
     steps: Vec<usize>,
     /// Seconds of warm-up before each measurement window.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, global = true, default_value_t = 5)]
     warmup: u64,
     /// Seconds of each measurement window.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, global = true, default_value_t = 15)]
     window: u64,
-    /// Requests per first-frame measurement (0 skips them).
-    #[arg(long, default_value_t = 20)]
+    /// Requests per first-frame measurement (0 skips them); with `webrtc`, WHEP offers.
+    #[arg(long, global = true, default_value_t = 20)]
     first_frame_runs: usize,
     /// Streams for the ffmpeg-per-stream baseline (0 skips it).
     #[arg(long, default_value_t = 100)]
     baseline_streams: usize,
     /// How simulated devices write: `packet` (one send per JT/T 1078 packet, Nagle off, as
     /// real terminals do; the headline mode) or `batch` (one send per due group).
-    #[arg(long, value_enum, default_value = "packet")]
+    #[arg(long, global = true, value_enum, default_value = "packet")]
     device_writes: device::DeviceWrites,
     /// Keep stepping after a step falls behind.
     #[arg(long)]
     keep_going: bool,
     /// Directory for results.json, report.md and capacity.svg.
-    #[arg(long, default_value = "target/loadtest")]
+    #[arg(long, global = true, default_value = "target/loadtest")]
     out: PathBuf,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Mode {
+    /// WebRTC viewers: one device, its gateway's CPU and RSS without viewers and with N
+    /// `str0m` viewers over WHEP (per viewer = the difference / N), every viewer's frames,
+    /// and offer → first frame times. A fresh gateway process for each N.
+    Webrtc {
+        /// Numbers of viewers to measure.
+        #[arg(long, value_delimiter = ',', default_value = "10,100")]
+        viewers: Vec<usize>,
+        /// Milliseconds between one viewer's offer and the next (their start-ups should
+        /// not queue behind each other, so each first-frame time is a viewer's own).
+        #[arg(long, default_value_t = 50)]
+        offer_gap_ms: u64,
+    },
 }
 
 #[tokio::main]
@@ -117,7 +141,46 @@ async fn main() -> anyhow::Result<()> {
         steps: Vec::new(),
         first_frame: None,
         baselines: Vec::new(),
+        webrtc: Vec::new(),
     };
+    if let Some(Mode::Webrtc {
+        viewers,
+        offer_gap_ms,
+    }) = &args.mode
+    {
+        for &n in viewers {
+            eprintln!(
+                "webrtc: {n} viewers (1-minute load {:.2}) …",
+                webrtc::load_average()
+            );
+            let step = webrtc::step(
+                &args.gateway,
+                &schedule,
+                layout,
+                n,
+                Duration::from_millis(*offer_gap_ms),
+                warmup,
+                window,
+            )
+            .await?;
+            eprintln!("{step:?}");
+            results.webrtc.push(step);
+        }
+        if args.first_frame_runs > 0 {
+            eprintln!("webrtc first frame …");
+            results.first_frame = Some(
+                first_frame::measure(
+                    &args.gateway,
+                    &schedule,
+                    layout,
+                    args.first_frame_runs,
+                    first_frame::Player::WebRtc,
+                )
+                .await?,
+            );
+        }
+        return write(&args.out, &results);
+    }
     for &streams in &args.steps {
         eprintln!("capacity: {streams} streams …");
         let step =
@@ -133,7 +196,14 @@ async fn main() -> anyhow::Result<()> {
     if args.first_frame_runs > 0 {
         eprintln!("first frame …");
         results.first_frame = Some(
-            first_frame::measure(&args.gateway, &schedule, layout, args.first_frame_runs).await?,
+            first_frame::measure(
+                &args.gateway,
+                &schedule,
+                layout,
+                args.first_frame_runs,
+                first_frame::Player::HttpFlv,
+            )
+            .await?,
         );
     }
     if args.baseline_streams > 0 {
@@ -145,19 +215,26 @@ async fn main() -> anyhow::Result<()> {
             results.baselines.push(measured);
         }
     }
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    let markdown = results.markdown();
-    std::fs::write(args.out.join("report.md"), &markdown)?;
-    std::fs::write(args.out.join("capacity.svg"), results.svg())?;
-    std::fs::write(
-        args.out.join("results.json"),
-        serde_json::to_string_pretty(&results)?,
-    )?;
-    println!("{markdown}");
+    write(&args.out, &results)?;
     if let Some(cap) = results.capacity() {
         println!("capacity: {} streams kept up", cap.streams);
     }
+    Ok(())
+}
+
+/// Writes report.md, results.json and (with capacity steps) capacity.svg to `out`.
+fn write(out: &Path, results: &Results) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let markdown = results.markdown();
+    std::fs::write(out.join("report.md"), &markdown)?;
+    if !results.steps.is_empty() {
+        std::fs::write(out.join("capacity.svg"), results.svg())?;
+    }
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(results)?,
+    )?;
+    println!("{markdown}");
     Ok(())
 }
 

@@ -23,10 +23,19 @@ pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     cpu_times(pid).map(CpuTimes::total)
 }
 
+/// User + system CPU seconds the calling thread has used.
+pub(crate) fn thread_cpu_seconds() -> anyhow::Result<f64> {
+    stat_times("/proc/thread-self/stat").map(CpuTimes::total)
+}
+
 /// User and system CPU seconds a process has used.
 pub(crate) fn cpu_times(pid: u32) -> anyhow::Result<CpuTimes> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    stat_times(&format!("/proc/{pid}/stat"))
+}
+
+/// User and system CPU seconds from a `/proc` `stat` file (a process's or a thread's).
+fn stat_times(path: &str) -> anyhow::Result<CpuTimes> {
+    let stat = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     // fields after the command name (which may contain spaces) start at the last ')'
     let rest = stat
         .rsplit_once(')')
@@ -35,7 +44,7 @@ pub(crate) fn cpu_times(pid: u32) -> anyhow::Result<CpuTimes> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name
     let (Some(utime), Some(stime)) = (fields.get(11), fields.get(12)) else {
-        bail!("malformed /proc/{pid}/stat");
+        bail!("malformed {path}");
     };
     Ok(CpuTimes {
         user: utime.parse::<f64>()? / TICKS_PER_SEC,

@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::baseline::Baseline;
 use crate::capacity::Step;
 use crate::first_frame::{FirstFrame, Spread};
+use crate::webrtc::WebRtcStep;
 
 /// Everything one run measured.
 #[derive(Debug, Serialize)]
@@ -25,6 +26,8 @@ pub(crate) struct Results {
     pub(crate) steps: Vec<Step>,
     pub(crate) first_frame: Option<FirstFrame>,
     pub(crate) baselines: Vec<Baseline>,
+    /// WebRTC viewer runs (the `webrtc` subcommand).
+    pub(crate) webrtc: Vec<WebRtcStep>,
 }
 
 impl Results {
@@ -52,38 +55,15 @@ impl Results {
             },
             self.command
         );
-        md.push_str("### Capacity and latency\n\n");
-        md.push_str(
-            "| streams | gateway CPU (% of all cores) | of which kernel | load generator CPU | gateway RSS MB | RSS per stream KB | frames sent | delivered | lost | gateway drops | in Mbit/s | out Mbit/s | latency p50 / p99 / max ms | kept up |\n",
-        );
-        md.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n");
-        for s in &self.steps {
-            let _ = writeln!(
-                md,
-                "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {} | {} | {} | {} | {:.1} | {:.1} | {:.2} / {:.2} / {:.2} | {} |",
-                s.streams,
-                s.gateway_cpu_pct,
-                s.gateway_kernel_cpu_pct,
-                s.loadgen_cpu_pct,
-                s.gateway_rss_mb,
-                s.rss_per_stream_kb,
-                s.frames_sent,
-                s.frames_delivered,
-                s.frames_lost,
-                s.gateway_frames_dropped,
-                s.ingest_mbit_s,
-                s.egress_mbit_s,
-                s.latency_p50_ms,
-                s.latency_p99_ms,
-                s.latency_max_ms,
-                if s.kept_up() { "yes" } else { "**no**" },
-            );
-        }
+        self.webrtc_markdown(&mut md);
+        self.capacity_markdown(&mut md);
+
         if let Some(ff) = &self.first_frame {
             let _ = writeln!(
                 md,
-                "\n### First frame ({} runs each, ms)\n\n| | p50 | p99 | max |\n|---|---:|---:|---:|",
-                ff.runs
+                "\n### First frame ({} runs each, ms)\n\n{}.\n\n| | p50 | p99 | max |\n|---|---:|---:|---:|",
+                ff.runs,
+                ff.player.describe()
             );
             let rows: [(&str, &Spread); 8] = [
                 (
@@ -154,6 +134,110 @@ impl Results {
             }
         }
         md
+    }
+
+    /// The capacity table, when there were capacity steps.
+    fn capacity_markdown(&self, md: &mut String) {
+        if self.steps.is_empty() {
+            return;
+        }
+        md.push_str("### Capacity and latency\n\n");
+        md.push_str(
+            "| streams | gateway CPU (% of all cores) | of which kernel | load generator CPU | gateway RSS MB | RSS per stream KB | frames sent | delivered | lost | gateway drops | in Mbit/s | out Mbit/s | latency p50 / p99 / max ms | kept up |\n",
+        );
+        md.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n");
+        for s in &self.steps {
+            let _ = writeln!(
+                md,
+                "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {} | {} | {} | {} | {:.1} | {:.1} | {:.2} / {:.2} / {:.2} | {} |",
+                s.streams,
+                s.gateway_cpu_pct,
+                s.gateway_kernel_cpu_pct,
+                s.loadgen_cpu_pct,
+                s.gateway_rss_mb,
+                s.rss_per_stream_kb,
+                s.frames_sent,
+                s.frames_delivered,
+                s.frames_lost,
+                s.gateway_frames_dropped,
+                s.ingest_mbit_s,
+                s.egress_mbit_s,
+                s.latency_p50_ms,
+                s.latency_p99_ms,
+                s.latency_max_ms,
+                if s.kept_up() { "yes" } else { "**no**" },
+            );
+        }
+    }
+
+    /// The WebRTC tables, when there were WebRTC runs.
+    fn webrtc_markdown(&self, md: &mut String) {
+        if self.webrtc.is_empty() {
+            return;
+        }
+        md.push_str("### WebRTC viewers of one stream: cost (CPU in % of ONE core)\n\n");
+        md.push_str(
+            "| viewers | gateway CPU, device only | with viewers | of which kernel | **per viewer** | gateway RSS MB, device only | with viewers | **per viewer KB** | RSS through the window MB | viewers' loop CPU | whole load runner CPU | 1-min load before / after | kept up |\n",
+        );
+        md.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---|\n");
+        for w in &self.webrtc {
+            let _ = writeln!(
+                md,
+                "| {} | {:.2} | {:.2} | {:.2} | **{:.3}** | {:.1} | {:.1} | **{:.0}** | {} | {:.2} | {:.2} | {:.2} / {:.2} | {} |",
+                w.viewers,
+                w.baseline_cpu_pct,
+                w.cpu_pct,
+                w.kernel_cpu_pct,
+                w.cpu_per_viewer_pct,
+                w.baseline_rss_mb,
+                w.rss_mb,
+                w.rss_per_viewer_kb,
+                w.rss_samples_mb
+                    .iter()
+                    .map(|mb| format!("{mb:.1}"))
+                    .collect::<Vec<_>>()
+                    .join(" → "),
+                w.client_cpu_pct,
+                w.loadgen_cpu_pct,
+                w.load_before,
+                w.load_after,
+                if w.kept_up() { "yes" } else { "**no**" },
+            );
+        }
+        md.push_str("\n### WebRTC viewers: frames and first frame\n\n");
+        md.push_str(
+            "| viewers | published video / audio | per viewer video min / median | audio min / median | frames lost | viewers behind | video frames after an RTP gap | gateway drops | per viewer datagrams/s, Mbit/s | `webrtc_viewers` | failed | POST → answer p50 / p99 ms | POST → connected p50 / p99 ms | POST → first video frame p50 / p99 / max ms |\n",
+        );
+        md.push_str("|---:|---|---|---|---:|---:|---:|---:|---|---:|---:|---|---|---|\n");
+        for w in &self.webrtc {
+            let _ = writeln!(
+                md,
+                "| {} | {} / {} | {} / {} | {} / {} | {} | {} | {} | {} | {:.0}, {:.2} | {} | {} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} / {:.2} |",
+                w.viewers,
+                w.video_published,
+                w.audio_published,
+                w.video_min,
+                w.video_median,
+                w.audio_min,
+                w.audio_median,
+                w.frames_lost,
+                w.viewers_behind,
+                w.video_gaps,
+                w.gateway_frames_dropped,
+                w.datagrams_per_viewer_s,
+                w.mbit_per_viewer_s,
+                w.api_webrtc_viewers,
+                w.viewers_failed,
+                w.answer.p50,
+                w.answer.p99,
+                w.connected.p50,
+                w.connected.p99,
+                w.first_frame.p50,
+                w.first_frame.p99,
+                w.first_frame.max,
+            );
+        }
+        md.push('\n');
     }
 
     /// An SVG with two panels: CPU % and RSS MB against streams.
