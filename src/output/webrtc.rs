@@ -24,6 +24,7 @@ use anyhow::Context;
 use serde::Serialize;
 use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
+use str0m::rtp::Extension;
 use str0m::{Candidate, IceCreds, Rtc};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -253,6 +254,11 @@ impl WebRtc {
             config = config.set_dtls_cert(certificate.clone());
         }
         let mut rtc = config
+            // only the mid: no transport-cc or abs-send-time, so browsers send no
+            // congestion feedback the gateway would only parse and drop (it passes the
+            // device's bitrate through; it has no bitrate to adapt)
+            .clear_extension_map()
+            .set_extension(4, Extension::RtpMid)
             .set_ice_lite(true)
             .set_local_ice_credentials(creds)
             .clear_codecs()
