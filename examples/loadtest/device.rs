@@ -67,8 +67,10 @@ pub(crate) fn tail_key(data: &[u8]) -> u64 {
 
 impl Schedule {
     /// Builds the schedule: audio and video each start their own clock at 0 (devices often
-    /// run them apart), and sending order never goes backwards.
-    pub(crate) fn new(packets: Vec<Packet>) -> Schedule {
+    /// run them apart), and sending order never goes backwards. Viewers match audio frames
+    /// only with `track_audio` (the gateway passes the device's audio through; with AAC,
+    /// the default, the FLV audio is the gateway's own encoding and only video is matched).
+    pub(crate) fn new(packets: Vec<Packet>, track_audio: bool) -> Schedule {
         let mut origin: [Option<u64>; 2] = [None, None];
         let mut groups: Vec<Group> = Vec::new();
         let mut frame_data: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
@@ -101,7 +103,7 @@ impl Schedule {
             frame_data[class].extend_from_slice(&packet.body);
             if matches!(packet.subpackage, Subpackage::Atomic | Subpackage::Last) {
                 let data = std::mem::take(&mut frame_data[class]);
-                if let Some(g) = groups.last_mut() {
+                if let Some(g) = groups.last_mut().filter(|_| class == 0 || track_audio) {
                     g.frames.push(tail_key(&data));
                 }
                 if class == 0 {

@@ -60,6 +60,10 @@ impl GatewayProcess {
                 addr(free_port()?).to_string(),
             )
             .env("JTGW__WEBRTC__UDP_LISTEN", webrtc.to_string())
+            // every simulated viewer comes from 127.0.0.1: the per-address limits on viewers
+            // waiting for a device (docs/reliability.md) would refuse most of them (429)
+            .env("JTGW__HTTP__COLD_PULLS_PER_MINUTE", "1000000")
+            .env("JTGW__HTTP__MAX_WAITING", "1000000")
             .env("JTGW__LOG__LEVEL", "warn")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())

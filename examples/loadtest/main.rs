@@ -111,7 +111,13 @@ async fn main() -> anyhow::Result<()> {
     });
     let packets = load_file(&file)?;
     let layout = packets.first().context("empty recording")?.layout();
-    let mut schedule = Schedule::new(packets);
+    // the gateway inherits the environment: with `JTGW__AUDIO__FLV=passthrough` viewers get
+    // the device's audio and match it too; with the default (AAC) they match video only
+    let track_audio = std::env::var("JTGW__AUDIO__FLV").is_ok_and(|v| v == "passthrough");
+    if !track_audio {
+        eprintln!("audio goes to viewers as AAC (the default): frames matched are video only");
+    }
+    let mut schedule = Schedule::new(packets, track_audio);
     schedule.writes = args.device_writes;
     let schedule = Arc::new(schedule);
     let stream_mbit_s = schedule.round_bytes as f64 * 8.0 / schedule.span_ms as f64 / 1000.0;

@@ -94,7 +94,8 @@ pub(crate) async fn watch(
     loop {
         report.clean_end = dechunker.decode(&mut raw, &mut buf)?;
         while let Some(tag) = next_tag(&mut buf, &mut header_done)? {
-            if !is_media(&tag) {
+            // AAC is the gateway's own encoding: nothing of it to match to what was sent
+            if !is_media(&tag) || is_aac(&tag) {
                 continue;
             }
             let now = Instant::now();
@@ -187,6 +188,11 @@ pub(crate) async fn first_key_frame(http: SocketAddr, path: &str) -> anyhow::Res
             bail!("{path}: stream ended before a key frame");
         }
     }
+}
+
+/// An AAC audio tag (sound format 10).
+fn is_aac(tag: &Tag) -> bool {
+    tag.kind == TAG_AUDIO && tag.body.first().is_some_and(|b| b >> 4 == 10)
 }
 
 /// A media tag, as opposed to script data and decoder configuration.
