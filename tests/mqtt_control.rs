@@ -68,7 +68,10 @@ async fn full_cycle(port: u16, gateway: &Gateway, url: &str) {
     assert_eq!(status["urls"]["flv"], flv.as_str());
     // re-published once the media is known, unless the first one knew it already (a
     // state is published once)
-    let has_media = |s: &serde_json::Value| s["video_codec"] == "h264" && s["width"] == 640;
+    // (audio included: a status may know the video before the first audio frame)
+    let has_media = |s: &serde_json::Value| {
+        s["video_codec"] == "h264" && s["width"] == 640 && s["audio_codec"] == "g711a"
+    };
     let status = if has_media(&status) {
         status
     } else {
