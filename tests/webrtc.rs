@@ -60,27 +60,16 @@ async fn stream_json(addr: SocketAddr, device: &str) -> Option<serde_json::Value
     list.into_iter().find(|s| s["device"] == device)
 }
 
-/// Polls `/api/streams` until `pred` holds for the stream of `device` (or it is gone and
-/// `pred(None)` holds).
-async fn wait_api(
-    addr: SocketAddr,
-    device: &str,
-    what: &str,
-    pred: impl Fn(Option<&serde_json::Value>) -> bool,
-) {
-    let deadline = TokioInstant::now() + Duration::from_secs(30);
-    loop {
-        let stream = stream_json(addr, device).await;
-        if pred(stream.as_ref()) {
-            return;
-        }
-        assert!(
-            TokioInstant::now() < deadline,
-            "timed out waiting for {what}: {stream:?}"
-        );
-        // an HTTP poll of an external view; nothing to subscribe to
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Waits (on the hub's events) until the stream of `device` has `n` WebRTC viewers, then
+/// checks that `/api/streams` says so too.
+async fn wait_webrtc_viewers(gateway: &Gateway, device: &str, n: u64) {
+    gateway
+        .wait_for_stream(&format!("{n} webrtc viewers"), |s| {
+            s.device == device && s.webrtc_viewers == n
+        })
+        .await;
+    let api = stream_json(gateway.addrs.http, device).await.unwrap();
+    assert_eq!(api["webrtc_viewers"], n, "{api}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,19 +119,10 @@ async fn a_whep_peer_gets_the_stream_from_a_key_frame_with_its_parameter_sets_an
     }
     // 20 ms of A-law is 160 bytes
     assert_eq!(p.audio_bytes / p.audio_frames, 160);
-    wait_api(
-        gateway.addrs.http,
-        "13800138000",
-        "one webrtc viewer",
-        |s| s.is_some_and(|s| s["webrtc_viewers"] == 1),
-    )
-    .await;
+    wait_webrtc_viewers(&gateway, "13800138000", 1).await;
     let (status, _, _) = http_request(gateway.addrs.http, "DELETE", &location, "", "").await;
     assert_eq!(status, 200);
-    wait_api(gateway.addrs.http, "13800138000", "no webrtc viewer", |s| {
-        s.is_some_and(|s| s["webrtc_viewers"] == 0)
-    })
-    .await;
+    wait_webrtc_viewers(&gateway, "13800138000", 0).await;
     let (status, _, _) = http_request(gateway.addrs.http, "DELETE", &location, "", "").await;
     assert_eq!(status, 404, "a session ends once");
     device.cancel();
@@ -216,6 +196,20 @@ async fn whep_answers_cors_preflights_and_checks_its_token_and_limits() {
     gateway.stop().await;
 }
 
+/// A gateway on its embedded broker with `extra` settings, and a backend subscribed to
+/// replies, device commands and status, once the gateway is online.
+async fn gateway_and_backend(extra: &[(&str, &str)]) -> (String, Gateway, TestClient) {
+    let url = embedded_url();
+    let gateway = gateway_on(&url, BrokerAt::Embedded, extra).await;
+    let mut backend = TestClient::connect(
+        port_of(&url),
+        &["jt1078/client/#", "jt1078/device/#", "jt1078/status/#"],
+    )
+    .await;
+    wait_online(&mut backend).await;
+    (url, gateway, backend)
+}
+
 /// Publishes a WEBRTC request and returns the reply (topic and JSON).
 async fn webrtc_request(
     backend: &mut TestClient,
@@ -243,22 +237,11 @@ async fn webrtc_request(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_signalling_answers_refuses_and_reports_a_device_that_never_connects() {
-    let url = embedded_url();
-    let gateway = gateway_on(
-        &url,
-        BrokerAt::Embedded,
-        &[
-            ("JTGW__CONTROL__PULL_TIMEOUT", "1s"),
-            ("JTGW__CONTROL__PULL_ATTEMPTS", "1"),
-        ],
-    )
+    let (_, gateway, mut backend) = gateway_and_backend(&[
+        ("JTGW__CONTROL__PULL_TIMEOUT", "1s"),
+        ("JTGW__CONTROL__PULL_ATTEMPTS", "1"),
+    ])
     .await;
-    let mut backend = TestClient::connect(
-        port_of(&url),
-        &["jt1078/client/#", "jt1078/device/#", "jt1078/status/#"],
-    )
-    .await;
-    wait_online(&mut backend).await;
 
     let (topic, reply) = webrtc_request(&mut backend, "13800138000", "bad", "hello").await;
     assert_eq!(topic, "jt1078/client/bad/ERROR", "{reply}");
@@ -311,22 +294,11 @@ async fn mqtt_signalling_answers_refuses_and_reports_a_device_that_never_connect
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_vanishes_stalls_nobody_and_is_released_after_the_consent_timeout() {
-    let url = embedded_url();
-    let gateway = gateway_on(
-        &url,
-        BrokerAt::Embedded,
-        &[
-            ("JTGW__WEBRTC__CONSENT_TIMEOUT", "3s"),
-            ("JTGW__CONTROL__STOP_LINGER", "0s"),
-        ],
-    )
+    let (url, gateway, mut backend) = gateway_and_backend(&[
+        ("JTGW__WEBRTC__CONSENT_TIMEOUT", "3s"),
+        ("JTGW__CONTROL__STOP_LINGER", "0s"),
+    ])
     .await;
-    let mut backend = TestClient::connect(
-        port_of(&url),
-        &["jt1078/client/#", "jt1078/device/#", "jt1078/status/#"],
-    )
-    .await;
-    wait_online(&mut backend).await;
     let device = start_device(&url, "13800138000");
     let mut peers = Vec::new();
     for seqid in ["gone", "stays"] {
@@ -348,13 +320,7 @@ async fn a_peer_that_vanishes_stalls_nobody_and_is_released_after_the_consent_ti
     stays.play_until(Duration::from_secs(4), |_| false).await;
     let frames = stays.played.video_frames - before;
     assert!(frames >= 90, "{frames} frames in 4 s beside a dead peer");
-    wait_api(
-        gateway.addrs.http,
-        "13800138000",
-        "one webrtc viewer left",
-        |s| s.is_some_and(|s| s["webrtc_viewers"] == 1),
-    )
-    .await;
+    wait_webrtc_viewers(&gateway, "13800138000", 1).await;
     // the last one vanishes too: its stream is released after the consent timeout
     let vanished_last = TokioInstant::now();
     drop(stays);
@@ -455,25 +421,6 @@ async fn tone_recording(
     recording
 }
 
-/// Replays `recording` into `server` in real time, looping, until cancelled.
-fn replay_looping(
-    recording: &std::path::Path,
-    server: SocketAddr,
-) -> tokio_util::sync::CancellationToken {
-    let options = jt1078_gateway::simulate::SimulateOptions {
-        packets: std::sync::Arc::new(jt1078_gateway::simulate::load_file(recording).unwrap()),
-        server,
-        device: None,
-        channel: None,
-        devices: 1,
-        pace: jt1078_gateway::simulate::Pace::Realtime,
-        looping: true,
-    };
-    let cancel = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(jt1078_gateway::simulate::run(options, cancel.clone()));
-    cancel
-}
-
 /// The A-law the peer got is a 1 kHz tone: 20 dB over any other frequency checked (the
 /// device's codec, then A-law, leave harmonics about 25 dB down; audio_aac.rs bounds ADPCM
 /// at -15 dB THD+N).
@@ -506,7 +453,7 @@ async fn h265_goes_to_a_peer_that_offers_it_and_adpcm_arrives_as_a_law() {
     )
     .await;
     let gateway = Gateway::start(&[]).await;
-    let device = replay_looping(&recording, gateway.addrs.live);
+    let device = replay_looping(&recording, gateway.addrs.live, None);
     gateway
         .wait_for_stream("the H.265 stream", |s| s.video_frames >= 10)
         .await;
@@ -566,7 +513,7 @@ async fn aac_from_a_device_at_16_khz_arrives_as_8_khz_a_law() {
     )
     .await;
     let gateway = Gateway::start(&[]).await;
-    let device = replay_looping(&recording, gateway.addrs.live);
+    let device = replay_looping(&recording, gateway.addrs.live, None);
     gateway
         .wait_for_stream("the stream", |s| s.video_frames >= 10)
         .await;

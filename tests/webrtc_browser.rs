@@ -16,31 +16,11 @@
 mod common;
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::browser::{PlayOptions, PlayResult, play_mqtt, play_whep};
 use common::control::*;
 use common::*;
-use jt1078_gateway::media::DeviceId;
-use jt1078_gateway::simulate::{self, Pace, SimulateOptions, load_file};
-use tokio_util::sync::CancellationToken;
-
-/// The H.264 High 720x576 + G.711A device capture, looping, as device `device`.
-fn replay_capture(server: std::net::SocketAddr, device: &str) -> CancellationToken {
-    let options = SimulateOptions {
-        packets: Arc::new(load_file(&testdata("h264-g711a-156987000796-ch1.jt1078")).unwrap()),
-        server,
-        device: Some(DeviceId::parse(device).unwrap()),
-        channel: Some(1),
-        devices: 1,
-        pace: Pace::Realtime,
-        looping: true,
-    };
-    let cancel = CancellationToken::new();
-    tokio::spawn(simulate::run(options, cancel.clone()));
-    cancel
-}
 
 /// This machine's first IPv4 address that is not loopback, if it has one.
 fn machine_ipv4() -> Option<IpAddr> {
@@ -121,7 +101,11 @@ async fn chromium_plays_whep_and_mqtt_signalled_streams() {
     let http = gateway.addrs.http;
 
     // 1. WHEP, a live stream: the picture from the GOP cache at once
-    let device = replay_capture(gateway.addrs.live, "156987000796");
+    let device = replay_looping(
+        &testdata("h264-g711a-156987000796-ch1.jt1078"),
+        gateway.addrs.live,
+        Some("156987000796"),
+    );
     gateway
         .wait_for_stream("the capture", |s| s.video_frames >= 30)
         .await;

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use jt1078_gateway::codec::jt1078::{Sim, SimLayout};
 use serde::Serialize;
 use tokio::time::Instant;
@@ -298,20 +298,17 @@ async fn stream_counts(gateway: &GatewayProcess) -> anyhow::Result<StreamCounts>
     })
 }
 
-/// Waits until the device's stream has published video.
+/// Waits until the device's stream has published video: an HTTP-FLV request waits in the
+/// gateway for the stream and for its first key frame (then leaves).
 async fn wait_for_video(gateway: &GatewayProcess) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(counts) = stream_counts(gateway).await {
-            if counts.video > 0 {
-                return Ok(());
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("stream {DEVICE} published no video within 10 s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let path = format!("/live/{DEVICE}_1.flv");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        crate::viewer::first_key_frame(gateway.http, &path),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("stream {DEVICE} published no video within 10 s"))??;
+    Ok(())
 }
 
 /// The 1-minute load average.

@@ -66,11 +66,21 @@ pub(crate) async fn gateway_on(url: &str, broker: BrokerAt, extra: &[(&str, &str
 /// A device that pushes to `server` on its own, ignoring MQTT, until the token is
 /// cancelled.
 pub(crate) fn push_on_its_own(server: std::net::SocketAddr, device: &str) -> CancellationToken {
+    replay_looping(&sample(), server, Some(device))
+}
+
+/// Replays `recording` into `server` in real time, looping (as `device` on channel 1, or
+/// as the recording's own device), until the token is cancelled.
+pub(crate) fn replay_looping(
+    recording: &std::path::Path,
+    server: std::net::SocketAddr,
+    device: Option<&str>,
+) -> CancellationToken {
     let options = SimulateOptions {
-        packets: Arc::new(load_file(&sample()).unwrap()),
+        packets: Arc::new(load_file(recording).unwrap()),
         server,
-        device: Some(DeviceId::parse(device).unwrap()),
-        channel: Some(1),
+        device: device.map(|d| DeviceId::parse(d).unwrap()),
+        channel: device.map(|_| 1),
         devices: 1,
         pace: Pace::Realtime,
         looping: true,
