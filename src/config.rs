@@ -85,7 +85,7 @@ pub struct HttpSettings {
     #[serde(with = "humantime_serde")]
     pub head_timeout: Duration,
     /// Bytes all HTTP-FLV viewers together may have queued for their sockets; past it a
-    /// viewer whose queue is older than a second skips ahead (docs/reliability.md).
+    /// viewer whose queue is older than half a second is dropped (docs/reliability.md).
     pub viewer_backlog_total: NonZeroUsize,
     /// A viewer whose oldest queued byte is older than this skips to the next key frame,
     /// and is dropped if it is still that far behind there.

@@ -206,11 +206,6 @@ static TABLES_40: Tables = Tables {
     ],
 };
 
-/// Powers of two, for the floating-point conversions (`quan` in the reference code).
-const POWER2: [i32; 15] = [
-    1, 2, 4, 8, 0x10, 0x20, 0x40, 0x80, 0x100, 0x200, 0x400, 0x800, 0x1000, 0x2000, 0x4000,
-];
-
 /// The adaptive predictor and quantizer state (G.726 §4.2). Fields the reference keeps as
 /// 16-bit `short`s are `i16` here and wrap as they do there.
 #[derive(Debug, Clone)]
@@ -251,43 +246,49 @@ impl State {
         let bits = rate.bits();
         let codes = frame.len() as u64 * 8 / u64::from(bits);
         out.reserve(usize::try_from(codes).unwrap_or(0));
+        let tables = rate.tables();
+        let sign = 1usize << (bits - 1);
+        let mask = (1u32 << bits) - 1;
         let mut acc: u32 = 0;
         let mut held: u32 = 0;
-        let mask = (1u32 << bits) - 1;
-        for byte in frame {
-            match order {
-                BitOrder::MsbFirst => acc = (acc << 8) | u32::from(*byte),
-                BitOrder::LsbFirst => acc |= u32::from(*byte) << held,
+        // one loop per order, so that the order is not tested per code word
+        match order {
+            BitOrder::MsbFirst => {
+                for byte in frame {
+                    acc = (acc << 8) | u32::from(*byte);
+                    held += 8;
+                    while held >= bits {
+                        held -= bits;
+                        let code = (acc >> held) & mask;
+                        acc &= (1u32 << held) - 1;
+                        out.push(self.decode_code(code as usize, tables, sign));
+                    }
+                }
             }
-            held += 8;
-            while held >= bits {
-                let code = match order {
-                    BitOrder::MsbFirst => (acc >> (held - bits)) & mask,
-                    BitOrder::LsbFirst => {
+            BitOrder::LsbFirst => {
+                for byte in frame {
+                    acc |= u32::from(*byte) << held;
+                    held += 8;
+                    while held >= bits {
+                        held -= bits;
                         let code = acc & mask;
                         acc >>= bits;
-                        code
+                        out.push(self.decode_code(code as usize, tables, sign));
                     }
-                };
-                held -= bits;
-                if order == BitOrder::MsbFirst {
-                    acc &= (1u32 << held) - 1;
                 }
-                out.push(self.decode_code(code as usize, rate));
             }
         }
     }
 
-    /// One code word to one sample (the reference `g7xx_decoder` for linear output).
-    fn decode_code(&mut self, code: usize, rate: G726Rate) -> i16 {
-        let tables = rate.tables();
+    /// One code word to one sample (the reference `g7xx_decoder` for linear output);
+    /// `sign` is the code word's sign bit.
+    fn decode_code(&mut self, code: usize, tables: &Tables, sign: usize) -> i16 {
         let at = |table: &[i32]| table.get(code).copied().unwrap_or(0);
         let sezi = self.predictor_zero();
         let sez = sezi >> 1;
         let se = (sezi + self.predictor_pole()) >> 1;
         let y = self.step_size();
-        let negative = code & (1 << (rate.bits() - 1)) != 0;
-        let dq = reconstruct(negative, at(tables.dqln), y);
+        let dq = reconstruct(code & sign != 0, at(tables.dqln), y);
         let sr = if dq < 0 { se - (dq & 0x3FFF) } else { se + dq };
         let dqsez = sr - se + sez;
         self.update(y, at(tables.wi), at(tables.fi), dq, sr, dqsez);
@@ -392,15 +393,17 @@ impl State {
                 *b = v as i16;
             }
         }
-        self.dq.rotate_right(1);
-        // FLOAT A: dq to the 11-bit floating format
-        self.dq[0] = if mag == 0 {
+        // FLOAT A: dq to the 11-bit floating format, in front of the older ones (spelled
+        // out: `rotate_right` on six values costs more than the rest of the update)
+        let dq0 = if mag == 0 {
             if dq >= 0 { 0x20 } else { -992 }
         } else {
             let exp = quan(mag);
             let value = (exp << 6) + ((mag << 6) >> exp);
             (if dq >= 0 { value } else { value - 0x400 }) as i16
         };
+        let [d0, d1, d2, d3, d4, _] = self.dq;
+        self.dq = [dq0, d0, d1, d2, d3, d4];
         // FLOAT B: sr likewise
         self.sr[1] = self.sr[0];
         self.sr[0] = if sr == 0 {
@@ -438,9 +441,15 @@ impl State {
     }
 }
 
-/// Index of the first power of two above `value` (the reference `quan`).
+/// How many of the powers of two 1, 2, 4 … 0x4000 are at most `value` (the reference
+/// `quan`, which walks that table: here from the bit length, as it is called ten times a
+/// sample).
 fn quan(value: i32) -> i32 {
-    POWER2.iter().take_while(|p| value >= **p).count() as i32
+    if value <= 0 {
+        0
+    } else {
+        (u32::BITS - value.unsigned_abs().leading_zeros()).min(15) as i32
+    }
 }
 
 /// Multiplies a predictor coefficient by a signal in the 11-bit floating format.
@@ -491,6 +500,15 @@ mod tests {
             let mut out = Vec::new();
             decoder.decode(&vec![0x55; len], &mut out);
             assert_eq!(out.len(), samples, "{len} bytes");
+        }
+    }
+
+    #[test]
+    fn quan_counts_the_powers_of_two_up_to_the_value() {
+        let table: Vec<i32> = (0..15).map(|n| 1 << n).collect();
+        for value in (-70_000..70_000).chain([i32::MIN, i32::MAX]) {
+            let walked = table.iter().take_while(|p| value >= **p).count() as i32;
+            assert_eq!(quan(value), walked, "{value}");
         }
     }
 
