@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::clock;
-use super::udp::{Datagram, UdpMux};
+use super::udp::{Datagram, SendBatch, UdpMux};
 use crate::codec::audio::aac_decode::AacToTelephony;
 use crate::codec::audio::{PcmDecoder, PcmFormat};
 use crate::hub::{Hub, Reader};
@@ -146,6 +146,8 @@ struct Peer {
     key: StreamKey,
     rtc: Rtc,
     mux: Arc<UdpMux>,
+    /// Packets gathered for one `sendmsg`, sent before the peer waits again.
+    batch: SendBatch,
     candidates: LocalCandidates,
     hub: Hub,
     want_video: bool,
@@ -190,6 +192,7 @@ pub(crate) async fn run(setup: PeerSetup) -> Ended {
         key,
         rtc,
         mux: Arc::clone(&mux),
+        batch: SendBatch::default(),
         candidates,
         hub: hub.clone(),
         want_video,
@@ -286,21 +289,26 @@ impl Peer {
     fn drive(&mut self) -> Instant {
         loop {
             match self.rtc.poll_output() {
-                Ok(Output::Timeout(at)) => return at,
+                Ok(Output::Timeout(at)) => {
+                    self.batch.flush(&self.mux);
+                    return at;
+                }
                 Ok(Output::Transmit(transmit)) => {
                     let source = self.source_for(transmit.source, transmit.destination);
-                    self.mux
-                        .send(source, transmit.destination, &transmit.contents);
+                    self.batch
+                        .push(&self.mux, source, transmit.destination, &transmit.contents);
                 }
                 Ok(Output::Event(event)) => self.event(event),
                 Err(error) => {
                     debug!(peer = self.id, %error, "webrtc session failed");
                     self.ended.get_or_insert(Ended::Failed);
+                    self.batch.flush(&self.mux);
                     return clock();
                 }
             }
             if !self.rtc.is_alive() {
                 self.ended.get_or_insert(Ended::PeerLeft);
+                self.batch.flush(&self.mux);
                 return clock();
             }
         }

@@ -130,15 +130,28 @@ impl UdpMux {
         routes.by_addr.retain(|_, route| route.peer != peer);
     }
 
-    /// Sends one packet to `destination` from `source` (the local address the peer's
-    /// packets arrived on; `None`: as the kernel routes it). A full socket buffer drops the
-    /// packet (UDP: the peer's retransmission or the next frame covers it).
-    pub(crate) fn send(&self, source: Option<IpAddr>, destination: SocketAddr, contents: &[u8]) {
+    /// How many datagrams one send may carry (UDP GSO; 1 where the kernel has none).
+    pub(crate) fn max_segments(&self) -> usize {
+        self.state.max_gso_segments().max(1)
+    }
+
+    /// Sends `contents` to `destination` from `source` (the local address the peer's
+    /// packets arrived on; `None`: as the kernel routes it): one datagram, or with
+    /// `segment_size` one datagram per that many bytes (GSO; the last may be shorter). A
+    /// full socket buffer drops them (UDP: the peer's retransmission or the next frame
+    /// covers it).
+    pub(crate) fn send(
+        &self,
+        source: Option<IpAddr>,
+        destination: SocketAddr,
+        contents: &[u8],
+        segment_size: Option<usize>,
+    ) {
         let transmit = Transmit {
             destination,
             ecn: None,
             contents,
-            segment_size: None,
+            segment_size,
             src_ip: source.filter(|ip| !ip.is_unspecified()),
         };
         let result = self.socket.try_io(Interest::WRITABLE, || {
@@ -146,7 +159,10 @@ impl UdpMux {
         });
         match result {
             Ok(()) => {
-                self.stats.sent.fetch_add(1, Ordering::Relaxed);
+                let datagrams = segment_size.map_or(1, |size| contents.len().div_ceil(size.max(1)));
+                self.stats
+                    .sent
+                    .fetch_add(datagrams as u64, Ordering::Relaxed);
             }
             Err(error) => {
                 let n = self.stats.send_failed.fetch_add(1, Ordering::Relaxed);
@@ -246,6 +262,66 @@ fn stun_ufrag(data: &[u8]) -> Option<&str> {
     username.split(':').next()
 }
 
+/// Most bytes a [`SendBatch`] gathers (its one buffer, kept for the peer's life): a frame
+/// of a few packets; a key frame leaves in several sends.
+const MAX_BATCH: usize = 16 * 1024;
+
+/// Consecutive packets of one peer for one destination, gathered to leave in one `sendmsg`
+/// (UDP GSO): a video frame's RTP packets are the same size but the last, so a frame goes
+/// out in one system call instead of one per packet. Where the kernel has no GSO
+/// ([`UdpMux::max_segments`] is 1) every packet is sent on its own, as before.
+#[derive(Debug, Default)]
+pub(crate) struct SendBatch {
+    buf: Vec<u8>,
+    source: Option<IpAddr>,
+    destination: Option<SocketAddr>,
+    /// The size of every packet but the last.
+    segment: usize,
+    count: usize,
+}
+
+impl SendBatch {
+    /// Adds one packet, sending what is gathered first if this one cannot join it (another
+    /// address, larger than the first, after a shorter one, or the batch is full).
+    pub(crate) fn push(
+        &mut self,
+        mux: &UdpMux,
+        source: Option<IpAddr>,
+        destination: SocketAddr,
+        contents: &[u8],
+    ) {
+        let joins = self.count > 0
+            && self.destination == Some(destination)
+            && self.source == source
+            && contents.len() <= self.segment
+            && self.buf.len() == self.count * self.segment
+            && self.buf.len() + contents.len() <= MAX_BATCH
+            && self.count < mux.max_segments();
+        if !joins {
+            self.flush(mux);
+            self.segment = contents.len();
+            self.source = source;
+            self.destination = Some(destination);
+            if self.buf.capacity() == 0 {
+                self.buf.reserve_exact(MAX_BATCH.max(contents.len()));
+            }
+        }
+        self.buf.extend_from_slice(contents);
+        self.count += 1;
+    }
+
+    /// Sends what is gathered.
+    pub(crate) fn flush(&mut self, mux: &UdpMux) {
+        let Some(destination) = self.destination.filter(|_| self.count > 0) else {
+            return;
+        };
+        let segment_size = (self.count > 1).then_some(self.segment);
+        mux.send(self.source, destination, &self.buf, segment_size);
+        self.buf.clear();
+        self.count = 0;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,5 +331,45 @@ mod tests {
         assert_eq!(stun_ufrag(b""), None);
         assert_eq!(stun_ufrag(&[0x16; 40]), None); // DTLS
         assert_eq!(stun_ufrag(&[0x80; 40]), None); // RTP
+    }
+
+    #[tokio::test]
+    async fn a_batch_leaves_as_the_packets_it_gathered() {
+        let bind = || std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mux = UdpMux::new(bind()).unwrap();
+        let (near, far) = (bind(), bind());
+        let source = Some(IpAddr::from([127, 0, 0, 1]));
+        let packet = |n: usize, fill: u8| vec![fill; n];
+        // the reactor learns the socket is writable (as it has long before a peer sends)
+        mux.socket.writable().await.unwrap();
+        let mut batch = SendBatch::default();
+        // a frame (two full packets and a short last), then audio to another address,
+        // then a packet larger than the first of its batch
+        let sent = [
+            (&near, packet(1200, 1)),
+            (&near, packet(1200, 2)),
+            (&near, packet(300, 3)),
+            (&far, packet(160, 4)),
+            (&near, packet(100, 5)),
+            (&near, packet(200, 6)),
+        ];
+        for (to, contents) in &sent {
+            batch.push(&mux, source, to.local_addr().unwrap(), contents);
+        }
+        batch.flush(&mux);
+        for (socket, want) in [(&near, vec![1, 2, 3, 5, 6]), (&far, vec![4])] {
+            socket
+                .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            for fill in want {
+                let mut buf = [0u8; 2048];
+                let (n, from) = socket.recv_from(&mut buf).unwrap();
+                let (_, expected) = sent.iter().find(|(_, p)| p[0] == fill).unwrap();
+                assert_eq!(&buf[..n], &expected[..], "packet {fill}");
+                assert_eq!(from, mux.local_addr());
+            }
+        }
+        assert_eq!(mux.stats.sent.load(Ordering::Relaxed), 6);
+        assert!(mux.max_segments() >= 1);
     }
 }
