@@ -4,8 +4,10 @@
 //! Clock: the encoded frames follow the input's timestamps, sample-exact between them. A
 //! gap in the input (lost frames) up to [`MAX_FILL_MS`] is filled with silence, so the AAC
 //! timeline and the encoder stay continuous; a longer gap or a jump moves the clock on
-//! without a rewind. The encoder's delay is taken off: whole frames of priming are not
-//! sent, so frame `j` carries about the input's samples `1024 j ..` and has their time.
+//! without a rewind. The encoder's delay is taken off: silence in front of the first input
+//! rounds it up to whole frames (fdk-aac's AAC-LC delay is 1600 samples: 448 more make
+//! two frames), and those frames of priming are not sent, so frame `j` carries the
+//! input's samples `1024 j ..` and has their time.
 //! [`Transcoder::finish`] pushes the tail out with silence when the stream ends, so the
 //! output lasts as long as the input (to half a frame).
 
@@ -42,8 +44,11 @@ pub struct Transcoder {
     samples_in: u64,
     frames_encoded: u64,
     frames_out: u64,
-    /// Encoded frames dropped at the start: the encoder's delay in whole frames.
+    /// Encoded frames dropped at the start: the encoder's delay and the lead-in.
     priming: u64,
+    /// Silence still to feed the encoder before the first input, so that the delay ends
+    /// on a frame boundary.
+    lead_in: usize,
 }
 
 impl std::fmt::Debug for Transcoder {
@@ -59,7 +64,9 @@ impl std::fmt::Debug for Transcoder {
 impl Transcoder {
     /// A transcoder writing through `encoder` (whose rate must be the decoders' 8 kHz).
     pub fn new(encoder: Box<dyn AacEncode>) -> Transcoder {
-        let priming = u64::from(encoder.delay() / SAMPLES_PER_FRAME);
+        let delay = encoder.delay();
+        let lead_in = (SAMPLES_PER_FRAME - delay % SAMPLES_PER_FRAME) % SAMPLES_PER_FRAME;
+        let priming = u64::from(delay.div_ceil(SAMPLES_PER_FRAME));
         Transcoder {
             decoder: None,
             encoder,
@@ -70,6 +77,7 @@ impl Transcoder {
             frames_encoded: 0,
             frames_out: 0,
             priming,
+            lead_in: lead_in as usize,
         }
     }
 
@@ -149,6 +157,10 @@ impl Transcoder {
         limit: u64,
     ) -> Result<(), AudioError> {
         self.raw.clear();
+        if self.lead_in > 0 {
+            let silence = vec![0i16; std::mem::take(&mut self.lead_in)];
+            self.encoder.encode(&silence, &mut self.raw)?;
+        }
         self.encoder.encode(pcm, &mut self.raw)?;
         let config = self.encoder.config();
         for raw in std::mem::take(&mut self.raw) {

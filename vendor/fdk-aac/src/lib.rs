@@ -1,0 +1,2 @@
+pub mod enc;
+pub mod dec;
