@@ -3,6 +3,9 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+# the allocator's build settings, and the patched crates `[patch.crates-io]` names
+COPY .cargo .cargo
+COPY vendor vendor
 COPY src src
 COPY config config
 COPY benches benches

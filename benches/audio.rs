@@ -5,7 +5,7 @@
 
 /// The allocator the gateway binary uses (src/main.rs), so the figures are the gateway's.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use jt1078_gateway::codec::audio::adpcm::AdpcmDecoder;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 /// The allocator the gateway binary uses (src/main.rs), so the figures are the gateway's.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};

@@ -39,6 +39,14 @@ impl GatewayProcess {
     /// Starts `bin serve` on its built-in defaults, every listener on a free loopback port,
     /// and waits until it answers HTTP.
     pub(crate) async fn start(bin: &Path) -> anyhow::Result<GatewayProcess> {
+        GatewayProcess::start_with(bin, &[]).await
+    }
+
+    /// [`GatewayProcess::start`] with settings of its own (`JTGW__…` variables).
+    pub(crate) async fn start_with(
+        bin: &Path,
+        settings: &[(&str, &str)],
+    ) -> anyhow::Result<GatewayProcess> {
         let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
         let live = addr(free_port()?);
         let http = addr(free_port()?);
@@ -65,6 +73,7 @@ impl GatewayProcess {
             .env("JTGW__HTTP__COLD_PULLS_PER_MINUTE", "1000000")
             .env("JTGW__HTTP__MAX_WAITING", "1000000")
             .env("JTGW__LOG__LEVEL", "warn")
+            .envs(settings.iter().copied())
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .kill_on_drop(true)

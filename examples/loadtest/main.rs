@@ -7,6 +7,7 @@
 //! cargo build --release --bin jt1078-gateway --example loadtest
 //! target/release/examples/loadtest --steps 10,100,250,500,1000 --out docs/bench
 //! target/release/examples/loadtest webrtc --viewers 10,100 --out docs/bench/webrtc
+//! target/release/examples/loadtest control --requests 1000000 --out docs/bench/control
 //! ```
 //!
 //! See docs/benchmarks.md for what each figure means.
@@ -20,6 +21,7 @@
 mod baseline;
 mod capacity;
 mod chunked;
+mod control;
 mod device;
 mod first_frame;
 mod gateway;
@@ -96,6 +98,18 @@ enum Mode {
         #[arg(long, default_value_t = 50)]
         offer_gap_ms: u64,
     },
+    /// Control plane: SUBSCRIBEs for fresh devices, each with a fresh seqid and client_id,
+    /// in rounds (each round's replies awaited), through the embedded broker; the gateway's
+    /// RSS after each round and once every lease has expired. Writes control.md and
+    /// control.json.
+    Control {
+        /// Requests in all.
+        #[arg(long, default_value_t = 1_000_000)]
+        requests: usize,
+        /// Requests per round.
+        #[arg(long, default_value_t = 20_000)]
+        round: usize,
+    },
 }
 
 #[tokio::main]
@@ -149,6 +163,18 @@ async fn main() -> anyhow::Result<()> {
         baselines: Vec::new(),
         webrtc: Vec::new(),
     };
+    if let Some(Mode::Control { requests, round }) = &args.mode {
+        let run = control::run(&args.gateway, *requests, *round).await?;
+        let report = control::report(&run);
+        print!("{report}");
+        std::fs::create_dir_all(&args.out)?;
+        std::fs::write(args.out.join("control.md"), report)?;
+        std::fs::write(
+            args.out.join("control.json"),
+            serde_json::to_string_pretty(&run)?,
+        )?;
+        return Ok(());
+    }
     if let Some(Mode::Webrtc {
         viewers,
         offer_gap_ms,

@@ -29,6 +29,15 @@ pub use self::router::shared_subs::Strategy;
 
 mod link;
 pub mod protocol;
+
+/// Replaces a drained queue that a burst grew past four times `keep` with one of `keep`
+/// (jt1078-gateway patch): the queues the router and a connection swap keep their
+/// capacity for the life of the connection otherwise.
+pub(crate) fn give_back<T>(queue: &mut std::collections::VecDeque<T>, keep: usize) {
+    if queue.is_empty() && queue.capacity() > 4 * keep {
+        *queue = std::collections::VecDeque::with_capacity(keep);
+    }
+}
 mod router;
 mod segments;
 mod server;

@@ -22,6 +22,12 @@ pub enum Error {
     KeepAlive(#[from] Elapsed),
 }
 
+/// A connection's read and write buffers start at this size.
+const BUFFER: usize = 10 * 1024;
+/// A buffer grown past this by a burst is replaced by a new one of `BUFFER` once drained
+/// (jt1078-gateway patch).
+const KEEP_BUFFER: usize = 64 * 1024;
+
 /// Network transforms packets <-> frames efficiently. It takes
 /// advantage of pre-allocation, buffering and vectorization when
 /// appropriate to achieve performance
@@ -30,6 +36,9 @@ pub struct Network<P> {
     socket: Box<dyn N>,
     /// Buffered reads
     read: BytesMut,
+    /// Bytes read into `read` since it was made (jt1078-gateway patch). `read` reuses or
+    /// grows one allocation, which its capacity does not show once packets are split off.
+    read_into_buffer: usize,
     /// Buffered writes
     write: BytesMut,
     /// Maximum packet size
@@ -51,8 +60,9 @@ impl<P: Protocol> Network<P> {
     ) -> Network<P> {
         Network {
             socket,
-            read: BytesMut::with_capacity(10 * 1024),
-            write: BytesMut::with_capacity(10 * 1024),
+            read: BytesMut::with_capacity(BUFFER),
+            read_into_buffer: 0,
+            write: BytesMut::with_capacity(BUFFER),
             max_incoming_size,
             max_connection_buffer_len,
             // Overwritten by keepalive value in connect packet, otherwise we
@@ -85,6 +95,7 @@ impl<P: Protocol> Network<P> {
             }
 
             total_read += read;
+            self.read_into_buffer += read;
             if total_read >= required {
                 return Ok(total_read);
             }
@@ -125,7 +136,16 @@ impl<P: Protocol> Network<P> {
                         return Ok(connection_buffer_length);
                     }
                 }
-                Err(protocol::Error::InsufficientBytes(_)) => return Ok(packets.len()),
+                Err(protocol::Error::InsufficientBytes(_)) => {
+                    // jt1078-gateway patch: a flood grows the read buffer; start a small
+                    // one once it is drained (the old one goes when the packets read from
+                    // it go)
+                    if self.read.is_empty() && self.read_into_buffer > KEEP_BUFFER {
+                        self.read = BytesMut::with_capacity(BUFFER);
+                        self.read_into_buffer = 0;
+                    }
+                    return Ok(packets.len());
+                }
                 Err(e) => return Err(io::Error::new(ErrorKind::InvalidData, e.to_string()).into()),
             }
         }
@@ -135,6 +155,10 @@ impl<P: Protocol> Network<P> {
         Protocol::write(&self.protocol, packet, &mut self.write)?;
         self.socket.write_all(&self.write).await?;
         self.write.clear();
+        // jt1078-gateway patch: give back what a burst of replies grew the buffer to
+        if self.write.capacity() > KEEP_BUFFER {
+            self.write = BytesMut::with_capacity(BUFFER);
+        }
         Ok(())
     }
 
@@ -144,6 +168,10 @@ impl<P: Protocol> Network<P> {
         }
         self.socket.write_all(&self.write).await?;
         self.write.clear();
+        // jt1078-gateway patch: give back what a burst of replies grew the buffer to
+        if self.write.capacity() > KEEP_BUFFER {
+            self.write = BytesMut::with_capacity(BUFFER);
+        }
         Ok(())
     }
 }

@@ -159,6 +159,9 @@ impl<P: Protocol> RemoteLink<P> {
                         }
 
                     }
+                    // jt1078-gateway patch: the buffer swapped with the router keeps what
+                    // a flood grew it to otherwise
+                    crate::give_back(&mut self.notifications, 100);
                     self.network.writev(packets).await?;
                     if unscheduled {
                         self.link_rx.wake().await?;

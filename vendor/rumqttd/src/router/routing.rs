@@ -880,6 +880,9 @@ impl Router {
             }
         }
 
+        // jt1078-gateway patch: a flood grows the buffer the router swaps with each
+        // connection; give that capacity back once it is drained
+        crate::give_back(&mut packets, MAX_CHANNEL_CAPACITY);
         self.cache = Some(packets);
 
         // Prepare AcksRequest in tracker if router is operating in a

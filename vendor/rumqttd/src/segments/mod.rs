@@ -162,14 +162,15 @@ where
         }
     }
 
-    /// Drops every segment but the active one (jt1078-gateway patch): for when every reader
-    /// has read past them. A reader still behind would continue at the active segment, as
-    /// after retention.
+    /// Drops every segment but the active one, and the active one's entries but its last
+    /// (jt1078-gateway patch): for when every reader has read them. Offsets go on; a reader
+    /// still behind would continue at the oldest entry kept, as after retention.
     pub fn trim_to_active(&mut self) {
         while self.segments.len() > 1 {
             self.segments.pop_front();
             self.head += 1;
         }
+        self.active_segment_mut().drop_all_but_last();
     }
 
     #[inline]
@@ -330,8 +331,25 @@ mod tests {
         assert_eq!(log.memory_segments_count(), 1);
         assert_eq!(log.next_offset(), next, "offsets continue");
         assert_eq!(log.head, log.tail);
+        assert_eq!(log.entries(), next.1, "entries count on");
+        assert_eq!(log.active_segment().len(), 1, "only the last entry is kept");
+        assert_eq!(log.last(), Some(random_payload(39, 100)));
+        // a reader at the end reads nothing, with no jump
+        let mut out = Vec::new();
+        assert_eq!(
+            log.readv(next, 10, &mut out).unwrap(),
+            Done {
+                start: next,
+                end: next
+            }
+        );
+        assert!(out.is_empty());
         let (_, offset) = log.append(random_payload(99, 100));
         assert_eq!(offset, next.1 + 1);
+        // and reads on from there
+        log.readv(next, 10, &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        verify(99, 100, out.remove(0));
     }
 
     #[test]

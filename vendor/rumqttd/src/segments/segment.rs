@@ -112,6 +112,21 @@ where
     pub fn last(&self) -> Option<T> {
         self.data.last().cloned()
     }
+
+    /// Drops every entry but the last, keeping the offsets (jt1078-gateway patch): for an
+    /// active segment every reader has read to the end. The last stays for `last()`.
+    pub(crate) fn drop_all_but_last(&mut self) {
+        if self.data.len() <= 1 {
+            return;
+        }
+        let kept = self.data.pop();
+        self.absolute_offset += self.data.len() as u64;
+        self.data = Vec::new();
+        self.total_size = 0;
+        if let Some(last) = kept {
+            self.push(last);
+        }
+    }
 }
 
 #[cfg(test)]
