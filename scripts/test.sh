@@ -82,7 +82,7 @@ echo "== cargo fuzz (stable toolchain, no sanitizer): build every target, short 
 # matters). Longer runs: see docs/fuzzing.md.
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked cargo-fuzz
 cargo fuzz build -s none -O --fuzz-dir fuzz
-for target in jt1078_decoder h26x_parameter_sets; do
+for target in jt1078_decoder h26x_parameter_sets audio_payloads; do
   corpus="$(mktemp -d)"
   cargo fuzz run -s none -O --fuzz-dir fuzz "$target" "$corpus" -- \
     -max_total_time=15 -rss_limit_mb=1024 -max_len=8192 2>&1 | tail -n 2
