@@ -22,6 +22,8 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+# a real STUN server for the WebRTC test of webrtc.stun_servers
+command -v turnserver >/dev/null 2>&1 || need+=(coturn)
 # the AAC encoder (fdk-aac) is C++ built from source by cargo
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 # the WebRTC tests play in a real browser, with mqtt.js from npm for MQTT over WebSocket

@@ -248,6 +248,12 @@ pub struct WebRtcSettings {
     /// environment) a comma-separated string.
     #[serde(deserialize_with = "ip_list")]
     pub public_ips: Vec<std::net::IpAddr>,
+    /// STUN servers (`host:port`) that tell the gateway the address its UDP port has
+    /// outside a NAT, announced to browsers besides `public_ips` or the interfaces' (as a
+    /// host candidate: the gateway is ICE-lite); empty: none asked. A list, or (from the
+    /// environment) a comma-separated string.
+    #[serde(deserialize_with = "text_list")]
+    pub stun_servers: Vec<String>,
     /// Peers at once, over all streams.
     pub max_peers: NonZeroUsize,
     /// A peer that sends nothing (no consent check, no RTCP) for this long is gone.
@@ -327,6 +333,25 @@ fn ip_list<'de, D: serde::Deserializer<'de>>(
             })
             .collect(),
     }
+}
+
+/// A list of strings, from a TOML list or a comma-separated string (the environment).
+fn text_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match Form::deserialize(deserializer)? {
+        Form::List(list) => list,
+        Form::Text(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
 }
 
 impl Settings {
@@ -418,6 +443,21 @@ mod tests {
         ];
         assert_eq!(s.webrtc.public_ips, expected);
         assert_eq!(s.webrtc.udp_listen.port(), 8000);
+    }
+
+    #[test]
+    fn stun_servers_come_from_the_environment_comma_separated() {
+        let env = HashMap::from([(
+            "JTGW__WEBRTC__STUN_SERVERS".to_owned(),
+            "stun.example.net:3478, 192.0.2.1:19302".to_owned(),
+        )]);
+        let s = Settings::load_from(None, Some(env)).unwrap();
+        assert_eq!(
+            s.webrtc.stun_servers,
+            ["stun.example.net:3478", "192.0.2.1:19302"]
+        );
+        let s = Settings::load_from(None, Some(HashMap::new())).unwrap();
+        assert!(s.webrtc.stun_servers.is_empty());
     }
 
     #[test]

@@ -608,3 +608,107 @@ async fn a_waiting_peer_plays_as_soon_as_its_device_connects() {
     device.cancel();
     gateway.stop().await;
 }
+
+/// coturn (`turnserver`, which scripts/test.sh installs) as a STUN-only server on a free
+/// loopback port; killed on drop.
+struct StunServer {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl StunServer {
+    fn start() -> StunServer {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("turnserver")
+            .args([
+                "-n",
+                "--stun-only",
+                "--no-cli",
+                "--no-tls",
+                "--no-dtls",
+                "--listening-ip=127.0.0.1",
+                &format!("--listening-port={port}"),
+                "--log-file=stdout",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("turnserver (Debian's coturn; scripts/test.sh installs it): {e}")
+            });
+        StunServer {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+}
+
+impl Drop for StunServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_address_a_stun_server_sees_is_announced_to_browsers() {
+    let stun = StunServer::start();
+    let servers = stun.addr.to_string();
+    // bound to the wildcard, the host candidates are the machine's other addresses; the
+    // STUN server on loopback sees the port at 127.0.0.1, an address not announced
+    let gateway = Gateway::start(&[
+        ("JTGW__WEBRTC__UDP_LISTEN", "0.0.0.0:0"),
+        ("JTGW__WEBRTC__STUN_SERVERS", servers.as_str()),
+    ])
+    .await;
+    let http = gateway.addrs.http;
+    // the gateway asks every 500 ms until coturn (starting meanwhile) answers
+    let api = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let (_, body) = http_get(http, "/api/webrtc").await;
+            let api: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            if api["reflexive"].as_array().is_some_and(|a| !a.is_empty()) {
+                return api;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no address from the STUN server within 10 s"));
+    let udp: SocketAddr = api["udp"].as_str().unwrap().parse().unwrap();
+    let mapped = format!("127.0.0.1:{}", udp.port());
+    assert_eq!(api["reflexive"], serde_json::json!([mapped]), "{api}");
+    let hosts: Vec<SocketAddr> = api["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        !hosts.is_empty() && hosts.iter().all(|h| !h.ip().is_loopback()),
+        "this test needs an interface besides loopback: {api}"
+    );
+    let (_, offer) = TestPeer::new(Offers::H264).await;
+    let (status, _, answer) = whep_post(http, "/whep/live/13800138000_1", &offer).await;
+    assert_eq!(status, 201, "{answer}");
+    // every interface address and the one outside (ICE-lite: all as host candidates)
+    let candidates: Vec<&str> = answer
+        .lines()
+        .filter(|l| l.starts_with("a=candidate:"))
+        .collect();
+    assert_eq!(candidates.len(), hosts.len() + 1, "{answer}");
+    let outside = format!("127.0.0.1 {} typ host", udp.port());
+    assert!(
+        candidates.iter().any(|c| c.contains(&outside)),
+        "no candidate {outside}:\n{answer}"
+    );
+    for host in &hosts {
+        let line = format!("{} {} typ host", host.ip(), host.port());
+        assert!(candidates.iter().any(|c| c.contains(&line)), "{answer}");
+    }
+    gateway.stop().await;
+}

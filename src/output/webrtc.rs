@@ -151,6 +151,9 @@ impl WebRtc {
         let candidates = local_candidates(settings, mux.local_addr());
         info!(udp = %mux.local_addr(), candidates = ?candidates.announced, "webrtc listening");
         tasks.spawn(Arc::clone(&mux).run(shutdown.clone()));
+        if !settings.stun_servers.is_empty() {
+            tasks.spawn(Arc::clone(&mux).discover(settings.stun_servers.clone(), shutdown.clone()));
+        }
         let (events_tx, events_rx) = mpsc::channel(1024);
         let certificate = str0m::crypto::from_feature_flags()
             .dtls_provider
@@ -187,6 +190,12 @@ impl WebRtc {
     /// The addresses announced to browsers.
     pub fn candidates(&self) -> &[SocketAddr] {
         &self.inner.candidates.announced
+    }
+
+    /// The UDP port's addresses outside a NAT, as the STUN servers (`webrtc.stun_servers`)
+    /// last saw it: announced too (as host candidates, like `public_ips`).
+    pub fn reflexive(&self) -> Vec<SocketAddr> {
+        self.inner.mux.reflexive_addrs()
     }
 
     fn sessions(&self) -> MutexGuard<'_, HashMap<String, Session>> {
@@ -274,6 +283,20 @@ impl WebRtc {
                     rtc.add_local_candidate(candidate);
                 }
                 Err(error) => warn!(%addr, %error, "webrtc candidate not usable"),
+            }
+        }
+        // the port's address outside a NAT, as a STUN server saw it: announced as a host
+        // candidate, as `public_ips` would name it (an ICE-lite peer announces only host
+        // candidates, RFC 8445 §2.5; str0m refuses others)
+        for mapped in self.reflexive() {
+            if self.inner.candidates.announced.contains(&mapped) {
+                continue;
+            }
+            match Candidate::host(mapped, "udp") {
+                Ok(candidate) => {
+                    rtc.add_local_candidate(candidate);
+                }
+                Err(error) => warn!(%mapped, %error, "webrtc candidate not usable"),
             }
         }
         let answer = rtc

@@ -12,6 +12,11 @@
 //! Routing: a STUN binding request names its peer in USERNAME (`{our ufrag}:{theirs}`); the
 //! source address it came from is then that peer's, and so is every later datagram from it
 //! (DTLS, SRTP, SRTCP). A datagram from an address nobody claimed is dropped (counted).
+//!
+//! STUN servers (`webrtc.stun_servers`): the socket asks each for its own address as seen
+//! from outside (a binding request, RFC 8489), at start and every [`STUN_REFRESH`]; their
+//! answers are taken out before routing, and the addresses they name are announced too
+//! (as host candidates, like `webrtc.public_ips`: an ICE-lite peer announces no others).
 
 use std::collections::HashMap;
 use std::io::IoSliceMut;
@@ -22,14 +27,14 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
-use str0m::ice::StunMessage;
+use str0m::ice::{StunMessage, StunMessageBuilder, TransId};
 
 use super::clock;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// Datagrams queued for one peer before more are dropped (a peer task that stalls must
 /// not stall the socket or the other peers).
@@ -73,6 +78,22 @@ struct Route {
     tx: mpsc::Sender<Datagram>,
 }
 
+/// How often the STUN servers are asked again once they answered (keeps a NAT's mapping
+/// of the port alive, and notices a new one).
+pub(crate) const STUN_REFRESH: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Between the first binding requests, until a server answers.
+const STUN_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// What the STUN servers were asked and what they answered.
+#[derive(Debug, Default)]
+struct Reflexive {
+    /// The transaction id of the request in flight to each server.
+    asked: HashMap<SocketAddr, [u8; 12]>,
+    /// Each server's last answer: the socket's address outside.
+    mapped: HashMap<SocketAddr, SocketAddr>,
+}
+
 /// The shared socket.
 #[derive(Debug)]
 pub(crate) struct UdpMux {
@@ -80,6 +101,7 @@ pub(crate) struct UdpMux {
     state: UdpSocketState,
     local: SocketAddr,
     routes: Mutex<Routes>,
+    reflexive: Mutex<Reflexive>,
     pub(crate) stats: UdpStats,
 }
 
@@ -95,6 +117,7 @@ impl UdpMux {
             state,
             local,
             routes: Mutex::new(Routes::default()),
+            reflexive: Mutex::new(Reflexive::default()),
             stats: UdpStats::default(),
         })
     }
@@ -213,7 +236,114 @@ impl UdpMux {
         }
     }
 
+    fn reflexive(&self) -> MutexGuard<'_, Reflexive> {
+        // two maps, each updated by one insert: consistent after a panic
+        self.reflexive
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The socket's addresses outside, as the STUN servers last saw it (each once).
+    pub(crate) fn reflexive_addrs(&self) -> Vec<SocketAddr> {
+        let mut addrs: Vec<SocketAddr> = self.reflexive().mapped.values().copied().collect();
+        addrs.sort();
+        addrs.dedup();
+        addrs
+    }
+
+    /// Asks each of `servers` (`host:port`) for the socket's address outside: at once, again
+    /// every [`STUN_RETRY`] until it answers, then every [`STUN_REFRESH`], until `shutdown`.
+    pub(crate) async fn discover(
+        self: Arc<Self>,
+        servers: Vec<String>,
+        shutdown: CancellationToken,
+    ) {
+        let mut warned = std::collections::HashSet::new();
+        let mut unanswered_rounds = 0u32;
+        loop {
+            for server in &servers {
+                match tokio::net::lookup_host(server.as_str()).await {
+                    Ok(addrs) => {
+                        // the socket's family only: a v4 socket cannot reach a v6 server
+                        let same_family = addrs.filter(|a| a.is_ipv4() == self.local.is_ipv4());
+                        for addr in same_family.take(1) {
+                            self.ask(addr);
+                        }
+                    }
+                    Err(error) => {
+                        if warned.insert(server.clone()) {
+                            warn!(%server, %error, "stun server not resolved; asked again later");
+                        }
+                    }
+                }
+            }
+            let answered = !self.reflexive().mapped.is_empty();
+            if !answered {
+                unanswered_rounds += 1;
+                if unanswered_rounds == 6 {
+                    warn!(
+                        servers = ?servers,
+                        error = "no answer to 6 binding requests",
+                        "no stun server answered: no server-reflexive candidate; asking every 30 s"
+                    );
+                }
+            }
+            let wait = if answered || unanswered_rounds >= 6 {
+                STUN_REFRESH
+            } else {
+                STUN_RETRY
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Sends a binding request to `server` (it replaces the one in flight there).
+    fn ask(&self, server: SocketAddr) {
+        let mut buf = [0u8; 64];
+        let request = StunMessageBuilder::new()
+            .binding()
+            .request()
+            .build(TransId::new());
+        // no MESSAGE-INTEGRITY without a password: the HMAC is never called
+        match request.to_bytes(None, &mut buf, |_, _| [0; 20]) {
+            Ok(len) => {
+                let mut id = [0u8; 12];
+                id.copy_from_slice(&buf[8..20]);
+                self.reflexive().asked.insert(server, id);
+                self.send(None, server, &buf[..len], None);
+            }
+            Err(error) => warn!(%server, %error, "stun binding request not built"),
+        }
+    }
+
+    /// Takes a STUN server's answer to a request in flight; false for anything else.
+    fn take_stun_answer(&self, datagram: &Datagram) -> bool {
+        let data = &datagram.data[..];
+        if data.len() < 20 || data[0] > 3 || data[4..8] != STUN_COOKIE {
+            return false;
+        }
+        let mut reflexive = self.reflexive();
+        let Some(id) = reflexive.asked.get(&datagram.source).copied() else {
+            return false;
+        };
+        let Some(mapped) = binding_reply_address(data, &id) else {
+            return false;
+        };
+        reflexive.asked.remove(&datagram.source);
+        let before = reflexive.mapped.insert(datagram.source, mapped);
+        if before != Some(mapped) {
+            info!(server = %datagram.source, %mapped, "stun: the webrtc port outside");
+        }
+        true
+    }
+
     fn route(&self, datagram: Datagram) {
+        if self.take_stun_answer(&datagram) {
+            return;
+        }
         let route = {
             let mut routes = self.routes();
             let by_stun = stun_ufrag(&datagram.data)
@@ -251,10 +381,59 @@ impl UdpMux {
     }
 }
 
+/// STUN's magic cookie (RFC 8489 §5).
+const STUN_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
+
+/// The address a binding success reply to transaction `id` names (XOR-MAPPED-ADDRESS,
+/// else MAPPED-ADDRESS; RFC 8489 §14.1-14.2). Written here because `str0m`'s STUN parser
+/// refuses a reply without MESSAGE-INTEGRITY, and a STUN server's reply to a request
+/// without credentials has none.
+fn binding_reply_address(data: &[u8], id: &[u8; 12]) -> Option<SocketAddr> {
+    let header = data.get(..20)?;
+    if header[..2] != [0x01, 0x01] || header[4..8] != STUN_COOKIE || header[8..20] != id[..] {
+        return None;
+    }
+    let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
+    let mut attributes = data.get(20..20 + len)?;
+    let mut plain = None;
+    while let [t0, t1, l0, l1, rest @ ..] = attributes {
+        let kind = u16::from_be_bytes([*t0, *t1]);
+        let len = usize::from(u16::from_be_bytes([*l0, *l1]));
+        let value = rest.get(..len)?;
+        match kind {
+            0x0020 => return mapped_address(value, Some(id)),
+            0x0001 => plain = mapped_address(value, None),
+            _ => {}
+        }
+        // values are padded to four bytes
+        attributes = rest.get(len.next_multiple_of(4)..).unwrap_or_default();
+    }
+    plain
+}
+
+/// A (XOR-)MAPPED-ADDRESS value; `xor` with the transaction id for the XOR form.
+fn mapped_address(value: &[u8], xor: Option<&[u8; 12]>) -> Option<SocketAddr> {
+    let (family, port, address) = (value.get(1)?, value.get(2..4)?, value.get(4..)?);
+    let mut key = [0u8; 18];
+    if let Some(id) = xor {
+        key[..4].copy_from_slice(&STUN_COOKIE);
+        key[4..16].copy_from_slice(id);
+        key[16..].copy_from_slice(&STUN_COOKIE[..2]);
+    }
+    let port = u16::from_be_bytes([port[0] ^ key[16], port[1] ^ key[17]]);
+    let unxor = |bytes: &[u8]| -> Vec<u8> { bytes.iter().zip(key).map(|(b, k)| b ^ k).collect() };
+    let ip = match (family, address.len()) {
+        (1, 4) => IpAddr::from(<[u8; 4]>::try_from(unxor(address)).ok()?),
+        (2, 16) => IpAddr::from(<[u8; 16]>::try_from(unxor(address)).ok()?),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
 /// The local ufrag a STUN binding request is addressed to (USERNAME `{ours}:{theirs}`).
 fn stun_ufrag(data: &[u8]) -> Option<&str> {
     // STUN: first two bits zero and the magic cookie (RFC 5389); anything else is DTLS/RTP
-    if data.len() < 20 || data[0] > 3 || data[4..8] != [0x21, 0x12, 0xa4, 0x42] {
+    if data.len() < 20 || data[0] > 3 || data[4..8] != STUN_COOKIE {
         return None;
     }
     let message = StunMessage::parse(data).ok()?;
@@ -331,6 +510,63 @@ mod tests {
         assert_eq!(stun_ufrag(b""), None);
         assert_eq!(stun_ufrag(&[0x16; 40]), None); // DTLS
         assert_eq!(stun_ufrag(&[0x80; 40]), None); // RTP
+    }
+
+    fn from_hex(hex: &str) -> Vec<u8> {
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_stun_servers_binding_reply_names_the_address_it_saw() {
+        // coturn 4.6.1's reply to a binding request from 127.0.0.1:55309: XOR-MAPPED-ADDRESS,
+        // MAPPED-ADDRESS, RESPONSE-ORIGIN, SOFTWARE, no MESSAGE-INTEGRITY
+        let reply = from_hex(
+            "0101003c2112a442c19e0360db4d07c3a68b0ec4002000080001f91f5e12a443000100080001d80d7f000001802b0008000187dd7f00000180220014436f7475726e2d342e362e312027476f72737427",
+        );
+        let id: [u8; 12] = reply[8..20].try_into().unwrap();
+        let seen = SocketAddr::from(([127, 0, 0, 1], 55309));
+        assert_eq!(binding_reply_address(&reply, &id), Some(seen));
+        let mut other = id;
+        other[0] ^= 1;
+        assert_eq!(
+            binding_reply_address(&reply, &other),
+            None,
+            "another request's"
+        );
+        for cut in [0, 19, 20, 31, reply.len() - 1] {
+            assert_eq!(
+                binding_reply_address(&reply[..cut], &id),
+                None,
+                "cut at {cut}"
+            );
+        }
+        let mut request = reply.clone();
+        request[0] = 0x00; // 0x0001: a binding request, not its reply
+        assert_eq!(binding_reply_address(&request, &id), None);
+    }
+
+    #[test]
+    fn an_ipv6_address_is_xored_with_the_cookie_and_the_transaction() {
+        let id = [7u8; 12];
+        let seen: SocketAddr = "[2001:db8::1]:3478".parse().unwrap();
+        let IpAddr::V6(v6) = seen.ip() else {
+            unreachable!()
+        };
+        let mut key = [0u8; 16];
+        key[..4].copy_from_slice(&STUN_COOKIE);
+        key[4..].copy_from_slice(&id);
+        let mut value = vec![0, 2];
+        value.extend_from_slice(&(seen.port() ^ 0x2112).to_be_bytes());
+        value.extend(v6.octets().iter().zip(key).map(|(a, k)| a ^ k));
+        let mut reply = vec![0x01, 0x01, 0, 24];
+        reply.extend_from_slice(&STUN_COOKIE);
+        reply.extend_from_slice(&id);
+        reply.extend_from_slice(&[0x00, 0x20, 0, 20]);
+        reply.extend_from_slice(&value);
+        assert_eq!(binding_reply_address(&reply, &id), Some(seen));
     }
 
     #[tokio::test]

@@ -39,6 +39,7 @@ async fn sessions(State(webrtc): State<WebRtc>) -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "udp": webrtc.local_addr().to_string(),
         "candidates": webrtc.candidates().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "reflexive": webrtc.reflexive().iter().map(ToString::to_string).collect::<Vec<_>>(),
         "sessions": webrtc.list(),
     }))
 }
