@@ -284,7 +284,7 @@ impl UdpMux {
                     warn!(
                         servers = ?servers,
                         error = "no answer to 6 binding requests",
-                        "no stun server answered: no server-reflexive candidate; asking every 30 s"
+                        "no stun server answered: no address outside announced; asking every 30 s"
                     );
                 }
             }
