@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs what the tests need
 # (ffmpeg/ffprobe, mosquitto and its clients, redis-server and redis-cli, nginx-rtmp,
-# docker-compose, curl, chromium, npm; a venv with imageio-ffmpeg, playwright and paho-mqtt;
+# docker-compose, curl, chromium, npm, coturn, g++ and make; a venv with imageio-ffmpeg,
+# playwright and paho-mqtt;
 # mqtt.js in target/npm) when missing, then runs formatting, lints,
 # unit/property/integration tests, docs and the purity check. The browser tests drive
 # Debian's chromium through playwright (tests/browser/driver.py); `playwright install` is
@@ -26,6 +27,8 @@ command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v turnserver >/dev/null 2>&1 || need+=(coturn)
 # the AAC encoder (fdk-aac) is C++ built from source by cargo
 command -v g++ >/dev/null 2>&1 || need+=(g++)
+# jemalloc, the gateway's allocator, is built from source with configure and make
+command -v make >/dev/null 2>&1 || need+=(make)
 # the WebRTC tests play in a real browser, with mqtt.js from npm for MQTT over WebSocket
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v npm >/dev/null 2>&1 || need+=(npm)

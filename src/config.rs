@@ -246,13 +246,13 @@ pub struct WebRtcSettings {
     /// Addresses to announce as host candidates (NAT 1:1: the public address of this
     /// machine); empty: the addresses of the machine's interfaces. A list, or (from the
     /// environment) a comma-separated string.
-    #[serde(deserialize_with = "ip_list")]
+    #[serde(deserialize_with = "comma_list")]
     pub public_ips: Vec<std::net::IpAddr>,
     /// STUN servers (`host:port`) that tell the gateway the address its UDP port has
     /// outside a NAT, announced to browsers besides `public_ips` or the interfaces' (as a
     /// host candidate: the gateway is ICE-lite); empty: none asked. A list, or (from the
     /// environment) a comma-separated string.
-    #[serde(deserialize_with = "text_list")]
+    #[serde(deserialize_with = "comma_list")]
     pub stun_servers: Vec<String>,
     /// Peers at once, over all streams.
     pub max_peers: NonZeroUsize,
@@ -309,19 +309,21 @@ pub struct LogSettings {
     pub level: String,
 }
 
-/// IP addresses as a list, or as one comma-separated string (environment variables cannot
-/// hold lists; a parsing environment would also turn strings such as passwords into
-/// numbers).
-fn ip_list<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Vec<std::net::IpAddr>, D::Error> {
+/// A list, or one comma-separated string of its items (environment variables cannot hold
+/// lists; a parsing environment would also turn strings such as passwords into numbers).
+fn comma_list<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
     #[derive(Deserialize)]
     #[serde(untagged)]
-    enum Form {
-        List(Vec<std::net::IpAddr>),
+    enum Form<T> {
+        List(Vec<T>),
         Text(String),
     }
-    match Form::deserialize(deserializer)? {
+    match Form::<T>::deserialize(deserializer)? {
         Form::List(list) => Ok(list),
         Form::Text(text) => text
             .split(',')
@@ -329,29 +331,10 @@ fn ip_list<'de, D: serde::Deserializer<'de>>(
             .filter(|s| !s.is_empty())
             .map(|s| {
                 s.parse()
-                    .map_err(|_| serde::de::Error::custom(format!("{s:?} is not an IP address")))
+                    .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
             })
             .collect(),
     }
-}
-
-/// A list of strings, from a TOML list or a comma-separated string (the environment).
-fn text_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Form {
-        List(Vec<String>),
-        Text(String),
-    }
-    Ok(match Form::deserialize(deserializer)? {
-        Form::List(list) => list,
-        Form::Text(text) => text
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect(),
-    })
 }
 
 impl Settings {

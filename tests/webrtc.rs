@@ -666,7 +666,8 @@ async fn the_address_a_stun_server_sees_is_announced_to_browsers() {
     ])
     .await;
     let http = gateway.addrs.http;
-    // the gateway asks every 500 ms until coturn (starting meanwhile) answers
+    // the gateway asks every 500 ms until coturn (starting meanwhile) answers; nothing
+    // leaves the gateway when it does, so its API is read until it says so
     let api = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             let (_, body) = http_get(http, "/api/webrtc").await;

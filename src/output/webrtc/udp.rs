@@ -80,7 +80,7 @@ struct Route {
 
 /// How often the STUN servers are asked again once they answered (keeps a NAT's mapping
 /// of the port alive, and notices a new one).
-pub(crate) const STUN_REFRESH: std::time::Duration = std::time::Duration::from_secs(30);
+const STUN_REFRESH: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Between the first binding requests, until a server answers.
 const STUN_RETRY: std::time::Duration = std::time::Duration::from_millis(500);

@@ -29,6 +29,9 @@ pub use self::router::shared_subs::Strategy;
 
 mod link;
 pub mod protocol;
+mod router;
+mod segments;
+mod server;
 
 /// Replaces a drained queue that a burst grew past four times `keep` with one of `keep`
 /// (jt1078-gateway patch): the queues the router and a connection swap keep their
@@ -38,9 +41,6 @@ pub(crate) fn give_back<T>(queue: &mut std::collections::VecDeque<T>, keep: usiz
         *queue = std::collections::VecDeque::with_capacity(keep);
     }
 }
-mod router;
-mod segments;
-mod server;
 
 pub type ConnectionId = usize;
 pub type RouterId = usize;
