@@ -6,6 +6,7 @@ COPY Cargo.toml Cargo.lock ./
 # the allocator's build settings, and the patched crates `[patch.crates-io]` names
 COPY .cargo .cargo
 COPY vendor vendor
+COPY crates crates
 COPY src src
 COPY config config
 COPY benches benches

@@ -59,8 +59,8 @@ echo "== browser harness self-test (headless chromium plays a canvas to itself o
 target/pyenv/bin/python tests/browser/selftest.py
 
 echo "== purity: no tokio or std::net in sans-IO code"
-if grep -rnE 'tokio|std::net' src/codec/ src/control/demand.rs | grep -vE '^[^:]+:[0-9]+:\s*//'; then
-  echo "src/codec and src/control/demand.rs must stay sans-IO (no tokio, no std::net)" >&2
+if grep -rnE 'tokio|std::net' crates/jt1078-codec/ src/control/demand.rs | grep -vE '^[^:]+:[0-9]+:\s*//'; then
+  echo "crates/jt1078-codec and src/control/demand.rs must stay sans-IO (no tokio, no std::net)" >&2
   exit 1
 fi
 
@@ -68,18 +68,18 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "== cargo clippy"
-cargo clippy --all-targets --quiet -- -D warnings
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 echo "== cargo test"
 test_log="$(mktemp)"
-cargo test --all-targets 2>&1 | tee "$test_log"
+cargo test --workspace --all-targets 2>&1 | tee "$test_log"
 # one summary line over every test binary (the last binary run is the benchmark in test
 # mode, whose own line says 0)
 summary="$(awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed", p, f }' "$test_log")"
 rm -f "$test_log"
 
 echo "== cargo doc"
-RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps --quiet
+RUSTDOCFLAGS=-Dwarnings cargo doc --workspace --no-deps --quiet
 
 echo "== cargo fuzz (stable toolchain, no sanitizer): build every target, short smoke runs"
 # cargo-fuzz drives libFuzzer on stable with `-s none` (sanitizers need nightly; the codec

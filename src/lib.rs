@@ -21,7 +21,7 @@
 pub mod app;
 pub mod bridge;
 pub mod cli;
-pub mod codec;
+pub use jt1078_codec as codec;
 pub mod config;
 pub mod control;
 pub mod hub;

@@ -8,9 +8,9 @@
 #![no_main]
 
 use bytes::Bytes;
-use jt1078_gateway::codec::audio::aac::split_adts;
-use jt1078_gateway::codec::audio::aac_decode::AacToTelephony;
-use jt1078_gateway::codec::audio::{FdkAacEncoder, PcmFormat, Transcoder};
+use jt1078_codec::audio::aac::split_adts;
+use jt1078_codec::audio::aac_decode::AacToTelephony;
+use jt1078_codec::audio::{FdkAacEncoder, PcmFormat, Transcoder};
 use libfuzzer_sys::fuzz_target;
 
 const FORMATS: [PcmFormat; 4] = [

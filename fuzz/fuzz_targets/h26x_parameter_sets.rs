@@ -2,8 +2,8 @@
 //! starts decoding and the FLV decoder configuration records: must never panic.
 #![no_main]
 
-use jt1078_gateway::codec::flv;
-use jt1078_gateway::codec::h26x::{NalKind, VideoCodec, nal_units};
+use jt1078_codec::flv;
+use jt1078_codec::h26x::{NalKind, VideoCodec, nal_units};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //! must never panic, and never buffer more than the body cap allows (see the bound below).
 #![no_main]
 
-use jt1078_gateway::codec::jt1078::{Decoder, Reassembler};
+use jt1078_codec::jt1078::{Decoder, Reassembler};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -237,7 +237,7 @@ fn frame_from(packet: &Packet, data: Bytes) -> Frame {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::jt1078::SimLayout;
+    use crate::jt1078::SimLayout;
 
     fn packet(channel: u8, data_type: DataType, subpackage: Subpackage, sequence: u16) -> Packet {
         let video = data_type.is_video();
