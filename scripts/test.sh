@@ -59,7 +59,7 @@ echo "== browser harness self-test (headless chromium plays a canvas to itself o
 target/pyenv/bin/python tests/browser/selftest.py
 
 echo "== purity: no tokio or std::net in sans-IO code"
-if grep -rnE 'tokio|std::net' crates/jt1078-codec/ src/control/demand.rs | grep -vE '^[^:]+:[0-9]+:\s*//'; then
+if grep -rnE 'tokio|std::net' crates/jt1078-codec/src/ src/control/demand.rs | grep -vE '^[^:]+:[0-9]+:\s*//'; then
   echo "crates/jt1078-codec and src/control/demand.rs must stay sans-IO (no tokio, no std::net)" >&2
   exit 1
 fi
