@@ -254,6 +254,15 @@ pub struct WebRtcSettings {
     /// environment) a comma-separated string.
     #[serde(deserialize_with = "comma_list")]
     pub stun_servers: Vec<String>,
+    /// TURN servers (UDP, long-term credentials) on which the gateway allocates a relayed
+    /// address, announced to browsers as a relay candidate; empty: none. A list of
+    /// `{ server, username, credential }` tables or `"username:credential@host:port"`
+    /// strings, or (from the environment) such strings comma-separated.
+    #[serde(deserialize_with = "comma_list")]
+    pub turn_servers: Vec<TurnServer>,
+    /// Which candidates browsers are given: `all` (the host addresses, and the relayed
+    /// ones when `turn_servers` are set) or `relay` (only the relayed addresses).
+    pub ice_transport_policy: IceTransportPolicy,
     /// Peers at once, over all streams.
     pub max_peers: NonZeroUsize,
     /// A peer that sends nothing (no consent check, no RTCP) for this long is gone.
@@ -266,6 +275,93 @@ pub struct WebRtcSettings {
     pub whep_token: String,
     /// `Access-Control-Allow-Origin` for WHEP (browsers on another origin).
     pub cors_origin: String,
+}
+
+/// A TURN server of `webrtc.turn_servers`.
+#[derive(Clone, Serialize, PartialEq, Eq)]
+pub struct TurnServer {
+    /// `host:port` (UDP).
+    pub server: String,
+    /// Long-term credential user name.
+    pub username: String,
+    /// Its password.
+    pub credential: String,
+}
+
+impl std::fmt::Debug for TurnServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // the password stays out of logs
+        f.debug_struct("TurnServer")
+            .field("server", &self.server)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::str::FromStr for TurnServer {
+    type Err = String;
+
+    /// `username:credential@host:port`: the user name ends at the first `:`, the host at
+    /// the last `@` (a password may hold either).
+    fn from_str(text: &str) -> Result<TurnServer, String> {
+        let text = text.strip_prefix("turn:").unwrap_or(text);
+        let (user, server) = text
+            .rsplit_once('@')
+            .ok_or("expected username:credential@host:port")?;
+        let (username, credential) = user
+            .split_once(':')
+            .ok_or("expected username:credential before the @")?;
+        if server
+            .rsplit_once(':')
+            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        {
+            return Err(format!("{server:?} is not host:port"));
+        }
+        Ok(TurnServer {
+            server: server.to_owned(),
+            username: username.to_owned(),
+            credential: credential.to_owned(),
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for TurnServer {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            server: String,
+            username: String,
+            credential: String,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Text(String),
+            Table(Table),
+        }
+        match Form::deserialize(deserializer)? {
+            Form::Text(text) => text.parse().map_err(serde::de::Error::custom),
+            Form::Table(t) => format!("{}:{}@{}", t.username, t.credential, t.server)
+                .parse()
+                .map(|_: TurnServer| TurnServer {
+                    server: t.server,
+                    username: t.username,
+                    credential: t.credential,
+                })
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// `webrtc.ice_transport_policy`, as in the W3C `RTCIceTransportPolicy`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum IceTransportPolicy {
+    /// Host addresses, and relayed ones when there are TURN servers.
+    All,
+    /// Only the relayed addresses (`webrtc.turn_servers`).
+    Relay,
 }
 
 /// `[bridge]`
@@ -441,6 +537,67 @@ mod tests {
         );
         let s = Settings::load_from(None, Some(HashMap::new())).unwrap();
         assert!(s.webrtc.stun_servers.is_empty());
+    }
+
+    #[test]
+    fn turn_servers_come_as_strings_or_tables() {
+        let env = HashMap::from([
+            (
+                "JTGW__WEBRTC__TURN_SERVERS".to_owned(),
+                "gw:p@ss:w0rd@turn.example.net:3478, turn:u2:x@192.0.2.9:3479".to_owned(),
+            ),
+            (
+                "JTGW__WEBRTC__ICE_TRANSPORT_POLICY".to_owned(),
+                "relay".to_owned(),
+            ),
+        ]);
+        let s = Settings::load_from(None, Some(env)).unwrap();
+        let servers: Vec<(&str, &str, &str)> = s
+            .webrtc
+            .turn_servers
+            .iter()
+            .map(|t| {
+                (
+                    t.server.as_str(),
+                    t.username.as_str(),
+                    t.credential.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            servers,
+            [
+                ("turn.example.net:3478", "gw", "p@ss:w0rd"),
+                ("192.0.2.9:3479", "u2", "x")
+            ]
+        );
+        assert_eq!(s.webrtc.ice_transport_policy, IceTransportPolicy::Relay);
+        assert!(!format!("{:?}", s.webrtc.turn_servers).contains("w0rd"));
+
+        let dir = std::env::temp_dir().join(format!("jtgw-turn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("turn.toml");
+        std::fs::write(
+            &file,
+            "[webrtc]\nturn_servers = [{ server = \"turn.example.net:3478\", username = \"a:b\", credential = \"c,d\" }]\n",
+        )
+        .unwrap();
+        let s = Settings::load_from(Some(&file), Some(HashMap::new())).unwrap();
+        assert_eq!(s.webrtc.turn_servers.len(), 1);
+        assert_eq!(s.webrtc.turn_servers[0].username, "a:b");
+        assert_eq!(s.webrtc.turn_servers[0].credential, "c,d");
+        assert_eq!(s.webrtc.ice_transport_policy, IceTransportPolicy::All);
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        for bad in [
+            "turn.example.net:3478",
+            "gw@turn.example.net:3478",
+            "gw:p@turn.example.net",
+        ] {
+            let env = HashMap::from([("JTGW__WEBRTC__TURN_SERVERS".to_owned(), bad.to_owned())]);
+            let error = format!("{:#}", Settings::load_from(None, Some(env)).unwrap_err());
+            assert!(error.contains("turn_servers"), "{bad}: {error}");
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::control::*;
 use common::mqtt::TestClient;
-use common::webrtc::{Offers, TestPeer};
+use common::webrtc::{Coturn, Offers, TestPeer, webrtc_api_when};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -609,54 +609,9 @@ async fn a_waiting_peer_plays_as_soon_as_its_device_connects() {
     gateway.stop().await;
 }
 
-/// coturn (`turnserver`, which scripts/test.sh installs) as a STUN-only server on a free
-/// loopback port; killed on drop.
-struct StunServer {
-    child: std::process::Child,
-    addr: SocketAddr,
-}
-
-impl StunServer {
-    fn start() -> StunServer {
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = std::process::Command::new("turnserver")
-            .args([
-                "-n",
-                "--stun-only",
-                "--no-cli",
-                "--no-tls",
-                "--no-dtls",
-                "--listening-ip=127.0.0.1",
-                &format!("--listening-port={port}"),
-                "--log-file=stdout",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("turnserver (Debian's coturn; scripts/test.sh installs it): {e}")
-            });
-        StunServer {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        }
-    }
-}
-
-impl Drop for StunServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_address_a_stun_server_sees_is_announced_to_browsers() {
-    let stun = StunServer::start();
+    let stun = Coturn::stun();
     let servers = stun.addr.to_string();
     // bound to the wildcard, the host candidates are the machine's other addresses; the
     // STUN server on loopback sees the port at 127.0.0.1, an address not announced
@@ -711,5 +666,126 @@ async fn the_address_a_stun_server_sees_is_announced_to_browsers() {
         let line = format!("{} {} typ host", host.ip(), host.port());
         assert!(candidates.iter().any(|c| c.contains(&line)), "{answer}");
     }
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_plays_through_the_turn_relay_when_only_the_relay_is_offered() {
+    let turn = Coturn::turn();
+    let setting = turn.turn_setting();
+    let gateway = Gateway::start(&[
+        ("JTGW__WEBRTC__TURN_SERVERS", setting.as_str()),
+        ("JTGW__WEBRTC__ICE_TRANSPORT_POLICY", "relay"),
+    ])
+    .await;
+    let http = gateway.addrs.http;
+    let api = webrtc_api_when(http, "a relayed address from coturn", |api| {
+        api["relayed"].as_array().is_some_and(|a| !a.is_empty())
+    })
+    .await;
+    let relayed: Vec<SocketAddr> = api["relayed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().parse().unwrap())
+        .collect();
+    let udp: SocketAddr = api["udp"].as_str().unwrap().parse().unwrap();
+    assert_eq!(relayed.len(), 1, "{api}");
+    let relay = relayed[0];
+    assert!(
+        relay.ip().is_loopback() && relay.port() != turn.addr.port() && relay.port() != udp.port(),
+        "a port coturn relays on: {api}"
+    );
+
+    let device = push_on_its_own(gateway.addrs.live, "13800138000");
+    gateway
+        .wait_for_stream("the sample", |s| s.video_frames >= 30)
+        .await;
+    let (mut peer, offer) = TestPeer::new(Offers::H264).await;
+    let (status, _, answer) = whep_post(http, "/whep/live/13800138000_1", &offer).await;
+    assert_eq!(status, 201, "{answer}");
+    // the relayed address only, and full ICE (a lite peer has host candidates only)
+    let candidates: Vec<&str> = answer
+        .lines()
+        .filter(|l| l.starts_with("a=candidate:"))
+        .collect();
+    let line = format!("{} {} typ relay", relay.ip(), relay.port());
+    assert!(
+        candidates.len() == 1 && candidates[0].contains(&line),
+        "one candidate, {line}:\n{answer}"
+    );
+    assert!(!answer.contains("a=ice-lite"), "{answer}");
+    peer.accept(&answer);
+    let played = peer
+        .play_until(Duration::from_secs(20), |p| {
+            p.video_frames >= 50 && p.audio_frames >= 50
+        })
+        .await;
+    assert!(
+        played,
+        "video and audio through the relay: {:?}",
+        peer.played
+    );
+    assert!(
+        peer.played.first_frame_nals.contains(&5),
+        "it starts at a key frame"
+    );
+    // the peer knew no other address: every packet went through coturn, and the
+    // gateway counted them
+    let (_, body) = http_get(http, "/api/webrtc").await;
+    let api: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let socket = &api["socket"];
+    assert!(
+        socket["relayed_sent"].as_u64().unwrap() >= 100
+            && socket["relayed_received"].as_u64().unwrap() >= 2,
+        "{api}"
+    );
+    device.cancel();
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_only_without_an_allocation_is_refused_with_the_reason() {
+    // a TURN server that refuses the credentials: no relayed address, ever
+    let turn = Coturn::turn();
+    let setting = format!("gw:wrong-password@{}", turn.addr);
+    let (_url, gateway, mut backend) = gateway_and_backend(&[
+        ("JTGW__WEBRTC__TURN_SERVERS", setting.as_str()),
+        ("JTGW__WEBRTC__ICE_TRANSPORT_POLICY", "relay"),
+    ])
+    .await;
+    // the second 401 (to the request with credentials) is the refusal: said at once
+    let api = webrtc_api_when(gateway.addrs.http, "the refusal in the API", |api| {
+        api["relays"][0]["error"].is_string()
+    })
+    .await;
+    let relay = &api["relays"][0];
+    assert_eq!(relay["server"], turn.addr.to_string(), "{api}");
+    assert_eq!(relay["relayed"], serde_json::Value::Null, "{api}");
+    assert!(
+        relay["error"]
+            .as_str()
+            .unwrap()
+            .contains("credentials refused"),
+        "{api}"
+    );
+    let (_, offer) = TestPeer::new(Offers::H264).await;
+    let (status, _, body) = whep_post(gateway.addrs.http, "/whep/live/13800138000_1", &offer).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("webrtc.turn_servers") && body.contains("relay"),
+        "{body}"
+    );
+    // over MQTT: an ERROR with the request's seqid and the code
+    let (topic, reply) = webrtc_request(&mut backend, "13800138000", "no-relay-1", &offer).await;
+    assert_eq!(topic, "jt1078/client/no-relay-1/ERROR", "{reply}");
+    assert_eq!(reply["seqid"], "no-relay-1", "{reply}");
+    assert_eq!(reply["code"], "relay_unavailable", "{reply}");
+    // a refused offer does not make the device push
+    let pulls = backend.drain_for(Duration::from_millis(300)).await;
+    assert!(
+        !pulls.iter().any(|r| r.topic.ends_with("/REQPULL")),
+        "no REQPULL for a refused offer"
+    );
     gateway.stop().await;
 }

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use common::browser::{PlayOptions, PlayResult, play_mqtt, play_whep};
 use common::control::*;
+use common::webrtc::{Coturn, webrtc_api_when};
 use common::*;
 
 /// This machine's first IPv4 address that is not loopback, if it has one.
@@ -157,5 +158,65 @@ async fn chromium_plays_whep_and_mqtt_signalled_streams() {
         cold.first_frame_ms.unwrap_or_default()
     );
     mqtt_device.cancel();
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_plays_through_the_gateways_turn_relay() {
+    let Some(ip) = machine_ipv4() else {
+        eprintln!(
+            "this machine has only loopback, where Chromium pairs no relay candidate: not tested"
+        );
+        return;
+    };
+    let size = capture_size().await;
+    let turn = Coturn::turn_on(ip);
+    let setting = turn.turn_setting();
+    // only the relayed address is offered: every packet between Chromium and the gateway
+    // goes through coturn
+    let gateway = Gateway::start(&[
+        ("JTGW__WEBRTC__UDP_LISTEN", "0.0.0.0:0"),
+        ("JTGW__WEBRTC__TURN_SERVERS", &setting),
+        ("JTGW__WEBRTC__ICE_TRANSPORT_POLICY", "relay"),
+    ])
+    .await;
+    let http = gateway.addrs.http;
+    let api = webrtc_api_when(http, "a relayed address from coturn", |api| {
+        api["relayed"].as_array().is_some_and(|a| !a.is_empty())
+    })
+    .await;
+    let relayed = api["relayed"][0].as_str().unwrap().to_owned();
+    let device = replay_looping(
+        &testdata("h264-g711a-156987000796-ch1.jt1078"),
+        gateway.addrs.live,
+        Some("156987000796"),
+    );
+    gateway
+        .wait_for_stream("the capture", |s| s.video_frames >= 30)
+        .await;
+    let opts = PlayOptions {
+        hold: Duration::from_secs(2),
+        ..PlayOptions::default()
+    };
+    let whep = play_whep(&format!("http://{http}/whep/live/156987000796_1"), &opts).await;
+    assert_played(&whep, size, true);
+    assert_eq!(
+        whep.ice.remote_type.as_deref(),
+        Some("relay"),
+        "{}",
+        describe(&whep)
+    );
+    assert_eq!(
+        whep.ice.remote.as_deref(),
+        Some(relayed.as_str()),
+        "{}",
+        describe(&whep)
+    );
+    eprintln!(
+        "WHEP through TURN: answer {} ms, first decoded frame {} ms after createOffer",
+        whep.answer_ms.unwrap_or_default(),
+        whep.first_frame_ms.unwrap_or_default()
+    );
+    device.cancel();
     gateway.stop().await;
 }

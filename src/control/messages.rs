@@ -47,6 +47,9 @@ pub enum ErrorCode {
     NoCommonCodec,
     /// `webrtc.max_peers` WebRTC peers run already.
     TooManyPeers,
+    /// `webrtc.ice_transport_policy` is `relay` and no TURN server has allocated an
+    /// address.
+    RelayUnavailable,
 }
 
 /// Request modes on `{prefix}/gateway/{device}/{MODE}`.

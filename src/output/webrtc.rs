@@ -11,6 +11,7 @@
 //! (`peer.rs`) that is handed its datagrams (docs/architecture.md, "WebRTC").
 
 mod peer;
+mod relay;
 mod udp;
 pub mod whep;
 
@@ -31,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::WebRtcSettings;
+use crate::config::{IceTransportPolicy, WebRtcSettings};
 use crate::hub::Hub;
 use crate::media::{Codec, StreamKey};
 pub use peer::Ended;
@@ -82,6 +83,11 @@ pub enum Refusal {
     /// `webrtc.max_peers` peers already.
     #[error("too many WebRTC peers: {0} at once is the limit (webrtc.max_peers)")]
     TooManyPeers(usize),
+    /// `webrtc.ice_transport_policy = "relay"` and no TURN allocation to offer.
+    #[error(
+        "no TURN relay to offer: webrtc.ice_transport_policy is relay and no server in webrtc.turn_servers has allocated an address (see the gateway's log)"
+    )]
+    RelayUnavailable,
 }
 
 /// A peer ended (for control, which releases the requester's demand).
@@ -154,6 +160,9 @@ impl WebRtc {
         if !settings.stun_servers.is_empty() {
             tasks.spawn(Arc::clone(&mux).discover(settings.stun_servers.clone(), shutdown.clone()));
         }
+        if !settings.turn_servers.is_empty() {
+            tasks.spawn(Arc::clone(&mux).relay(settings.turn_servers.clone(), shutdown.clone()));
+        }
         let (events_tx, events_rx) = mpsc::channel(1024);
         let certificate = str0m::crypto::from_feature_flags()
             .dtls_provider
@@ -196,6 +205,22 @@ impl WebRtc {
     /// last saw it: announced too (as host candidates, like `public_ips`).
     pub fn reflexive(&self) -> Vec<SocketAddr> {
         self.inner.mux.reflexive_addrs()
+    }
+
+    /// The relayed addresses allocated on the TURN servers (`webrtc.turn_servers`) now:
+    /// announced as relay candidates.
+    pub fn relayed(&self) -> Vec<SocketAddr> {
+        self.inner.mux.relayed_addrs()
+    }
+
+    /// Each TURN relay (`webrtc.turn_servers`): its server, relayed address, last error.
+    pub fn relays(&self) -> serde_json::Value {
+        serde_json::to_value(self.inner.mux.relay_status()).unwrap_or_default()
+    }
+
+    /// The UDP socket's datagram counters (received, sent, relayed, dropped), for the API.
+    pub fn socket_counters(&self) -> serde_json::Value {
+        self.inner.mux.stats.snapshot()
     }
 
     fn sessions(&self) -> MutexGuard<'_, HashMap<String, Session>> {
@@ -256,6 +281,11 @@ impl WebRtc {
         if video {
             offered.check_video(live_video)?;
         }
+        let relayed = self.relayed();
+        let relay_only = settings.ice_transport_policy == IceTransportPolicy::Relay;
+        if relay_only && relayed.is_empty() {
+            return Err(Refusal::RelayUnavailable);
+        }
         let creds = IceCreds::new();
         let ufrag = creds.ufrag.clone();
         let mut config = Rtc::builder();
@@ -268,7 +298,9 @@ impl WebRtc {
             // device's bitrate through; it has no bitrate to adapt)
             .clear_extension_map()
             .set_extension(4, Extension::RtpMid)
-            .set_ice_lite(true)
+            // ICE-lite unless there is a relay: a lite peer has only host candidates (RFC
+            // 8445 §2.5) and a relay's must be checked from this side through the relay
+            .set_ice_lite(relayed.is_empty())
             .set_local_ice_credentials(creds)
             .clear_codecs()
             .enable_h264(true)
@@ -277,27 +309,21 @@ impl WebRtc {
             .enable_pcmu(true, false)
             .set_send_buffer_video(SEND_BUFFER_VIDEO)
             .build(clock());
-        for addr in &self.inner.candidates.announced {
-            match Candidate::host(*addr, "udp") {
+        if !relay_only {
+            self.add_host_candidates(&mut rtc);
+        }
+        for addr in &relayed {
+            match Candidate::relayed(*addr, self.local_addr(), "udp") {
                 Ok(candidate) => {
                     rtc.add_local_candidate(candidate);
                 }
-                Err(error) => warn!(%addr, %error, "webrtc candidate not usable"),
+                Err(error) => warn!(%addr, %error, "webrtc relay candidate not usable"),
             }
         }
-        // the port's address outside a NAT, as a STUN server saw it: announced as a host
-        // candidate, as `public_ips` would name it (an ICE-lite peer announces only host
-        // candidates, RFC 8445 §2.5; str0m refuses others)
-        for mapped in self.reflexive() {
-            if self.inner.candidates.announced.contains(&mapped) {
-                continue;
-            }
-            match Candidate::host(mapped, "udp") {
-                Ok(candidate) => {
-                    rtc.add_local_candidate(candidate);
-                }
-                Err(error) => warn!(%mapped, %error, "webrtc candidate not usable"),
-            }
+        if !relayed.is_empty() {
+            // the TURN servers pass on only what comes from addresses allowed: the
+            // browser's candidates are, before its first check
+            self.inner.mux.permit(&offered.candidate_ips);
         }
         let answer = rtc
             .sdp_api()
@@ -327,6 +353,7 @@ impl WebRtc {
             rx,
             mux: Arc::clone(&self.inner.mux),
             candidates: self.inner.candidates.clone(),
+            relayed,
             hub: self.inner.hub.clone(),
             wait: settings.wait_timeout,
             consent_timeout: settings.consent_timeout,
@@ -356,6 +383,32 @@ impl WebRtc {
             &self.inner.runtime,
         );
         Ok(answer)
+    }
+
+    /// Adds the host candidates: the announced addresses and those the STUN servers saw.
+    fn add_host_candidates(&self, rtc: &mut Rtc) {
+        for addr in &self.inner.candidates.announced {
+            match Candidate::host(*addr, "udp") {
+                Ok(candidate) => {
+                    rtc.add_local_candidate(candidate);
+                }
+                Err(error) => warn!(%addr, %error, "webrtc candidate not usable"),
+            }
+        }
+        // the port's address outside a NAT, as a STUN server saw it: announced as a host
+        // candidate, as `public_ips` would name it (an ICE-lite peer announces only host
+        // candidates, RFC 8445 §2.5; str0m refuses others)
+        for mapped in self.reflexive() {
+            if self.inner.candidates.announced.contains(&mapped) {
+                continue;
+            }
+            match Candidate::host(mapped, "udp") {
+                Ok(candidate) => {
+                    rtc.add_local_candidate(candidate);
+                }
+                Err(error) => warn!(%mapped, %error, "webrtc candidate not usable"),
+            }
+        }
     }
 
     /// Ends a session (WHEP `DELETE`); false if there is none by that id.
@@ -478,6 +531,8 @@ struct OfferedCodecs {
     h264: bool,
     h265: bool,
     video: Vec<String>,
+    /// The addresses of the offer's candidates (mDNS names left out: not resolved here).
+    candidate_ips: Vec<IpAddr>,
 }
 
 impl OfferedCodecs {
@@ -490,6 +545,15 @@ impl OfferedCodecs {
                 in_video = media.starts_with("video ");
                 offered.has_video_section |= in_video;
                 offered.has_audio_section |= media.starts_with("audio ");
+            } else if let Some(candidate) = line.strip_prefix("a=candidate:") {
+                // foundation component transport priority address port typ …
+                let ip = candidate
+                    .split_whitespace()
+                    .nth(4)
+                    .and_then(|a| a.parse().ok());
+                if let Some(ip) = ip.filter(|ip| !offered.candidate_ips.contains(ip)) {
+                    offered.candidate_ips.push(ip);
+                }
             } else if let Some(map) = line.strip_prefix("a=rtpmap:") {
                 if !in_video {
                     continue;

@@ -140,11 +140,24 @@ pub(crate) fn kill_child(child: &mut Option<std::process::Child>) {
 
 /// A loopback port that was free a moment ago.
 pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    // Handed out below Linux's ephemeral range (32768-60999), where every port-0 bind of
+    // the gateways under test lands: a port given here cannot be taken by one of them
+    // between this check and its user's bind (tests run in parallel). Each test binary
+    // starts at its own offset; the ports are free for TCP and UDP (coturn takes both).
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    let offset = std::process::id() % COUNT;
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(n < COUNT, "no free port left below the ephemeral range");
+        let port = u16::try_from(FIRST + (offset + n) % COUNT).unwrap();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
 }
 
 /// `../shared/testdata/{name}`.

@@ -2,7 +2,7 @@
 //! what the gateway sends: the error paths and the load runner use it; the browser tests
 //! check the same in Chromium.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use str0m::change::{SdpAnswer, SdpPendingOffer};
@@ -253,4 +253,103 @@ pub(crate) fn hevc_nal_types(au: &[u8]) -> Vec<u8> {
 /// Now, as a std instant (str0m's clock), from tokio's.
 fn clock() -> Instant {
     tokio::time::Instant::now().into_std()
+}
+
+/// coturn (`turnserver`, which scripts/test.sh installs) on a free loopback port: a
+/// STUN-only server, or a TURN server with long-term credentials relaying on loopback;
+/// killed on drop.
+pub(crate) struct Coturn {
+    child: std::process::Child,
+    /// Where it listens (UDP).
+    pub(crate) addr: SocketAddr,
+}
+
+/// The TURN server's user and password.
+pub(crate) const TURN_USER: &str = "gw";
+pub(crate) const TURN_PASSWORD: &str = "turn-secret";
+
+impl Coturn {
+    /// A STUN server only, on loopback.
+    pub(crate) fn stun() -> Coturn {
+        Coturn::start(IpAddr::from([127, 0, 0, 1]), &["--stun-only"])
+    }
+
+    /// A TURN server on loopback: user [`TURN_USER`], password [`TURN_PASSWORD`], relayed
+    /// addresses on 127.0.0.1, peers on loopback allowed (they are refused by default).
+    pub(crate) fn turn() -> Coturn {
+        Coturn::turn_on(IpAddr::from([127, 0, 0, 1]))
+    }
+
+    /// A TURN server listening and relaying on `ip` (Chromium pairs no relay candidate on
+    /// loopback: its tests need the machine's own address).
+    pub(crate) fn turn_on(ip: IpAddr) -> Coturn {
+        Coturn::start(
+            ip,
+            &[
+                "--lt-cred-mech",
+                &format!("--user={TURN_USER}:{TURN_PASSWORD}"),
+                "--realm=jt1078.test",
+                &format!("--relay-ip={ip}"),
+                "--allow-loopback-peers",
+            ],
+        )
+    }
+
+    fn start(ip: IpAddr, args: &[&str]) -> Coturn {
+        let port = super::free_port();
+        let child = std::process::Command::new("turnserver")
+            .args([
+                "-n",
+                "--no-cli",
+                "--no-tls",
+                "--no-dtls",
+                &format!("--listening-ip={ip}"),
+                &format!("--listening-port={port}"),
+                "--log-file=stdout",
+            ])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("turnserver (Debian's coturn; scripts/test.sh installs it): {e}")
+            });
+        Coturn {
+            child,
+            addr: SocketAddr::new(ip, port),
+        }
+    }
+
+    /// `webrtc.turn_servers` naming this server.
+    pub(crate) fn turn_setting(&self) -> String {
+        format!("{TURN_USER}:{TURN_PASSWORD}@{}", self.addr)
+    }
+}
+
+impl Drop for Coturn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `/api/webrtc` once `ready` holds for it (nothing leaves the gateway when a STUN or
+/// TURN server answers it, so its API is read until it says so).
+pub(crate) async fn webrtc_api_when(
+    http: SocketAddr,
+    what: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let (_, body) = super::http_get(http, "/api/webrtc").await;
+            let api: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            if ready(&api) {
+                return api;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what} within 10 s"))
 }

@@ -68,6 +68,7 @@ impl Control {
                     Refusal::BadSdp(_) => ErrorCode::BadSdp,
                     Refusal::NoCommonCodec(_) => ErrorCode::NoCommonCodec,
                     Refusal::TooManyPeers(_) => ErrorCode::TooManyPeers,
+                    Refusal::RelayUnavailable => ErrorCode::RelayUnavailable,
                 };
                 return self.reject(RequestError {
                     code,

@@ -134,6 +134,8 @@ pub(crate) struct PeerSetup {
     pub(crate) rx: mpsc::Receiver<Datagram>,
     pub(crate) mux: Arc<UdpMux>,
     pub(crate) candidates: LocalCandidates,
+    /// The relayed addresses (TURN) announced as candidates.
+    pub(crate) relayed: Vec<SocketAddr>,
     pub(crate) hub: Hub,
     pub(crate) wait: Duration,
     pub(crate) consent_timeout: Duration,
@@ -149,6 +151,7 @@ struct Peer {
     /// Packets gathered for one `sendmsg`, sent before the peer waits again.
     batch: SendBatch,
     candidates: LocalCandidates,
+    relayed: Vec<SocketAddr>,
     hub: Hub,
     want_video: bool,
     want_audio: bool,
@@ -182,6 +185,7 @@ pub(crate) async fn run(setup: PeerSetup) -> Ended {
         mut rx,
         mux,
         candidates,
+        relayed,
         hub,
         wait,
         consent_timeout,
@@ -194,6 +198,7 @@ pub(crate) async fn run(setup: PeerSetup) -> Ended {
         mux: Arc::clone(&mux),
         batch: SendBatch::default(),
         candidates,
+        relayed,
         hub: hub.clone(),
         want_video,
         want_audio,
@@ -293,6 +298,14 @@ impl Peer {
                     self.batch.flush(&self.mux);
                     return at;
                 }
+                Ok(Output::Transmit(transmit)) if self.relayed.contains(&transmit.source) => {
+                    self.batch.flush(&self.mux);
+                    self.mux.send_relayed(
+                        transmit.source,
+                        transmit.destination,
+                        &transmit.contents,
+                    );
+                }
                 Ok(Output::Transmit(transmit)) => {
                     let source = self.source_for(transmit.source, transmit.destination);
                     self.batch
@@ -329,10 +342,11 @@ impl Peer {
         if let Some(ip) = local_ip {
             self.arrived_on.insert(datagram.source, ip);
         }
-        let destination = self
-            .candidates
-            .candidate_for(local_ip)
-            .unwrap_or_else(|| self.mux.local_addr());
+        let destination = datagram.relayed.unwrap_or_else(|| {
+            self.candidates
+                .candidate_for(local_ip)
+                .unwrap_or_else(|| self.mux.local_addr())
+        });
         let Ok(contents) = datagram.data.as_ref().try_into() else {
             return;
         };

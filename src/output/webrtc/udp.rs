@@ -17,6 +17,11 @@
 //! from outside (a binding request, RFC 8489), at start and every [`STUN_REFRESH`]; their
 //! answers are taken out before routing, and the addresses they name are announced too
 //! (as host candidates, like `webrtc.public_ips`: an ICE-lite peer announces no others).
+//!
+//! TURN servers (`webrtc.turn_servers`, `relay.rs`): the socket holds an allocation on
+//! each; what the servers relay from peers is unwrapped here and routed like a datagram
+//! that came directly (marked with the relayed address it came to), and a peer's packets
+//! from a relayed address are wrapped for its server ([`UdpMux::send_relayed`]).
 
 use std::collections::HashMap;
 use std::io::IoSliceMut;
@@ -30,6 +35,8 @@ use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use str0m::ice::{StunMessage, StunMessageBuilder, TransId};
 
 use super::clock;
+use super::relay::{FromServer, Relays, ToServer};
+use crate::config::TurnServer;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -49,6 +56,8 @@ pub(crate) struct Datagram {
     pub(crate) source: SocketAddr,
     /// The local address it was sent to (`None`: the socket's own address).
     pub(crate) local_ip: Option<IpAddr>,
+    /// The relayed address (TURN) it came to, if it came through a relay.
+    pub(crate) relayed: Option<SocketAddr>,
     /// The bytes.
     pub(crate) data: Bytes,
 }
@@ -61,6 +70,26 @@ pub(crate) struct UdpStats {
     pub(crate) unrouted: AtomicU64,
     pub(crate) peer_queue_full: AtomicU64,
     pub(crate) send_failed: AtomicU64,
+    /// Peers' datagrams that came through a TURN relay (counted in `received` too).
+    pub(crate) relayed_received: AtomicU64,
+    /// Peers' datagrams sent through a TURN relay.
+    pub(crate) relayed_sent: AtomicU64,
+}
+
+impl UdpStats {
+    /// The counters as JSON.
+    pub(crate) fn snapshot(&self) -> serde_json::Value {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        serde_json::json!({
+            "received": get(&self.received),
+            "sent": get(&self.sent),
+            "unrouted": get(&self.unrouted),
+            "peer_queue_full": get(&self.peer_queue_full),
+            "send_failed": get(&self.send_failed),
+            "relayed_received": get(&self.relayed_received),
+            "relayed_sent": get(&self.relayed_sent),
+        })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -102,6 +131,12 @@ pub(crate) struct UdpMux {
     local: SocketAddr,
     routes: Mutex<Routes>,
     reflexive: Mutex<Reflexive>,
+    relays: Relays,
+    /// Whether any TURN server is configured (every datagram would otherwise lock
+    /// `relays` to learn there is none).
+    relaying: std::sync::atomic::AtomicBool,
+    /// Wakes the relays' task when a peer's send or a server's answer moved a client.
+    relay_moved: tokio::sync::Notify,
     pub(crate) stats: UdpStats,
 }
 
@@ -118,6 +153,9 @@ impl UdpMux {
             local,
             routes: Mutex::new(Routes::default()),
             reflexive: Mutex::new(Reflexive::default()),
+            relays: Relays::new(local, clock()),
+            relaying: std::sync::atomic::AtomicBool::new(false),
+            relay_moved: tokio::sync::Notify::new(),
             stats: UdpStats::default(),
         })
     }
@@ -229,6 +267,7 @@ impl UdpMux {
                         at,
                         source: meta.addr,
                         local_ip: meta.dst_ip,
+                        relayed: None,
                         data: Bytes::copy_from_slice(datagram),
                     });
                 }
@@ -340,10 +379,142 @@ impl UdpMux {
         true
     }
 
+    /// Each TURN relay's state.
+    pub(crate) fn relay_status(&self) -> Vec<super::relay::RelayStatus> {
+        self.relays.status()
+    }
+
+    /// The relayed addresses allocated on the TURN servers now.
+    pub(crate) fn relayed_addrs(&self) -> Vec<SocketAddr> {
+        if !self.relaying.load(Ordering::Relaxed) {
+            return Vec::new();
+        }
+        self.relays.relayed()
+    }
+
+    /// Allocates a relayed address on each of `servers` and keeps them (refreshes, asks
+    /// again after a failure) until `shutdown`.
+    pub(crate) async fn relay(
+        self: Arc<Self>,
+        servers: Vec<TurnServer>,
+        shutdown: CancellationToken,
+    ) {
+        let mut unresolved = servers;
+        let mut warned = std::collections::HashSet::new();
+        loop {
+            let mut still = Vec::new();
+            for server in unresolved {
+                let found = match tokio::net::lookup_host(server.server.as_str()).await {
+                    // the socket's family only: a v4 socket cannot reach a v6 server
+                    Ok(mut addrs) => addrs
+                        .find(|a| a.is_ipv4() == self.local.is_ipv4())
+                        .ok_or_else(|| "no address of the socket's family".to_owned()),
+                    Err(error) => Err(error.to_string()),
+                };
+                match found {
+                    Ok(addr) => {
+                        self.relays.add(&server, addr);
+                        self.relaying.store(true, Ordering::Relaxed);
+                    }
+                    Err(error) => {
+                        if warned.insert(server.server.clone()) {
+                            warn!(server = %server.server, %error, "turn server not resolved; asked again every 10 s");
+                        }
+                        still.push(server);
+                    }
+                }
+            }
+            unresolved = still;
+            let (out, mut wake) = self.relays.drive(clock());
+            self.send_to_servers(out);
+            if !unresolved.is_empty() {
+                wake = wake.min(clock() + super::relay::REALLOCATE_AFTER);
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep_until(wake.into()) => {}
+                () = self.relay_moved.notified() => {}
+            }
+        }
+    }
+
+    /// Sends `contents` to `destination` through the relay whose relayed address is
+    /// `relayed` (a peer's packet from its relay candidate).
+    pub(crate) fn send_relayed(
+        &self,
+        relayed: SocketAddr,
+        destination: SocketAddr,
+        contents: &[u8],
+    ) {
+        let mut out = Vec::new();
+        if self
+            .relays
+            .send(relayed, destination, contents, clock(), &mut out)
+        {
+            self.stats.relayed_sent.fetch_add(1, Ordering::Relaxed);
+        }
+        self.send_to_servers(out);
+    }
+
+    /// Lets `peers` (a peer's candidate addresses) send through every relay.
+    pub(crate) fn permit(&self, peers: &[IpAddr]) {
+        if peers.is_empty() || !self.relaying.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut out = Vec::new();
+        self.relays.permit(peers, clock(), &mut out);
+        self.send_to_servers(out);
+    }
+
+    /// Sends what the TURN clients wrote, and has their task look at their timers again.
+    fn send_to_servers(&self, out: Vec<ToServer>) {
+        if out.is_empty() {
+            return;
+        }
+        for (server, data) in out {
+            self.send(None, server, &data, None);
+        }
+        self.relay_moved.notify_one();
+    }
+
+    /// A datagram as its peer sent it: unwrapped if a TURN server relayed it; `None` if it
+    /// was the server's own (handled here).
+    fn unrelay(&self, datagram: Datagram) -> Option<Datagram> {
+        if !self.relaying.load(Ordering::Relaxed) {
+            return Some(datagram);
+        }
+        let mut out = Vec::new();
+        let from = self
+            .relays
+            .receive(datagram.source, &datagram.data, datagram.at, &mut out);
+        self.send_to_servers(out);
+        match from {
+            FromServer::NotRelayed => Some(datagram),
+            FromServer::Handled => None,
+            FromServer::Peer {
+                source,
+                relayed,
+                data,
+            } => {
+                self.stats.relayed_received.fetch_add(1, Ordering::Relaxed);
+                Some(Datagram {
+                    at: datagram.at,
+                    source,
+                    local_ip: None,
+                    relayed: Some(relayed),
+                    data,
+                })
+            }
+        }
+    }
+
     fn route(&self, datagram: Datagram) {
         if self.take_stun_answer(&datagram) {
             return;
         }
+        let Some(datagram) = self.unrelay(datagram) else {
+            return;
+        };
         let route = {
             let mut routes = self.routes();
             let by_stun = stun_ufrag(&datagram.data)

@@ -40,6 +40,9 @@ async fn sessions(State(webrtc): State<WebRtc>) -> Json<serde_json::Value> {
         "udp": webrtc.local_addr().to_string(),
         "candidates": webrtc.candidates().iter().map(ToString::to_string).collect::<Vec<_>>(),
         "reflexive": webrtc.reflexive().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "relayed": webrtc.relayed().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "relays": webrtc.relays(),
+        "socket": webrtc.socket_counters(),
         "sessions": webrtc.list(),
     }))
 }
@@ -189,7 +192,9 @@ async fn create(
             let status = match refusal {
                 Refusal::BadSdp(_) => StatusCode::BAD_REQUEST,
                 Refusal::NoCommonCodec(_) => StatusCode::NOT_ACCEPTABLE,
-                Refusal::TooManyPeers(_) | Refusal::Disabled => StatusCode::SERVICE_UNAVAILABLE,
+                Refusal::TooManyPeers(_) | Refusal::Disabled | Refusal::RelayUnavailable => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
             };
             text(&webrtc, status, format!("{refusal}\n"))
         }

@@ -1,0 +1,414 @@
+//! TURN relays of the WebRTC socket (`webrtc.turn_servers`, RFC 8656 over UDP): one
+//! allocation on each server, made from the mux's own socket and shared by every peer.
+//! Its relayed address is announced to browsers as a relay candidate, for a gateway no
+//! browser can reach directly (behind a NAT that maps each destination to another port,
+//! or a firewall that lets only outgoing UDP through).
+//!
+//! Owns the TURN clients (`turn-client-proto`, sans-IO: bytes and times in, bytes to send
+//! and events out; the mux sends and receives for it). Routes nothing: a datagram from a
+//! TURN server comes back as the peer's datagram (its sender, the relayed address it came
+//! to), and the mux routes that like any other.
+//!
+//! Permissions: a TURN server passes on only what comes from addresses the client allowed.
+//! A peer's offer names its candidates; their addresses are allowed as the offer is
+//! answered ([`Relays::permit`]), so the browser's first checks get through. A send to an
+//! address not yet allowed asks for it and is dropped (ICE sends its checks again).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tracing::{debug, info, warn};
+use turn_client_proto::api::{
+    CreatePermissionError, SendError, TurnConfig, TurnEvent, TurnPollRet, TurnRecvRet,
+};
+use turn_client_proto::prelude::*;
+use turn_client_proto::stun::Instant as TurnInstant;
+use turn_client_proto::stun::agent::Transmit;
+use turn_client_proto::types::{TransportType, TurnCredentials};
+use turn_client_proto::udp::TurnClientUdp;
+
+use crate::config::TurnServer;
+
+/// After an allocation failed or was lost, how long until it is asked for again.
+pub(crate) const REALLOCATE_AFTER: Duration = Duration::from_secs(10);
+
+/// A datagram to send to a TURN server.
+pub(crate) type ToServer = (SocketAddr, Vec<u8>);
+
+/// What a datagram from a TURN server was.
+#[derive(Debug)]
+pub(crate) enum FromServer {
+    /// Not from a TURN server (or not for its client): route it as it is.
+    NotRelayed,
+    /// The server's own business (an answer to the client), handled.
+    Handled,
+    /// A peer's datagram, relayed: its sender and the relayed address it came to.
+    Peer {
+        source: SocketAddr,
+        relayed: SocketAddr,
+        data: Bytes,
+    },
+}
+
+/// The relays of one socket.
+#[derive(Debug)]
+pub(crate) struct Relays {
+    /// The socket's own address, which the allocations are made from.
+    local: SocketAddr,
+    /// Zero of the TURN clients' clock.
+    base: Instant,
+    relays: Mutex<Vec<Relay>>,
+}
+
+#[derive(Debug)]
+struct Relay {
+    /// As configured, for logs.
+    name: String,
+    credentials: TurnCredentials,
+    server: SocketAddr,
+    client: Option<TurnClientUdp>,
+    relayed: Option<SocketAddr>,
+    /// When to allocate again (after a failure).
+    retry_at: Option<Instant>,
+    /// Why the last allocation failed (logged once until one succeeds).
+    error: Option<String>,
+    /// The transaction of the first 401 answer to this client's ALLOCATE (the challenge
+    /// to its request without credentials); a 401 to another transaction (the request
+    /// with them) refuses the credentials.
+    challenged: Option<[u8; 12]>,
+}
+
+/// One relay, for `GET /api/webrtc`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct RelayStatus {
+    /// The server as configured (`host:port`).
+    pub(crate) server: String,
+    /// The relayed address, while allocated.
+    pub(crate) relayed: Option<SocketAddr>,
+    /// Why the last allocation failed, until one succeeds.
+    pub(crate) error: Option<String>,
+}
+
+impl Relays {
+    /// No relays yet, for a socket at `local`.
+    pub(crate) fn new(local: SocketAddr, base: Instant) -> Relays {
+        Relays {
+            local,
+            base,
+            relays: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Relay>> {
+        // each relay's client is updated by one call at a time; a panic mid-call leaves at
+        // worst a client the server will time out
+        self.relays.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn turn_now(&self, now: Instant) -> TurnInstant {
+        let nanos = now.saturating_duration_since(self.base).as_nanos();
+        TurnInstant::from_nanos(i64::try_from(nanos).unwrap_or(i64::MAX))
+    }
+
+    fn std_time(&self, at: TurnInstant) -> Instant {
+        let nanos = u64::try_from(at.as_nanos()).unwrap_or(0);
+        self.base + Duration::from_nanos(nanos)
+    }
+
+    /// Adds a server, resolved to `server` (allocated on the next [`Relays::drive`]).
+    pub(crate) fn add(&self, config: &TurnServer, server: SocketAddr) {
+        self.lock().push(Relay {
+            name: config.server.clone(),
+            credentials: TurnCredentials::new(&config.username, &config.credential),
+            server,
+            client: None,
+            relayed: None,
+            retry_at: None,
+            error: None,
+            challenged: None,
+        });
+    }
+
+    /// Each relay's state.
+    pub(crate) fn status(&self) -> Vec<RelayStatus> {
+        self.lock()
+            .iter()
+            .map(|r| RelayStatus {
+                server: r.name.clone(),
+                relayed: r.relayed,
+                error: r.error.clone(),
+            })
+            .collect()
+    }
+
+    /// The relayed addresses allocated now.
+    pub(crate) fn relayed(&self) -> Vec<SocketAddr> {
+        self.lock().iter().filter_map(|r| r.relayed).collect()
+    }
+
+    /// Moves every client on to `now`: allocates where there is none, refreshes, retries.
+    /// Returns what to send and when to be called again.
+    pub(crate) fn drive(&self, now: Instant) -> (Vec<ToServer>, Instant) {
+        let turn_now = self.turn_now(now);
+        let mut out = Vec::new();
+        let mut wake = now + REALLOCATE_AFTER;
+        for relay in self.lock().iter_mut() {
+            if relay.client.is_none() && relay.retry_at.is_none_or(|at| at <= now) {
+                let config = TurnConfig::new(relay.credentials.clone());
+                relay.client = Some(TurnClientUdp::allocate(self.local, relay.server, config));
+                relay.retry_at = None;
+            }
+            let Some(client) = relay.client.as_mut() else {
+                if let Some(at) = relay.retry_at {
+                    wake = wake.min(at);
+                }
+                continue;
+            };
+            let closed = match client.poll(turn_now) {
+                TurnPollRet::WaitUntil(at) => {
+                    wake = wake.min(self.std_time(at).max(now));
+                    false
+                }
+                TurnPollRet::Closed => true,
+                // TCP allocations only: this client asks for UDP
+                TurnPollRet::AllocateTcpSocket { .. } | TurnPollRet::TcpClose { .. } => false,
+            };
+            relay.flush(turn_now, &mut out);
+            if closed {
+                relay.lost(
+                    now,
+                    "no allocation: the server did not answer, or refused it",
+                );
+                wake = wake.min(now + REALLOCATE_AFTER);
+            }
+        }
+        (out, wake)
+    }
+
+    /// Takes a datagram that came from `source` to the socket: a TURN server's answer, or a
+    /// peer's datagram it relays.
+    pub(crate) fn receive(
+        &self,
+        source: SocketAddr,
+        data: &Bytes,
+        now: Instant,
+        out: &mut Vec<ToServer>,
+    ) -> FromServer {
+        let turn_now = self.turn_now(now);
+        // the same server may be named twice (other credentials): each client takes only
+        // its own transactions and relays
+        let error = allocate_error(data);
+        let mut relays = self.lock();
+        for relay in relays.iter_mut().filter(|r| r.server == source) {
+            let Some(client) = relay.client.as_mut() else {
+                continue;
+            };
+            let transmit = Transmit::new(&data[..], TransportType::Udp, source, self.local);
+            let result = match client.recv(transmit, turn_now) {
+                TurnRecvRet::Ignored(_) => continue,
+                TurnRecvRet::PeerData(peer) => match relay.relayed {
+                    Some(relayed) => FromServer::Peer {
+                        source: peer.peer,
+                        relayed,
+                        data: Bytes::copy_from_slice(peer.data()),
+                    },
+                    None => FromServer::Handled,
+                },
+                TurnRecvRet::Handled | TurnRecvRet::PeerIcmp { .. } => FromServer::Handled,
+            };
+            if let Some((401, transaction)) = error {
+                // the challenge to the request without credentials
+                relay.challenged.get_or_insert(transaction);
+            }
+            relay.flush(turn_now, out);
+            return result;
+        }
+        // no client took it: a 401 to the request with credentials refuses them (the
+        // client would otherwise send them again for 40 s before giving up)
+        if let Some((401, transaction)) = error {
+            let refused = relays.iter_mut().find(|r| {
+                r.server == source
+                    && r.relayed.is_none()
+                    && r.challenged.is_some_and(|first| first != transaction)
+            });
+            if let Some(relay) = refused {
+                relay.lost(now, "credentials refused (401 Unauthorized)");
+                return FromServer::Handled;
+            }
+        }
+        FromServer::NotRelayed
+    }
+
+    /// Wraps `contents` for `destination` to leave through the relay at `relayed`. Sending
+    /// to an address not yet allowed asks for the permission instead (the datagram is
+    /// dropped; ICE sends again).
+    pub(crate) fn send(
+        &self,
+        relayed: SocketAddr,
+        destination: SocketAddr,
+        contents: &[u8],
+        now: Instant,
+        out: &mut Vec<ToServer>,
+    ) -> bool {
+        let turn_now = self.turn_now(now);
+        let mut relays = self.lock();
+        let Some(relay) = relays.iter_mut().find(|r| r.relayed == Some(relayed)) else {
+            return false;
+        };
+        let Some(client) = relay.client.as_mut() else {
+            return false;
+        };
+        let sent = match client.send_to(TransportType::Udp, destination, contents, turn_now) {
+            Ok(Some(transmit)) => {
+                let transmit = transmit.build();
+                out.push((transmit.to, transmit.data));
+                true
+            }
+            Ok(None) => false,
+            Err(SendError::NoPermission) => {
+                permit(client, destination.ip(), turn_now);
+                false
+            }
+            Err(error) => {
+                debug!(relay = %relay.name, %destination, %error, "turn send failed");
+                false
+            }
+        };
+        relay.flush(turn_now, out);
+        sent
+    }
+
+    /// Allows `peers` to send through every relay (the addresses of a peer's candidates).
+    pub(crate) fn permit(&self, peers: &[IpAddr], now: Instant, out: &mut Vec<ToServer>) {
+        let turn_now = self.turn_now(now);
+        for relay in self.lock().iter_mut() {
+            let Some(relayed) = relay.relayed else {
+                continue;
+            };
+            let Some(client) = relay.client.as_mut() else {
+                continue;
+            };
+            for ip in peers.iter().filter(|ip| ip.is_ipv4() == relayed.is_ipv4()) {
+                permit(client, *ip, turn_now);
+            }
+            relay.flush(turn_now, out);
+        }
+    }
+}
+
+/// Asks for a permission for `ip` unless there is one or one is asked for.
+fn permit(client: &mut TurnClientUdp, ip: IpAddr, now: TurnInstant) {
+    match client.create_permission(TransportType::Udp, ip, now) {
+        Ok(()) | Err(CreatePermissionError::AlreadyExists) => {}
+        Err(error) => debug!(%ip, %error, "turn permission not asked for"),
+    }
+}
+
+impl Relay {
+    /// Collects what the client has to send and handles its events.
+    fn flush(&mut self, now: TurnInstant, out: &mut Vec<ToServer>) {
+        let Some(client) = self.client.as_mut() else {
+            return;
+        };
+        while let Some(transmit) = client.poll_transmit(now) {
+            out.push((transmit.to, transmit.data.to_vec()));
+        }
+        while let Some(event) = client.poll_event() {
+            match event {
+                TurnEvent::AllocationCreated(_, relayed) => {
+                    info!(server = %self.name, %relayed, "turn: relayed address allocated");
+                    self.relayed = Some(relayed);
+                    self.error = None;
+                }
+                TurnEvent::PermissionCreateFailed(_, ip) => {
+                    debug!(server = %self.name, %ip, "turn permission refused");
+                }
+                TurnEvent::PermissionCreated(_, ip) => {
+                    debug!(server = %self.name, %ip, "turn permission installed");
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The allocation is gone or was not made (`why`): drop the client and ask again in
+    /// [`REALLOCATE_AFTER`]. Logged once until an allocation succeeds.
+    fn lost(&mut self, now: Instant, why: &str) {
+        if let Some(relayed) = self.relayed.take() {
+            warn!(server = %self.name, %relayed, "turn allocation lost; asking again in 10 s");
+        } else if self.error.is_none() {
+            warn!(server = %self.name, error = why, "turn relay unavailable; asked again every 10 s");
+        }
+        self.error = Some(why.to_owned());
+        self.client = None;
+        self.challenged = None;
+        self.retry_at = Some(now + REALLOCATE_AFTER);
+    }
+}
+
+/// The error code and transaction id of an ALLOCATE error response (RFC 8656 §7.2,
+/// ERROR-CODE of RFC 8489 §14.8); `None` for anything else. Read here because the TURN
+/// client keeps a refusal of its credentials to itself until its request times out.
+fn allocate_error(data: &[u8]) -> Option<(u16, [u8; 12])> {
+    let header = data.get(..20)?;
+    if header[..2] != [0x01, 0x13] || header[4..8] != [0x21, 0x12, 0xa4, 0x42] {
+        return None;
+    }
+    let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
+    let mut attributes = data.get(20..20 + len)?;
+    while let [t0, t1, l0, l1, rest @ ..] = attributes {
+        let kind = u16::from_be_bytes([*t0, *t1]);
+        let len = usize::from(u16::from_be_bytes([*l0, *l1]));
+        let value = rest.get(..len)?;
+        if kind == 0x0009 {
+            let (class, number) = (value.get(2)?, value.get(3)?);
+            let code = u16::from(class & 0x07) * 100 + u16::from(*number);
+            return Some((code, header[8..20].try_into().ok()?));
+        }
+        // values are padded to four bytes
+        attributes = rest.get(len.next_multiple_of(4)..).unwrap_or_default();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An ALLOCATE error response with ERROR-CODE `code` (and a reason phrase), built by
+    /// hand from RFC 8489 §5 and §14.8.
+    fn error_response(method_type: [u8; 2], code: u16, id: [u8; 12]) -> Vec<u8> {
+        let reason = b"Unauthorized";
+        let mut value = vec![0, 0, (code / 100) as u8, (code % 100) as u8];
+        value.extend_from_slice(reason);
+        let padded = value.len().next_multiple_of(4);
+        let mut message = method_type.to_vec();
+        message.extend_from_slice(&u16::try_from(4 + padded).unwrap().to_be_bytes());
+        message.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
+        message.extend_from_slice(&id);
+        message.extend_from_slice(&[0x00, 0x09]);
+        message.extend_from_slice(&u16::try_from(value.len()).unwrap().to_be_bytes());
+        message.extend_from_slice(&value);
+        message.resize(20 + 4 + padded, 0);
+        message
+    }
+
+    #[test]
+    fn an_allocate_error_names_its_code_and_transaction() {
+        let id = [7u8; 12];
+        let refused = error_response([0x01, 0x13], 401, id);
+        assert_eq!(allocate_error(&refused), Some((401, id)));
+        assert_eq!(
+            allocate_error(&error_response([0x01, 0x13], 438, id)),
+            Some((438, id))
+        );
+        // a refresh's error, a success, a cut message: not an ALLOCATE error
+        assert_eq!(allocate_error(&error_response([0x01, 0x14], 401, id)), None);
+        assert_eq!(allocate_error(&error_response([0x01, 0x03], 401, id)), None);
+        for len in 0..refused.len() {
+            assert_eq!(allocate_error(&refused[..len]), None, "{len} bytes");
+        }
+    }
+}
