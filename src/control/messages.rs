@@ -130,8 +130,9 @@ pub struct Request {
     pub url: Option<String>,
     /// WEBRTC: the browser's offer, `{"type": "offer", "sdp": "v=0…"}`.
     pub offer: Option<SessionDescription>,
-    /// WEBRTC: ICE servers the page uses (the seed's field). The gateway is an ICE-lite
-    /// peer on `webrtc.public_ips`: it needs none itself; accepted and ignored.
+    /// WEBRTC: ICE servers the page uses (the seed's field); accepted and ignored. The
+    /// gateway is reached on its own addresses or through the TURN servers it is
+    /// configured with (`webrtc.turn_servers`), never servers a requester names.
     pub iceserver: Option<serde_json::Value>,
 }
 
