@@ -29,6 +29,7 @@ use turn_client_proto::stun::agent::Transmit;
 use turn_client_proto::types::{TransportType, TurnCredentials};
 use turn_client_proto::udp::TurnClientUdp;
 
+use super::udp::StunHeader;
 use crate::config::TurnServer;
 
 /// After an allocation failed or was lost, how long until it is asked for again.
@@ -352,25 +353,17 @@ impl Relay {
 /// ERROR-CODE of RFC 8489 §14.8); `None` for anything else. Read here because the TURN
 /// client keeps a refusal of its credentials to itself until its request times out.
 fn allocate_error(data: &[u8]) -> Option<(u16, [u8; 12])> {
-    let header = data.get(..20)?;
-    if header[..2] != [0x01, 0x13] || header[4..8] != [0x21, 0x12, 0xa4, 0x42] {
+    let message = StunHeader::parse(data)?;
+    if message.kind != 0x0113 {
         return None;
     }
-    let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
-    let mut attributes = data.get(20..20 + len)?;
-    while let [t0, t1, l0, l1, rest @ ..] = attributes {
-        let kind = u16::from_be_bytes([*t0, *t1]);
-        let len = usize::from(u16::from_be_bytes([*l0, *l1]));
-        let value = rest.get(..len)?;
-        if kind == 0x0009 {
-            let (class, number) = (value.get(2)?, value.get(3)?);
-            let code = u16::from(class & 0x07) * 100 + u16::from(*number);
-            return Some((code, header[8..20].try_into().ok()?));
-        }
-        // values are padded to four bytes
-        attributes = rest.get(len.next_multiple_of(4)..).unwrap_or_default();
-    }
-    None
+    let (_, value) = message
+        .attributes
+        .iter()
+        .find(|(kind, _)| *kind == 0x0009)?;
+    let (class, number) = (value.get(2)?, value.get(3)?);
+    let code = u16::from(class & 0x07) * 100 + u16::from(*number);
+    Some((code, message.transaction))
 }
 
 #[cfg(test)]

@@ -560,26 +560,53 @@ const STUN_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
 /// refuses a reply without MESSAGE-INTEGRITY, and a STUN server's reply to a request
 /// without credentials has none.
 fn binding_reply_address(data: &[u8], id: &[u8; 12]) -> Option<SocketAddr> {
-    let header = data.get(..20)?;
-    if header[..2] != [0x01, 0x01] || header[4..8] != STUN_COOKIE || header[8..20] != id[..] {
+    let message = StunHeader::parse(data)?;
+    if message.kind != 0x0101 || message.transaction != *id {
         return None;
     }
-    let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
-    let mut attributes = data.get(20..20 + len)?;
     let mut plain = None;
-    while let [t0, t1, l0, l1, rest @ ..] = attributes {
-        let kind = u16::from_be_bytes([*t0, *t1]);
-        let len = usize::from(u16::from_be_bytes([*l0, *l1]));
-        let value = rest.get(..len)?;
+    for (kind, value) in message.attributes {
         match kind {
             0x0020 => return mapped_address(value, Some(id)),
             0x0001 => plain = mapped_address(value, None),
             _ => {}
         }
-        // values are padded to four bytes
-        attributes = rest.get(len.next_multiple_of(4)..).unwrap_or_default();
     }
     plain
+}
+
+/// A STUN message read as far as its attributes (RFC 8489 §5, §14), for the few replies
+/// the gateway reads itself.
+pub(super) struct StunHeader<'a> {
+    /// Message type (method and class).
+    pub(super) kind: u16,
+    pub(super) transaction: [u8; 12],
+    /// Each attribute's type and value, in order.
+    pub(super) attributes: Vec<(u16, &'a [u8])>,
+}
+
+impl StunHeader<'_> {
+    /// `None` unless `data` is a STUN message whose every attribute is whole.
+    pub(super) fn parse(data: &[u8]) -> Option<StunHeader<'_>> {
+        let header = data.get(..20)?;
+        if header[4..8] != STUN_COOKIE {
+            return None;
+        }
+        let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
+        let mut rest = data.get(20..20 + len)?;
+        let mut attributes = Vec::new();
+        while let [t0, t1, l0, l1, after @ ..] = rest {
+            let len = usize::from(u16::from_be_bytes([*l0, *l1]));
+            attributes.push((u16::from_be_bytes([*t0, *t1]), after.get(..len)?));
+            // values are padded to four bytes
+            rest = after.get(len.next_multiple_of(4)..).unwrap_or_default();
+        }
+        Some(StunHeader {
+            kind: u16::from_be_bytes([header[0], header[1]]),
+            transaction: header[8..20].try_into().ok()?,
+            attributes,
+        })
+    }
 }
 
 /// A (XOR-)MAPPED-ADDRESS value; `xor` with the transaction id for the XOR form.
