@@ -369,6 +369,47 @@ fn allocate_error(data: &[u8]) -> Option<(u16, [u8; 12])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever comes from a TURN server's address (spoofed, cut, garbage) is handled
+        /// without a panic, and nothing but the allocation request is sent in reply.
+        #[test]
+        fn anything_from_a_server_is_handled_without_panic(
+            datagrams in proptest::collection::vec(
+                (any::<bool>(), proptest::collection::vec(any::<u8>(), 0..300)),
+                1..40,
+            )
+        ) {
+            let base = super::super::clock();
+            let server: SocketAddr = "192.0.2.9:3478".parse().unwrap();
+            let relays = Relays::new("0.0.0.0:8000".parse().unwrap(), base);
+            relays.add(
+                &TurnServer {
+                    server: server.to_string(),
+                    username: "gw".to_owned(),
+                    credential: "secret".to_owned(),
+                },
+                server,
+            );
+            let (out, _) = relays.drive(base);
+            prop_assert_eq!(out.len(), 1, "the ALLOCATE");
+            for (i, (stun, mut data)) in datagrams.into_iter().enumerate() {
+                if stun && data.len() >= 20 {
+                    // a STUN header, so the parser gets past its first checks
+                    data[0] &= 0x3f;
+                    data[4..8].copy_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
+                }
+                let mut out = Vec::new();
+                let now = base + Duration::from_millis(i as u64);
+                let _ = relays.receive(server, &Bytes::from(data), now, &mut out);
+                let _ = relays.drive(now);
+            }
+            prop_assert!(relays.relayed().is_empty());
+        }
+    }
 
     /// An ALLOCATE error response with ERROR-CODE `code` (and a reason phrase), built by
     /// hand from RFC 8489 §5 and §14.8.

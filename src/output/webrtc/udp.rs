@@ -426,7 +426,7 @@ impl UdpMux {
             }
             unresolved = still;
             let (out, mut wake) = self.relays.drive(clock());
-            self.send_to_servers(out);
+            self.send_to_servers(out, false);
             if !unresolved.is_empty() {
                 wake = wake.min(clock() + super::relay::REALLOCATE_AFTER);
             }
@@ -447,13 +447,14 @@ impl UdpMux {
         contents: &[u8],
     ) {
         let mut out = Vec::new();
-        if self
+        let sent = self
             .relays
-            .send(relayed, destination, contents, clock(), &mut out)
-        {
+            .send(relayed, destination, contents, clock(), &mut out);
+        if sent {
             self.stats.relayed_sent.fetch_add(1, Ordering::Relaxed);
         }
-        self.send_to_servers(out);
+        // a peer's packet changes no timer; a permission asked for instead does
+        self.send_to_servers(out, !sent);
     }
 
     /// Lets `peers` (a peer's candidate addresses) send through every relay.
@@ -463,18 +464,21 @@ impl UdpMux {
         }
         let mut out = Vec::new();
         self.relays.permit(peers, clock(), &mut out);
-        self.send_to_servers(out);
+        self.send_to_servers(out, true);
     }
 
-    /// Sends what the TURN clients wrote, and has their task look at their timers again.
-    fn send_to_servers(&self, out: Vec<ToServer>) {
-        if out.is_empty() {
+    /// Sends what the TURN clients wrote; with `moved`, has their task look at their
+    /// timers again (a request went out, or an answer came).
+    fn send_to_servers(&self, out: Vec<ToServer>, moved: bool) {
+        if out.is_empty() && !moved {
             return;
         }
         for (server, data) in out {
             self.send(None, server, &data, None);
         }
-        self.relay_moved.notify_one();
+        if moved {
+            self.relay_moved.notify_one();
+        }
     }
 
     /// A datagram as its peer sent it: unwrapped if a TURN server relayed it; `None` if it
@@ -487,7 +491,7 @@ impl UdpMux {
         let from = self
             .relays
             .receive(datagram.source, &datagram.data, datagram.at, &mut out);
-        self.send_to_servers(out);
+        self.send_to_servers(out, matches!(from, FromServer::Handled));
         match from {
             FromServer::NotRelayed => Some(datagram),
             FromServer::Handled => None,
