@@ -260,6 +260,10 @@ pub struct WebRtcSettings {
     /// strings, or (from the environment) such strings comma-separated.
     #[serde(deserialize_with = "comma_list")]
     pub turn_servers: Vec<TurnServer>,
+    /// Use the TURN servers a WEBRTC request names in `iceserver` (the seed's field): a
+    /// relay is allocated on each for that request's peer. Off: the list is ignored (a
+    /// requester could otherwise make the gateway send to hosts of its choosing).
+    pub request_ice_servers: bool,
     /// Which candidates browsers are given: `all` (the host addresses, and the relayed
     /// ones when `turn_servers` are set) or `relay` (only the relayed addresses).
     pub ice_transport_policy: IceTransportPolicy,

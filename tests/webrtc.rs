@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::control::*;
 use common::mqtt::TestClient;
-use common::webrtc::{Coturn, Offers, TestPeer, webrtc_api_when};
+use common::webrtc::{Coturn, Offers, TURN_PASSWORD, TURN_USER, TestPeer, webrtc_api_when};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -217,11 +217,25 @@ async fn webrtc_request(
     seqid: &str,
     offer: &str,
 ) -> (String, serde_json::Value) {
-    let body = serde_json::json!({
+    webrtc_request_with(backend, device, seqid, offer, serde_json::json!({})).await
+}
+
+/// [`webrtc_request`] with more fields in the body.
+async fn webrtc_request_with(
+    backend: &mut TestClient,
+    device: &str,
+    seqid: &str,
+    offer: &str,
+    more: serde_json::Value,
+) -> (String, serde_json::Value) {
+    let mut body = serde_json::json!({
         "seqid": seqid,
         "channel": 1,
         "offer": {"type": "offer", "sdp": offer},
     });
+    for (key, value) in more.as_object().unwrap() {
+        body[key] = value.clone();
+    }
     backend
         .publish(
             &format!("jt1078/gateway/{device}/WEBRTC"),
@@ -776,8 +790,13 @@ async fn relay_only_without_an_allocation_is_refused_with_the_reason() {
         body.contains("webrtc.turn_servers") && body.contains("relay"),
         "{body}"
     );
-    // over MQTT: an ERROR with the request's seqid and the code
-    let (topic, reply) = webrtc_request(&mut backend, "13800138000", "no-relay-1", &offer).await;
+    // over MQTT: an ERROR with the request's seqid and the code; the request's own TURN
+    // server is not used (webrtc.request_ice_servers is off by default)
+    let own = serde_json::json!({"iceserver": [{
+        "urls": format!("turn:{}", turn.addr), "username": TURN_USER, "credential": TURN_PASSWORD,
+    }]});
+    let (topic, reply) =
+        webrtc_request_with(&mut backend, "13800138000", "no-relay-1", &offer, own).await;
     assert_eq!(topic, "jt1078/client/no-relay-1/ERROR", "{reply}");
     assert_eq!(reply["seqid"], "no-relay-1", "{reply}");
     assert_eq!(reply["code"], "relay_unavailable", "{reply}");
@@ -787,5 +806,80 @@ async fn relay_only_without_an_allocation_is_refused_with_the_reason() {
         !pulls.iter().any(|r| r.topic.ends_with("/REQPULL")),
         "no REQPULL for a refused offer"
     );
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requests_own_turn_server_relays_its_peer_when_the_gateway_allows_it() {
+    let turn = Coturn::turn();
+    let (_url, gateway, mut backend) = gateway_and_backend(&[
+        ("JTGW__WEBRTC__REQUEST_ICE_SERVERS", "true"),
+        ("JTGW__WEBRTC__ICE_TRANSPORT_POLICY", "relay"),
+    ])
+    .await;
+    let http = gateway.addrs.http;
+    let device = push_on_its_own(gateway.addrs.live, "13800138000");
+    gateway
+        .wait_for_stream("the sample", |s| s.video_frames >= 30)
+        .await;
+    let (mut peer, offer) = TestPeer::new(Offers::H264).await;
+    // as a page writes RTCIceServer: the STUN URL and the TCP variant are left out
+    let own = serde_json::json!({"iceserver": [{
+        "urls": [
+            "stun:127.0.0.1:3478",
+            format!("turn:{}?transport=udp", turn.addr),
+            format!("turn:{}?transport=tcp", turn.addr),
+        ],
+        "username": TURN_USER,
+        "credential": TURN_PASSWORD,
+    }]});
+    let (topic, reply) =
+        webrtc_request_with(&mut backend, "13800138000", "own-turn-1", &offer, own).await;
+    assert_eq!(topic, "jt1078/client/own-turn-1/ANSWER", "{reply}");
+    let sdp = reply["sdp"].as_str().unwrap();
+    let candidates: Vec<&str> = sdp
+        .lines()
+        .filter(|l| l.starts_with("a=candidate:"))
+        .collect();
+    assert!(
+        candidates.len() == 1 && candidates[0].contains(" typ relay"),
+        "only the request's relay:\n{sdp}"
+    );
+    // the API shows it as the request's, leased by one peer
+    let (_, body) = http_get(http, "/api/webrtc").await;
+    let api: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let relay = &api["relays"][0];
+    assert_eq!(relay["server"], turn.addr.to_string(), "{api}");
+    assert_eq!(relay["requested"], true, "{api}");
+    assert_eq!(relay["leases"], 1, "{api}");
+    let relayed: SocketAddr = relay["relayed"].as_str().unwrap().parse().unwrap();
+    let line = format!("{} {} typ relay", relayed.ip(), relayed.port());
+    assert!(candidates[0].contains(&line), "{line}:\n{sdp}");
+    assert_eq!(
+        api["relayed"],
+        serde_json::json!([]),
+        "not offered to others: {api}"
+    );
+
+    peer.accept(sdp);
+    let played = peer
+        .play_until(Duration::from_secs(20), |p| p.video_frames >= 30)
+        .await;
+    assert!(
+        played,
+        "video through the request's relay: {:?}",
+        peer.played
+    );
+
+    // the peer ends: its lease is given back
+    let session = reply["session"].as_str().unwrap();
+    let (status, _, _) =
+        http_request(http, "DELETE", &format!("/whep/session/{session}"), "", "").await;
+    assert_eq!(status, 200);
+    webrtc_api_when(http, "the lease given back", |api| {
+        api["relays"][0]["leases"] == 0
+    })
+    .await;
+    device.cancel();
     gateway.stop().await;
 }

@@ -51,6 +51,11 @@ pub(crate) struct Control {
     outbox: RefCell<Outbox>,
     /// The last retained status body per stream, so each state is published once.
     statuses: HashMap<StreamKey, Vec<u8>>,
+    /// WEBRTC requests whose own TURN servers are being allocated come back here.
+    deferred_tx: mpsc::Sender<webrtc::DeferredOffer>,
+    deferred_rx: Option<mpsc::Receiver<webrtc::DeferredOffer>>,
+    /// How many are out.
+    deferred: usize,
 }
 
 impl Control {
@@ -61,7 +66,11 @@ impl Control {
         rtmp: RtmpControl,
         webrtc: Option<WebRtc>,
     ) -> Control {
+        let (deferred_tx, deferred_rx) = mpsc::channel(webrtc::MAX_DEFERRED);
         Control {
+            deferred_tx,
+            deferred_rx: Some(deferred_rx),
+            deferred: 0,
             topics: Topics::new(&ctx.mqtt.topic_prefix),
             demand: Demand::new(ctx.demand),
             ctx,
@@ -111,6 +120,8 @@ impl Control {
         peer_events_rx: &mut mpsc::Receiver<PeerEvent>,
     ) {
         let mut events = self.hub.events();
+        let (_, unused) = mpsc::channel(1);
+        let mut deferred_rx = self.deferred_rx.take().unwrap_or(unused);
         let mut heartbeat = tokio::time::interval(self.ctx.mqtt.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -140,6 +151,7 @@ impl Control {
                 }
                 Some(event) = push_events_rx.recv() => self.handle_push_event(event),
                 Some(event) = peer_events_rx.recv() => self.handle_peer_event(event),
+                Some(deferred) = deferred_rx.recv() => self.handle_deferred_offer(deferred),
                 _ = heartbeat.tick() => self.publish_heartbeat(),
                 changed = connected_rx.changed() => {
                     if changed.is_err() {

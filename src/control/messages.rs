@@ -130,9 +130,9 @@ pub struct Request {
     pub url: Option<String>,
     /// WEBRTC: the browser's offer, `{"type": "offer", "sdp": "v=0…"}`.
     pub offer: Option<SessionDescription>,
-    /// WEBRTC: ICE servers the page uses (the seed's field); accepted and ignored. The
-    /// gateway is reached on its own addresses or through the TURN servers it is
-    /// configured with (`webrtc.turn_servers`), never servers a requester names.
+    /// WEBRTC: ICE servers the page uses (the seed's field, `RTCIceServer` objects). With
+    /// `webrtc.request_ice_servers` the gateway allocates a relay on each TURN server in it
+    /// for this request's peer; otherwise ignored.
     pub iceserver: Option<serde_json::Value>,
 }
 

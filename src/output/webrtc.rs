@@ -57,7 +57,27 @@ pub struct Offer {
     pub audio: bool,
     /// Who asked, for the event when the peer ends (MQTT: client_id or seqid).
     pub requester: Option<String>,
+    /// Relays on the request's own TURN servers (`iceserver`, with
+    /// `webrtc.request_ice_servers`), from [`WebRtc::lease_relays`].
+    pub relays: RelayLease,
 }
+
+/// Relays leased on a request's TURN servers for its peer (given back when it ends).
+#[derive(Debug, Clone, Default)]
+pub struct RelayLease {
+    ids: Vec<u64>,
+    relayed: Vec<SocketAddr>,
+}
+
+impl RelayLease {
+    /// The relayed addresses allocated for the request.
+    pub fn relayed(&self) -> &[SocketAddr] {
+        &self.relayed
+    }
+}
+
+/// How long an offer with its own TURN servers waits for their allocations.
+const REQUEST_RELAY_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// An accepted offer.
 #[derive(Debug, Clone)]
@@ -85,7 +105,7 @@ pub enum Refusal {
     TooManyPeers(usize),
     /// `webrtc.ice_transport_policy = "relay"` and no TURN allocation to offer.
     #[error(
-        "no TURN relay to offer: webrtc.ice_transport_policy is relay and no server in webrtc.turn_servers has allocated an address (see the gateway's log)"
+        "no TURN relay to offer: webrtc.ice_transport_policy is relay and no TURN server (webrtc.turn_servers, or the request's own) has allocated an address; GET /api/webrtc shows each relay's last error"
     )]
     RelayUnavailable,
 }
@@ -160,7 +180,7 @@ impl WebRtc {
         if !settings.stun_servers.is_empty() {
             tasks.spawn(Arc::clone(&mux).discover(settings.stun_servers.clone(), shutdown.clone()));
         }
-        if !settings.turn_servers.is_empty() {
+        if !settings.turn_servers.is_empty() || settings.request_ice_servers {
             tasks.spawn(Arc::clone(&mux).relay(settings.turn_servers.clone(), shutdown.clone()));
         }
         let (events_tx, events_rx) = mpsc::channel(1024);
@@ -213,7 +233,30 @@ impl WebRtc {
         self.inner.mux.relayed_addrs()
     }
 
-    /// Each TURN relay (`webrtc.turn_servers`): its server, relayed address, last error.
+    /// Whether a request's own TURN servers (`iceserver`) are used
+    /// (`webrtc.request_ice_servers`).
+    pub fn request_ice_servers(&self) -> bool {
+        self.inner.settings.request_ice_servers
+    }
+
+    /// Leases a relay on each of a request's TURN `servers` for its peer, waiting for the
+    /// allocations (a few seconds at most; those not made by then are left out).
+    pub async fn lease_relays(&self, servers: &[crate::config::TurnServer]) -> RelayLease {
+        let (ids, relayed) = self
+            .inner
+            .mux
+            .lease_relays(servers, REQUEST_RELAY_WAIT)
+            .await;
+        RelayLease { ids, relayed }
+    }
+
+    /// Gives back a lease whose offer was not taken.
+    pub fn release(&self, lease: &RelayLease) {
+        self.inner.mux.release_relays(&lease.ids);
+    }
+
+    /// Each TURN relay (`webrtc.turn_servers`, and those requests named): its server,
+    /// relayed address, last error.
     pub fn relays(&self) -> serde_json::Value {
         serde_json::to_value(self.inner.mux.relay_status()).unwrap_or_default()
     }
@@ -253,7 +296,17 @@ impl WebRtc {
 
     /// Accepts a browser's offer: a peer that plays `offer.key` starts (it waits for the
     /// stream if it is not live; its hub reader asks for it) and the answer is returned.
+    /// The offer's relay lease is the peer's until it ends (given back if refused).
     pub fn offer(&self, offer: Offer) -> Result<Answer, Refusal> {
+        let lease = offer.relays.clone();
+        let answer = self.offer_peer(offer);
+        if answer.is_err() {
+            self.release(&lease);
+        }
+        answer
+    }
+
+    fn offer_peer(&self, offer: Offer) -> Result<Answer, Refusal> {
         let settings = &self.inner.settings;
         if !settings.enabled {
             return Err(Refusal::Disabled);
@@ -281,7 +334,8 @@ impl WebRtc {
         if video {
             offered.check_video(live_video)?;
         }
-        let relayed = self.relayed();
+        let mut relayed = self.relayed();
+        relayed.extend_from_slice(offer.relays.relayed());
         let relay_only = settings.ice_transport_policy == IceTransportPolicy::Relay;
         if relay_only && relayed.is_empty() {
             return Err(Refusal::RelayUnavailable);
@@ -362,6 +416,7 @@ impl WebRtc {
         info!(stream = %offer.key, session, video, audio, "webrtc peer starts");
         let this = self.clone();
         let requester = offer.requester;
+        let lease = offer.relays;
         let answer = Answer {
             session: session.clone(),
             sdp: answer.to_sdp_string(),
@@ -370,6 +425,7 @@ impl WebRtc {
             async move {
                 let key = setup.key.clone();
                 let ended = peer::run(setup).await;
+                this.release(&lease);
                 this.sessions().remove(&session);
                 info!(stream = %key, session, reason = ended.as_str(), "webrtc peer ended");
                 let event = PeerEvent {

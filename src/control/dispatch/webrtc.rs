@@ -3,18 +3,52 @@
 //! is asked to push if it is not live, and `device_unavailable` reaches the requester's
 //! seqid if it never connects) until its peer ends.
 
+use serde_json::Value;
 use tokio::time::Instant;
 use tracing::info;
 
 use super::Control;
+use crate::config::TurnServer;
 use crate::control::demand::RequesterId;
 use crate::control::messages::{ErrorCode, Mode, Request, RequestError, WebRtcAnswer};
 use crate::media::DeviceId;
-use crate::output::webrtc::{Offer, PeerEvent, Refusal};
+use crate::output::webrtc::{Offer, PeerEvent, Refusal, RelayLease, WebRtc};
+
+/// WEBRTC requests waiting for their own TURN servers' allocations at once; more are
+/// refused (`relay_unavailable`).
+pub(super) const MAX_DEFERRED: usize = 64;
+
+/// TURN servers one request may name.
+const MAX_REQUEST_TURN_SERVERS: usize = 4;
+
+/// A WEBRTC request whose own TURN servers were being allocated, back in the control loop.
+#[derive(Debug)]
+pub(crate) struct DeferredOffer {
+    device: DeviceId,
+    request: Request,
+    lease: RelayLease,
+}
 
 impl Control {
     /// `WEBRTC`: an offer in, an answer out.
     pub(super) fn webrtc_request(&mut self, device: &DeviceId, request: &Request) {
+        self.webrtc_offer(device, request, None);
+    }
+
+    /// A request whose TURN allocations are done (or timed out): answered now.
+    pub(super) fn handle_deferred_offer(&mut self, deferred: DeferredOffer) {
+        self.deferred = self.deferred.saturating_sub(1);
+        let DeferredOffer {
+            device,
+            request,
+            lease,
+        } = deferred;
+        self.webrtc_offer(&device, &request, Some(lease));
+    }
+
+    /// The offer, with the relays leased on its own TURN servers (`None`: not asked yet;
+    /// if it names some, they are allocated first and the request comes back).
+    fn webrtc_offer(&mut self, device: &DeviceId, request: &Request, lease: Option<RelayLease>) {
         let seqid = self.seqid_of(request);
         let key = request.stream_key(device, Mode::WebRtc);
         let Some(webrtc) = self.webrtc.clone() else {
@@ -50,6 +84,20 @@ impl Control {
                 });
             }
         };
+        let relays = match lease {
+            Some(lease) => lease,
+            None => match request_turn_servers(&webrtc, request) {
+                Err(message) => {
+                    return self.reject(RequestError {
+                        code: ErrorCode::InvalidField,
+                        message,
+                        seqid: Some(seqid),
+                    });
+                }
+                Ok(servers) if servers.is_empty() => RelayLease::default(),
+                Ok(servers) => return self.defer_offer(webrtc, device, request, servers, seqid),
+            },
+        };
         let requester_id = request.client_id.clone().unwrap_or_else(|| seqid.clone());
         let requester = RequesterId::Client(requester_id.clone());
         // the offer first: a refused one must not make the device push
@@ -59,6 +107,7 @@ impl Control {
             video: request.video.unwrap_or(true),
             audio: request.audio.unwrap_or(true),
             requester: Some(requester_id),
+            relays,
         };
         let answer = match webrtc.offer(offer) {
             Ok(answer) => answer,
@@ -99,6 +148,42 @@ impl Control {
         self.perform(actions);
     }
 
+    /// Allocates relays on the request's own TURN servers off the control loop; the
+    /// request comes back through [`Control::handle_deferred_offer`].
+    fn defer_offer(
+        &mut self,
+        webrtc: WebRtc,
+        device: &DeviceId,
+        request: &Request,
+        servers: Vec<TurnServer>,
+        seqid: String,
+    ) {
+        if self.deferred >= MAX_DEFERRED {
+            return self.reject(RequestError {
+                code: ErrorCode::RelayUnavailable,
+                message: format!(
+                    "{MAX_DEFERRED} WEBRTC offers are already waiting for their TURN servers; try again"
+                ),
+                seqid: Some(seqid),
+            });
+        }
+        self.deferred += 1;
+        let back = self.deferred_tx.clone();
+        let deferred = DeferredOffer {
+            device: device.clone(),
+            request: request.clone(),
+            lease: RelayLease::default(),
+        };
+        tokio::spawn(async move {
+            let lease = webrtc.lease_relays(&servers).await;
+            let deferred = DeferredOffer { lease, ..deferred };
+            if let Err(unsent) = back.send(deferred).await {
+                // control is gone (shutdown): nobody will offer with it
+                webrtc.release(&unsent.0.lease);
+            }
+        });
+    }
+
     /// A peer ended: its requester no longer wants the stream.
     pub(super) fn handle_peer_event(&mut self, event: PeerEvent) {
         let Some(requester) = event.requester else {
@@ -110,6 +195,160 @@ impl Control {
             .release(&event.key, &requester, Instant::now().into_std())
         {
             info!(stream = %event.key, requester = ?requester, reason = event.ended.as_str(), "webrtc requester left");
+        }
+    }
+}
+
+/// The TURN servers of a request's `iceserver`, if `webrtc.request_ice_servers` lets the
+/// gateway use them (else none: the list is for the browser's side).
+fn request_turn_servers(webrtc: &WebRtc, request: &Request) -> Result<Vec<TurnServer>, String> {
+    match &request.iceserver {
+        Some(value) if webrtc.request_ice_servers() => turn_servers_of(value),
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// The TURN servers (UDP) an `iceserver` list names: `RTCIceServer` objects (`urls`, a URL
+/// or a list of them, or `url` in older pages; `username`; `credential`). STUN URLs,
+/// `turns:` and `?transport=tcp` are left out: the gateway's relays are UDP.
+pub(crate) fn turn_servers_of(value: &Value) -> Result<Vec<TurnServer>, String> {
+    let entries: Vec<&Value> = match value {
+        Value::Array(list) => list.iter().collect(),
+        Value::Object(_) => vec![value],
+        Value::Null => Vec::new(),
+        _ => return Err("iceserver: expected a list of {urls, username, credential}".to_owned()),
+    };
+    let mut servers = Vec::new();
+    for (i, entry) in entries.into_iter().enumerate() {
+        let Some(fields) = entry.as_object() else {
+            return Err(format!(
+                "iceserver[{i}]: expected an object {{urls, username, credential}}"
+            ));
+        };
+        let urls: Vec<&str> = match fields.get("urls").or_else(|| fields.get("url")) {
+            Some(Value::String(url)) => vec![url.as_str()],
+            Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).collect(),
+            _ => {
+                return Err(format!(
+                    "iceserver[{i}].urls: expected a URL or a list of URLs"
+                ));
+            }
+        };
+        for url in urls {
+            let Some(rest) = url
+                .get(..5)
+                .filter(|scheme| scheme.eq_ignore_ascii_case("turn:"))
+                .map(|_| &url[5..])
+            else {
+                continue;
+            };
+            let (address, query) = rest.split_once('?').unwrap_or((rest, ""));
+            if query
+                .split('&')
+                .any(|p| p.eq_ignore_ascii_case("transport=tcp"))
+            {
+                continue;
+            }
+            let text = |name: &str| fields.get(name).and_then(Value::as_str);
+            let (Some(username), Some(credential)) = (text("username"), text("credential")) else {
+                return Err(format!(
+                    "iceserver[{i}]: {} needs a username and a credential",
+                    crate::media::echo(url)
+                ));
+            };
+            let has_port = match address.strip_prefix('[') {
+                Some(v6) => v6.contains("]:"),
+                None => address.contains(':'),
+            };
+            let server = if has_port {
+                address.to_owned()
+            } else {
+                format!("{address}:3478")
+            };
+            let valid = server
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !valid {
+                return Err(format!(
+                    "iceserver[{i}]: {} is not turn:host[:port]",
+                    crate::media::echo(url)
+                ));
+            }
+            servers.push(TurnServer {
+                server,
+                username: username.to_owned(),
+                credential: credential.to_owned(),
+            });
+        }
+    }
+    if servers.len() > MAX_REQUEST_TURN_SERVERS {
+        return Err(format!(
+            "iceserver: {} TURN servers; at most {MAX_REQUEST_TURN_SERVERS} per request",
+            servers.len()
+        ));
+    }
+    Ok(servers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_requests_turn_servers_are_read_as_browsers_write_them() {
+        let list = json!([
+            {"urls": "stun:stun.example.net:3478"},
+            {"urls": ["turn:turn.example.net?transport=udp", "turns:turn.example.net:5349",
+                      "turn:turn.example.net:3478?transport=tcp", "TURN:[2001:db8::1]:3479"],
+             "username": "1700000000:gw", "credential": "c2VjcmV0"},
+            {"url": "turn:192.0.2.9:3480", "username": "u", "credential": "p"}
+        ]);
+        let servers: Vec<(String, String, String)> = turn_servers_of(&list)
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.server, t.username, t.credential))
+            .collect();
+        let own = |s: &str, u: &str, c: &str| (s.to_owned(), u.to_owned(), c.to_owned());
+        assert_eq!(
+            servers,
+            [
+                own("turn.example.net:3478", "1700000000:gw", "c2VjcmV0"),
+                own("[2001:db8::1]:3479", "1700000000:gw", "c2VjcmV0"),
+                own("192.0.2.9:3480", "u", "p"),
+            ]
+        );
+        assert_eq!(turn_servers_of(&json!(null)).unwrap().len(), 0);
+        assert_eq!(
+            turn_servers_of(&json!([{"urls": "stun:x:1"}]))
+                .unwrap()
+                .len(),
+            0
+        );
+    }
+
+    #[test]
+    fn a_bad_iceserver_list_is_an_error_that_names_the_entry() {
+        for (value, says) in [
+            (json!("turn:x"), "expected a list"),
+            (json!([1]), "iceserver[0]: expected an object"),
+            (json!([{"urls": 5}]), "iceserver[0].urls"),
+            (
+                json!([{"urls": "stun:s.example"}, {"urls": "turn:t.example:3478"}]),
+                "iceserver[1]: turn:t.example:3478 needs a username",
+            ),
+            (
+                json!([{"urls": "turn:t.example:port", "username": "u", "credential": "p"}]),
+                "is not turn:host[:port]",
+            ),
+            (
+                json!([{"urls": ["turn:a:1", "turn:b:1", "turn:c:1", "turn:d:1", "turn:e:1"],
+                        "username": "u", "credential": "p"}]),
+                "at most 4",
+            ),
+        ] {
+            let error = turn_servers_of(&value).unwrap_err();
+            assert!(error.contains(says), "{value}: {error}");
         }
     }
 }

@@ -61,9 +61,11 @@ pub(crate) struct Relays {
     /// Zero of the TURN clients' clock.
     base: Instant,
     relays: Mutex<Vec<Relay>>,
+    /// Bumped when an allocation is made or fails (leases wait on it).
+    changed: tokio::sync::watch::Sender<u64>,
+    next_id: std::sync::atomic::AtomicU64,
 }
 
-#[derive(Debug)]
 struct Relay {
     /// As configured, for logs.
     name: String,
@@ -79,7 +81,38 @@ struct Relay {
     /// to its request without credentials); a 401 to another transaction (the request
     /// with them) refuses the credentials.
     challenged: Option<[u8; 12]>,
+    /// Named by a request's `iceserver` (not `webrtc.turn_servers`): offered only to the
+    /// peers that hold a lease on it, deleted once none has for [`RELEASE_AFTER`].
+    requested: bool,
+    /// Peers holding a lease (requested relays).
+    leases: usize,
+    /// Since when no peer holds a lease (requested relays).
+    idle_since: Option<Instant>,
+    /// Identifies the relay to its leases.
+    id: u64,
 }
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // the credentials stay out of logs
+        f.debug_struct("Relay")
+            .field("name", &self.name)
+            .field("server", &self.server)
+            .field("relayed", &self.relayed)
+            .field("error", &self.error)
+            .field("requested", &self.requested)
+            .field("leases", &self.leases)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Requested relays (a request's `iceserver`) at once, over all requests: more are not
+/// allocated (the offer goes on without them).
+pub(crate) const MAX_REQUESTED: usize = 32;
+
+/// How long a requested relay nobody leases is kept (the next request with the same
+/// server and credentials takes it over) before its allocation is deleted.
+pub(crate) const RELEASE_AFTER: Duration = Duration::from_secs(30);
 
 /// One relay, for `GET /api/webrtc`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -90,6 +123,10 @@ pub(crate) struct RelayStatus {
     pub(crate) relayed: Option<SocketAddr>,
     /// Why the last allocation failed, until one succeeds.
     pub(crate) error: Option<String>,
+    /// Named by a request (`iceserver`), not by `webrtc.turn_servers`.
+    pub(crate) requested: bool,
+    /// Peers using it (a requested relay).
+    pub(crate) leases: usize,
 }
 
 impl Relays {
@@ -99,6 +136,8 @@ impl Relays {
             local,
             base,
             relays: Mutex::new(Vec::new()),
+            changed: tokio::sync::watch::Sender::new(0),
+            next_id: std::sync::atomic::AtomicU64::new(1),
         }
     }
 
@@ -118,9 +157,15 @@ impl Relays {
         self.base + Duration::from_nanos(nanos)
     }
 
-    /// Adds a server, resolved to `server` (allocated on the next [`Relays::drive`]).
+    /// Adds a server of `webrtc.turn_servers`, resolved to `server` (allocated on the next
+    /// [`Relays::drive`], kept while the gateway runs).
     pub(crate) fn add(&self, config: &TurnServer, server: SocketAddr) {
-        self.lock().push(Relay {
+        let relay = self.relay(config, server, false);
+        self.lock().push(relay);
+    }
+
+    fn relay(&self, config: &TurnServer, server: SocketAddr, requested: bool) -> Relay {
+        Relay {
             name: config.server.clone(),
             credentials: TurnCredentials::new(&config.username, &config.credential),
             server,
@@ -129,7 +174,64 @@ impl Relays {
             retry_at: None,
             error: None,
             challenged: None,
-        });
+            requested,
+            leases: 0,
+            idle_since: None,
+            id: self
+                .next_id
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// A lease on the relay of a request's TURN server (`config` resolved to `server`):
+    /// the one already there with the same server and credentials, else a new one
+    /// (allocated on the next [`Relays::drive`]); `None` past [`MAX_REQUESTED`].
+    pub(crate) fn lease(&self, config: &TurnServer, server: SocketAddr) -> Option<u64> {
+        let credentials = TurnCredentials::new(&config.username, &config.credential);
+        let mut relays = self.lock();
+        if let Some(relay) = relays
+            .iter_mut()
+            .find(|r| r.requested && r.server == server && r.credentials == credentials)
+        {
+            relay.leases += 1;
+            relay.idle_since = None;
+            return Some(relay.id);
+        }
+        if relays.iter().filter(|r| r.requested).count() >= MAX_REQUESTED {
+            return None;
+        }
+        let mut relay = self.relay(config, server, true);
+        relay.leases = 1;
+        let id = relay.id;
+        relays.push(relay);
+        Some(id)
+    }
+
+    /// Gives the leases `ids` back (their peer ended).
+    pub(crate) fn release(&self, ids: &[u64], now: Instant) {
+        for relay in self.lock().iter_mut().filter(|r| ids.contains(&r.id)) {
+            relay.leases = relay.leases.saturating_sub(1);
+            if relay.leases == 0 {
+                relay.idle_since = Some(now);
+            }
+        }
+    }
+
+    /// For the relays `ids`: the relayed addresses allocated, and whether any is still
+    /// being allocated (neither allocated nor failed).
+    pub(crate) fn leased(&self, ids: &[u64]) -> (Vec<SocketAddr>, bool) {
+        let relays = self.lock();
+        let mine = relays.iter().filter(|r| ids.contains(&r.id));
+        let relayed = mine.clone().filter_map(|r| r.relayed).collect();
+        let pending = mine
+            .clone()
+            .any(|r| r.relayed.is_none() && r.error.is_none());
+        (relayed, pending)
+    }
+
+    /// Notified when an allocation is made or fails.
+    pub(crate) fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     /// Each relay's state.
@@ -140,13 +242,20 @@ impl Relays {
                 server: r.name.clone(),
                 relayed: r.relayed,
                 error: r.error.clone(),
+                requested: r.requested,
+                leases: r.leases,
             })
             .collect()
     }
 
-    /// The relayed addresses allocated now.
+    /// The relayed addresses of `webrtc.turn_servers` allocated now (a request's relays
+    /// are its own).
     pub(crate) fn relayed(&self) -> Vec<SocketAddr> {
-        self.lock().iter().filter_map(|r| r.relayed).collect()
+        self.lock()
+            .iter()
+            .filter(|r| !r.requested)
+            .filter_map(|r| r.relayed)
+            .collect()
     }
 
     /// Moves every client on to `now`: allocates where there is none, refreshes, retries.
@@ -155,11 +264,30 @@ impl Relays {
         let turn_now = self.turn_now(now);
         let mut out = Vec::new();
         let mut wake = now + REALLOCATE_AFTER;
-        for relay in self.lock().iter_mut() {
+        let mut relays = self.lock();
+        // requested relays nobody has leased for a while: deleted on the server, forgotten
+        relays.retain_mut(|relay| {
+            let expired = relay.requested
+                && relay.leases == 0
+                && relay.idle_since.is_some_and(|at| at + RELEASE_AFTER <= now);
+            if expired {
+                if let Some(client) = relay.client.as_mut() {
+                    // the server frees it at once instead of when its lifetime ends
+                    let _ = client.delete(turn_now);
+                }
+                relay.flush(turn_now, &mut out);
+                debug!(server = %relay.name, "requested turn relay released");
+            }
+            !expired
+        });
+        for relay in relays.iter_mut() {
             if relay.client.is_none() && relay.retry_at.is_none_or(|at| at <= now) {
                 let config = TurnConfig::new(relay.credentials.clone());
                 relay.client = Some(TurnClientUdp::allocate(self.local, relay.server, config));
                 relay.retry_at = None;
+            }
+            if let Some(at) = relay.idle_since {
+                wake = wake.min(at + RELEASE_AFTER);
             }
             let Some(client) = relay.client.as_mut() else {
                 if let Some(at) = relay.retry_at {
@@ -185,6 +313,8 @@ impl Relays {
                 wake = wake.min(now + REALLOCATE_AFTER);
             }
         }
+        drop(relays);
+        self.changed.send_modify(|n| *n += 1);
         (out, wake)
     }
 
@@ -224,6 +354,9 @@ impl Relays {
                 relay.challenged.get_or_insert(transaction);
             }
             relay.flush(turn_now, out);
+            if matches!(result, FromServer::Handled) {
+                self.changed.send_modify(|n| *n += 1);
+            }
             return result;
         }
         // no client took it: a 401 to the request with credentials refuses them (the
@@ -236,6 +369,8 @@ impl Relays {
             });
             if let Some(relay) = refused {
                 relay.lost(now, "credentials refused (401 Unauthorized)");
+                drop(relays);
+                self.changed.send_modify(|n| *n += 1);
                 return FromServer::Handled;
             }
         }
@@ -427,6 +562,53 @@ mod tests {
         message.extend_from_slice(&value);
         message.resize(20 + 4 + padded, 0);
         message
+    }
+
+    #[test]
+    fn requested_relays_are_shared_given_back_and_forgotten_when_idle() {
+        let base = super::super::clock();
+        let relays = Relays::new("0.0.0.0:8000".parse().unwrap(), base);
+        let server: SocketAddr = "192.0.2.9:3478".parse().unwrap();
+        let config = |user: &str| TurnServer {
+            server: server.to_string(),
+            username: user.to_owned(),
+            credential: "secret".to_owned(),
+        };
+        let a = relays.lease(&config("a"), server).unwrap();
+        let again = relays.lease(&config("a"), server).unwrap();
+        let b = relays.lease(&config("b"), server).unwrap();
+        assert_eq!(a, again, "same server and credentials: one relay");
+        assert_ne!(a, b);
+        let (out, _) = relays.drive(base);
+        assert_eq!(out.len(), 2, "an ALLOCATE each");
+        assert_eq!(
+            relays.leased(&[a, b]),
+            (Vec::new(), true),
+            "being allocated"
+        );
+        // not offered to other peers
+        assert!(relays.relayed().is_empty());
+
+        relays.release(&[a], base);
+        relays.release(&[a, b], base);
+        let leases: Vec<usize> = relays.status().iter().map(|r| r.leases).collect();
+        assert_eq!(leases, [0, 0]);
+        let (_, wake) = relays.drive(base + Duration::from_secs(1));
+        assert!(wake <= base + RELEASE_AFTER, "wakes to forget them");
+        assert_eq!(
+            relays.status().len(),
+            2,
+            "kept a while for the next request"
+        );
+        let later = base + RELEASE_AFTER + Duration::from_secs(1);
+        relays.drive(later);
+        assert!(relays.status().is_empty(), "forgotten once idle");
+
+        // past the cap, no more
+        for n in 0..MAX_REQUESTED {
+            assert!(relays.lease(&config(&n.to_string()), server).is_some());
+        }
+        assert_eq!(relays.lease(&config("one more"), server), None);
     }
 
     #[test]

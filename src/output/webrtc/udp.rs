@@ -438,6 +438,63 @@ impl UdpMux {
         }
     }
 
+    /// Leases a relay on each of a request's TURN `servers` and waits (at most `wait`) for
+    /// their allocations: the lease ids (to give back when the peer ends) and the relayed
+    /// addresses allocated by then.
+    pub(crate) async fn lease_relays(
+        &self,
+        servers: &[TurnServer],
+        wait: std::time::Duration,
+    ) -> (Vec<u64>, Vec<SocketAddr>) {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut ids = Vec::new();
+        for server in servers {
+            let found =
+                tokio::time::timeout_at(deadline, tokio::net::lookup_host(server.server.as_str()))
+                    .await;
+            let addr = match found {
+                Ok(Ok(mut addrs)) => addrs.find(|a| a.is_ipv4() == self.local.is_ipv4()),
+                _ => None,
+            };
+            let Some(addr) = addr else {
+                debug!(server = %server.server, "requested turn server not resolved");
+                continue;
+            };
+            match self.relays.lease(server, addr) {
+                Some(id) => ids.push(id),
+                None => warn!(
+                    server = %server.server,
+                    limit = super::relay::MAX_REQUESTED,
+                    "too many requested turn relays at once; this one is not allocated"
+                ),
+            }
+        }
+        if ids.is_empty() {
+            return (ids, Vec::new());
+        }
+        self.relaying.store(true, Ordering::Relaxed);
+        let mut changed = self.relays.watch();
+        self.relay_moved.notify_one();
+        loop {
+            let (relayed, pending) = self.relays.leased(&ids);
+            if !pending {
+                return (ids, relayed);
+            }
+            match tokio::time::timeout_at(deadline, changed.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return (ids, relayed),
+            }
+        }
+    }
+
+    /// Gives back the leases `ids` (their peer ended).
+    pub(crate) fn release_relays(&self, ids: &[u64]) {
+        if !ids.is_empty() {
+            self.relays.release(ids, clock());
+            self.relay_moved.notify_one();
+        }
+    }
+
     /// Sends `contents` to `destination` through the relay whose relayed address is
     /// `relayed` (a peer's packet from its relay candidate).
     pub(crate) fn send_relayed(

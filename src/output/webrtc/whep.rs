@@ -168,6 +168,7 @@ async fn create(
         );
     };
     let offer = Offer {
+        relays: Default::default(),
         key,
         sdp,
         video: true,
