@@ -240,14 +240,42 @@ impl WebRtc {
     }
 
     /// Leases a relay on each of a request's TURN `servers` for its peer, waiting for the
-    /// allocations (a few seconds at most; those not made by then are left out).
+    /// allocations (a few seconds at most; those not made by then are left out), and, if
+    /// [`WebRtc::relays_starting`], for those of `webrtc.turn_servers`.
     pub async fn lease_relays(&self, servers: &[crate::config::TurnServer]) -> RelayLease {
+        if self.relays_starting() {
+            self.relays_ready().await;
+        }
         let (ids, relayed) = self
             .inner
             .mux
             .lease_relays(servers, REQUEST_RELAY_WAIT)
             .await;
         RelayLease { ids, relayed }
+    }
+
+    /// Whether an offer now should wait for [`WebRtc::relays_ready`] first: only relays
+    /// may be offered (`ice_transport_policy = "relay"`), none of `webrtc.turn_servers`
+    /// has an allocation, and some are still being asked for (the first moments after
+    /// start).
+    pub fn relays_starting(&self) -> bool {
+        let settings = &self.inner.settings;
+        settings.ice_transport_policy == IceTransportPolicy::Relay
+            && !settings.turn_servers.is_empty()
+            && self.relayed().is_empty()
+            && self
+                .inner
+                .mux
+                .configured_relays_undecided(settings.turn_servers.len())
+    }
+
+    /// Waits (a few seconds at most) until each server of `webrtc.turn_servers` has an
+    /// allocation or failed.
+    pub async fn relays_ready(&self) {
+        self.inner
+            .mux
+            .configured_relays_ready(self.inner.settings.turn_servers.len(), REQUEST_RELAY_WAIT)
+            .await;
     }
 
     /// Gives back a lease whose offer was not taken.

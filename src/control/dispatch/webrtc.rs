@@ -94,7 +94,11 @@ impl Control {
                         seqid: Some(seqid),
                     });
                 }
-                Ok(servers) if servers.is_empty() => RelayLease::default(),
+                // only relays to offer and they are being allocated (the first moments
+                // after start): the request waits for them rather than being refused
+                Ok(servers) if servers.is_empty() && !webrtc.relays_starting() => {
+                    RelayLease::default()
+                }
                 Ok(servers) => return self.defer_offer(webrtc, device, request, servers, seqid),
             },
         };
@@ -148,8 +152,9 @@ impl Control {
         self.perform(actions);
     }
 
-    /// Allocates relays on the request's own TURN servers off the control loop; the
-    /// request comes back through [`Control::handle_deferred_offer`].
+    /// Allocates relays on the request's own TURN servers (and waits for those of
+    /// `webrtc.turn_servers` at start) off the control loop; the request comes back
+    /// through [`Control::handle_deferred_offer`].
     fn defer_offer(
         &mut self,
         webrtc: WebRtc,

@@ -229,6 +229,15 @@ impl Relays {
         (relayed, pending)
     }
 
+    /// Whether some of the `configured` servers of `webrtc.turn_servers` are not added yet
+    /// (their names are being resolved) or have neither an allocation nor a failure.
+    pub(crate) fn configured_undecided(&self, configured: usize) -> bool {
+        let relays = self.lock();
+        let mut added = relays.iter().filter(|r| !r.requested);
+        added.clone().count() < configured
+            || added.any(|r| r.relayed.is_none() && r.error.is_none())
+    }
+
     /// Notified when an allocation is made or fails.
     pub(crate) fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changed.subscribe()

@@ -487,6 +487,30 @@ impl UdpMux {
         }
     }
 
+    /// Waits (at most `wait`) until each of the `configured` servers of
+    /// `webrtc.turn_servers` has an allocation or failed: at start, before their first
+    /// answers.
+    pub(crate) async fn configured_relays_ready(
+        &self,
+        configured: usize,
+        wait: std::time::Duration,
+    ) {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut changed = self.relays.watch();
+        while self.relays.configured_undecided(configured) {
+            match tokio::time::timeout_at(deadline, changed.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return,
+            }
+        }
+    }
+
+    /// Whether some of the `configured` servers of `webrtc.turn_servers` have neither an
+    /// allocation nor a failure yet.
+    pub(crate) fn configured_relays_undecided(&self, configured: usize) -> bool {
+        self.relays.configured_undecided(configured)
+    }
+
     /// Gives back the leases `ids` (their peer ended).
     pub(crate) fn release_relays(&self, ids: &[u64]) {
         if !ids.is_empty() {

@@ -167,6 +167,11 @@ async fn create(
             "bad SDP offer: not UTF-8\n".to_owned(),
         );
     };
+    // only relays to offer and they are being allocated (the first moments after start):
+    // the answer waits for them rather than being refused
+    if webrtc.relays_starting() {
+        webrtc.relays_ready().await;
+    }
     let offer = Offer {
         relays: Default::default(),
         key,
