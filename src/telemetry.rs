@@ -19,10 +19,11 @@ pub fn init(level: &str) {
         .try_init();
 }
 
-/// Crates that log their every step at `info` (the TURN client traces each poll): quiet
-/// unless `RUST_LOG` or `log.level` names them. Their failures reach the log through the
-/// gateway's own warnings.
-const QUIET_CRATES: [&str; 2] = ["turn_client_proto", "stun_proto"];
+/// Crates that log their every step at `info` (the TURN client traces each poll), or warn
+/// of every malformed STUN message (a datagram from anyone): quiet unless `RUST_LOG` or
+/// `log.level` names them. Their failures reach the log through the gateway's own
+/// warnings.
+const QUIET_CRATES: [&str; 3] = ["turn_client_proto", "stun_proto", "stun_types"];
 
 fn with_quiet_crates(level: &str) -> String {
     let mut filter = level.to_owned();

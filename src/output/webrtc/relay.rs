@@ -26,10 +26,11 @@ use turn_client_proto::api::{
 use turn_client_proto::prelude::*;
 use turn_client_proto::stun::Instant as TurnInstant;
 use turn_client_proto::stun::agent::Transmit;
+use turn_client_proto::stun::types::attribute::ErrorCode;
+use turn_client_proto::stun::types::message::Message;
 use turn_client_proto::types::{TransportType, TurnCredentials};
 use turn_client_proto::udp::TurnClientUdp;
 
-use super::udp::StunHeader;
 use crate::config::TurnServer;
 
 /// After an allocation failed or was lost, how long until it is asked for again.
@@ -497,17 +498,13 @@ impl Relay {
 /// ERROR-CODE of RFC 8489 §14.8); `None` for anything else. Read here because the TURN
 /// client keeps a refusal of its credentials to itself until its request times out.
 fn allocate_error(data: &[u8]) -> Option<(u16, [u8; 12])> {
-    let message = StunHeader::parse(data)?;
-    if message.kind != 0x0113 {
+    // the type first: every relayed packet (a Data indication) comes this way
+    if data.get(..2) != Some(&[0x01, 0x13][..]) {
         return None;
     }
-    let (_, value) = message
-        .attributes
-        .iter()
-        .find(|(kind, _)| *kind == 0x0009)?;
-    let (class, number) = (value.get(2)?, value.get(3)?);
-    let code = u16::from(class & 0x07) * 100 + u16::from(*number);
-    Some((code, message.transaction))
+    let message = Message::from_bytes(data).ok()?;
+    let code = message.attribute::<ErrorCode>().ok()?.code();
+    Some((code, data.get(8..20)?.try_into().ok()?))
 }
 
 #[cfg(test)]

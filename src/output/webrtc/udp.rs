@@ -33,6 +33,10 @@ use std::time::Instant;
 use bytes::Bytes;
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use str0m::ice::{StunMessage, StunMessageBuilder, TransId};
+use turn_client_proto::stun::types::attribute::{
+    AttributeType, MappedSocketAddr, XorMappedAddress,
+};
+use turn_client_proto::stun::types::message::{BINDING, Message, MessageClass};
 
 use super::clock;
 use super::relay::{FromServer, Relays, ToServer};
@@ -301,14 +305,8 @@ impl UdpMux {
         let mut unanswered_rounds = 0u32;
         loop {
             for server in &servers {
-                match tokio::net::lookup_host(server.as_str()).await {
-                    Ok(addrs) => {
-                        // the socket's family only: a v4 socket cannot reach a v6 server
-                        let same_family = addrs.filter(|a| a.is_ipv4() == self.local.is_ipv4());
-                        for addr in same_family.take(1) {
-                            self.ask(addr);
-                        }
-                    }
+                match self.resolve(server).await {
+                    Ok(addr) => self.ask(addr),
                     Err(error) => {
                         if warned.insert(server.clone()) {
                             warn!(%server, %error, "stun server not resolved; asked again later");
@@ -335,6 +333,29 @@ impl UdpMux {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// The address of `server` (`host:port`) of the socket's family (a v4 socket cannot
+    /// reach a v6 server).
+    async fn resolve(&self, server: &str) -> Result<SocketAddr, String> {
+        let mut addrs = tokio::net::lookup_host(server)
+            .await
+            .map_err(|e| e.to_string())?;
+        addrs
+            .find(|a| a.is_ipv4() == self.local.is_ipv4())
+            .ok_or_else(|| "no address of the socket's family".to_owned())
+    }
+
+    /// Waits until `decided` holds for the relays (checked again whenever an allocation is
+    /// made or fails), or `deadline`.
+    async fn relays_until(&self, deadline: tokio::time::Instant, decided: impl Fn() -> bool) {
+        let mut changed = self.relays.watch();
+        while !decided() {
+            match tokio::time::timeout_at(deadline, changed.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return,
             }
         }
     }
@@ -404,14 +425,7 @@ impl UdpMux {
         loop {
             let mut still = Vec::new();
             for server in unresolved {
-                let found = match tokio::net::lookup_host(server.server.as_str()).await {
-                    // the socket's family only: a v4 socket cannot reach a v6 server
-                    Ok(mut addrs) => addrs
-                        .find(|a| a.is_ipv4() == self.local.is_ipv4())
-                        .ok_or_else(|| "no address of the socket's family".to_owned()),
-                    Err(error) => Err(error.to_string()),
-                };
-                match found {
+                match self.resolve(&server.server).await {
                     Ok(addr) => {
                         self.relays.add(&server, addr);
                         self.relaying.store(true, Ordering::Relaxed);
@@ -449,14 +463,8 @@ impl UdpMux {
         let deadline = tokio::time::Instant::now() + wait;
         let mut ids = Vec::new();
         for server in servers {
-            let found =
-                tokio::time::timeout_at(deadline, tokio::net::lookup_host(server.server.as_str()))
-                    .await;
-            let addr = match found {
-                Ok(Ok(mut addrs)) => addrs.find(|a| a.is_ipv4() == self.local.is_ipv4()),
-                _ => None,
-            };
-            let Some(addr) = addr else {
+            let found = tokio::time::timeout_at(deadline, self.resolve(&server.server)).await;
+            let Ok(Ok(addr)) = found else {
                 debug!(server = %server.server, "requested turn server not resolved");
                 continue;
             };
@@ -473,18 +481,11 @@ impl UdpMux {
             return (ids, Vec::new());
         }
         self.relaying.store(true, Ordering::Relaxed);
-        let mut changed = self.relays.watch();
         self.relay_moved.notify_one();
-        loop {
-            let (relayed, pending) = self.relays.leased(&ids);
-            if !pending {
-                return (ids, relayed);
-            }
-            match tokio::time::timeout_at(deadline, changed.changed()).await {
-                Ok(Ok(())) => {}
-                _ => return (ids, relayed),
-            }
-        }
+        self.relays_until(deadline, || !self.relays.leased(&ids).1)
+            .await;
+        let (relayed, _) = self.relays.leased(&ids);
+        (ids, relayed)
     }
 
     /// Waits (at most `wait`) until each of the `configured` servers of
@@ -496,13 +497,8 @@ impl UdpMux {
         wait: std::time::Duration,
     ) {
         let deadline = tokio::time::Instant::now() + wait;
-        let mut changed = self.relays.watch();
-        while self.relays.configured_undecided(configured) {
-            match tokio::time::timeout_at(deadline, changed.changed()).await {
-                Ok(Ok(())) => {}
-                _ => return,
-            }
-        }
+        self.relays_until(deadline, || !self.relays.configured_undecided(configured))
+            .await;
     }
 
     /// Whether some of the `configured` servers of `webrtc.turn_servers` have neither an
@@ -641,76 +637,23 @@ impl UdpMux {
 const STUN_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
 
 /// The address a binding success reply to transaction `id` names (XOR-MAPPED-ADDRESS,
-/// else MAPPED-ADDRESS; RFC 8489 §14.1-14.2). Written here because `str0m`'s STUN parser
-/// refuses a reply without MESSAGE-INTEGRITY, and a STUN server's reply to a request
-/// without credentials has none.
+/// else MAPPED-ADDRESS; RFC 8489 §14.1-14.2). Read with `stun-types` (which the TURN client
+/// brings): `str0m`'s STUN parser refuses a reply without MESSAGE-INTEGRITY, and a STUN
+/// server's reply to a request without credentials has none.
 fn binding_reply_address(data: &[u8], id: &[u8; 12]) -> Option<SocketAddr> {
-    let message = StunHeader::parse(data)?;
-    if message.kind != 0x0101 || message.transaction != *id {
+    // another transaction's (or no STUN at all): not parsed
+    if data.get(8..20) != Some(&id[..]) {
         return None;
     }
-    let mut plain = None;
-    for (kind, value) in message.attributes {
-        match kind {
-            0x0020 => return mapped_address(value, Some(id)),
-            0x0001 => plain = mapped_address(value, None),
-            _ => {}
-        }
+    let message = Message::from_bytes(data).ok()?;
+    if !message.has_class(MessageClass::Success) || !message.has_method(BINDING) {
+        return None;
     }
-    plain
-}
-
-/// A STUN message read as far as its attributes (RFC 8489 §5, §14), for the few replies
-/// the gateway reads itself.
-pub(super) struct StunHeader<'a> {
-    /// Message type (method and class).
-    pub(super) kind: u16,
-    pub(super) transaction: [u8; 12],
-    /// Each attribute's type and value, in order.
-    pub(super) attributes: Vec<(u16, &'a [u8])>,
-}
-
-impl StunHeader<'_> {
-    /// `None` unless `data` is a STUN message whose every attribute is whole.
-    pub(super) fn parse(data: &[u8]) -> Option<StunHeader<'_>> {
-        let header = data.get(..20)?;
-        if header[4..8] != STUN_COOKIE {
-            return None;
-        }
-        let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
-        let mut rest = data.get(20..20 + len)?;
-        let mut attributes = Vec::new();
-        while let [t0, t1, l0, l1, after @ ..] = rest {
-            let len = usize::from(u16::from_be_bytes([*l0, *l1]));
-            attributes.push((u16::from_be_bytes([*t0, *t1]), after.get(..len)?));
-            // values are padded to four bytes
-            rest = after.get(len.next_multiple_of(4)..).unwrap_or_default();
-        }
-        Some(StunHeader {
-            kind: u16::from_be_bytes([header[0], header[1]]),
-            transaction: header[8..20].try_into().ok()?,
-            attributes,
-        })
+    if let Ok(xor) = message.attribute::<XorMappedAddress>() {
+        return Some(xor.addr(message.transaction_id()));
     }
-}
-
-/// A (XOR-)MAPPED-ADDRESS value; `xor` with the transaction id for the XOR form.
-fn mapped_address(value: &[u8], xor: Option<&[u8; 12]>) -> Option<SocketAddr> {
-    let (family, port, address) = (value.get(1)?, value.get(2..4)?, value.get(4..)?);
-    let mut key = [0u8; 18];
-    if let Some(id) = xor {
-        key[..4].copy_from_slice(&STUN_COOKIE);
-        key[4..16].copy_from_slice(id);
-        key[16..].copy_from_slice(&STUN_COOKIE[..2]);
-    }
-    let port = u16::from_be_bytes([port[0] ^ key[16], port[1] ^ key[17]]);
-    let unxor = |bytes: &[u8]| -> Vec<u8> { bytes.iter().zip(key).map(|(b, k)| b ^ k).collect() };
-    let ip = match (family, address.len()) {
-        (1, 4) => IpAddr::from(<[u8; 4]>::try_from(unxor(address)).ok()?),
-        (2, 16) => IpAddr::from(<[u8; 16]>::try_from(unxor(address)).ok()?),
-        _ => return None,
-    };
-    Some(SocketAddr::new(ip, port))
+    let plain = message.raw_attribute(AttributeType::new(0x0001))?;
+    MappedSocketAddr::from_raw(&plain).ok().map(|m| m.addr())
 }
 
 /// The local ufrag a STUN binding request is addressed to (USERNAME `{ours}:{theirs}`).
