@@ -315,6 +315,13 @@ impl std::str::FromStr for TurnServer {
         let (username, credential) = user
             .split_once(':')
             .ok_or("expected username:credential before the @")?;
+        TurnServer::new(server, username, credential)
+    }
+}
+
+impl TurnServer {
+    /// A server at `server`, which must be `host:port` (`[v6]:port` for an IPv6 address).
+    pub fn new(server: &str, username: &str, credential: &str) -> Result<TurnServer, String> {
         if server
             .rsplit_once(':')
             .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
@@ -346,13 +353,7 @@ impl<'de> Deserialize<'de> for TurnServer {
         }
         match Form::deserialize(deserializer)? {
             Form::Text(text) => text.parse().map_err(serde::de::Error::custom),
-            Form::Table(t) => format!("{}:{}@{}", t.username, t.credential, t.server)
-                .parse()
-                .map(|_: TurnServer| TurnServer {
-                    server: t.server,
-                    username: t.username,
-                    credential: t.credential,
-                })
+            Form::Table(t) => TurnServer::new(&t.server, &t.username, &t.credential)
                 .map_err(serde::de::Error::custom),
         }
     }

@@ -243,9 +243,7 @@ impl WebRtc {
     /// allocations (a few seconds at most; those not made by then are left out), and, if
     /// [`WebRtc::relays_starting`], for those of `webrtc.turn_servers`.
     pub async fn lease_relays(&self, servers: &[crate::config::TurnServer]) -> RelayLease {
-        if self.relays_starting() {
-            self.relays_ready().await;
-        }
+        self.wait_for_starting_relays().await;
         let (ids, relayed) = self
             .inner
             .mux
@@ -254,7 +252,7 @@ impl WebRtc {
         RelayLease { ids, relayed }
     }
 
-    /// Whether an offer now should wait for [`WebRtc::relays_ready`] first: only relays
+    /// Whether an offer now should wait for [`WebRtc::wait_for_starting_relays`] first: only relays
     /// may be offered (`ice_transport_policy = "relay"`), none of `webrtc.turn_servers`
     /// has an allocation, and some are still being asked for (the first moments after
     /// start).
@@ -269,9 +267,12 @@ impl WebRtc {
                 .configured_relays_undecided(settings.turn_servers.len())
     }
 
-    /// Waits (a few seconds at most) until each server of `webrtc.turn_servers` has an
-    /// allocation or failed.
-    pub async fn relays_ready(&self) {
+    /// If [`WebRtc::relays_starting`], waits (a few seconds at most) until each server of
+    /// `webrtc.turn_servers` has an allocation or failed.
+    pub async fn wait_for_starting_relays(&self) {
+        if !self.relays_starting() {
+            return;
+        }
         self.inner
             .mux
             .configured_relays_ready(self.inner.settings.turn_servers.len(), REQUEST_RELAY_WAIT)
@@ -402,11 +403,9 @@ impl WebRtc {
                 Err(error) => warn!(%addr, %error, "webrtc relay candidate not usable"),
             }
         }
-        if !relayed.is_empty() {
-            // the TURN servers pass on only what comes from addresses allowed: the
-            // browser's candidates are, before its first check
-            self.inner.mux.permit(&offered.candidate_ips);
-        }
+        // the TURN servers pass on only what comes from addresses allowed: the browser's
+        // candidates are, before its first check
+        self.inner.mux.permit(&offered.candidate_ips, &relayed);
         let answer = rtc
             .sdp_api()
             .accept_offer(parsed)

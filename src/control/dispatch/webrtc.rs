@@ -270,20 +270,13 @@ pub(crate) fn turn_servers_of(value: &Value) -> Result<Vec<TurnServer>, String> 
             } else {
                 format!("{address}:3478")
             };
-            let valid = server
-                .rsplit_once(':')
-                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-            if !valid {
-                return Err(format!(
+            let server = TurnServer::new(&server, username, credential).map_err(|_| {
+                format!(
                     "iceserver[{i}]: {} is not turn:host[:port]",
                     crate::media::echo(url)
-                ));
-            }
-            servers.push(TurnServer {
-                server,
-                username: username.to_owned(),
-                credential: credential.to_owned(),
-            });
+                )
+            })?;
+            servers.push(server);
         }
     }
     if servers.len() > MAX_REQUEST_TURN_SERVERS {

@@ -426,11 +426,18 @@ impl Relays {
         sent
     }
 
-    /// Allows `peers` to send through every relay (the addresses of a peer's candidates).
-    pub(crate) fn permit(&self, peers: &[IpAddr], now: Instant, out: &mut Vec<ToServer>) {
+    /// Allows `peers` (the addresses of a peer's candidates) to send through the relays at
+    /// `relayed` (those the peer is offered).
+    pub(crate) fn permit(
+        &self,
+        peers: &[IpAddr],
+        relayed: &[SocketAddr],
+        now: Instant,
+        out: &mut Vec<ToServer>,
+    ) {
         let turn_now = self.turn_now(now);
         for relay in self.lock().iter_mut() {
-            let Some(relayed) = relay.relayed else {
+            let Some(relayed) = relay.relayed.filter(|r| relayed.contains(r)) else {
                 continue;
             };
             let Some(client) = relay.client.as_mut() else {

@@ -534,13 +534,14 @@ impl UdpMux {
         self.send_to_servers(out, !sent);
     }
 
-    /// Lets `peers` (a peer's candidate addresses) send through every relay.
-    pub(crate) fn permit(&self, peers: &[IpAddr]) {
-        if peers.is_empty() || !self.relaying.load(Ordering::Relaxed) {
+    /// Lets `peers` (a peer's candidate addresses) send through the relays at `relayed`
+    /// (those it is offered).
+    pub(crate) fn permit(&self, peers: &[IpAddr], relayed: &[SocketAddr]) {
+        if peers.is_empty() || relayed.is_empty() {
             return;
         }
         let mut out = Vec::new();
-        self.relays.permit(peers, clock(), &mut out);
+        self.relays.permit(peers, relayed, clock(), &mut out);
         self.send_to_servers(out, true);
     }
 

@@ -169,9 +169,7 @@ async fn create(
     };
     // only relays to offer and they are being allocated (the first moments after start):
     // the answer waits for them rather than being refused
-    if webrtc.relays_starting() {
-        webrtc.relays_ready().await;
-    }
+    webrtc.wait_for_starting_relays().await;
     let offer = Offer {
         relays: Default::default(),
         key,
