@@ -46,6 +46,28 @@ async fn capture_size() -> (u64, u64) {
     )
 }
 
+/// Replays the capture into `gateway` (looping, until the token is cancelled) and plays it
+/// over WHEP for 50 frames and 2 s more.
+async fn play_the_capture_over_whep(
+    gateway: &Gateway,
+) -> (tokio_util::sync::CancellationToken, PlayResult) {
+    let device = replay_looping(
+        &testdata("h264-g711a-156987000796-ch1.jt1078"),
+        gateway.addrs.live,
+        Some("156987000796"),
+    );
+    gateway
+        .wait_for_stream("the capture", |s| s.video_frames >= 30)
+        .await;
+    let opts = PlayOptions {
+        hold: Duration::from_secs(2),
+        ..PlayOptions::default()
+    };
+    let http = gateway.addrs.http;
+    let whep = play_whep(&format!("http://{http}/whep/live/156987000796_1"), &opts).await;
+    (device, whep)
+}
+
 fn describe(result: &PlayResult) -> String {
     serde_json::to_string_pretty(&result.raw).unwrap()
 }
@@ -99,22 +121,9 @@ async fn chromium_plays_whep_and_mqtt_signalled_streams() {
         ],
     )
     .await;
-    let http = gateway.addrs.http;
 
     // 1. WHEP, a live stream: the picture from the GOP cache at once
-    let device = replay_looping(
-        &testdata("h264-g711a-156987000796-ch1.jt1078"),
-        gateway.addrs.live,
-        Some("156987000796"),
-    );
-    gateway
-        .wait_for_stream("the capture", |s| s.video_frames >= 30)
-        .await;
-    let opts = PlayOptions {
-        hold: Duration::from_secs(2),
-        ..PlayOptions::default()
-    };
-    let whep = play_whep(&format!("http://{http}/whep/live/156987000796_1"), &opts).await;
+    let (device, whep) = play_the_capture_over_whep(&gateway).await;
     assert_played(&whep, size, true);
     assert_eq!(whep.status, Some(201), "{}", describe(&whep));
     assert_eq!(whep.delete_status, Some(200), "{}", describe(&whep));
@@ -186,19 +195,7 @@ async fn chromium_plays_through_the_gateways_turn_relay() {
     })
     .await;
     let relayed = api["relayed"][0].as_str().unwrap().to_owned();
-    let device = replay_looping(
-        &testdata("h264-g711a-156987000796-ch1.jt1078"),
-        gateway.addrs.live,
-        Some("156987000796"),
-    );
-    gateway
-        .wait_for_stream("the capture", |s| s.video_frames >= 30)
-        .await;
-    let opts = PlayOptions {
-        hold: Duration::from_secs(2),
-        ..PlayOptions::default()
-    };
-    let whep = play_whep(&format!("http://{http}/whep/live/156987000796_1"), &opts).await;
+    let (device, whep) = play_the_capture_over_whep(&gateway).await;
     assert_played(&whep, size, true);
     assert_eq!(
         whep.ice.remote_type.as_deref(),
