@@ -30,6 +30,8 @@ pub struct App {
     http: TcpListener,
     /// `webrtc.udp_listen`, when WebRTC is enabled.
     webrtc: Option<std::net::UdpSocket>,
+    /// Bumped when the WebRTC side's addresses change.
+    webrtc_changes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// The addresses the gateway actually listens on.
@@ -71,6 +73,7 @@ impl App {
             playback,
             http,
             webrtc,
+            webrtc_changes: std::sync::Arc::default(),
         })
     }
 
@@ -87,6 +90,13 @@ impl App {
     /// The hub (for embedding and tests).
     pub fn hub(&self) -> Hub {
         self.hub.clone()
+    }
+
+    /// Changes when the addresses the WebRTC side offers change: a STUN server's answer,
+    /// a TURN allocation made, failed or given back (for embedding and tests, which wait
+    /// on it instead of polling `/api/webrtc`).
+    pub fn webrtc_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.webrtc_changes.subscribe()
     }
 
     /// Runs until `shutdown` is cancelled.
@@ -122,6 +132,7 @@ impl App {
                 self.hub.clone(),
                 &tasks,
                 shutdown.clone(),
+                std::sync::Arc::clone(&self.webrtc_changes),
             )?),
             None => None,
         };

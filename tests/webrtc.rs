@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use common::control::*;
 use common::mqtt::TestClient;
-use common::webrtc::{Coturn, Offers, TURN_PASSWORD, TURN_USER, TestPeer, webrtc_api_when};
+use common::webrtc::{
+    Coturn, Offers, TURN_PASSWORD, TURN_USER, TestPeer, webrtc_api, webrtc_api_when,
+};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -635,20 +637,11 @@ async fn the_address_a_stun_server_sees_is_announced_to_browsers() {
     ])
     .await;
     let http = gateway.addrs.http;
-    // the gateway asks every 500 ms until coturn (starting meanwhile) answers; nothing
-    // leaves the gateway when it does, so its API is read until it says so
-    let api = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let (_, body) = http_get(http, "/api/webrtc").await;
-            let api: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            if api["reflexive"].as_array().is_some_and(|a| !a.is_empty()) {
-                return api;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    // the gateway asks every 500 ms until coturn (starting meanwhile) answers
+    let api = webrtc_api_when(&gateway, "an address from the STUN server", |api| {
+        api["reflexive"].as_array().is_some_and(|a| !a.is_empty())
     })
-    .await
-    .unwrap_or_else(|_| panic!("no address from the STUN server within 10 s"));
+    .await;
     let udp: SocketAddr = api["udp"].as_str().unwrap().parse().unwrap();
     let mapped = format!("127.0.0.1:{}", udp.port());
     assert_eq!(api["reflexive"], serde_json::json!([mapped]), "{api}");
@@ -698,8 +691,7 @@ async fn a_peer_plays_through_the_turn_relay_when_only_the_relay_is_offered() {
     let (mut peer, offer) = TestPeer::new(Offers::H264).await;
     let (status, _, answer) = whep_post(http, "/whep/live/13800138000_1", &offer).await;
     assert_eq!(status, 201, "{answer}");
-    let (_, body) = http_get(http, "/api/webrtc").await;
-    let api: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let api = webrtc_api(http).await;
     let relayed: Vec<SocketAddr> = api["relayed"]
         .as_array()
         .unwrap()
@@ -743,8 +735,7 @@ async fn a_peer_plays_through_the_turn_relay_when_only_the_relay_is_offered() {
     );
     // the peer knew no other address: every packet went through coturn, and the
     // gateway counted them
-    let (_, body) = http_get(http, "/api/webrtc").await;
-    let api: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let api = webrtc_api(http).await;
     let socket = &api["socket"];
     assert!(
         socket["relayed_sent"].as_u64().unwrap() >= 100
@@ -766,7 +757,7 @@ async fn relay_only_without_an_allocation_is_refused_with_the_reason() {
     ])
     .await;
     // the second 401 (to the request with credentials) is the refusal: said at once
-    let api = webrtc_api_when(gateway.addrs.http, "the refusal in the API", |api| {
+    let api = webrtc_api_when(&gateway, "the refusal in the API", |api| {
         api["relays"][0]["error"].is_string()
     })
     .await;
@@ -843,8 +834,7 @@ async fn a_requests_own_turn_server_relays_its_peer_when_the_gateway_allows_it()
         "only the request's relay:\n{sdp}"
     );
     // the API shows it as the request's, leased by one peer
-    let (_, body) = http_get(http, "/api/webrtc").await;
-    let api: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let api = webrtc_api(http).await;
     let relay = &api["relays"][0];
     assert_eq!(relay["server"], turn.addr.to_string(), "{api}");
     assert_eq!(relay["requested"], true, "{api}");
@@ -873,7 +863,7 @@ async fn a_requests_own_turn_server_relays_its_peer_when_the_gateway_allows_it()
     let (status, _, _) =
         http_request(http, "DELETE", &format!("/whep/session/{session}"), "", "").await;
     assert_eq!(status, 200);
-    webrtc_api_when(http, "the lease given back", |api| {
+    webrtc_api_when(&gateway, "the lease given back", |api| {
         api["relays"][0]["leases"] == 0
     })
     .await;

@@ -189,8 +189,7 @@ async fn chromium_plays_through_the_gateways_turn_relay() {
         ("JTGW__WEBRTC__ICE_TRANSPORT_POLICY", "relay"),
     ])
     .await;
-    let http = gateway.addrs.http;
-    let api = webrtc_api_when(http, "a relayed address from coturn", |api| {
+    let api = webrtc_api_when(&gateway, "a relayed address from coturn", |api| {
         api["relayed"].as_array().is_some_and(|a| !a.is_empty())
     })
     .await;

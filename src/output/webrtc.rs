@@ -164,16 +164,19 @@ pub struct SessionInfo {
 
 impl WebRtc {
     /// Serves WebRTC on `socket` (bound to `webrtc.udp_listen`; within a tokio runtime).
-    /// Peer endings are reported on the returned channel.
+    /// Peer endings are reported on the returned channel; `changes` is bumped when the
+    /// addresses offered change (a STUN answer, a TURN allocation made, failed or given
+    /// back).
     pub fn start(
         settings: &WebRtcSettings,
         socket: std::net::UdpSocket,
         hub: Hub,
         tasks: &TaskTracker,
         shutdown: CancellationToken,
+        changes: Arc<tokio::sync::watch::Sender<u64>>,
     ) -> anyhow::Result<(WebRtc, mpsc::Receiver<PeerEvent>)> {
         install_crypto();
-        let mux = Arc::new(UdpMux::new(socket).context("setting up the webrtc socket")?);
+        let mux = Arc::new(UdpMux::new(socket, changes).context("setting up the webrtc socket")?);
         let candidates = local_candidates(settings, mux.local_addr());
         info!(udp = %mux.local_addr(), candidates = ?candidates.announced, "webrtc listening");
         tasks.spawn(Arc::clone(&mux).run(shutdown.clone()));

@@ -31,6 +31,8 @@ use tokio_util::sync::CancellationToken;
 pub(crate) struct Gateway {
     pub(crate) addrs: BoundAddrs,
     pub(crate) hub: Hub,
+    /// Changes when the WebRTC side's addresses change (STUN answers, TURN allocations).
+    pub(crate) webrtc_changes: tokio::sync::watch::Receiver<u64>,
     cancel: CancellationToken,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -64,11 +66,13 @@ impl Gateway {
         let app = App::bind(settings).await.expect("bind");
         let addrs = app.local_addrs().expect("addrs");
         let hub = app.hub();
+        let webrtc_changes = app.webrtc_changes();
         let cancel = CancellationToken::new();
         let task = tokio::spawn(app.run(cancel.clone()));
         Gateway {
             addrs,
             hub,
+            webrtc_changes,
             cancel,
             task: Some(task),
         }

@@ -333,23 +333,31 @@ impl Drop for Coturn {
     }
 }
 
-/// `/api/webrtc` once `ready` holds for it (nothing leaves the gateway when a STUN or
-/// TURN server answers it, so its API is read until it says so).
+/// `/api/webrtc` of `gateway` once `ready` holds for it: read again whenever the WebRTC
+/// side's addresses change (a STUN answer, a TURN allocation made, failed or given back),
+/// for 10 s at most.
 pub(crate) async fn webrtc_api_when(
-    http: SocketAddr,
+    gateway: &super::Gateway,
     what: &str,
     ready: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
+    let mut changes = gateway.webrtc_changes.clone();
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            let (_, body) = super::http_get(http, "/api/webrtc").await;
-            let api: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            changes.borrow_and_update();
+            let api = webrtc_api(gateway.addrs.http).await;
             if ready(&api) {
                 return api;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            changes.changed().await.unwrap();
         }
     })
     .await
     .unwrap_or_else(|_| panic!("{what} within 10 s"))
+}
+
+/// `GET /api/webrtc`.
+pub(crate) async fn webrtc_api(http: SocketAddr) -> serde_json::Value {
+    let (_, body) = super::http_get(http, "/api/webrtc").await;
+    serde_json::from_slice(&body).unwrap()
 }

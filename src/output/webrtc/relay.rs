@@ -15,7 +15,7 @@
 //! address not yet allowed asks for it and is dropped (ICE sends its checks again).
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -62,8 +62,9 @@ pub(crate) struct Relays {
     /// Zero of the TURN clients' clock.
     base: Instant,
     relays: Mutex<Vec<Relay>>,
-    /// Bumped when an allocation is made or fails (leases wait on it).
-    changed: tokio::sync::watch::Sender<u64>,
+    /// Bumped when an allocation is made, fails or is given back (leases wait on it; so
+    /// can embedders and tests, through `App::webrtc_changes`).
+    changed: Arc<tokio::sync::watch::Sender<u64>>,
     next_id: std::sync::atomic::AtomicU64,
 }
 
@@ -132,12 +133,16 @@ pub(crate) struct RelayStatus {
 
 impl Relays {
     /// No relays yet, for a socket at `local`.
-    pub(crate) fn new(local: SocketAddr, base: Instant) -> Relays {
+    pub(crate) fn new(
+        local: SocketAddr,
+        base: Instant,
+        changed: Arc<tokio::sync::watch::Sender<u64>>,
+    ) -> Relays {
         Relays {
             local,
             base,
             relays: Mutex::new(Vec::new()),
-            changed: tokio::sync::watch::Sender::new(0),
+            changed,
             next_id: std::sync::atomic::AtomicU64::new(1),
         }
     }
@@ -216,6 +221,7 @@ impl Relays {
                 relay.idle_since = Some(now);
             }
         }
+        self.changed.send_modify(|n| *n += 1);
     }
 
     /// For the relays `ids`: the relayed addresses allocated, and whether any is still
@@ -533,7 +539,7 @@ mod tests {
         ) {
             let base = super::super::clock();
             let server: SocketAddr = "192.0.2.9:3478".parse().unwrap();
-            let relays = Relays::new("0.0.0.0:8000".parse().unwrap(), base);
+            let relays = Relays::new("0.0.0.0:8000".parse().unwrap(), base, Arc::default());
             relays.add(
                 &TurnServer {
                     server: server.to_string(),
@@ -580,7 +586,7 @@ mod tests {
     #[test]
     fn requested_relays_are_shared_given_back_and_forgotten_when_idle() {
         let base = super::super::clock();
-        let relays = Relays::new("0.0.0.0:8000".parse().unwrap(), base);
+        let relays = Relays::new("0.0.0.0:8000".parse().unwrap(), base, Arc::default());
         let server: SocketAddr = "192.0.2.9:3478".parse().unwrap();
         let config = |user: &str| TurnServer {
             server: server.to_string(),

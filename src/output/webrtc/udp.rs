@@ -136,6 +136,8 @@ pub(crate) struct UdpMux {
     routes: Mutex<Routes>,
     reflexive: Mutex<Reflexive>,
     relays: Relays,
+    /// Bumped when the addresses offered change.
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
     /// Whether any TURN server is configured (every datagram would otherwise lock
     /// `relays` to learn there is none).
     relaying: std::sync::atomic::AtomicBool,
@@ -145,8 +147,12 @@ pub(crate) struct UdpMux {
 }
 
 impl UdpMux {
-    /// Takes over a bound socket (must be called within a tokio runtime).
-    pub(crate) fn new(std_socket: std::net::UdpSocket) -> std::io::Result<UdpMux> {
+    /// Takes over a bound socket (must be called within a tokio runtime); `changes` is
+    /// bumped when the addresses it offers change (a STUN answer, a TURN allocation).
+    pub(crate) fn new(
+        std_socket: std::net::UdpSocket,
+        changes: Arc<tokio::sync::watch::Sender<u64>>,
+    ) -> std::io::Result<UdpMux> {
         std_socket.set_nonblocking(true)?;
         let state = UdpSocketState::new((&std_socket).into())?;
         let socket = UdpSocket::from_std(std_socket)?;
@@ -157,7 +163,8 @@ impl UdpMux {
             local,
             routes: Mutex::new(Routes::default()),
             reflexive: Mutex::new(Reflexive::default()),
-            relays: Relays::new(local, clock()),
+            relays: Relays::new(local, clock(), Arc::clone(&changes)),
+            changes,
             relaying: std::sync::atomic::AtomicBool::new(false),
             relay_moved: tokio::sync::Notify::new(),
             stats: UdpStats::default(),
@@ -396,6 +403,7 @@ impl UdpMux {
         let before = reflexive.mapped.insert(datagram.source, mapped);
         if before != Some(mapped) {
             info!(server = %datagram.source, %mapped, "stun: the webrtc port outside");
+            self.changes.send_modify(|n| *n += 1);
         }
         true
     }
@@ -799,7 +807,7 @@ mod tests {
     #[tokio::test]
     async fn a_batch_leaves_as_the_packets_it_gathered() {
         let bind = || std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let mux = UdpMux::new(bind()).unwrap();
+        let mux = UdpMux::new(bind(), Arc::default()).unwrap();
         let (near, far) = (bind(), bind());
         let source = Some(IpAddr::from([127, 0, 0, 1]));
         let packet = |n: usize, fill: u8| vec![fill; n];
