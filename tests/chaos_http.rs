@@ -250,9 +250,12 @@ async fn viewers_that_never_read_are_dropped_within_the_memory_budget() {
     for _ in 0..NON_READERS {
         probes.push(non_reader(http, "/live/13800138000_1.flv").await);
     }
+    // a drop is counted when the publisher cuts the viewer; the viewer leaves the count
+    // when its task has ended, a moment later: both are waited for
     gateway
-        .wait_for("every non-reader dropped", |s| {
+        .wait_for("every non-reader dropped and gone", |s| {
             s["viewers_dropped"].as_u64() >= Some(NON_READERS as u64)
+                && s["viewers"].as_u64() == Some(1)
         })
         .await;
     let stream = gateway.stream().await.expect("the stream is still live");
