@@ -612,37 +612,81 @@ async fn an_http_request_head_trickled_in_is_dropped_after_the_head_timeout() {
     }
 }
 
+/// `count` packets whose headers parse, each a G.711 A-law audio frame of a size the
+/// codec can have (160 bytes, 20 ms) with random samples, a random sequence number and a
+/// random channel from 0 to 255; the SIM is `sim` or random per packet. What garbage
+/// needs to pass for an audio-only device: before issue 23 one such packet announced a
+/// stream.
+fn plausible_audio_noise(seed: u64, count: usize, sim: Option<&str>) -> Vec<u8> {
+    let mut rng = Rng(seed);
+    let mut out = BytesMut::new();
+    for i in 0..count {
+        let digits = match sim {
+            Some(digits) => digits.to_owned(),
+            None => format!("{:012}", rng.below(1_000_000_000_000)),
+        };
+        Packet {
+            marker: true,
+            payload_type: PayloadType::G711A,
+            sequence: rng.below(1 << 16) as u16,
+            sim: Sim::from_digits(&digits, SimLayout::Bcd6).unwrap(),
+            channel: rng.below(256) as u8,
+            data_type: DataType::Audio,
+            subpackage: Subpackage::Atomic,
+            timestamp: Some(i as u64 * 20),
+            last_iframe_interval: None,
+            last_frame_interval: None,
+            body: Bytes::from(rng.bytes(160)),
+        }
+        .encode(&mut out);
+    }
+    out.to_vec()
+}
+
 /// The issue-23 probe: 100 connections, each 1 MiB of random bytes dense with the frame
-/// marker, at once. No stream, no stream event, no retained status topic.
+/// marker, at once; beside them 20 connections of audio packets that parse (half on one
+/// SIM each), with random channels and sequence numbers. No stream, no stream event, no
+/// retained status topic: with the default `ingest.max_channel`, and with every channel
+/// allowed (the rule on audio alone holds).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_connections_of_marker_dense_garbage_leave_no_stream_and_no_status() {
-    let url = embedded_url();
-    let gateway = gateway_on(&url, BrokerAt::Embedded, &[IDLE]).await;
-    let mut events = gateway.hub.events();
-    let live = gateway.addrs.live;
-    let probes: Vec<_> = (100..200)
-        .map(|seed| tokio::spawn(probe(live, marker_dense_garbage(seed, 1 << 20))))
-        .collect();
-    for probe in probes {
-        assert!(
-            probe.await.unwrap().is_some(),
-            "a garbage connection is closed"
+    for max_channel in ["37", "255"] {
+        let url = embedded_url();
+        let gateway = gateway_on(
+            &url,
+            BrokerAt::Embedded,
+            &[IDLE, ("JTGW__INGEST__MAX_CHANNEL", max_channel)],
+        )
+        .await;
+        let mut events = gateway.hub.events();
+        let live = gateway.addrs.live;
+        let probes: Vec<_> = (100..200)
+            .map(|seed| marker_dense_garbage(seed, 1 << 20))
+            .chain((200..210).map(|seed| plausible_audio_noise(seed, 3000, None)))
+            .chain((210..220).map(|seed| plausible_audio_noise(seed, 3000, Some("13912345678"))))
+            .map(|bytes| tokio::spawn(probe(live, bytes)))
+            .collect();
+        for probe in probes {
+            assert!(
+                probe.await.unwrap().is_some(),
+                "a garbage connection is closed"
+            );
+        }
+        assert!(gateway.hub.list().is_empty(), "{:?}", gateway.hub.list());
+        assert_eq!(
+            streams_up(&mut events),
+            BTreeSet::new(),
+            "no stream came up (max_channel {max_channel})"
         );
+        let mut subscriber = TestClient::connect(port_of(&url), &["jt1078/status/stream/#"]).await;
+        let retained = subscriber.drain_for(Duration::from_secs(2)).await;
+        let topics: Vec<&str> = retained.iter().map(|r| r.topic.as_str()).collect();
+        assert!(
+            topics.is_empty(),
+            "retained status of phantom streams: {topics:?}"
+        );
+        gateway.stop().await;
     }
-    assert!(gateway.hub.list().is_empty(), "{:?}", gateway.hub.list());
-    assert_eq!(
-        streams_up(&mut events),
-        BTreeSet::new(),
-        "no stream came up"
-    );
-    let mut subscriber = TestClient::connect(port_of(&url), &["jt1078/status/stream/#"]).await;
-    let retained = subscriber.drain_for(Duration::from_secs(2)).await;
-    let topics: Vec<&str> = retained.iter().map(|r| r.topic.as_str()).collect();
-    assert!(
-        topics.is_empty(),
-        "retained status of phantom streams: {topics:?}"
-    );
-    gateway.stop().await;
 }
 
 /// The good capture with every packet's logical channel set to `channel` (byte 14 of a
