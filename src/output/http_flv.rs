@@ -357,11 +357,9 @@ async fn head_playback(player: State<FlvPlayer>, uri: Uri, file: Path<String>) -
 }
 
 /// 403 with the reason when `uri` is not a signed play URL (and plays need one).
-fn check_signature(player: &FlvPlayer, uri: &Uri) -> Result<(), Response> {
-    player
-        .plays
-        .check(uri.path(), uri.query())
-        .map_err(|denied| (StatusCode::FORBIDDEN, format!("{denied}\n")).into_response())
+fn unsigned_refusal(player: &FlvPlayer, uri: &Uri) -> Option<Response> {
+    let denied = player.plays.check(uri.path(), uri.query()).err()?;
+    Some((StatusCode::FORBIDDEN, format!("{denied}\n")).into_response())
 }
 
 /// `HEAD` of a play URL: the play's headers if the stream is live, else 404; no wait.
@@ -371,7 +369,7 @@ fn head(
     Path(file): Path<String>,
     kind: StreamKind,
 ) -> Response {
-    if let Err(refused) = check_signature(&player, uri) {
+    if let Some(refused) = unsigned_refusal(&player, uri) {
         return refused;
     }
     match parse_stream_file(&file, kind) {
@@ -406,7 +404,7 @@ async fn play(
     Path(file): Path<String>,
     kind: StreamKind,
 ) -> Response {
-    if let Err(refused) = check_signature(&player, &uri) {
+    if let Some(refused) = unsigned_refusal(&player, &uri) {
         return refused;
     }
     let key = match parse_stream_file(&file, kind) {
