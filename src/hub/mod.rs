@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-pub use reader::Reader;
+pub use reader::{Reader, WsFlvCount};
 pub use sink::{Sink, SinkHandle};
 pub use stream::{MediaInfo, Publisher, StreamStats, Tracks};
 
@@ -132,6 +132,8 @@ pub struct StreamSnapshot {
     pub viewers: u64,
     /// Of those, WebRTC peers.
     pub webrtc_viewers: u64,
+    /// Of those, WS-FLV viewers (FLV over WebSocket).
+    pub wsflv_viewers: u64,
     /// Frames published.
     pub frames_in: u64,
     /// Video frames published.

@@ -69,6 +69,19 @@ impl Reader {
         }
     }
 
+    /// Counts a viewer among the stream's WS-FLV viewers (`wsflv_viewers` in
+    /// `/api/streams`) while the returned guard lives (the output keeps it for the whole
+    /// play, also once this reader became a sink).
+    pub fn count_as_wsflv(&self) -> WsFlvCount {
+        self.stream
+            .stats()
+            .wsflv_viewers
+            .fetch_add(1, Ordering::Relaxed);
+        WsFlvCount {
+            stream: Arc::clone(&self.stream),
+        }
+    }
+
     /// Hands the rest of this stream to `sink`, which the publisher then feeds directly
     /// (see [`crate::hub::Sink`]). `None` if the stream ended meanwhile.
     pub fn into_sink(mut self, sink: Box<dyn Sink>) -> Option<SinkHandle> {
@@ -174,6 +187,22 @@ impl Reader {
             .stats()
             .bytes_out
             .fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// One viewer in a stream's `wsflv_viewers`, counted out on drop.
+#[derive(Debug)]
+#[must_use = "the viewer is counted out when this is dropped"]
+pub struct WsFlvCount {
+    stream: Arc<Stream>,
+}
+
+impl Drop for WsFlvCount {
+    fn drop(&mut self) {
+        self.stream
+            .stats()
+            .wsflv_viewers
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 

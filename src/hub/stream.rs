@@ -58,6 +58,7 @@ pub struct StreamStats {
     pub(crate) frames_dropped: AtomicU64,
     pub(crate) viewers_dropped: AtomicU64,
     pub(crate) webrtc_viewers: AtomicU64,
+    pub(crate) wsflv_viewers: AtomicU64,
     pub(crate) resyncs: AtomicU64,
     pub(crate) viewers: AtomicU64,
     pub(crate) audio_undecodable: AtomicU64,
@@ -507,6 +508,7 @@ impl Stream {
             frames_dropped: load(&s.frames_dropped),
             viewers_dropped: load(&s.viewers_dropped),
             webrtc_viewers: load(&s.webrtc_viewers),
+            wsflv_viewers: load(&s.wsflv_viewers),
             resyncs: load(&s.resyncs),
             uptime_secs: (uptime * 10.0).round() / 10.0,
         }

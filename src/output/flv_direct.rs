@@ -28,6 +28,7 @@ use tracing::{debug, info};
 
 use super::flv_mux::FlvMuxer;
 use super::viewer_limits::{BacklogHold, ViewerLimits};
+use super::ws_flv::{CLOSE_NORMAL, ClientFrames, FrameHead, close_frame};
 use crate::hub::{Reader, Sink, SinkHandle, StreamStats};
 use crate::media::{Frame, StreamKey};
 
@@ -77,6 +78,9 @@ pub(crate) enum Framing {
     Close,
     /// HTTP/1.1: `Transfer-Encoding: chunked`, ended by the last chunk.
     Chunked,
+    /// WS-FLV: each write one binary WebSocket message, ended by a close frame
+    /// (`output::ws_flv`).
+    WebSocket,
 }
 
 /// How a direct play ended.
@@ -426,9 +430,11 @@ fn try_write_framed(
     body: &[u8],
 ) -> std::io::Result<Unwritten> {
     let head = chunk_head(body.len());
+    let message = FrameHead::binary(body.len());
     let parts: [&[u8]; 3] = match framing {
         Framing::Chunked => [head.as_bytes(), body, b"\r\n"],
         Framing::Close => [&[], body, &[]],
+        Framing::WebSocket => [message.as_bytes(), body, &[]],
     };
     let slices = parts.map(IoSlice::new);
     let written = match socket.try_write_vectored(&slices) {
@@ -525,10 +531,11 @@ async fn drive(
     pending: &mut BytesMut,
     shutdown: &CancellationToken,
 ) -> Ended {
+    let mut client = ClientFrames::default();
     loop {
         tokio::select! {
             () = shared.wake.notified() => {}
-            () = client_left(&shared.socket, pending) => return Ended::Cut,
+            () = viewer_left(&shared.socket, shared.framing, &mut client, pending) => return Ended::Cut,
             () = shared.dropped.cancelled() => return Ended::Cut,
             () = shutdown.cancelled() => return Ended::Cut,
         }
@@ -561,7 +568,11 @@ async fn drive(
             return Ended::Cut;
         }
         if done {
-            return match write_all(shared, LAST_CHUNK).await {
+            let end = match shared.framing {
+                Framing::WebSocket => close_frame(CLOSE_NORMAL, "stream ended"),
+                _ => LAST_CHUNK.to_vec(),
+            };
+            return match write_all(shared, &end).await {
                 Ok(()) => Ended::Complete,
                 Err(error) => {
                     debug!(%error, "flv viewer left before the last chunk");
@@ -586,6 +597,35 @@ pub(crate) async fn client_left(socket: &TcpStream, pending: &mut BytesMut) {
             Ok(n) => {
                 if pending.len() < PENDING_MAX {
                     pending.extend_from_slice(scratch.get(..n).unwrap_or_default());
+                }
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Returns once the viewer left: its client closed the connection, or (WS-FLV) sent a
+/// close frame.
+async fn viewer_left(
+    socket: &TcpStream,
+    framing: Framing,
+    client: &mut ClientFrames,
+    pending: &mut BytesMut,
+) {
+    if framing != Framing::WebSocket {
+        return client_left(socket, pending).await;
+    }
+    let mut scratch = [0u8; 512];
+    loop {
+        if socket.readable().await.is_err() {
+            return;
+        }
+        match socket.try_read(&mut scratch) {
+            Ok(0) => return,
+            Ok(n) => {
+                if client.push(scratch.get(..n).unwrap_or_default()) {
+                    return;
                 }
             }
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}

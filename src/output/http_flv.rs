@@ -20,17 +20,21 @@
 //!   [`Reader`].
 
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::extract::Request;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, Version, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
 use bytes::{Bytes, BytesMut};
 use futures_util::stream;
-use tokio::io::AsyncWriteExt;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -38,9 +42,10 @@ use tracing::{debug, info};
 use super::flv_direct::{Ended, Framing, client_left, serve_direct};
 pub use super::flv_mux::FlvMuxer;
 use super::viewer_limits::{Refused, ViewerLimits};
+use super::ws_flv::{CLOSE_NORMAL, ClientFrames, FrameHead, UpgradeHeaders, close_frame};
 use crate::auth::{ClientAddr, Forwarding, PlayAccess, TrustedProxies};
 use crate::config::HttpSettings;
-use crate::hub::{Hub, Reader};
+use crate::hub::{Hub, Reader, WsFlvCount};
 use crate::media::{AudioMode, Channel, DeviceId, StreamKey, StreamKind, echo};
 
 /// Frames already queued for a viewer are written together, up to this many bytes.
@@ -49,6 +54,12 @@ const MAX_WRITE: usize = 256 * 1024;
 /// A direct viewer's socket send buffer (the kernel doubles it for its bookkeeping): two
 /// seconds of a 4 Mbit/s stream, instead of up to 4 MiB each when autotuned.
 const VIEWER_SEND_BUFFER: usize = 1024 * 1024;
+
+/// How long a WS-FLV connection waits for the client's close after the server's.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// A routed WS-FLV viewer whose connection takes nothing for this long is dropped.
+const ROUTED_WRITE_STALL: Duration = Duration::from_secs(20);
 
 /// Longest merged-write interval honoured.
 const MAX_MERGE: Duration = Duration::from_secs(1);
@@ -79,6 +90,8 @@ pub struct PlayRequest {
     close: bool,
     /// `Forwarded` / `X-Forwarded-For`, for a request from a trusted proxy.
     forwarding: Forwarding,
+    /// The WebSocket upgrade headers (WS-FLV), if any.
+    upgrade: UpgradeHeaders,
 }
 
 /// What a direct play left of the connection.
@@ -122,12 +135,19 @@ impl PlayRequest {
             http10,
             close,
             forwarding: Forwarding::default(),
+            upgrade: UpgradeHeaders::default(),
         })
     }
 
-    /// Records a request header (only the forwarding ones are kept).
+    /// Records a request header (only the forwarding and WebSocket ones are kept).
     pub fn add_header(&mut self, name: &str, value: &[u8]) {
         self.forwarding.add_header(name, value);
+        self.upgrade.add_header(name, value);
+    }
+
+    /// Whether the request asks for WS-FLV (a WebSocket upgrade).
+    pub fn is_websocket(&self) -> bool {
+        self.upgrade.is_websocket()
     }
 
     fn version(&self) -> &'static str {
@@ -184,6 +204,18 @@ impl FlvPlayer {
                 return respond(socket, &request, pending, 400, &message).await;
             }
         };
+        // WS-FLV: the same play with a WebSocket upgrade, checked (signature, path) as above
+        let handshake = if request.upgrade.is_websocket() {
+            match request
+                .upgrade
+                .handshake(!request.head_only, request.http10)
+            {
+                Ok(handshake) => Some(handshake),
+                Err(message) => return respond(socket, &request, pending, 400, &message).await,
+            }
+        } else {
+            None
+        };
         if request.head_only {
             let status = if self.hub.is_live(&key) { 200 } else { 404 };
             let head = play_head(version, status, &request);
@@ -209,21 +241,20 @@ impl FlvPlayer {
                 return respond(socket, &request, pending, refused.status, &refused.message).await;
             }
         };
-        info!(stream = %key, client = ?client, "flv viewer joined");
+        let _wsflv = handshake.as_ref().map(|_| reader.count_as_wsflv());
+        info!(stream = %key, client = ?client, websocket = handshake.is_some(), "flv viewer joined");
         // a fixed send buffer: what a viewer falls behind waits in its backlog, where the
         // limits see it, not in a kernel buffer autotuned to megabytes per viewer
         if let Err(error) = socket2::SockRef::from(&socket).set_send_buffer_size(VIEWER_SEND_BUFFER)
         {
             debug!(%error, "could not size a viewer's send buffer");
         }
-        socket
-            .write_all(play_head(version, 200, &request).as_bytes())
-            .await?;
-        let framing = if request.http10 {
-            Framing::Close
-        } else {
-            Framing::Chunked
+        let (head, framing) = match &handshake {
+            Some(handshake) => (handshake.response_head(), Framing::WebSocket),
+            None if request.http10 => (play_head(version, 200, &request), Framing::Close),
+            None => (play_head(version, 200, &request), Framing::Chunked),
         };
+        socket.write_all(head.as_bytes()).await?;
         let (ended, socket) = serve_direct(
             socket,
             reader,
@@ -235,6 +266,14 @@ impl FlvPlayer {
         )
         .await;
         debug!(stream = %key, ?ended, "flv viewer left");
+        if framing == Framing::WebSocket {
+            // the close frame went out (if the stream ended): the connection ends once the
+            // client answers it
+            if let Some(socket) = socket {
+                close_after_close_frame(socket).await;
+            }
+            return Ok(AfterPlay::Closed);
+        }
         Ok(match socket {
             Some(socket) if ended == Ended::Complete => kept_alive(socket, &request, pending),
             _ => AfterPlay::Closed,
@@ -256,6 +295,21 @@ impl FlvPlayer {
                 message: not_live_message(key, self.wait),
             })
     }
+}
+
+/// After the server's close frame: half-closes and waits (briefly) for the client to close
+/// its side, so the close frame is not lost to a reset (RFC 6455 §7.1.1).
+async fn close_after_close_frame(mut socket: TcpStream) {
+    if socket.shutdown().await.is_err() {
+        return;
+    }
+    let mut scratch = [0u8; 512];
+    let drained = async {
+        // the client's close frame (or anything else) until it closes
+        while matches!(socket.read(&mut scratch).await, Ok(n) if n > 0) {}
+    };
+    // a client that does not close in time is cut off; nothing more to say to it
+    let _ = tokio::time::timeout(CLOSE_LINGER, drained).await;
 }
 
 /// The connection after a complete response: kept if the request allows it.
@@ -333,19 +387,19 @@ async fn respond(
 async fn play_live(
     player: State<FlvPlayer>,
     client: Option<Extension<ClientAddr>>,
-    uri: Uri,
     file: Path<String>,
+    request: Request,
 ) -> Response {
-    play(player, client, uri, file, StreamKind::Live).await
+    play(player, client, request, file, StreamKind::Live).await
 }
 
 async fn play_playback(
     player: State<FlvPlayer>,
     client: Option<Extension<ClientAddr>>,
-    uri: Uri,
     file: Path<String>,
+    request: Request,
 ) -> Response {
-    play(player, client, uri, file, StreamKind::Playback).await
+    play(player, client, request, file, StreamKind::Playback).await
 }
 
 async fn head_live(player: State<FlvPlayer>, uri: Uri, file: Path<String>) -> Response {
@@ -400,16 +454,29 @@ fn flv_headers(body: Body) -> Response {
 async fn play(
     State(player): State<FlvPlayer>,
     client: Option<Extension<ClientAddr>>,
-    uri: Uri,
+    mut request: Request,
     Path(file): Path<String>,
     kind: StreamKind,
 ) -> Response {
-    if let Some(refused) = unsigned_refusal(&player, &uri) {
+    if let Some(refused) = unsigned_refusal(&player, request.uri()) {
         return refused;
     }
     let key = match parse_stream_file(&file, kind) {
         Ok(key) => key,
         Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
+    };
+    let mut upgrade = UpgradeHeaders::default();
+    for (name, value) in request.headers() {
+        upgrade.add_header(name.as_str(), value.as_bytes());
+    }
+    let handshake = if upgrade.is_websocket() {
+        let http10 = request.version() < Version::HTTP_11;
+        match upgrade.handshake(request.method() == Method::GET, http10) {
+            Ok(handshake) => Some(handshake),
+            Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
+        }
+    } else {
+        None
     };
     let client = client.map(|Extension(ClientAddr(ip))| ip);
     let reader = match player.subscribe(&key, client).await {
@@ -420,6 +487,37 @@ async fn play(
             return (status, refused.message).into_response();
         }
     };
+    if let Some(handshake) = handshake {
+        let Some(slot) = request.extensions().get::<UpgradedPlay>().cloned() else {
+            return (
+                StatusCode::BAD_REQUEST,
+                "WebSocket upgrades are served over HTTP/1.1 only\n",
+            )
+                .into_response();
+        };
+        info!(stream = %key, client = ?client, websocket = true, "flv viewer joined");
+        let on_upgrade = hyper::upgrade::on(&mut request);
+        let count = reader.count_as_wsflv();
+        slot.set(Box::pin(routed_websocket(
+            on_upgrade,
+            reader,
+            count,
+            player.merge_write,
+        )));
+        return (
+            StatusCode::SWITCHING_PROTOCOLS,
+            [
+                (header::UPGRADE, HeaderValue::from_static("websocket")),
+                (header::CONNECTION, HeaderValue::from_static("Upgrade")),
+                (
+                    header::SEC_WEBSOCKET_ACCEPT,
+                    HeaderValue::from_str(handshake.accept())
+                        .unwrap_or(HeaderValue::from_static("")),
+                ),
+            ],
+        )
+            .into_response();
+    }
     info!(stream = %key, client = ?client, "flv viewer joined");
     let muxer = FlvMuxer::new(reader.info(), reader.audio_mode());
     let merge = player.merge_write;
@@ -458,6 +556,113 @@ async fn play(
         }
     });
     flv_headers(Body::from_stream(body))
+}
+
+/// A WS-FLV play that goes on after hyper handed over its connection (a play after another
+/// request on a kept-alive connection, or over TLS): `output::http_serve` runs it on the
+/// connection's task, under its shutdown.
+#[derive(Clone, Default)]
+pub struct UpgradedPlay(Arc<Mutex<Option<PlayFuture>>>);
+
+type PlayFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl UpgradedPlay {
+    fn set(&self, play: PlayFuture) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(play);
+    }
+
+    /// The play a handler left, once the connection was upgraded.
+    pub fn take(&self) -> Option<impl Future<Output = ()> + Send + use<>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
+/// Writes the stream to an upgraded connection as WS-FLV messages, one per write batch,
+/// until the stream ends (then a close frame), the client leaves or sends its close, or
+/// its socket takes nothing for [`ROUTED_WRITE_STALL`]. A reader that falls behind skips as
+/// the hub's reader queue says (as a routed HTTP-FLV viewer).
+async fn routed_websocket(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    mut reader: Reader,
+    _count: WsFlvCount,
+    merge: Duration,
+) {
+    let upgraded = match on_upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(error) => {
+            debug!(%error, "ws-flv upgrade failed");
+            return;
+        }
+    };
+    let (mut read, mut write) = tokio::io::split(TokioIo::new(upgraded));
+    let mut muxer = FlvMuxer::new(reader.info(), reader.audio_mode());
+    let mut client = ClientFrames::default();
+    let mut scratch = [0u8; 512];
+    let mut out = BytesMut::new();
+    let ended = loop {
+        let frame = tokio::select! {
+            frame = reader.recv() => frame,
+            n = read.read(&mut scratch) => match n {
+                Ok(n) if n > 0 && !client.push(scratch.get(..n).unwrap_or_default()) => continue,
+                _ => break false,
+            },
+        };
+        let Some(frame) = frame else {
+            muxer.finish_into(&mut out);
+            break true;
+        };
+        muxer.push_into(&frame, &mut out);
+        if !merge.is_zero() {
+            tokio::time::sleep(merge).await;
+        }
+        while out.len() < MAX_WRITE {
+            match reader.try_recv() {
+                Some(frame) => muxer.push_into(&frame, &mut out),
+                None => break,
+            }
+        }
+        if write_message(&mut write, &out).await.is_err() {
+            break false;
+        }
+        reader.add_bytes_out(out.len() as u64);
+        out.clear();
+    };
+    if !ended {
+        debug!(stream = %reader.key(), "ws-flv viewer left");
+        return;
+    }
+    let end = async {
+        write_message(&mut write, &out).await?;
+        let close = close_frame(CLOSE_NORMAL, "stream ended");
+        write.write_all(&close).await?;
+        write.shutdown().await
+    };
+    if tokio::time::timeout(ROUTED_WRITE_STALL, end).await.is_ok() {
+        // the client's close, or anything, until it closes
+        let drained = async { while matches!(read.read(&mut scratch).await, Ok(n) if n > 0) {} };
+        // a client that does not close in time is cut off; nothing more to say to it
+        let _ = tokio::time::timeout(CLOSE_LINGER, drained).await;
+    }
+}
+
+/// Writes `payload` as one binary message (nothing if empty), within
+/// [`ROUTED_WRITE_STALL`].
+async fn write_message<W: AsyncWriteExt + Unpin>(
+    write: &mut W,
+    payload: &[u8],
+) -> std::io::Result<()> {
+    if payload.is_empty() {
+        return Ok(());
+    }
+    let head = FrameHead::binary(payload.len());
+    let all = async {
+        write.write_all(head.as_bytes()).await?;
+        write.write_all(payload).await?;
+        write.flush().await
+    };
+    tokio::time::timeout(ROUTED_WRITE_STALL, all)
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
 }
 
 fn not_live_message(key: &StreamKey, wait: Duration) -> String {

@@ -31,7 +31,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
-use super::http_flv::{AfterPlay, FlvPlayer, PlayRequest};
+use super::http_flv::{AfterPlay, FlvPlayer, PlayRequest, UpgradedPlay};
 use crate::auth::{ClientAddr, Forwarding, TrustedProxies};
 
 /// Longest request head read before routing (hyper's default limit is larger, but the
@@ -112,7 +112,7 @@ async fn unknown_path(uri: Uri) -> (StatusCode, String) {
 /// A request's head, once complete.
 enum Head {
     /// Complete: a play (or not), and the head's length.
-    Complete(Option<PlayRequest>, usize),
+    Complete(Option<Box<PlayRequest>>, usize),
     Partial,
     /// Not HTTP, or too long: hyper answers it.
     Invalid,
@@ -138,7 +138,7 @@ fn parse_head(buf: &[u8]) -> Head {
                     play.add_header(header.name, header.value);
                 }
             }
-            Head::Complete(play, len)
+            Head::Complete(play.map(Box::new), len)
         }
         Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => Head::Partial,
         Ok(httparse::Status::Partial) | Err(_) => Head::Invalid,
@@ -157,7 +157,7 @@ async fn read_head(
             if !buf.is_empty() {
                 match parse_head(buf) {
                     Head::Partial => {}
-                    Head::Complete(play, len) => return Ok(Some((play, len))),
+                    Head::Complete(play, len) => return Ok(Some((play.map(|p| *p), len))),
                     Head::Invalid => return Ok(Some((None, 0))),
                 }
             }
@@ -244,6 +244,9 @@ where
     // handlers that check who calls see the peer as axum's ConnectInfo (the SRS hooks)
     // and the client behind trusted proxies as ClientAddr (limits, logs, the API guard)
     let trusted = options.trusted.clone();
+    // a WS-FLV play the router accepted goes on here once hyper hands the connection over
+    let upgraded = UpgradedPlay::default();
+    let slot = upgraded.clone();
     let router = router.map_request(move |mut request: hyper::Request<Incoming>| {
         let client = if trusted.trusts(peer.ip()) {
             trusted.client(peer.ip(), &Forwarding::from_headers(request.headers()))
@@ -252,6 +255,7 @@ where
         };
         request.extensions_mut().insert(ConnectInfo(peer));
         request.extensions_mut().insert(ClientAddr(client));
+        request.extensions_mut().insert(slot.clone());
         request
     });
     let service = TowerToHyperService::new(router);
@@ -268,6 +272,12 @@ where
         () = shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
             conn.await?;
+        }
+    }
+    if let Some(play) = upgraded.take() {
+        tokio::select! {
+            () = play => {}
+            () = shutdown.cancelled() => {}
         }
     }
     Ok(())

@@ -11,3 +11,4 @@ pub mod rtmp_push;
 pub mod tls;
 mod viewer_limits;
 pub mod webrtc;
+pub mod ws_flv;

@@ -39,6 +39,37 @@ fn dechunk(mut wire: &[u8]) -> Vec<Vec<u8>> {
     }
 }
 
+/// Splits server WebSocket frames into binary payloads; the last frame must be a close
+/// with code 1000.
+fn deframe(mut wire: &[u8]) -> Vec<Vec<u8>> {
+    let mut messages = Vec::new();
+    loop {
+        let (opcode, len, at) = match wire[1] {
+            126 => (
+                wire[0] & 0xf,
+                u16::from_be_bytes([wire[2], wire[3]]) as usize,
+                4,
+            ),
+            127 => (
+                wire[0] & 0xf,
+                u64::from_be_bytes(wire[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
+            n => (wire[0] & 0xf, n as usize, 2),
+        };
+        assert_eq!(wire[0] & 0x80, 0x80, "FIN");
+        let payload = &wire[at..at + len];
+        wire = &wire[at + len..];
+        if opcode == 8 {
+            assert_eq!(&payload[..2], &1000u16.to_be_bytes(), "normal closure");
+            assert!(wire.is_empty(), "nothing after the close frame");
+            return messages;
+        }
+        assert_eq!(opcode, 2, "binary");
+        messages.push(payload.to_vec());
+    }
+}
+
 fn audio_tags(flv: &[u8]) -> usize {
     (0..flv.len())
         .scan(13, |at, _| {
@@ -58,7 +89,7 @@ fn audio_tags(flv: &[u8]) -> usize {
 async fn a_viewer_attaching_as_its_stream_ends_gets_what_it_was_handed() {
     let merged = Duration::from_millis(100);
     // 1.2 s of audio, and 0.2 s: shorter than the muxer's wait for a video track
-    for framing in [Framing::Close, Framing::Chunked] {
+    for framing in [Framing::Close, Framing::Chunked, Framing::WebSocket] {
         for (merge, frames) in [
             (Duration::ZERO, 30),
             (merged, 30),
@@ -117,6 +148,13 @@ async fn a_viewer_attaching_as_its_stream_ends_gets_what_it_was_handed() {
                     let mut wire = Vec::new();
                     viewer.read_to_end(&mut wire).await.unwrap();
                     dechunk(&wire).concat()
+                }
+                Framing::WebSocket => {
+                    assert_eq!(ended, Ended::Complete, "{what}");
+                    drop(socket);
+                    let mut wire = Vec::new();
+                    viewer.read_to_end(&mut wire).await.unwrap();
+                    deframe(&wire).concat()
                 }
             };
             assert_eq!(flv.get(..3), Some(&b"FLV"[..]), "{what}");
