@@ -54,6 +54,9 @@ target/pyenv/bin/python -c 'import paho.mqtt.client' >/dev/null 2>&1 \
 echo "== mqtt.js (v5) in target/npm (the browser pages' MQTT client, served locally)"
 [ -e target/npm/node_modules/mqtt/dist/mqtt.min.js ] \
   || npm install --prefix target/npm mqtt@5 --no-audit --no-fund
+echo "== mpegts.js (v1) in target/npm (the FLV player of the WS-FLV wall test, served locally)"
+[ -e target/npm/node_modules/mpegts.js/dist/mpegts.js ] \
+  || npm install --prefix target/npm mpegts.js@1 --no-audit --no-fund
 
 echo "== browser harness self-test (headless chromium plays a canvas to itself over WebRTC)"
 target/pyenv/bin/python tests/browser/selftest.py

@@ -1,7 +1,7 @@
 """Plays pages in one headless Chromium for the Rust tests (tests/common/browser.rs).
 
 One process per test binary. It launches Debian's /usr/bin/chromium through playwright
-(never `playwright install`), serves this directory and mqtt.js over HTTP on 127.0.0.1,
+(never `playwright install`), serves this directory, mqtt.js and mpegts.js over HTTP on 127.0.0.1,
 then answers commands, one JSON line each on stdin:
 
     {"page": "whep.html", "params": {...}, "timeout_ms": 20000, "id": 7}
@@ -30,6 +30,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 MQTT_JS = ROOT / "target/npm/node_modules/mqtt/dist/mqtt.min.js"
+MPEGTS_JS = ROOT / "target/npm/node_modules/mpegts.js/dist/mpegts.js"
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
     "--no-sandbox",
@@ -50,7 +51,8 @@ ARGS = [
 
 
 class Handler(http.server.SimpleHTTPRequestHandler):
-    """This directory, plus /mqtt.min.js from target/npm; never cached, never logged."""
+    """This directory, plus /mqtt.min.js and /mpegts.js from target/npm; never cached, never
+    logged."""
 
     extensions_map = {
         ".html": "text/html; charset=utf-8",
@@ -61,6 +63,8 @@ class Handler(http.server.SimpleHTTPRequestHandler):
     def translate_path(self, path):
         if urllib.parse.urlsplit(path).path == "/mqtt.min.js":
             return str(MQTT_JS)
+        if urllib.parse.urlsplit(path).path == "/mpegts.js":
+            return str(MPEGTS_JS)
         return super().translate_path(path)
 
     def end_headers(self):
@@ -190,6 +194,7 @@ def main():
                         "ready": True,
                         "base": base,
                         "mqtt_js": MQTT_JS.is_file(),
+                        "mpegts_js": MPEGTS_JS.is_file(),
                         "start_ms": round((time.monotonic() - started) * 1000),
                     }
                 )
