@@ -14,16 +14,16 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// The key of RFC 6455 §1.3 and the accept value it must get.
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 
-/// A WS-FLV client on a raw socket.
-struct WsViewer {
-    socket: TcpStream,
+/// A WS-FLV client on a raw socket (TCP, or TLS for wss).
+struct WsViewer<S = TcpStream> {
+    socket: S,
     buf: Vec<u8>,
 }
 
@@ -37,8 +37,14 @@ struct Received {
 }
 
 impl WsViewer {
+    async fn connect(addr: SocketAddr, path: &str) -> WsViewer {
+        WsViewer::request(TcpStream::connect(addr).await.unwrap(), path).await
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WsViewer<S> {
     /// Sends the upgrade request for `path` on `socket`.
-    async fn request(mut socket: TcpStream, path: &str) -> WsViewer {
+    async fn request(mut socket: S, path: &str) -> WsViewer<S> {
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\
@@ -51,13 +57,20 @@ impl WsViewer {
         }
     }
 
-    async fn connect(addr: SocketAddr, path: &str) -> WsViewer {
-        WsViewer::request(TcpStream::connect(addr).await.unwrap(), path).await
-    }
-
     /// Reads the answer's head: status and lower-cased text.
     async fn head(&mut self) -> (u16, String) {
-        common::http::read_head(&mut self.socket, &mut self.buf).await
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).to_lowercase();
+                self.buf.drain(..end + 4);
+                let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+                return (status, head);
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.socket.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "connection closed inside a response head");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
     }
 
     /// Reads the 101 and checks the accept key.
@@ -335,4 +348,142 @@ async fn an_unsigned_ws_flv_play_is_refused_when_plays_need_a_signature() {
     let mut viewer = WsViewer::connect(gateway.addrs.http, "/live/13800138000_1.flv").await;
     let (status, head) = viewer.head().await;
     assert_eq!(status, 403, "{head}");
+}
+
+/// A self-signed certificate for `localhost` in `dir`: (cert, key).
+async fn self_signed(dir: &TempDir) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.path("cert.pem"), dir.path("key.pem"));
+    let args = [
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=DNS:localhost",
+        "-addext",
+        "basicConstraints=critical,CA:FALSE",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+    ];
+    run("openssl", &args).await;
+    (cert, key)
+}
+
+/// `curl` of `https://localhost:{port}{path}` trusting `ca`, with `extra` arguments:
+/// exit code and stdout.
+async fn curl(port: u16, path: &str, ca: &std::path::Path, extra: &[&str]) -> (i32, String) {
+    let output = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--resolve",
+            &format!("localhost:{port}:127.0.0.1"),
+            "--cacert",
+        ])
+        .arg(ca)
+        .args(extra)
+        .arg(format!("https://localhost:{port}{path}"))
+        .output()
+        .await
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).to_string(),
+    )
+}
+
+#[tokio::test]
+async fn with_tls_plays_share_one_http2_connection_and_ws_flv_works_over_wss() {
+    let tmp = TempDir::new("h2");
+    let (cert, key) = self_signed(&tmp).await;
+    let gateway = Gateway::start(&[
+        ("JTGW__HTTP__TLS_CERT", cert.to_str().unwrap()),
+        ("JTGW__HTTP__TLS_KEY", key.to_str().unwrap()),
+    ])
+    .await;
+    let port = gateway.addrs.http.port();
+    let (device, _) = gateway.device_holding_capture().await;
+
+    // two plays in one curl over HTTP/2: one connection, two streams
+    let (a, b) = (tmp.path("a.flv"), tmp.path("b.flv"));
+    let play = "/live/156987000796_1.flv";
+    let url = format!("https://localhost:{port}{play}");
+    let (a_out, b_out) = (
+        a.to_str().unwrap().to_owned(),
+        b.to_str().unwrap().to_owned(),
+    );
+    let ca = cert.clone();
+    let plays = tokio::spawn(async move {
+        let extra = [
+            "--http2",
+            "-Z",
+            "-w",
+            "%{http_version} %{num_connects}\\n",
+            "-o",
+            &a_out,
+            &url,
+            "-o",
+            &b_out,
+        ];
+        curl(port, play, &ca, &extra).await
+    });
+    gateway
+        .wait_for_stream("two HTTP/2 viewers", |s| s.viewers == 2)
+        .await;
+
+    // and a WS-FLV viewer over wss (a WebSocket over HTTP/1.1 on the same TLS listener)
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for der in rustls::pki_types::CertificateDer::pem_file_iter(&cert).unwrap() {
+        roots.add(der.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = TcpStream::connect(gateway.addrs.http).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let mut viewer = WsViewer::request(tls, play).await;
+    viewer.switched().await;
+    let flv = tokio::time::timeout(Duration::from_secs(20), viewer.first_video_frame())
+        .await
+        .expect("a first video frame over wss");
+    assert_eq!(&flv[..3], b"FLV");
+    gateway
+        .wait_for_stream("the wss viewer counted", |s| s.wsflv_viewers == 1)
+        .await;
+
+    drop(device);
+    let received = tokio::time::timeout(Duration::from_secs(20), viewer.read_to_end())
+        .await
+        .expect("the wss stream ends");
+    assert_eq!(received.close.map(|(code, _)| code), Some(1000));
+    let (code, written) = tokio::time::timeout(Duration::from_secs(20), plays)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = written.lines().collect();
+    assert_eq!(
+        lines,
+        ["2 1", "2 0"],
+        "HTTP/2, and the second play on the first's connection"
+    );
+    for out in [a, b] {
+        let video = probe_stream(&out, "v", None).await;
+        assert_eq!(video["codec_name"], "h264");
+    }
 }

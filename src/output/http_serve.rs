@@ -8,7 +8,8 @@
 //! together with the bytes already read, so the router sees the connection untouched.
 //!
 //! Over HTTPS (`http.tls_cert`) every request goes through hyper, plays included (the
-//! routed path of `output::http_flv`): the direct path writes to a plain TCP socket.
+//! routed path of `output::http_flv`): the direct path writes to a plain TCP socket. ALPN
+//! picks HTTP/2 (`h2`, many plays on one connection) or HTTP/1.1 (WS-FLV upgrades, wss).
 //! Every routed request carries the peer as axum's `ConnectInfo` and the client it is
 //! attributed to (`http.trusted_proxies`) as [`ClientAddr`].
 
@@ -21,7 +22,7 @@ use axum::extract::ConnectInfo;
 use axum::http::{StatusCode, Uri};
 use bytes::BytesMut;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -29,6 +30,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
+use tower::util::MapRequest;
 use tracing::{debug, warn};
 
 use super::http_flv::{AfterPlay, FlvPlayer, PlayRequest, UpgradedPlay};
@@ -226,7 +228,70 @@ async fn tls_connection(
         debug!(%peer, "TLS handshake timed out");
         return Ok(());
     };
-    serve_routed(stream?, peer, router, options, shutdown).await
+    let stream = stream?;
+    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        return serve_h2(stream, peer, router, options, shutdown).await;
+    }
+    serve_routed(stream, peer, router, options, shutdown).await
+}
+
+/// Serves an HTTP/2 connection (ALPN `h2` over TLS) with the router until the client
+/// leaves or `shutdown`: every play is a stream of the one connection (the routed path of
+/// `output::http_flv`). No WebSocket upgrades here (a WS-FLV play asks over HTTP/1.1).
+async fn serve_h2<I>(
+    io: I,
+    peer: SocketAddr,
+    router: Router,
+    options: &ServeOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(with_client(router, peer, options, None));
+    // hyper runs each request of the connection as a task of its own (an HTTP/2
+    // connection multiplexes them); they end with the connection
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => result?,
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await?;
+        }
+    }
+    Ok(())
+}
+
+/// `router` with each request carrying the peer as axum's `ConnectInfo` and the client
+/// it is attributed to (`http.trusted_proxies`) as [`ClientAddr`] (the SRS hooks check
+/// who calls; limits, logs and the API guard use the client), and `upgrades` (HTTP/1.1:
+/// where a WS-FLV play is left for the connection's task).
+fn with_client(
+    router: Router,
+    peer: SocketAddr,
+    options: &ServeOptions,
+    upgrades: Option<UpgradedPlay>,
+) -> MapRequest<
+    Router,
+    impl FnMut(hyper::Request<Incoming>) -> hyper::Request<Incoming> + Clone + use<>,
+> {
+    let trusted = options.trusted.clone();
+    router.map_request(move |mut request: hyper::Request<Incoming>| {
+        let client = if trusted.trusts(peer.ip()) {
+            trusted.client(peer.ip(), &Forwarding::from_headers(request.headers()))
+        } else {
+            peer.ip()
+        };
+        request.extensions_mut().insert(ConnectInfo(peer));
+        request.extensions_mut().insert(ClientAddr(client));
+        if let Some(upgrades) = &upgrades {
+            request.extensions_mut().insert(upgrades.clone());
+        }
+        request
+    })
 }
 
 /// Serves `io` with hyper and the router until the client leaves or `shutdown`.
@@ -241,23 +306,9 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let head_timeout = options.head_timeout;
-    // handlers that check who calls see the peer as axum's ConnectInfo (the SRS hooks)
-    // and the client behind trusted proxies as ClientAddr (limits, logs, the API guard)
-    let trusted = options.trusted.clone();
     // a WS-FLV play the router accepted goes on here once hyper hands the connection over
     let upgraded = UpgradedPlay::default();
-    let slot = upgraded.clone();
-    let router = router.map_request(move |mut request: hyper::Request<Incoming>| {
-        let client = if trusted.trusts(peer.ip()) {
-            trusted.client(peer.ip(), &Forwarding::from_headers(request.headers()))
-        } else {
-            peer.ip()
-        };
-        request.extensions_mut().insert(ConnectInfo(peer));
-        request.extensions_mut().insert(ClientAddr(client));
-        request.extensions_mut().insert(slot.clone());
-        request
-    });
+    let router = with_client(router, peer, options, Some(upgraded.clone()));
     let service = TowerToHyperService::new(router);
     // hyper's own deadline for the heads of later requests on a kept-alive connection
     // (it needs a timer to keep one)

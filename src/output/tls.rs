@@ -50,8 +50,8 @@ impl CertStore {
         Ok(())
     }
 
-    /// An acceptor that serves this store's current certificate (HTTP/1.1 over TLS 1.2
-    /// or 1.3).
+    /// An acceptor that serves this store's current certificate (HTTP/2 or HTTP/1.1, as
+    /// ALPN agrees, over TLS 1.2 or 1.3).
     pub fn acceptor(self: &Arc<Self>) -> anyhow::Result<TlsAcceptor> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -59,7 +59,10 @@ impl CertStore {
             .context("TLS protocol versions")?
             .with_no_client_auth()
             .with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // h2 first: a page over https plays many HTTP-FLV streams on one connection (a
+        // browser opens at most six HTTP/1.1 connections per host); a WebSocket (wss://)
+        // asks for http/1.1 (no RFC 8441 WebSockets over HTTP/2 here)
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(TlsAcceptor::from(Arc::new(config)))
     }
 }
