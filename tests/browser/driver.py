@@ -186,7 +186,12 @@ def main():
     try:
         with sync_playwright() as pw:
             context = pw.chromium.launch_persistent_context(
-                profile, executable_path=CHROMIUM, headless=True, args=ARGS
+                profile,
+                executable_path=CHROMIUM,
+                headless=True,
+                args=ARGS,
+                # the HTTPS tests serve a throwaway self-signed certificate
+                ignore_https_errors=True,
             )
             try:
                 send(
