@@ -3,6 +3,11 @@
 //! (HTTP-FLV) runs into the browser's six connections per host, and some players present
 //! nothing. Nine devices replay the bundled sample in real time, looping.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "helpers of tests: a failure is a test failure"
+)]
+
 mod common;
 
 use std::time::Duration;
