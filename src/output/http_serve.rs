@@ -105,7 +105,7 @@ async fn unknown_path(uri: Uri) -> (StatusCode, String) {
         StatusCode::NOT_FOUND,
         format!(
             "no such path {path:?}: the gateway serves /live/{{device}}_{{channel}}.flv, \
-             /playback/{{device}}_{{channel}}.flv, /whep/{{kind}}/{{device}}_{{channel}} and \
+             /playback/{{device}}_{{channel}}.flv (also as WebSockets), /whep/{{kind}}/{{device}}_{{channel}} and \
              /api/streams\n"
         ),
     )
