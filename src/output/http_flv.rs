@@ -11,6 +11,11 @@
 //! without a valid signature is answered 403 with the reason before anything else
 //! (`auth::PlayAccess`). Limits count the client address `http.trusted_proxies` resolve.
 //!
+//! WS-FLV (`output::ws_flv`): a `GET` of the same paths with a WebSocket upgrade passes the
+//! same checks (signature, path), then its upgrade headers (400 with the reason if they do
+//! not make a handshake), waits for the stream as a play does, and is answered `101` once it
+//! has a reader; the FLV bytes go out in binary messages and end with a close frame.
+//!
 //! Two ways in, same bytes out:
 //! - **Direct** ([`FlvPlayer::play`]): a connection whose request is a play is handed over
 //!   raw by `output::http_serve`; its viewer becomes a hub sink (`output::flv_direct`)
@@ -262,7 +267,7 @@ impl FlvPlayer {
             self.merge_write,
             self.limits.clone(),
             &mut pending,
-            shutdown,
+            shutdown.clone(),
         )
         .await;
         debug!(stream = %key, ?ended, "flv viewer left");
@@ -270,7 +275,10 @@ impl FlvPlayer {
             // the close frame went out (if the stream ended): the connection ends once the
             // client answers it
             if let Some(socket) = socket {
-                close_after_close_frame(socket).await;
+                tokio::select! {
+                    () = close_after_close_frame(socket) => {}
+                    () = shutdown.cancelled() => {}
+                }
             }
             return Ok(AfterPlay::Closed);
         }
