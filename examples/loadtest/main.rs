@@ -24,6 +24,7 @@ mod chunked;
 mod control;
 mod device;
 mod first_frame;
+mod flv_viewers;
 mod gateway;
 mod procstat;
 mod report;
@@ -86,6 +87,17 @@ struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 enum Mode {
+    /// HTTP-FLV and WS-FLV viewers: one device, its gateway's CPU and RSS without viewers
+    /// and with N viewers of each output (per viewer = the difference / N); a fresh gateway
+    /// process for each run. Writes flv_viewers.md and flv_viewers.json.
+    FlvViewers {
+        /// Numbers of viewers to measure.
+        #[arg(long, value_delimiter = ',', default_value = "100")]
+        viewers: Vec<usize>,
+        /// Runs of each output per number, alternating (the machine's speed drifts).
+        #[arg(long, default_value_t = 2)]
+        runs: usize,
+    },
     /// WebRTC viewers: one device, its gateway's CPU and RSS without viewers and with N
     /// `str0m` viewers over WHEP (per viewer = the difference / N), every viewer's frames,
     /// and offer → first frame times. A fresh gateway process for each N.
@@ -172,6 +184,37 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(
             args.out.join("control.json"),
             serde_json::to_string_pretty(&run)?,
+        )?;
+        return Ok(());
+    }
+    if let Some(Mode::FlvViewers { viewers, runs }) = &args.mode {
+        let mut steps = Vec::new();
+        for &n in viewers {
+            for run in 0..*runs {
+                for output in [flv_viewers::Output::HttpFlv, flv_viewers::Output::WsFlv] {
+                    eprintln!("{output:?}: {n} viewers, run {} …", run + 1);
+                    let step = flv_viewers::step(
+                        &args.gateway,
+                        &schedule,
+                        layout,
+                        output,
+                        n,
+                        warmup,
+                        window,
+                    )
+                    .await?;
+                    eprintln!("{step:?}");
+                    steps.push(step);
+                }
+            }
+        }
+        let report = flv_viewers::report(&steps);
+        print!("{report}");
+        std::fs::create_dir_all(&args.out)?;
+        std::fs::write(args.out.join("flv_viewers.md"), report)?;
+        std::fs::write(
+            args.out.join("flv_viewers.json"),
+            serde_json::to_string_pretty(&steps)?,
         )?;
         return Ok(());
     }

@@ -27,7 +27,7 @@ use crate::webrtc_pool::{Pool, PoolSnapshot};
 use crate::webrtc_viewer::{ViewerCounts, WebRtcOffer};
 
 /// The device every viewer watches.
-const DEVICE: &str = "13600000001";
+pub(crate) const DEVICE: &str = "13600000001";
 
 /// How often the gateway's RSS is sampled in the viewers' window.
 const RSS_SAMPLE: Duration = Duration::from_secs(5);
@@ -300,7 +300,7 @@ async fn stream_counts(gateway: &GatewayProcess) -> anyhow::Result<StreamCounts>
 
 /// Waits until the device's stream has published video: an HTTP-FLV request waits in the
 /// gateway for the stream and for its first key frame (then leaves).
-async fn wait_for_video(gateway: &GatewayProcess) -> anyhow::Result<()> {
+pub(crate) async fn wait_for_video(gateway: &GatewayProcess) -> anyhow::Result<()> {
     let path = format!("/live/{DEVICE}_1.flv");
     tokio::time::timeout(
         Duration::from_secs(10),
