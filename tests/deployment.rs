@@ -3,6 +3,11 @@
 //! loads as settings, the Dockerfile is multi-stage and non-root, and `config/srs.conf` is
 //! the file the push tests run SRS with.
 
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "helpers of tests: a failure is a test failure"
+)]
 mod common;
 
 use std::collections::HashMap;
@@ -62,6 +67,80 @@ async fn the_compose_file_validates_and_wires_the_four_services() {
         settings.rtmp.play_urls["flv"],
         "http://127.0.0.1:8080/{app}/{stream}.flv"
     );
+    assert_eq!(settings.bridge.redis_url, "redis://redis:6379/0");
+}
+
+/// `docker-compose.yml` as YAML.
+fn compose() -> yaml_rust2::Yaml {
+    let text = std::fs::read_to_string(root().join("docker-compose.yml")).unwrap();
+    yaml_rust2::YamlLoader::load_from_str(&text)
+        .unwrap()
+        .remove(0)
+}
+
+#[test]
+fn the_compose_file_turns_the_redis_bridge_on_and_keeps_mosquitto_data_where_the_image_writes() {
+    let compose = compose();
+    let gateway = &compose["services"]["gateway"];
+    assert_eq!(
+        gateway["environment"]["JTGW__BRIDGE__REDIS_URL"].as_str(),
+        Some("redis://redis:6379/0"),
+        "the EXTERNAL_COMMAND bridge needs the Redis URL"
+    );
+    // eclipse-mosquitto writes /mosquitto/data as its mosquitto user; the config says so too
+    let volumes: Vec<&str> = compose["services"]["mosquitto"]["volumes"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(
+        volumes.contains(&"mosquitto-data:/mosquitto/data"),
+        "{volumes:?}"
+    );
+    let conf = std::fs::read_to_string(root().join("broker/mosquitto.conf")).unwrap();
+    assert!(conf.contains("persistence_location /mosquitto/data/"));
+}
+
+#[test]
+fn every_compose_service_has_a_health_check_and_waits_for_what_it_needs() {
+    let compose = compose();
+    let services = compose["services"].as_hash().unwrap();
+    assert_eq!(services.len(), 4);
+    for (name, service) in services {
+        let name = name.as_str().unwrap();
+        let test = service["healthcheck"]["test"].as_vec();
+        assert!(
+            test.is_some_and(|t| t.len() >= 2),
+            "{name} has no health check"
+        );
+    }
+    let waits = |service: &str| -> Vec<(String, String)> {
+        compose["services"][service]["depends_on"]
+            .as_hash()
+            .map(|deps| {
+                deps.iter()
+                    .map(|(dep, how)| {
+                        (
+                            dep.as_str().unwrap().to_owned(),
+                            how["condition"].as_str().unwrap_or("").to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let healthy = |dep: &str| (dep.to_owned(), "service_healthy".to_owned());
+    assert_eq!(waits("gateway"), [healthy("mosquitto"), healthy("redis")]);
+    // SRS calls the gateway's hooks as soon as a player or publisher comes
+    assert_eq!(waits("srs"), [healthy("gateway")]);
+}
+
+#[test]
+fn the_runtime_image_has_ca_certificates() {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    let runtime = dockerfile.split(" AS runtime").nth(1).unwrap();
+    assert!(runtime.contains("ca-certificates"), "{runtime}");
 }
 
 #[test]

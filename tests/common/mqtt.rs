@@ -63,7 +63,7 @@ impl Mosquitto {
                 format!("listener {} 127.0.0.1", self.ws_port),
             ),
             (
-                "persistence_location /var/lib/mosquitto/",
+                "persistence_location /mosquitto/data/",
                 format!("persistence_location {data}"),
             ),
         ] {
@@ -77,7 +77,7 @@ impl Mosquitto {
 
     async fn spawn(&mut self) {
         let config = self.config();
-        let child = Command::new("mosquitto")
+        let child = Command::new(super::program("MOSQUITTO_BIN", "mosquitto"))
             .arg("-c")
             .arg(&config)
             .stdout(Stdio::null())
