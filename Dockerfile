@@ -14,9 +14,10 @@ COPY examples examples
 RUN cargo build --release --locked --bin jt1078-gateway
 
 FROM debian:bookworm-slim AS runtime
-# CA certificates: mqtts:// brokers, TURN and S3 endpoints over TLS verify against them
+# CA certificates: mqtts:// brokers, TURN and S3 endpoints over TLS verify against them;
+# libssl3: WebRTC's DTLS and SRTP (str0m's OpenSSL backend)
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
+    && apt-get install -y --no-install-recommends ca-certificates libssl3 \
     && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gateway
 COPY --from=build /src/target/release/jt1078-gateway /usr/local/bin/jt1078-gateway

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine. Installs what the tests need when it
 # is missing: Debian packages for the tools (ffmpeg/ffprobe, mosquitto's clients, redis-cli,
-# docker-compose, curl, chromium, npm, python3-venv, g++ and make); the third-party servers
+# docker-compose, curl, chromium, npm, python3-venv, g++, make, pkg-config and libssl-dev); the third-party servers
 # the tests run (SRS 6, mosquitto, redis-server, coturn, nginx with its RTMP module) through
 # scripts/tools.sh, which finds each in $SRS_BIN-style variables, the PATH or a local tool
 # cache, else installs or builds it; a Python venv in target/pyenv (imageio-ffmpeg,
@@ -28,6 +28,9 @@ command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 # jemalloc, the gateway's allocator, is built from source with configure and make
 command -v make >/dev/null 2>&1 || need+=(make)
+# WebRTC's DTLS and SRTP link the system's OpenSSL (str0m's openssl backend)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+[ -e /usr/include/openssl/ssl.h ] || need+=(libssl-dev)
 # the WebRTC tests play in a real browser, with mqtt.js from npm for MQTT over WebSocket
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v npm >/dev/null 2>&1 || need+=(npm)
