@@ -145,7 +145,7 @@ pub enum Command {
         out: PathBuf,
     },
     /// Print the merged configuration (defaults, file, environment) as TOML-like JSON;
-    /// secrets show as "<redacted>".
+    /// passwords, tokens and secrets are shown redacted.
     PrintConfig {
         /// Configuration file overlaid on the built-in defaults.
         #[arg(long)]
