@@ -290,7 +290,7 @@ pub struct WebRtcSettings {
     /// address, announced to browsers as a relay candidate; empty: none. A list of
     /// `{ server, username, credential }` tables or `"username:credential@host:port"`
     /// strings, or (from the environment) such strings comma-separated.
-    #[serde(deserialize_with = "comma_list")]
+    #[serde(deserialize_with = "comma_list_of_secrets")]
     pub turn_servers: Vec<TurnServer>,
     /// Use the TURN servers a WEBRTC request names in `iceserver` (the seed's field): a
     /// relay is allocated on each for that request's peer. Off: the list is ignored (a
@@ -451,6 +451,26 @@ where
     T: Deserialize<'de> + std::str::FromStr,
     T::Err: std::fmt::Display,
 {
+    comma_list_echoing(deserializer, true)
+}
+
+/// [`comma_list`] of items that hold a secret (TURN credentials): an item that does not
+/// parse is named by its position, not echoed.
+fn comma_list_of_secrets<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    comma_list_echoing(deserializer, false)
+}
+
+fn comma_list_echoing<'de, D, T>(deserializer: D, echo: bool) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Form<T> {
@@ -463,9 +483,15 @@ where
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
-            .map(|s| {
-                s.parse()
-                    .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+            .enumerate()
+            .map(|(i, s)| {
+                s.parse().map_err(|e| {
+                    serde::de::Error::custom(if echo {
+                        format!("{s:?}: {e}")
+                    } else {
+                        format!("item {}: {e}", i + 1)
+                    })
+                })
             })
             .collect(),
     }
@@ -635,6 +661,10 @@ mod tests {
             let env = HashMap::from([("JTGW__WEBRTC__TURN_SERVERS".to_owned(), bad.to_owned())]);
             let error = format!("{:#}", Settings::load_from(None, Some(env)).unwrap_err());
             assert!(error.contains("turn_servers"), "{bad}: {error}");
+            assert!(
+                !error.contains("gw:p@"),
+                "no credential in the error: {error}"
+            );
         }
     }
 
