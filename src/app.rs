@@ -12,11 +12,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
+use crate::auth::{ApiGuard, PlayAccess, TrustedProxies};
 use crate::config::Settings;
 use crate::control::{ControlContext, RtmpSide};
 use crate::hub::Hub;
 use crate::ingest::IngestServer;
 use crate::output::rtmp_push::{PushSettings, RtmpPusher};
+use crate::output::tls::CertStore;
 use crate::output::webrtc::WebRtc;
 use crate::output::{api, http_flv, http_serve};
 
@@ -32,6 +34,10 @@ pub struct App {
     webrtc: Option<std::net::UdpSocket>,
     /// Bumped when the WebRTC side's addresses change.
     webrtc_changes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    /// `http.tls_cert` / `http.tls_key`, when the listener serves HTTPS.
+    tls: Option<std::sync::Arc<CertStore>>,
+    /// Bumped after each certificate reload (SIGHUP).
+    tls_reloads: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// The addresses the gateway actually listens on.
@@ -65,6 +71,18 @@ impl App {
         } else {
             None
         };
+        let tls = if settings.http.is_tls() {
+            let (cert, key) = (&settings.http.tls_cert, &settings.http.tls_key);
+            if cert.is_empty() || key.is_empty() {
+                anyhow::bail!("http.tls_cert and http.tls_key must be set together");
+            }
+            Some(CertStore::load(
+                std::path::Path::new(cert),
+                std::path::Path::new(key),
+            )?)
+        } else {
+            None
+        };
         let hub = Hub::new(settings.hub_settings());
         Ok(App {
             settings,
@@ -74,7 +92,15 @@ impl App {
             http,
             webrtc,
             webrtc_changes: std::sync::Arc::default(),
+            tls,
+            tls_reloads: std::sync::Arc::default(),
         })
+    }
+
+    /// Changes after each reload of the HTTPS certificate (on SIGHUP), successful or not
+    /// (for embedding and tests).
+    pub fn tls_reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.tls_reloads.subscribe()
     }
 
     /// Where the listeners are bound.
@@ -109,10 +135,13 @@ impl App {
             "jt1078-gateway listening"
         );
         let tasks = TaskTracker::new();
+        let plays = PlayAccess::new(&self.settings.http);
         let control = ControlContext::new(
             &self.settings.mqtt,
             &self.settings.control,
             (addrs.live.port(), addrs.playback.port(), addrs.http.port()),
+            self.settings.http.scheme(),
+            plays.clone(),
         );
         let (pusher, events_rx) = RtmpPusher::new(
             self.hub.clone(),
@@ -136,9 +165,20 @@ impl App {
             )?),
             None => None,
         };
-        let whep = webrtc
-            .as_ref()
-            .map(|(webrtc, _)| crate::output::webrtc::whep::routes(webrtc.clone()));
+        let whep = webrtc.as_ref().map(|(webrtc, _)| {
+            use crate::output::webrtc::whep;
+            (
+                whep::routes(webrtc.clone(), plays.clone()),
+                whep::api_routes(webrtc.clone()),
+            )
+        });
+        let tls = match &self.tls {
+            Some(store) => {
+                spawn_tls_reloader(store, &self.tls_reloads, &tasks, shutdown.clone())?;
+                Some(store.acceptor()?)
+            }
+            None => None,
+        };
         crate::control::spawn(
             control,
             self.hub.clone(),
@@ -151,6 +191,7 @@ impl App {
             &self.settings.bridge,
             &self.settings.mqtt,
             self.settings.control.lease,
+            plays,
             &tasks,
             shutdown.clone(),
         )?;
@@ -159,15 +200,29 @@ impl App {
             &self.settings.http,
             self.settings.audio.flv_mode(),
         );
+        let (whep, webrtc_api) = whep.unzip();
+        // every /api/* route but the SRS hooks' (which have their own guard)
+        let api = Router::new()
+            .merge(api::routes(self.hub.clone()))
+            .merge(bridge.api_routes())
+            .merge(webrtc_api.unwrap_or_default())
+            .layer(axum::middleware::from_fn_with_state(
+                ApiGuard::new(&self.settings.http),
+                crate::auth::guard_api,
+            ));
         let sides = IoSides {
             ingest: IngestServer::new(&self.settings.ingest, self.hub.clone()),
             router: Router::new()
                 .merge(player.routes())
-                .merge(api::routes(self.hub.clone()))
+                .merge(api)
                 .merge(bridge.routes())
                 .merge(whep.unwrap_or_default()),
             player,
-            head_timeout: self.settings.http.head_timeout,
+            serve: http_serve::ServeOptions {
+                head_timeout: self.settings.http.head_timeout,
+                tls,
+                trusted: TrustedProxies::new(&self.settings.http.trusted_proxies),
+            },
         };
         let listeners = [
             self.live.into_std()?,
@@ -223,7 +278,7 @@ struct IoSides {
     ingest: IngestServer,
     router: Router,
     player: http_flv::FlvPlayer,
-    head_timeout: std::time::Duration,
+    serve: http_serve::ServeOptions,
 }
 
 /// One I/O thread: a single-threaded event loop over its copies of the listeners (live,
@@ -249,14 +304,49 @@ fn io_thread(
             ingest,
             router,
             player,
-            head_timeout,
+            serve,
         } = sides;
         tokio::join!(
             ingest.run(live?, playback?, shutdown.clone()),
-            http_serve::serve(http?, router, player, head_timeout, shutdown),
+            http_serve::serve(http?, router, player, serve, shutdown),
         );
         Ok(())
     })
+}
+
+/// Reads the HTTPS certificate again on each SIGHUP (a renewal replaced the files); a
+/// failed reload keeps the certificate in use and says why. `reloads` is bumped after each.
+fn spawn_tls_reloader(
+    store: &std::sync::Arc<CertStore>,
+    reloads: &std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    tasks: &TaskTracker,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
+        let (store, reloads) = (std::sync::Arc::clone(store), std::sync::Arc::clone(reloads));
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    received = hangups.recv() => if received.is_none() { return },
+                    () = shutdown.cancelled() => return,
+                }
+                match store.reload() {
+                    Ok(()) => info!("HTTPS certificate reloaded"),
+                    Err(error) => tracing::error!(
+                        error = format!("{error:#}"),
+                        "HTTPS certificate reload failed; the previous one is still served"
+                    ),
+                }
+                reloads.send_modify(|n| *n += 1);
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = (store, reloads, tasks, shutdown);
+    Ok(())
 }
 
 /// Pending connections a listener queues before the gateway accepts them. After a restart

@@ -1,4 +1,4 @@
-//! Command line: `serve`, `simulate`, `print-config`.
+//! Command line: `serve`, `simulate`, `pack`, `print-config`, `sign-url`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -144,8 +144,22 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Print the merged configuration (defaults, file, environment) as TOML-like JSON.
+    /// Print the merged configuration (defaults, file, environment) as TOML-like JSON;
+    /// passwords, tokens and secrets are shown redacted.
     PrintConfig {
+        /// Configuration file overlaid on the built-in defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print a play URL signed with http.play_secret: PATH is a path such as
+    /// /live/13800138000_1.flv (the gateway's control.public_host and HTTP port are put in
+    /// front) or a whole URL (signed over its path).
+    SignUrl {
+        /// The path or URL to sign.
+        path: String,
+        /// How long the URL stays valid, e.g. 30m, 1h, 7d.
+        #[arg(long, default_value = "1h", value_parser = humantime_serde::re::humantime::parse_duration)]
+        ttl: std::time::Duration,
         /// Configuration file overlaid on the built-in defaults.
         #[arg(long)]
         config: Option<PathBuf>,
@@ -303,8 +317,40 @@ impl Cli {
                 println!("{}", serde_json::to_string_pretty(&settings)?);
                 Ok(())
             }
+            Command::SignUrl { path, ttl, config } => {
+                let settings = Settings::load(config.as_deref())?;
+                println!("{}", sign_url(&settings, &path, ttl)?);
+                Ok(())
+            }
         }
     }
+}
+
+/// `path` (or a whole URL) signed for `ttl` with `http.play_secret`.
+pub fn sign_url(
+    settings: &Settings,
+    path: &str,
+    ttl: std::time::Duration,
+) -> anyhow::Result<String> {
+    let plays = crate::auth::PlayAccess::new(&settings.http);
+    let url = if path.contains("://") {
+        path.to_owned()
+    } else if path.starts_with('/') {
+        format!(
+            "{}://{}:{}{path}",
+            settings.http.scheme(),
+            settings.control.public_host,
+            settings.http.listen.port()
+        )
+    } else {
+        anyhow::bail!(
+            "{path:?}: expected a path starting with / (e.g. /live/13800138000_1.flv) or a URL"
+        );
+    };
+    let signed_path = crate::auth::play_url::path_of(&url).to_owned();
+    plays
+        .sign_for(&url, &signed_path, ttl)
+        .context("http.play_secret is not set: plays are open, there is nothing to sign")
 }
 
 async fn resolve(server: &str) -> anyhow::Result<SocketAddr> {

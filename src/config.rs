@@ -12,6 +12,8 @@ use anyhow::Context;
 use config::{Config, Environment, File, FileFormat};
 use serde::{Deserialize, Serialize};
 
+pub use crate::auth::Secret;
+
 /// The built-in defaults, compiled into the binary.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
@@ -65,6 +67,9 @@ pub struct IngestSettings {
     /// arrives).
     #[serde(with = "humantime_serde")]
     pub merge_read: Duration,
+    /// Highest logical channel a stream may have (JT/T 1076 numbers them 1 to 37); a packet
+    /// of channel 0 or above this never makes a stream.
+    pub max_channel: u8,
 }
 
 /// `[http]`
@@ -96,6 +101,33 @@ pub struct HttpSettings {
     /// Waits for a device that is not live (cold pulls) one client address may start per
     /// minute; past it 429.
     pub cold_pulls_per_minute: NonZeroU32,
+    /// Secret that signs play URLs (`?expires=…&sig=…`); empty: plays need no signature.
+    pub play_secret: Secret,
+    /// How long the play URLs in MQTT replies stay valid.
+    #[serde(with = "humantime_serde")]
+    pub play_ttl: Duration,
+    /// Bearer token `/api/*` needs; empty: `/api/*` answers loopback clients only.
+    pub api_token: Secret,
+    /// Proxies whose `Forwarded` / `X-Forwarded-For` name the client (CIDR networks). A
+    /// list, or (from the environment) a comma-separated string.
+    #[serde(deserialize_with = "comma_list")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// PEM certificate chain of the HTTPS listener; empty: plain HTTP.
+    pub tls_cert: String,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: String,
+}
+
+impl HttpSettings {
+    /// Whether the listener serves HTTPS.
+    pub fn is_tls(&self) -> bool {
+        !self.tls_cert.is_empty() || !self.tls_key.is_empty()
+    }
+
+    /// `https` or `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.is_tls() { "https" } else { "http" }
+    }
 }
 
 /// `[audio]`
@@ -174,7 +206,7 @@ pub struct MqttSettings {
     /// External broker user name.
     pub username: String,
     /// External broker password.
-    pub password: String,
+    pub password: Secret,
     /// Topic prefix.
     pub topic_prefix: String,
     /// Gateway id.
@@ -258,7 +290,7 @@ pub struct WebRtcSettings {
     /// address, announced to browsers as a relay candidate; empty: none. A list of
     /// `{ server, username, credential }` tables or `"username:credential@host:port"`
     /// strings, or (from the environment) such strings comma-separated.
-    #[serde(deserialize_with = "comma_list")]
+    #[serde(deserialize_with = "comma_list_of_secrets")]
     pub turn_servers: Vec<TurnServer>,
     /// Use the TURN servers a WEBRTC request names in `iceserver` (the seed's field): a
     /// relay is allocated on each for that request's peer. Off: the list is ignored (a
@@ -276,7 +308,7 @@ pub struct WebRtcSettings {
     #[serde(with = "humantime_serde")]
     pub wait_timeout: Duration,
     /// Bearer token WHEP requests must carry (empty = none).
-    pub whep_token: String,
+    pub whep_token: Secret,
     /// `Access-Control-Allow-Origin` for WHEP (browsers on another origin).
     pub cors_origin: String,
 }
@@ -288,7 +320,8 @@ pub struct TurnServer {
     pub server: String,
     /// Long-term credential user name.
     pub username: String,
-    /// Its password.
+    /// Its password (shown as `<redacted>`).
+    #[serde(serialize_with = "crate::auth::secret::serialize_redacted")]
     pub credential: String,
 }
 
@@ -374,7 +407,7 @@ pub enum IceTransportPolicy {
 #[serde(deny_unknown_fields)]
 pub struct BridgeSettings {
     /// Token SRS hook URLs must carry as `?token=` (empty = none).
-    pub hook_token: String,
+    pub hook_token: Secret,
     /// Networks SRS hooks may come from.
     pub hook_allow: Vec<ipnet::IpNet>,
     /// Allow plays while the MQTT broker is unreachable.
@@ -418,6 +451,26 @@ where
     T: Deserialize<'de> + std::str::FromStr,
     T::Err: std::fmt::Display,
 {
+    comma_list_echoing(deserializer, true)
+}
+
+/// [`comma_list`] of items that hold a secret (TURN credentials): an item that does not
+/// parse is named by its position, not echoed.
+fn comma_list_of_secrets<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    comma_list_echoing(deserializer, false)
+}
+
+fn comma_list_echoing<'de, D, T>(deserializer: D, echo: bool) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Form<T> {
@@ -430,9 +483,15 @@ where
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
-            .map(|s| {
-                s.parse()
-                    .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+            .enumerate()
+            .map(|(i, s)| {
+                s.parse().map_err(|e| {
+                    serde::de::Error::custom(if echo {
+                        format!("{s:?}: {e}")
+                    } else {
+                        format!("item {}: {e}", i + 1)
+                    })
+                })
             })
             .collect(),
     }
@@ -602,6 +661,10 @@ mod tests {
             let env = HashMap::from([("JTGW__WEBRTC__TURN_SERVERS".to_owned(), bad.to_owned())]);
             let error = format!("{:#}", Settings::load_from(None, Some(env)).unwrap_err());
             assert!(error.contains("turn_servers"), "{bad}: {error}");
+            assert!(
+                !error.contains("gw:p@"),
+                "no credential in the error: {error}"
+            );
         }
     }
 

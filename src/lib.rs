@@ -16,9 +16,11 @@
 //! - [`control`]: the MQTT control plane (requests, demand, device commands, status).
 //! - [`bridge`]: SRS HTTP hooks and the Redis `EXTERNAL_COMMAND` queue into MQTT.
 //! - [`simulate`]: the device simulator and load generator.
+//! - [`auth`]: signed play URLs, the API guard, trusted proxies and [`auth::Secret`].
 //! - [`app`]: the composition root; [`config`] the settings tree.
 
 pub mod app;
+pub mod auth;
 pub mod bridge;
 pub mod cli;
 pub use jt1078_codec as codec;

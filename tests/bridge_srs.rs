@@ -269,3 +269,82 @@ async fn an_srs_playback_player_starts_the_device_playback() {
     device.cancel();
     gateway.stop().await;
 }
+
+/// `http.play_secret` guards SRS too: its on_play hook carries the player's query
+/// (`param`), which the bridge checks like the gateway's own plays. Unsigned, forged and
+/// expired players are refused by SRS; a signed one is allowed and starts the pull.
+#[tokio::test]
+async fn srs_refuses_players_whose_url_is_not_signed() {
+    const SECRET: &[u8] = b"srs-play-s3cret";
+    let mosquitto = Mosquitto::start().await;
+    let ports = [free_port(), free_port(), free_port(), free_port()];
+    let gateway = gateway_for_srs(
+        &mosquitto,
+        ports,
+        &[("JTGW__HTTP__PLAY_SECRET", "srs-play-s3cret")],
+    )
+    .await;
+    let mut watch = TestClient::connect(mosquitto.port, &["jt1078/gateway/#"]).await;
+    let srs = Srs::start_with_hooks(ports, gateway.addrs.http.port()).await;
+    let url = srs.flv_url("live", "13800138000_1");
+    let signer = jt1078_gateway::auth::PlaySigner::new(SECRET);
+    let now = jt1078_gateway::auth::unix_now();
+    let bad = [
+        url.clone(),
+        jt1078_gateway::auth::PlaySigner::new(b"guess").sign_url(&url, now + 60),
+        signer.sign_url(&url, now - 1),
+        signer
+            .sign_url(&srs.flv_url("live", "13800138000_2"), now + 60)
+            .replace("_2.flv", "_1.flv"),
+    ];
+    for (i, player) in bad.iter().enumerate() {
+        let answer = srs_play_answer(player).await;
+        // SRS closes a refused player's connection without an answer
+        assert!(
+            !answer.windows(3).any(|w| w == b"FLV") && !has_key_frame(&answer),
+            "player {i} refused: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        let status = bridge_status(&gateway).await;
+        assert_eq!(status["hooks"]["refused"], i + 1, "{status}");
+    }
+    assert!(
+        !watch.seen.iter().any(|r| r.topic.ends_with("/RTMP")),
+        "no pull for a refused player"
+    );
+    // signed (over the .flv path, as sign-url and the gateway's replies do): allowed
+    let player = tokio::spawn(srs_play_answer(signer.sign_url(&url, now + 60)));
+    let request = watch
+        .expect(
+            "the bridge asks for the stream",
+            WAIT,
+            topic_is("jt1078/gateway/13800138000/RTMP"),
+        )
+        .await
+        .json();
+    assert_eq!(request["channel"], 1);
+    assert_eq!(bridge_status(&gateway).await["hooks"]["allowed"], 1);
+    player.abort();
+    gateway.stop().await;
+}
+
+/// What SRS answers a player of `url` until it closes (or for `WAIT` at most: an allowed
+/// player waits for a stream that never comes).
+async fn srs_play_answer(url: impl AsRef<str>) -> Vec<u8> {
+    let url = url.as_ref();
+    let rest = url.strip_prefix("http://").unwrap();
+    let (authority, path) = rest.split_at(rest.find('/').unwrap());
+    let mut socket = TcpStream::connect(authority).await.unwrap();
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut bytes = Vec::new();
+    let _ = tokio::time::timeout(WAIT, socket.read_to_end(&mut bytes)).await;
+    bytes
+}
+
+/// `GET /api/bridge` of the gateway.
+async fn bridge_status(gateway: &Gateway) -> serde_json::Value {
+    let (status, body) = http_get(gateway.addrs.http, "/api/bridge").await;
+    assert_eq!(status, 200);
+    serde_json::from_slice(&body).unwrap()
+}

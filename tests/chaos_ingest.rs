@@ -611,3 +611,123 @@ async fn an_http_request_head_trickled_in_is_dropped_after_the_head_timeout() {
         eprintln!("trickled {what}: dropped after {stayed:?}");
     }
 }
+
+/// `count` packets whose headers parse, each a G.711 A-law audio frame of a size the
+/// codec can have (160 bytes, 20 ms) with random samples, a random sequence number and a
+/// random channel from 0 to 255; the SIM is `sim` or random per packet. What garbage
+/// needs to pass for an audio-only device: before issue 23 one such packet announced a
+/// stream.
+fn plausible_audio_noise(seed: u64, count: usize, sim: Option<&str>) -> Vec<u8> {
+    let mut rng = Rng(seed);
+    let mut out = BytesMut::new();
+    for i in 0..count {
+        let digits = match sim {
+            Some(digits) => digits.to_owned(),
+            None => format!("{:012}", rng.below(1_000_000_000_000)),
+        };
+        Packet {
+            marker: true,
+            payload_type: PayloadType::G711A,
+            sequence: rng.below(1 << 16) as u16,
+            sim: Sim::from_digits(&digits, SimLayout::Bcd6).unwrap(),
+            channel: rng.below(256) as u8,
+            data_type: DataType::Audio,
+            subpackage: Subpackage::Atomic,
+            timestamp: Some(i as u64 * 20),
+            last_iframe_interval: None,
+            last_frame_interval: None,
+            body: Bytes::from(rng.bytes(160)),
+        }
+        .encode(&mut out);
+    }
+    out.to_vec()
+}
+
+/// The issue-23 probe: 100 connections, each 1 MiB of random bytes dense with the frame
+/// marker, at once; beside them 20 connections of audio packets that parse (half on one
+/// SIM each), with random channels and sequence numbers. No stream, no stream event, no
+/// retained status topic: with the default `ingest.max_channel`, and with every channel
+/// allowed (the rule on audio alone holds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_connections_of_marker_dense_garbage_leave_no_stream_and_no_status() {
+    for max_channel in ["37", "255"] {
+        let url = embedded_url();
+        let gateway = gateway_on(
+            &url,
+            BrokerAt::Embedded,
+            &[IDLE, ("JTGW__INGEST__MAX_CHANNEL", max_channel)],
+        )
+        .await;
+        let mut events = gateway.hub.events();
+        let live = gateway.addrs.live;
+        let probes: Vec<_> = (100..200)
+            .map(|seed| marker_dense_garbage(seed, 1 << 20))
+            .chain((200..210).map(|seed| plausible_audio_noise(seed, 3000, None)))
+            .chain((210..220).map(|seed| plausible_audio_noise(seed, 3000, Some("13912345678"))))
+            .map(|bytes| tokio::spawn(probe(live, bytes)))
+            .collect();
+        for probe in probes {
+            assert!(
+                probe.await.unwrap().is_some(),
+                "a garbage connection is closed"
+            );
+        }
+        assert!(gateway.hub.list().is_empty(), "{:?}", gateway.hub.list());
+        assert_eq!(
+            streams_up(&mut events),
+            BTreeSet::new(),
+            "no stream came up (max_channel {max_channel})"
+        );
+        let mut subscriber = TestClient::connect(port_of(&url), &["jt1078/status/stream/#"]).await;
+        let retained = subscriber.drain_for(Duration::from_secs(2)).await;
+        let topics: Vec<&str> = retained.iter().map(|r| r.topic.as_str()).collect();
+        assert!(
+            topics.is_empty(),
+            "retained status of phantom streams: {topics:?}"
+        );
+        gateway.stop().await;
+    }
+}
+
+/// The good capture with every packet's logical channel set to `channel` (byte 14 of a
+/// 2016 header, JT/T 1078-2016 table 19), sent on one connection that is then half-closed;
+/// whether its stream came up. The gateway closes the connection once it has read to the
+/// end, so every packet was handled by the time the read ends.
+async fn replayed_as_channel(gateway: &Gateway, channel: u8) -> bool {
+    let mut bytes = std::fs::read(testdata(CAPTURE)).unwrap();
+    for packet in raw_packets(&bytes.clone(), 6) {
+        bytes[packet.start + 14] = channel;
+    }
+    let mut events = gateway.hub.events();
+    let mut socket = TcpStream::connect(gateway.addrs.live).await.unwrap();
+    socket.write_all(&bytes).await.unwrap();
+    socket.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(CLOSE_WITHIN, socket.read_to_end(&mut rest))
+        .await
+        .expect("the gateway closes after the end")
+        .unwrap();
+    streams_up(&mut events).contains(&format!("live/{GOOD_DEVICE}_{channel}"))
+}
+
+#[tokio::test]
+async fn channels_outside_the_logical_ones_make_no_stream() {
+    let gateway = Gateway::start(&[]).await;
+    assert!(
+        replayed_as_channel(&gateway, 37).await,
+        "channel 37 is a logical channel"
+    );
+    assert!(
+        !replayed_as_channel(&gateway, 38).await,
+        "38 is over ingest.max_channel"
+    );
+    assert!(!replayed_as_channel(&gateway, 100).await);
+    assert!(!replayed_as_channel(&gateway, 0).await);
+    gateway.stop().await;
+    let gateway = Gateway::start(&[("JTGW__INGEST__MAX_CHANNEL", "100")]).await;
+    assert!(
+        replayed_as_channel(&gateway, 100).await,
+        "ingest.max_channel raised"
+    );
+    gateway.stop().await;
+}

@@ -65,11 +65,16 @@ pub struct Bridge {
 }
 
 impl Bridge {
-    /// The routes merged onto the HTTP listener: the SRS hooks, `POST /web_on_play`,
-    /// `GET /api/bridge`.
+    /// The SRS hooks and `POST /web_on_play`, merged onto the HTTP listener (guarded by
+    /// `bridge.hook_allow` and `bridge.hook_token`).
     pub fn routes(&self) -> Router {
+        srs_hooks::routes(self.hooks.clone())
+    }
+
+    /// `GET /api/bridge` (guarded with the rest of `/api/*` by `app`).
+    pub fn api_routes(&self) -> Router {
         let status = self.status.clone();
-        srs_hooks::routes(self.hooks.clone()).route(
+        Router::new().route(
             "/api/bridge",
             get(move || {
                 let status = status.clone();
@@ -86,6 +91,7 @@ pub fn spawn(
     settings: &BridgeSettings,
     mqtt_settings: &MqttSettings,
     lease: Duration,
+    plays: crate::auth::PlayAccess,
     tasks: &TaskTracker,
     cancel: CancellationToken,
 ) -> anyhow::Result<Bridge> {
@@ -101,7 +107,7 @@ pub fn spawn(
     if !mqtt_settings.username.is_empty() {
         options.set_credentials(
             mqtt_settings.username.clone(),
-            mqtt_settings.password.clone(),
+            mqtt_settings.password.expose().to_owned(),
         );
     }
     let connection = AsyncClient::new(options, 16);
@@ -130,6 +136,7 @@ pub fn spawn(
             publisher: publisher.clone(),
             status: status.clone(),
         },
+        plays,
         tasks,
         cancel.clone(),
     )

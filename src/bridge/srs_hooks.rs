@@ -6,6 +6,12 @@
 //! checks (source address, token, stream name), hands the hook to the hook task over a
 //! bounded channel and answers: HTTP 200 with body `0` allows, anything else refuses.
 //! What follows is the task's (`srs_clients.rs`).
+//!
+//! With `http.play_secret` set, on_play also checks the player's signature: SRS passes the
+//! query of the player's URL as `param`, which must sign `/{app}/{stream}.flv` (the
+//! HTTP-FLV path, the same URL form the gateway checks) or `/{app}/{stream}` (the stream's
+//! path whatever the protocol: SRS's WHEP URL names the stream in its query). One scheme
+//! guards the gateway and SRS.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -32,6 +38,7 @@ use super::BridgeStatus;
 use super::names::{FormError, StreamNames};
 use super::publisher::Publisher;
 use super::srs_clients::{self, Hook, PlayedStream};
+use crate::auth::PlayAccess;
 use crate::config::BridgeSettings;
 use crate::control::topics::Topics;
 use crate::media::StreamKind;
@@ -64,7 +71,8 @@ pub(super) struct HookContext {
 #[derive(Debug, Clone)]
 pub(super) struct HookState {
     names: Arc<StreamNames>,
-    token: Arc<str>,
+    token: crate::config::Secret,
+    plays: PlayAccess,
     allow: Arc<[IpNet]>,
     fail_open: bool,
     hooks_tx: mpsc::Sender<Hook>,
@@ -93,6 +101,7 @@ struct WebOnPlay {
 pub(super) fn start(
     settings: &BridgeSettings,
     ctx: HookContext,
+    plays: PlayAccess,
     tasks: &TaskTracker,
     cancel: CancellationToken,
 ) -> Result<HookState, FormError> {
@@ -104,7 +113,8 @@ pub(super) fn start(
     let (hooks_tx, hooks_rx) = mpsc::channel(HOOK_QUEUE);
     let state = HookState {
         names: Arc::new(names),
-        token: settings.hook_token.as_str().into(),
+        token: settings.hook_token.clone(),
+        plays,
         allow: settings.hook_allow.clone().into(),
         fail_open: settings.fail_open,
         hooks_tx,
@@ -155,7 +165,9 @@ impl HookState {
         if !self.allow.iter().any(|net| net.contains(&ip)) {
             return Err(format!("source {ip} is not in bridge.hook_allow"));
         }
-        if !self.token.is_empty() && query.get("token").map(String::as_str) != Some(&*self.token) {
+        if !self.token.is_empty()
+            && query.get("token").map(String::as_str) != Some(self.token.expose())
+        {
             return Err("missing or wrong token (bridge.hook_token)".to_owned());
         }
         Ok(())
@@ -232,6 +244,10 @@ async fn sessions(
 ) -> Response {
     match hook.action.as_str() {
         "on_play" => {
+            if let Err(denied) = hook.check_signature(&state) {
+                warn!(client = %hook.client_id, stream = %crate::media::echo(&hook.stream), %denied, "on_play refused: play URL not signed");
+                return refuse(&state, StatusCode::FORBIDDEN, &denied.to_string());
+            }
             let key = match state.names.resolve(hook.app(&state), &hook.stream) {
                 Ok(key) => key,
                 Err(error) => {
@@ -344,6 +360,18 @@ fn finish(state: &HookState, action: &str, outcome: Result<(), &'static str>) ->
 }
 
 impl SrsHook {
+    /// Whether the player's query (`param`) signs this stream (always, when plays are
+    /// open; see the module docs for the paths).
+    fn check_signature(&self, state: &HookState) -> Result<(), crate::auth::PlayDenied> {
+        if !state.plays.is_signed() {
+            return Ok(());
+        }
+        let stream = format!("/{}/{}", self.app(state), self.stream);
+        let flv = format!("{stream}.flv");
+        let query = self.param.trim_start_matches('?');
+        state.plays.check_any(&[&flv, &stream], Some(query))
+    }
+
     /// The app; the seed's manual calls send none: the live app then.
     fn app<'a>(&'a self, state: &'a HookState) -> &'a str {
         self.app
@@ -378,7 +406,8 @@ mod tests {
         let (hooks_tx, _hooks_rx) = mpsc::channel(1);
         let state = HookState {
             names: Arc::new(StreamNames::new("live", "playback", &[]).unwrap()),
-            token: "s3cret".into(),
+            token: crate::config::Secret::new("s3cret"),
+            plays: PlayAccess::default(),
             allow: vec!["10.0.0.0/8".parse().unwrap()].into(),
             fail_open: true,
             hooks_tx,

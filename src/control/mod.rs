@@ -42,11 +42,21 @@ pub struct ControlContext {
     pub playback_port: u16,
     /// HTTP port.
     pub http_port: u16,
+    /// `http` or `https` (with `http.tls_cert`).
+    pub http_scheme: &'static str,
+    /// Signs the play URLs of OK replies (`http.play_secret`, `http.play_ttl`).
+    pub plays: crate::auth::PlayAccess,
 }
 
 impl ControlContext {
-    /// From the settings and the bound ports.
-    pub fn new(mqtt: &MqttSettings, control: &ControlSettings, ports: (u16, u16, u16)) -> Self {
+    /// From the settings, the bound ports, the HTTP scheme and the play-URL policy.
+    pub fn new(
+        mqtt: &MqttSettings,
+        control: &ControlSettings,
+        ports: (u16, u16, u16),
+        http_scheme: &'static str,
+        plays: crate::auth::PlayAccess,
+    ) -> Self {
         ControlContext {
             mqtt: mqtt.clone(),
             demand: DemandSettings {
@@ -59,6 +69,8 @@ impl ControlContext {
             live_port: ports.0,
             playback_port: ports.1,
             http_port: ports.2,
+            http_scheme,
+            plays,
         }
     }
 }

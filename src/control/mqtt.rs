@@ -167,7 +167,10 @@ fn options(settings: &MqttSettings, url: &str, client_id: &str) -> anyhow::Resul
         .set_clean_session(false)
         .set_max_packet_size(MAX_INCOMING_PACKET, MAX_OUTGOING_PACKET);
     if !settings.username.is_empty() {
-        options.set_credentials(settings.username.clone(), settings.password.clone());
+        options.set_credentials(
+            settings.username.clone(),
+            settings.password.expose().to_owned(),
+        );
     }
     Ok(options)
 }

@@ -2,8 +2,11 @@
 //! stream another connection publishes.
 //!
 //! A channel is a [`Candidate`] until it delivers a frame that is well formed for its codec
-//! (video: a key frame whose SPS parses, with its PPS, and VPS for H.265; audio: a payload
-//! of a size its codec can have, see [`Codec::is_plausible_audio_frame`]). Until then the
+//! (video: a key frame whose SPS parses, with its PPS, and VPS for H.265; audio:
+//! [`AUDIO_CONFIRM_FRAMES`] frames in a row of one codec, each of a size that codec can
+//! have ([`Codec::is_plausible_audio_frame`]) and each in a packet whose sequence number
+//! follows the channel's previous one; those frames are held and published once the
+//! stream is announced, so none is lost). Until then the
 //! hub never hears of it: no stream, no status, no viewer sees anything. So bytes that only
 //! look like packets (garbage dense with frame markers) announce nothing, and a connection
 //! that claims a live device's SIM cannot cut it off with garbage. A stream that another
@@ -23,6 +26,16 @@ use crate::codec::jt1078::{self, ConnectionSequence, DataType, Reassembler};
 use crate::hub::MediaInfo;
 use crate::media::{Codec, StreamKey};
 
+/// Audio frames in a row, of one codec and in packets whose sequence numbers follow, that
+/// announce an audio-only stream: one plausible frame is easy for random bytes dense with
+/// frame markers, a run of them on one SIM and channel in sequence is not.
+pub(super) const AUDIO_CONFIRM_FRAMES: usize = 5;
+
+/// Largest step between the sequence numbers of a channel's consecutive packets that
+/// counts as "following": one counter may be shared by the connection's channels and its
+/// video, so another channel's or the video's packets may come between.
+const MAX_SEQUENCE_STEP: u16 = 1024;
+
 /// A channel that has not announced its stream yet.
 pub(super) struct Candidate {
     pub(super) key: StreamKey,
@@ -35,6 +48,13 @@ pub(super) struct Candidate {
     pub(super) proven: bool,
     /// Wire bytes of its packets: the stream's input once it is announced.
     pub(super) bytes_in: u64,
+    /// Sequence number of its last packet.
+    last_sequence: Option<u16>,
+    /// The last packet's sequence number followed the one before.
+    in_sequence: bool,
+    /// Plausible audio frames in a row (of one codec, in sequence), held until there are
+    /// [`AUDIO_CONFIRM_FRAMES`].
+    held_audio: Vec<jt1078::Frame>,
 }
 
 /// What a candidate's frame means for its stream.
@@ -58,6 +78,9 @@ impl Candidate {
             opened: Instant::now(),
             proven: false,
             bytes_in: 0,
+            last_sequence: None,
+            in_sequence: false,
+            held_audio: Vec::new(),
         }
     }
 
@@ -68,7 +91,20 @@ impl Candidate {
         sequence: &ConnectionSequence,
     ) -> Option<jt1078::Frame> {
         self.bytes_in += packet.encoded_len() as u64;
+        self.in_sequence = self.last_sequence.is_some_and(|last| {
+            (1..=MAX_SEQUENCE_STEP).contains(&packet.sequence.wrapping_sub(last))
+        });
+        self.last_sequence = Some(packet.sequence);
         self.reassembler.push_on(packet, sequence)
+    }
+
+    /// The frames to publish when `frame` got the stream admitted: the held audio run
+    /// (which ends with `frame`) for audio, else `frame`.
+    pub(super) fn admitted_frames(&mut self, frame: jt1078::Frame) -> Vec<jt1078::Frame> {
+        if frame.data_type == DataType::Audio && !self.held_audio.is_empty() {
+            return std::mem::take(&mut self.held_audio);
+        }
+        vec![frame]
     }
 
     /// Judges a frame this candidate completed. `live` is what the hub knows of the stream
@@ -81,12 +117,7 @@ impl Candidate {
         let codec = Codec::from(frame.payload_type);
         let (well_formed, starts_video) = match frame.data_type {
             DataType::Transparent => (false, false),
-            DataType::Audio => (
-                codec.is_plausible_audio_frame(&super::connection::strip_hisilicon_header(
-                    frame.data.clone(),
-                )),
-                false,
-            ),
+            DataType::Audio => (self.confirms_audio(codec, frame), false),
             DataType::IFrame | DataType::PFrame | DataType::BFrame => {
                 let starts = self.starts_decoding(codec, &frame.data);
                 (starts, starts)
@@ -100,6 +131,32 @@ impl Candidate {
             Some(info) if info.video.is_some() && !starts_video => Verdict::AwaitKeyFrame,
             _ => Verdict::Admitted,
         }
+    }
+
+    /// Adds `frame` to the run of plausible audio (or starts the run again); whether the
+    /// run is long enough to announce the stream.
+    fn confirms_audio(&mut self, codec: Codec, frame: &jt1078::Frame) -> bool {
+        let plausible = codec.is_plausible_audio_frame(&super::connection::strip_hisilicon_header(
+            frame.data.clone(),
+        ));
+        let continues = self.in_sequence
+            && self
+                .held_audio
+                .last()
+                .is_some_and(|last| last.payload_type == frame.payload_type);
+        if !continues {
+            self.held_audio.clear();
+        }
+        if !plausible {
+            return false;
+        }
+        if self.held_audio.len() >= AUDIO_CONFIRM_FRAMES {
+            // a run already confirmed that waits (for a key frame to take over): keep the
+            // latest frames only
+            self.held_audio.remove(0);
+        }
+        self.held_audio.push(frame.clone());
+        self.held_audio.len() >= AUDIO_CONFIRM_FRAMES
     }
 
     /// Remembers the parameter sets of a video frame; whether a decoder can start at it.
@@ -158,6 +215,82 @@ mod tests {
         au
     }
 
+    /// Judges [`AUDIO_CONFIRM_FRAMES`] copies of `audio` as if their packets came in
+    /// sequence; every verdict but the last must be `Refused`.
+    fn judge_run(
+        c: &mut Candidate,
+        audio: &jt1078::Frame,
+        live: impl Fn(&StreamKey) -> Option<MediaInfo>,
+    ) -> Verdict {
+        for i in 1..AUDIO_CONFIRM_FRAMES {
+            c.in_sequence = i > 1;
+            assert_eq!(c.judge(audio, &live), Verdict::Refused, "frame {i}");
+        }
+        c.in_sequence = true;
+        c.judge(audio, &live)
+    }
+
+    #[test]
+    fn audio_alone_needs_a_run_of_frames_in_sequence() {
+        let audio = frame(DataType::Audio, PayloadType::G711A, &[0xd5; 160]);
+        let mut c = candidate();
+        assert_eq!(judge_run(&mut c, &audio, |_| None), Verdict::Admitted);
+        assert_eq!(
+            c.admitted_frames(audio.clone()).len(),
+            AUDIO_CONFIRM_FRAMES,
+            "none lost"
+        );
+        // a packet out of sequence starts the run again
+        let mut c = candidate();
+        for _ in 0..AUDIO_CONFIRM_FRAMES * 2 {
+            c.in_sequence = false;
+            assert_eq!(c.judge(&audio, |_| None), Verdict::Refused);
+        }
+        // so does a change of codec
+        let mut c = candidate();
+        let mulaw = frame(DataType::Audio, PayloadType::G711U, &[0xff; 160]);
+        for i in 0..AUDIO_CONFIRM_FRAMES * 2 {
+            c.in_sequence = true;
+            let f = if i % 2 == 0 { &audio } else { &mulaw };
+            assert_eq!(c.judge(f, |_| None), Verdict::Refused);
+        }
+        assert!(!c.proven);
+    }
+
+    #[test]
+    fn sequence_numbers_follow_within_a_step() {
+        let audio = frame(DataType::Audio, PayloadType::G711A, &[0xd5; 160]);
+        let packet = |sequence: u16| jt1078::Packet {
+            marker: true,
+            payload_type: audio.payload_type,
+            sequence,
+            sim: audio.sim,
+            channel: audio.channel,
+            data_type: DataType::Audio,
+            subpackage: jt1078::Subpackage::Atomic,
+            timestamp: Some(0),
+            last_iframe_interval: None,
+            last_frame_interval: None,
+            body: audio.data.clone(),
+        };
+        let shared = ConnectionSequence::default();
+        let mut c = candidate();
+        for (sequence, follows) in [
+            (7, false),
+            (8, true),
+            (40, true),
+            (39, false),
+            (39, false),
+            (2000, false),
+            (2001, true),
+            (u16::MAX, false),
+            (3, true),
+        ] {
+            c.push(packet(sequence), &shared);
+            assert_eq!(c.in_sequence, follows, "{sequence}");
+        }
+    }
+
     #[test]
     fn garbage_video_and_audio_are_refused() {
         let mut c = candidate();
@@ -199,7 +332,7 @@ mod tests {
         assert_eq!(c.parameter_sets.resolution(), Some((64, 48)));
         let mut c = candidate();
         let audio = frame(DataType::Audio, PayloadType::G711A, &[0xd5; 160]);
-        assert_eq!(c.judge(&audio, |_| None), Verdict::Admitted);
+        assert_eq!(judge_run(&mut c, &audio, |_| None), Verdict::Admitted);
         assert!(c.proven);
     }
 
@@ -213,7 +346,7 @@ mod tests {
             })
         };
         let audio = frame(DataType::Audio, PayloadType::G711A, &[0xd5; 160]);
-        assert_eq!(c.judge(&audio, live), Verdict::AwaitKeyFrame);
+        assert_eq!(judge_run(&mut c, &audio, live), Verdict::AwaitKeyFrame);
         let p_frame = frame(DataType::PFrame, PayloadType::H264, &[0, 0, 1, 0x41, 0x9a]);
         assert_eq!(c.judge(&p_frame, live), Verdict::Refused);
         let key = frame(DataType::IFrame, PayloadType::H264, &key_frame(&SPS_64X48));
@@ -226,6 +359,6 @@ mod tests {
                 ..MediaInfo::default()
             })
         };
-        assert_eq!(c.judge(&audio, audio_only), Verdict::Admitted);
+        assert_eq!(judge_run(&mut c, &audio, audio_only), Verdict::Admitted);
     }
 }

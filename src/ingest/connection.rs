@@ -41,6 +41,8 @@ pub(crate) struct ConnectionLimits {
     pub(crate) max_body: usize,
     pub(crate) max_frame: usize,
     pub(crate) merge_read: Duration,
+    /// `ingest.max_channel`: packets of channel 0 or above it are skipped.
+    pub(crate) max_channel: u8,
 }
 
 pub(crate) struct Connection {
@@ -241,12 +243,16 @@ impl Connection {
 
     /// Starts following the channel `packet` names (announcing nothing yet); where it is
     /// in `channels`, or `None` when the connection carries [`MAX_CHANNELS`] that have all
-    /// announced their streams.
+    /// announced their streams, or the channel is no logical channel (0, or above
+    /// `ingest.max_channel`; JT/T 1076 numbers them 1 to 37).
     fn open_channel(
         &self,
         channels: &mut Vec<ChannelEntry>,
         packet: &jt1078::Packet,
     ) -> Option<usize> {
+        if packet.channel == 0 || packet.channel > self.limits.max_channel {
+            return None;
+        }
         if channels.len() >= MAX_CHANNELS {
             let oldest = channels.iter().position(|c| !c.is_proven())?;
             channels.remove(oldest);
@@ -294,8 +300,11 @@ impl ChannelEntry {
         match candidate.judge(&frame, |key| hub.live_media(key)) {
             Verdict::Refused | Verdict::AwaitKeyFrame => candidate.proven,
             Verdict::Admitted => {
+                let frames = candidate.admitted_frames(frame);
                 self.announce(hub);
-                self.publish(frame, now);
+                for frame in frames {
+                    self.publish(frame, now);
+                }
                 true
             }
         }

@@ -48,6 +48,7 @@ impl IngestServer {
                 idle_timeout: settings.idle_timeout,
                 max_body: settings.max_body.get(),
                 max_frame: settings.max_frame.get(),
+                max_channel: settings.max_channel,
                 // longer would let a device's data pile up past what its socket holds; and a
                 // connection read less often than its idle timeout would look idle
                 merge_read: settings

@@ -7,7 +7,9 @@
 //! device left, or the playback finished), so the connection can serve another request;
 //! an HTTP/1.0 response is close-delimited. `HEAD` answers the headers only, at once
 //! (200 if the stream is live, else 404), and starts no pull. [`FlvMuxer`] is the pure
-//! part: hub frames in, FLV bytes out.
+//! part: hub frames in, FLV bytes out. With `http.play_secret` set, a play (`HEAD` too)
+//! without a valid signature is answered 403 with the reason before anything else
+//! (`auth::PlayAccess`). Limits count the client address `http.trusted_proxies` resolve.
 //!
 //! Two ways in, same bytes out:
 //! - **Direct** ([`FlvPlayer::play`]): a connection whose request is a play is handed over
@@ -17,12 +19,12 @@
 //!   after a request hyper served goes through axum as a streamed body, read from a hub
 //!   [`Reader`].
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
@@ -36,6 +38,7 @@ use tracing::{debug, info};
 use super::flv_direct::{Ended, Framing, client_left, serve_direct};
 pub use super::flv_mux::FlvMuxer;
 use super::viewer_limits::{Refused, ViewerLimits};
+use crate::auth::{ClientAddr, Forwarding, PlayAccess, TrustedProxies};
 use crate::config::HttpSettings;
 use crate::hub::{Hub, Reader};
 use crate::media::{AudioMode, Channel, DeviceId, StreamKey, StreamKind, echo};
@@ -58,6 +61,8 @@ pub struct FlvPlayer {
     merge_write: Duration,
     limits: ViewerLimits,
     audio: AudioMode,
+    plays: PlayAccess,
+    trusted: TrustedProxies,
 }
 
 /// A play request, recognised from its request head.
@@ -65,10 +70,15 @@ pub struct FlvPlayer {
 pub struct PlayRequest {
     kind: StreamKind,
     file: String,
+    /// The URL's path (what a signature signs) and query.
+    path: String,
+    query: Option<String>,
     head_only: bool,
     http10: bool,
     /// The client asked to close after this response (`Connection: close`).
     close: bool,
+    /// `Forwarded` / `X-Forwarded-For`, for a request from a trusted proxy.
+    forwarding: Forwarding,
 }
 
 /// What a direct play left of the connection.
@@ -91,7 +101,10 @@ impl PlayRequest {
             "HEAD" => true,
             _ => return None,
         };
-        let path = path.split_once('?').map_or(path, |(path, _)| path);
+        let (path, query) = match path.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (path, None),
+        };
         let (kind, file) = if let Some(file) = path.strip_prefix("/live/") {
             (StreamKind::Live, file)
         } else {
@@ -103,10 +116,18 @@ impl PlayRequest {
         Some(PlayRequest {
             kind,
             file: file.to_owned(),
+            path: path.to_owned(),
+            query: query.map(str::to_owned),
             head_only,
             http10,
             close,
+            forwarding: Forwarding::default(),
         })
+    }
+
+    /// Records a request header (only the forwarding ones are kept).
+    pub fn add_header(&mut self, name: &str, value: &[u8]) {
+        self.forwarding.add_header(name, value);
     }
 
     fn version(&self) -> &'static str {
@@ -129,11 +150,13 @@ impl FlvPlayer {
             // a viewer sleeping longer could overrun its queue (`hub.reader_queue` frames)
             merge_write: settings.flv_merge_write.min(MAX_MERGE),
             limits: ViewerLimits::new(settings),
+            plays: PlayAccess::new(settings),
+            trusted: TrustedProxies::new(&settings.trusted_proxies),
         }
     }
 
     /// The routes for plays that reach the router (see the module docs). A request
-    /// carries the client's address as [`ConnectInfo`] when the listener adds it.
+    /// carries the client's address as [`ClientAddr`] when the listener adds it.
     pub fn routes(&self) -> Router {
         Router::new()
             .route("/live/{file}", get(play_live).head(head_live))
@@ -152,6 +175,9 @@ impl FlvPlayer {
     ) -> std::io::Result<AfterPlay> {
         let version = request.version();
         let mut pending = pending;
+        if let Err(denied) = self.plays.check(&request.path, request.query.as_deref()) {
+            return respond(socket, &request, pending, 403, &format!("{denied}\n")).await;
+        }
         let key = match parse_stream_file(&request.file, request.kind) {
             Ok(key) => key,
             Err(message) => {
@@ -164,7 +190,10 @@ impl FlvPlayer {
             socket.write_all(head.as_bytes()).await?;
             return Ok(kept_alive(socket, &request, pending));
         }
-        let client = socket.peer_addr().ok().map(|addr| addr.ip());
+        let client = socket
+            .peer_addr()
+            .ok()
+            .map(|addr| self.trusted.client(addr.ip(), &request.forwarding));
         let reader = {
             let wait = self.subscribe(&key, client);
             tokio::select! {
@@ -180,7 +209,7 @@ impl FlvPlayer {
                 return respond(socket, &request, pending, refused.status, &refused.message).await;
             }
         };
-        info!(stream = %key, "flv viewer joined");
+        info!(stream = %key, client = ?client, "flv viewer joined");
         // a fixed send buffer: what a viewer falls behind waits in its backlog, where the
         // limits see it, not in a kernel buffer autotuned to megabytes per viewer
         if let Err(error) = socket2::SockRef::from(&socket).set_send_buffer_size(VIEWER_SEND_BUFFER)
@@ -303,30 +332,46 @@ async fn respond(
 
 async fn play_live(
     player: State<FlvPlayer>,
-    client: Option<Extension<ConnectInfo<SocketAddr>>>,
+    client: Option<Extension<ClientAddr>>,
+    uri: Uri,
     file: Path<String>,
 ) -> Response {
-    play(player, client, file, StreamKind::Live).await
+    play(player, client, uri, file, StreamKind::Live).await
 }
 
 async fn play_playback(
     player: State<FlvPlayer>,
-    client: Option<Extension<ConnectInfo<SocketAddr>>>,
+    client: Option<Extension<ClientAddr>>,
+    uri: Uri,
     file: Path<String>,
 ) -> Response {
-    play(player, client, file, StreamKind::Playback).await
+    play(player, client, uri, file, StreamKind::Playback).await
 }
 
-async fn head_live(player: State<FlvPlayer>, file: Path<String>) -> Response {
-    head(player, file, StreamKind::Live)
+async fn head_live(player: State<FlvPlayer>, uri: Uri, file: Path<String>) -> Response {
+    head(player, &uri, file, StreamKind::Live)
 }
 
-async fn head_playback(player: State<FlvPlayer>, file: Path<String>) -> Response {
-    head(player, file, StreamKind::Playback)
+async fn head_playback(player: State<FlvPlayer>, uri: Uri, file: Path<String>) -> Response {
+    head(player, &uri, file, StreamKind::Playback)
+}
+
+/// 403 with the reason when `uri` is not a signed play URL (and plays need one).
+fn unsigned_refusal(player: &FlvPlayer, uri: &Uri) -> Option<Response> {
+    let denied = player.plays.check(uri.path(), uri.query()).err()?;
+    Some((StatusCode::FORBIDDEN, format!("{denied}\n")).into_response())
 }
 
 /// `HEAD` of a play URL: the play's headers if the stream is live, else 404; no wait.
-fn head(State(player): State<FlvPlayer>, Path(file): Path<String>, kind: StreamKind) -> Response {
+fn head(
+    State(player): State<FlvPlayer>,
+    uri: &Uri,
+    Path(file): Path<String>,
+    kind: StreamKind,
+) -> Response {
+    if let Some(refused) = unsigned_refusal(&player, uri) {
+        return refused;
+    }
     match parse_stream_file(&file, kind) {
         Ok(key) if player.hub.is_live(&key) => flv_headers(Body::empty()),
         Ok(key) => (StatusCode::NOT_FOUND, format!("stream {key} is not live\n")).into_response(),
@@ -354,15 +399,19 @@ fn flv_headers(body: Body) -> Response {
 
 async fn play(
     State(player): State<FlvPlayer>,
-    client: Option<Extension<ConnectInfo<SocketAddr>>>,
+    client: Option<Extension<ClientAddr>>,
+    uri: Uri,
     Path(file): Path<String>,
     kind: StreamKind,
 ) -> Response {
+    if let Some(refused) = unsigned_refusal(&player, &uri) {
+        return refused;
+    }
     let key = match parse_stream_file(&file, kind) {
         Ok(key) => key,
         Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
     };
-    let client = client.map(|Extension(ConnectInfo(addr))| addr.ip());
+    let client = client.map(|Extension(ClientAddr(ip))| ip);
     let reader = match player.subscribe(&key, client).await {
         Ok(reader) => reader,
         Err(refused) => {
@@ -371,7 +420,7 @@ async fn play(
             return (status, refused.message).into_response();
         }
     };
-    info!(stream = %key, "flv viewer joined");
+    info!(stream = %key, client = ?client, "flv viewer joined");
     let muxer = FlvMuxer::new(reader.info(), reader.audio_mode());
     let merge = player.merge_write;
     let body = stream::unfold((reader, muxer), move |(mut reader, mut muxer)| async move {

@@ -6,6 +6,11 @@
 //! task writes each frame itself (see `output::http_flv`). The request head is read here
 //! with `httparse` (hyper's own parser) and, for everything else, handed to hyper
 //! together with the bytes already read, so the router sees the connection untouched.
+//!
+//! Over HTTPS (`http.tls_cert`) every request goes through hyper, plays included (the
+//! routed path of `output::http_flv`): the direct path writes to a plain TCP socket.
+//! Every routed request carries the peer as axum's `ConnectInfo` and the client it is
+//! attributed to (`http.trusted_proxies`) as [`ClientAddr`].
 
 use std::io::Cursor;
 use std::net::SocketAddr;
@@ -18,14 +23,16 @@ use bytes::BytesMut;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
 use super::http_flv::{AfterPlay, FlvPlayer, PlayRequest};
+use crate::auth::{ClientAddr, Forwarding, TrustedProxies};
 
 /// Longest request head read before routing (hyper's default limit is larger, but the
 /// gateway's requests are short; a longer head goes to hyper, which answers it).
@@ -33,6 +40,17 @@ const MAX_HEAD: usize = 16 * 1024;
 
 /// Pause after a failed accept (out of file descriptors): retrying at once would spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// How the listener treats connections.
+#[derive(Clone)]
+pub struct ServeOptions {
+    /// `http.head_timeout` (also the TLS handshake's limit).
+    pub head_timeout: Duration,
+    /// HTTPS: the acceptor of `http.tls_cert`.
+    pub tls: Option<TlsAcceptor>,
+    /// `http.trusted_proxies`.
+    pub trusted: TrustedProxies,
+}
 
 /// Serves `router` and direct FLV plays on `listener` until `shutdown`; then stops
 /// accepting, lets requests in flight finish and ends every play. A client that sends no
@@ -44,7 +62,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     player: FlvPlayer,
-    head_timeout: Duration,
+    options: ServeOptions,
     shutdown: CancellationToken,
 ) {
     let router = router.fallback(unknown_path);
@@ -62,11 +80,16 @@ pub async fn serve(
             () = shutdown.cancelled() => break,
         };
         let (router, player, shutdown) = (router.clone(), player.clone(), shutdown.clone());
+        let options = options.clone();
         connections.spawn(async move {
-            if let Err(error) =
-                connection(socket, peer, router, player, head_timeout, shutdown).await
-            {
-                debug!(%error, "http connection ended with an error");
+            let result = match options.tls.clone() {
+                Some(acceptor) => {
+                    tls_connection(socket, peer, acceptor, router, &options, shutdown).await
+                }
+                None => connection(socket, peer, router, player, &options, shutdown).await,
+            };
+            if let Err(error) = result {
+                debug!(%error, %peer, "http connection ended with an error");
             }
         });
     }
@@ -109,7 +132,13 @@ fn parse_head(buf: &[u8]) -> Head {
                     && std::str::from_utf8(h.value)
                         .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
             });
-            Head::Complete(PlayRequest::parse(method, path, http10, close), len)
+            let mut play = PlayRequest::parse(method, path, http10, close);
+            if let Some(play) = &mut play {
+                for header in request.headers.iter() {
+                    play.add_header(header.name, header.value);
+                }
+            }
+            Head::Complete(play, len)
         }
         Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => Head::Partial,
         Ok(httparse::Status::Partial) | Err(_) => Head::Invalid,
@@ -145,9 +174,10 @@ async fn connection(
     peer: SocketAddr,
     router: Router,
     player: FlvPlayer,
-    head_timeout: Duration,
+    options: &ServeOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let head_timeout = options.head_timeout;
     // Nagle stays on: a viewer's small frames (audio) written while earlier ones are not
     // yet acknowledged leave together. Under load that is a sixth less CPU (1,000 streams:
     // 55.6 -> 45.1 %) with no added latency at low load (docs/benchmarks.md).
@@ -173,13 +203,55 @@ async fn connection(
             }
         }
     }
-    // handlers that check who calls (the SRS hooks, cold-pull limits) see the peer as
-    // axum's ConnectInfo
     // hyper reads the bytes already taken first, then the socket
     let (read, write) = socket.into_split();
     let io = tokio::io::join(Cursor::new(buf.freeze()).chain(read), write);
+    serve_routed(io, peer, router, options, shutdown).await
+}
+
+/// An HTTPS connection: the TLS handshake (within `http.head_timeout`), then hyper.
+async fn tls_connection(
+    socket: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    router: Router,
+    options: &ServeOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let handshake = tokio::select! {
+        handshake = tokio::time::timeout(options.head_timeout, acceptor.accept(socket)) => handshake,
+        () = shutdown.cancelled() => return Ok(()),
+    };
+    let Ok(stream) = handshake else {
+        debug!(%peer, "TLS handshake timed out");
+        return Ok(());
+    };
+    serve_routed(stream?, peer, router, options, shutdown).await
+}
+
+/// Serves `io` with hyper and the router until the client leaves or `shutdown`.
+async fn serve_routed<I>(
+    io: I,
+    peer: SocketAddr,
+    router: Router,
+    options: &ServeOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let head_timeout = options.head_timeout;
+    // handlers that check who calls see the peer as axum's ConnectInfo (the SRS hooks)
+    // and the client behind trusted proxies as ClientAddr (limits, logs, the API guard)
+    let trusted = options.trusted.clone();
     let router = router.map_request(move |mut request: hyper::Request<Incoming>| {
+        let client = if trusted.trusts(peer.ip()) {
+            trusted.client(peer.ip(), &Forwarding::from_headers(request.headers()))
+        } else {
+            peer.ip()
+        };
         request.extensions_mut().insert(ConnectInfo(peer));
+        request.extensions_mut().insert(ClientAddr(client));
         request
     });
     let service = TowerToHyperService::new(router);

@@ -8,5 +8,6 @@ pub mod http_flv;
 pub mod http_serve;
 mod interleave;
 pub mod rtmp_push;
+pub mod tls;
 mod viewer_limits;
 pub mod webrtc;

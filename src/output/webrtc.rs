@@ -510,7 +510,7 @@ impl WebRtc {
 
     /// Bearer token WHEP requests must carry (empty: none).
     pub(crate) fn whep_token(&self) -> &str {
-        &self.inner.settings.whep_token
+        self.inner.settings.whep_token.expose()
     }
 
     /// `Access-Control-Allow-Origin` for WHEP.

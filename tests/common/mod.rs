@@ -33,6 +33,8 @@ pub(crate) struct Gateway {
     pub(crate) hub: Hub,
     /// Changes when the WebRTC side's addresses change (STUN answers, TURN allocations).
     pub(crate) webrtc_changes: tokio::sync::watch::Receiver<u64>,
+    /// Changes after each reload of the HTTPS certificate (SIGHUP).
+    pub(crate) tls_reloads: tokio::sync::watch::Receiver<u64>,
     cancel: CancellationToken,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -67,12 +69,14 @@ impl Gateway {
         let addrs = app.local_addrs().expect("addrs");
         let hub = app.hub();
         let webrtc_changes = app.webrtc_changes();
+        let tls_reloads = app.tls_reloads();
         let cancel = CancellationToken::new();
         let task = tokio::spawn(app.run(cancel.clone()));
         Gateway {
             addrs,
             hub,
             webrtc_changes,
+            tls_reloads,
             cancel,
             task: Some(task),
         }

@@ -88,7 +88,7 @@ impl Control {
             channel: Some(key.channel.0),
             kind: Some(key.kind),
             state: state.map(str::to_owned),
-            urls: Some(self.urls(key)),
+            urls: Some(self.signed_urls(key)),
             lease_secs,
             rtmp,
             code: None,
@@ -97,10 +97,22 @@ impl Control {
         self.publish_json(&self.topics.reply(seqid, "OK"), &reply, false);
     }
 
+    /// The play URLs of `key` for a reply: signed for `http.play_ttl` when plays need a
+    /// signature.
+    pub(super) fn signed_urls(&self, key: &StreamKey) -> PlayUrls {
+        let PlayUrls { flv } = self.urls(key);
+        PlayUrls {
+            flv: self.ctx.plays.sign(&flv),
+        }
+    }
+
+    /// The play URLs of `key`, unsigned: for retained status (a signature there would
+    /// outlive its expiry).
     pub(super) fn urls(&self, key: &StreamKey) -> PlayUrls {
         PlayUrls {
             flv: format!(
-                "http://{}:{}/{}/{}.flv",
+                "{}://{}:{}/{}/{}.flv",
+                self.ctx.http_scheme,
                 self.ctx.public_host,
                 self.ctx.http_port,
                 key.kind,

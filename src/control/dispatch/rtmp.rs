@@ -72,12 +72,23 @@ impl RtmpControl {
         fill(template, key, None)
     }
 
-    /// The play URLs of a push of `key` to `target`.
-    fn play_urls(&self, key: &StreamKey, target: &RtmpTarget) -> BTreeMap<String, String> {
+    /// The play URLs of a push of `key` to `target`, signed over `/{app}/{stream}` (the
+    /// path the SRS bridge checks on on_play, whatever the URL's own path) when plays need
+    /// a signature.
+    fn play_urls(
+        &self,
+        key: &StreamKey,
+        target: &RtmpTarget,
+        plays: &crate::auth::PlayAccess,
+    ) -> BTreeMap<String, String> {
+        let stream_path = format!("/{}/{}", target.app, target.stream_name());
         self.settings
             .play_urls
             .iter()
-            .map(|(name, template)| (name.clone(), fill(template, key, Some(target))))
+            .map(|(name, template)| {
+                let url = fill(template, key, Some(target));
+                (name.clone(), plays.sign_as(&url, &stream_path))
+            })
             .collect()
     }
 
@@ -126,7 +137,7 @@ impl Control {
         }
         info!(stream = %key, requester = ?requester, url, state, "rtmp push requested");
         let rtmp = RtmpReply {
-            play_urls: self.rtmp.play_urls(&key, &target),
+            play_urls: self.rtmp.play_urls(&key, &target, &self.ctx.plays),
             url,
             error: None,
         };

@@ -57,7 +57,7 @@ impl Control {
                 message: format!(
                     "WebRTC is disabled on this gateway (webrtc.enabled = false); play the \
                      stream over HTTP-FLV instead: {}",
-                    self.urls(&key).flv
+                    self.signed_urls(&key).flv
                 ),
                 seqid: Some(seqid),
             });

@@ -4,24 +4,28 @@
 //! `webrtc.whep_token` set, requests must carry `Authorization: Bearer {token}`.
 //! Trickle ICE (`PATCH`) is not needed: the answer carries every candidate of the gateway
 //! (ICE-lite), and the browser's own are learnt from its checks; `PATCH` answers 405.
+//! With `http.play_secret` set, the `POST` URL must be signed (`auth::PlayAccess`, path
+//! `/whep/{kind}/{device}_{channel}`): 403 with the reason otherwise.
 
+use axum::Extension;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 
 use super::{Offer, Refusal, WebRtc};
+use crate::auth::PlayAccess;
 use crate::media::StreamKind;
 use crate::output::http_flv::parse_stream_name;
 
 /// Largest SDP offer read (browsers send 3 to 10 KB).
 const MAX_OFFER: usize = 64 * 1024;
 
-/// The WHEP routes, and `GET /api/webrtc` (the sessions running).
-pub fn routes(webrtc: WebRtc) -> Router {
+/// The WHEP routes; `plays` says whether a `POST` needs a signed URL.
+pub fn routes(webrtc: WebRtc, plays: PlayAccess) -> Router {
     Router::new()
         .route(
             "/whep/{kind}/{stream}",
@@ -31,6 +35,13 @@ pub fn routes(webrtc: WebRtc) -> Router {
             "/whep/session/{id}",
             delete(remove).options(preflight).patch(no_trickle),
         )
+        .layer(Extension(plays))
+        .with_state(webrtc)
+}
+
+/// `GET /api/webrtc`: the sessions running (guarded with the rest of `/api/*` by `app`).
+pub fn api_routes(webrtc: WebRtc) -> Router {
+    Router::new()
         .route("/api/webrtc", axum::routing::get(sessions))
         .with_state(webrtc)
 }
@@ -106,10 +117,15 @@ fn authorised(webrtc: &WebRtc, headers: &HeaderMap) -> bool {
 
 async fn create(
     State(webrtc): State<WebRtc>,
+    Extension(plays): Extension<PlayAccess>,
+    uri: Uri,
     Path((kind, stream)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Err(denied) = plays.check(uri.path(), uri.query()) {
+        return text(&webrtc, StatusCode::FORBIDDEN, format!("{denied}\n"));
+    }
     if !authorised(&webrtc, &headers) {
         let mut response = text(
             &webrtc,
