@@ -185,6 +185,127 @@ pub struct MqttSettings {
     /// MQTT keep-alive.
     #[serde(with = "humantime_serde")]
     pub keep_alive: Duration,
+    /// Embedded broker: who may connect without a user name.
+    pub allow_anonymous: AllowAnonymous,
+    /// Embedded broker: named users.
+    pub users: Vec<MqttUser>,
+    /// Embedded broker: key of the devices' HMAC passwords (empty = no device logins).
+    pub device_secret: BrokerSecret,
+    /// Embedded broker: MQTT over TLS listener (empty = none).
+    #[serde(deserialize_with = "empty_is_none")]
+    pub embedded_tls_listen: Option<SocketAddr>,
+    /// Embedded broker: MQTT over secure WebSocket listener (empty = none).
+    #[serde(deserialize_with = "empty_is_none")]
+    pub embedded_wss_listen: Option<SocketAddr>,
+    /// PEM certificate chain of the TLS listeners.
+    pub tls_cert: String,
+    /// PEM private key of the TLS listeners.
+    pub tls_key: String,
+}
+
+/// `mqtt.allow_anonymous`: `"loopback"`, `true` or `false`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllowAnonymous {
+    /// Only from 127.0.0.0/8 and ::1 (the default).
+    Loopback,
+    /// From anywhere (`true`).
+    Always,
+    /// Never (`false`).
+    Never,
+}
+
+impl Serialize for AllowAnonymous {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            AllowAnonymous::Loopback => serializer.serialize_str("loopback"),
+            AllowAnonymous::Always => serializer.serialize_bool(true),
+            AllowAnonymous::Never => serializer.serialize_bool(false),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for AllowAnonymous {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Bool(bool),
+            Text(String),
+        }
+        match Form::deserialize(deserializer)? {
+            Form::Bool(true) => Ok(AllowAnonymous::Always),
+            Form::Bool(false) => Ok(AllowAnonymous::Never),
+            Form::Text(text) => match text.trim().to_ascii_lowercase().as_str() {
+                "loopback" => Ok(AllowAnonymous::Loopback),
+                "true" => Ok(AllowAnonymous::Always),
+                "false" => Ok(AllowAnonymous::Never),
+                other => Err(serde::de::Error::custom(format!(
+                    "{other:?}: expected \"loopback\", true or false"
+                ))),
+            },
+        }
+    }
+}
+
+/// One of `[[mqtt.users]]`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MqttUser {
+    /// User name.
+    pub name: String,
+    /// argon2id PHC string (`jt1078-gateway hash-password`).
+    pub password_hash: BrokerSecret,
+    /// What the user may do.
+    pub role: crate::control::access::Role,
+}
+
+/// A secret of the broker's configuration (`mqtt.device_secret`, a user's
+/// `password_hash`): `Debug` and serialisation (`print-config`) show `<redacted>`.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct BrokerSecret(String);
+
+impl BrokerSecret {
+    /// Wraps a secret.
+    pub fn new(secret: String) -> BrokerSecret {
+        BrokerSecret(secret)
+    }
+
+    /// The secret itself, for the code that checks it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for BrokerSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("\"\"")
+        } else {
+            f.write_str("<redacted>")
+        }
+    }
+}
+
+impl Serialize for BrokerSecret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(if self.0.is_empty() { "" } else { "<redacted>" })
+    }
+}
+
+/// An address, or none when empty.
+fn empty_is_none<'de, D>(deserializer: D) -> Result<Option<SocketAddr>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let text = String::deserialize(deserializer)?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("{text:?}: {e}")))
 }
 
 /// `[control]`

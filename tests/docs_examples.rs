@@ -56,7 +56,19 @@ async fn every_mosquitto_pub_example_in_the_mqtt_docs_is_answered() {
     assert!(commands.len() >= 8, "found {} examples", commands.len());
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let _gateway = Gateway::start(&[("JTGW__MQTT__EMBEDDED_LISTEN", &listen)]).await;
+    // the users and device secret of the "Authentication" examples
+    let dir = TempDir::new("docs-examples");
+    let config = dir.path("gateway.toml");
+    let hash = jt1078_gateway::cli::hash_password("backend-password").unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[mqtt]\ndevice_secret = \"s3cret\"\n[[mqtt.users]]\nname = \"backend\"\npassword_hash = {hash:?}\nrole = \"backend\"\n"
+        ),
+    )
+    .unwrap();
+    let _gateway =
+        Gateway::start_from(Some(&config), &[("JTGW__MQTT__EMBEDDED_LISTEN", &listen)]).await;
     let mut client = TestClient::connect(
         port,
         &[
