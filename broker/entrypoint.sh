@@ -4,6 +4,7 @@
 #   jt1078-gateway  the gateway itself (JT1078_MQTT_PASSWORD)
 #   backend         a fleet backend (BACKEND_MQTT_PASSWORD)
 #   viewer          browser pages (VIEWER_MQTT_PASSWORD, optional)
+#   admin           an operator, reads and writes everything (ADMIN_MQTT_PASSWORD, optional)
 # plus /mosquitto/config/devices.passwd if present: one `device_id:password` a line
 # (docs/mqtt.md, "Authentication", shows how to make it from mqtt.device_secret).
 set -eu
@@ -16,6 +17,9 @@ printf 'jt1078-gateway:%s\n' "$JT1078_MQTT_PASSWORD" >> "$passwd.new"
 printf 'backend:%s\n' "$BACKEND_MQTT_PASSWORD" >> "$passwd.new"
 if [ -n "${VIEWER_MQTT_PASSWORD:-}" ]; then
   printf 'viewer:%s\n' "$VIEWER_MQTT_PASSWORD" >> "$passwd.new"
+fi
+if [ -n "${ADMIN_MQTT_PASSWORD:-}" ]; then
+  printf 'admin:%s\n' "$ADMIN_MQTT_PASSWORD" >> "$passwd.new"
 fi
 if [ -f /mosquitto/config/devices.passwd ]; then
   grep -v '^[[:space:]]*$' /mosquitto/config/devices.passwd >> "$passwd.new"

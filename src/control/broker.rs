@@ -111,13 +111,18 @@ pub fn start(
                 stream_hook,
             },
         };
+    // plain listeners get a stream hook too, so that their WebSocket handshakes run in
+    // the connection's task (vendor/rumqttd/JT1078-PATCHES.md, patch 5)
+    let plain: StreamHook = Arc::new(|stream: tokio::net::TcpStream| -> Handshake {
+        Box::pin(async move { Ok(Box::new(stream) as Box<dyn rumqttd::access::N>) })
+    });
     let mut v4 = HashMap::from([(
         "v4".to_owned(),
-        server("v4", settings.embedded_listen, None),
+        server("v4", settings.embedded_listen, Some(Arc::clone(&plain))),
     )]);
     let mut ws = HashMap::from([(
         "ws".to_owned(),
-        server("ws", settings.embedded_ws_listen, None),
+        server("ws", settings.embedded_ws_listen, Some(plain)),
     )]);
     let mut listens = vec![
         ("mqtt.embedded_listen", settings.embedded_listen),
