@@ -14,6 +14,11 @@ use jt1078_gateway::config::Settings;
 
 /// `docker-compose -f file ARGS` with no `.env` file, and with the MQTT passwords in
 /// the environment when `passwords`: (success, stdout, stderr).
+#[expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a helper of a test: a failure is a test failure"
+)]
 async fn compose(file: &str, args: &[&str], passwords: bool) -> (bool, String, String) {
     // an empty env file: a .env of the developer's must not change the outcome
     let dir = TempDir::new("compose");

@@ -9,6 +9,12 @@
 //! speaking rumqttc's packet codec over any transport (so that each CONNACK and SUBACK
 //! code can be asserted).
 
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "in a test a failure is a test failure"
+)]
+
 mod common;
 
 use std::path::PathBuf;
