@@ -777,6 +777,47 @@ mod tests {
     }
 
     #[test]
+    fn broker_secrets_never_print() {
+        let env = HashMap::from([(
+            "JTGW__MQTT__DEVICE_SECRET".to_owned(),
+            "very-secret".to_owned(),
+        )]);
+        let mut settings = Settings::load_from(None, Some(env)).unwrap();
+        settings.mqtt.users.push(MqttUser {
+            name: "u".to_owned(),
+            password_hash: BrokerSecret::new("$argon2id$v=19$hash".to_owned()),
+            role: crate::control::access::Role::Admin,
+        });
+        let debug = format!("{settings:?}");
+        let json = serde_json::to_string(&settings).unwrap();
+        for text in [&debug, &json] {
+            assert!(
+                !text.contains("very-secret") && !text.contains("argon2id"),
+                "{text}"
+            );
+            assert!(text.contains("<redacted>"));
+        }
+        assert_eq!(settings.mqtt.device_secret.expose(), "very-secret");
+        assert_eq!(settings.mqtt.allow_anonymous, AllowAnonymous::Loopback);
+    }
+
+    #[test]
+    fn allow_anonymous_takes_loopback_true_or_false() {
+        for (text, expected) in [
+            ("loopback", AllowAnonymous::Loopback),
+            ("true", AllowAnonymous::Always),
+            ("false", AllowAnonymous::Never),
+        ] {
+            let env = HashMap::from([("JTGW__MQTT__ALLOW_ANONYMOUS".to_owned(), text.to_owned())]);
+            let settings = Settings::load_from(None, Some(env)).unwrap();
+            assert_eq!(settings.mqtt.allow_anonymous, expected);
+        }
+        let env = HashMap::from([("JTGW__MQTT__ALLOW_ANONYMOUS".to_owned(), "yes".to_owned())]);
+        let error = format!("{:#}", Settings::load_from(None, Some(env)).unwrap_err());
+        assert!(error.contains("allow_anonymous"), "{error}");
+    }
+
+    #[test]
     fn every_default_key_is_documented() {
         let doc = include_str!("../docs/configuration.md");
         let defaults: HashMap<String, HashMap<String, config::Value>> = Config::builder()

@@ -1078,3 +1078,93 @@ async fn arbitrary_logins_and_topics_are_decided_without_harm() {
     assert_eq!(code, ConnectReturnCode::BadUserNamePassword);
     target.gateway.stop().await;
 }
+
+/// What a login costs, printed for docs/benchmarks.md: a user's first login (one argon2id
+/// verification), the same user again (the verified-credential cache), a device (HMAC)
+/// and an anonymous client, each a whole TCP connection, CONNECT and CONNACK.
+#[tokio::test]
+async fn login_costs() {
+    let target = embedded(&[]).await;
+    let device = device_login(DEVICE);
+    let logins: [(&str, Option<(&str, &str)>); 4] = [
+        (
+            "user, first login (argon2id)",
+            Some(("viewer", "viewer-password")),
+        ),
+        ("user again (cached)", Some(("viewer", "viewer-password"))),
+        (
+            "device (HMAC)",
+            Some((device.0.as_str(), device.1.as_str())),
+        ),
+        ("anonymous from loopback", None),
+    ];
+    for (i, (what, login)) in logins.into_iter().enumerate() {
+        let runs = if i == 0 { 1 } else { 200 };
+        let started = Instant::now();
+        for n in 0..runs {
+            let (code, _) =
+                Client::connect(&target, Transport::Tcp, &format!("cost-{i}-{n}"), login).await;
+            assert_eq!(code, ConnectReturnCode::Success, "{what}");
+        }
+        eprintln!("{what}: {:?} per login", started.elapsed() / runs);
+    }
+    target.gateway.stop().await;
+}
+
+/// The simulator logs in like a device (`--device-secret`): with anonymous clients refused,
+/// two simulated devices each get their own REQPULL and push.
+#[tokio::test]
+async fn simulated_devices_log_in_with_the_device_secret_and_push() {
+    use jt1078_gateway::simulate::Pace;
+    use jt1078_gateway::simulate::mqtt_device::{self, MqttDeviceOptions};
+    let target = embedded(&[("JTGW__MQTT__ALLOW_ANONYMOUS", "false")]).await;
+    let sample =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/sample-h264-g711a.jt1078");
+    let options = MqttDeviceOptions {
+        packets: Arc::new(jt1078_gateway::simulate::load_file(&sample).unwrap()),
+        url: format!("mqtt://127.0.0.1:{}", target.tcp),
+        topic_prefix: "jt1078".to_owned(),
+        devices: vec![
+            DeviceId::parse(DEVICES[0]).unwrap(),
+            DeviceId::parse(DEVICES[1]).unwrap(),
+        ],
+        pace: Pace::Realtime,
+        looping: true,
+        device_secret: Some(SECRET.to_owned()),
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let devices = tokio::spawn(mqtt_device::run(options, cancel.clone()));
+    let (_, backend) = Client::connect(
+        &target,
+        Transport::Tcp,
+        "sim-backend",
+        Some(("backend", "backend-password")),
+    )
+    .await;
+    let mut backend = backend.unwrap();
+    for filter in ["jt1078/client/#", "jt1078/gateway/+/HEART"] {
+        assert!(granted(backend.subscribe(filter).await));
+    }
+    for (i, device) in DEVICES[..2].iter().enumerate() {
+        // logged in and listening once it heartbeats
+        backend
+            .expect(&format!("jt1078/gateway/{device}/HEART"))
+            .await;
+        backend
+            .publish(
+                &format!("jt1078/gateway/{device}/SUBSCRIBE"),
+                &format!(r#"{{"seqid":"sim{i}","client_id":"b","channel":1}}"#),
+            )
+            .await;
+        backend.expect(&format!("jt1078/client/sim{i}/OK")).await;
+        target
+            .gateway
+            .wait_for_stream(&format!("{device} live"), |s| {
+                s.device == *device && s.video_codec.is_some()
+            })
+            .await;
+    }
+    cancel.cancel();
+    devices.await.unwrap().unwrap();
+    target.gateway.stop().await;
+}
