@@ -326,6 +326,17 @@ impl Client {
         client_id: &str,
         login: Option<(&str, &str)>,
     ) -> (ConnectReturnCode, Option<Client>) {
+        Self::connect_with_will(target, transport, client_id, login, None).await
+    }
+
+    /// CONNECTs with a last will on `will` (a topic).
+    async fn connect_with_will(
+        target: &Target,
+        transport: Transport,
+        client_id: &str,
+        login: Option<(&str, &str)>,
+        will: Option<&str>,
+    ) -> (ConnectReturnCode, Option<Client>) {
         let io = open(target, transport).await;
         let mut client = Client {
             io,
@@ -338,6 +349,9 @@ impl Client {
         if let Some((user, password)) = login {
             connect.set_login(user, password);
         }
+        connect.last_will = will.map(|topic| {
+            rumqttc::mqttbytes::v4::LastWill::new(topic, "{}", QoS::AtLeastOnce, false)
+        });
         client.send(Packet::Connect(connect)).await;
         match client.next(WAIT).await {
             Some(Packet::ConnAck(ConnAck { code, .. })) => {
@@ -532,6 +546,37 @@ async fn roles_do_what_they_may_and_nothing_else(target: &Target, transport: Tra
         "jt1078/client/s1/OK".to_owned(),
     ] {
         assert!(!watcher.got(&topic), "{tag}: a device published {topic}");
+    }
+
+    // a last will is a publish made later: on a topic the device may not publish, the
+    // CONNECT is refused (the embedded broker; mosquitto drops such a will when it fires)
+    if target.exact_codes {
+        let (code, _) = Client::connect_with_will(
+            target,
+            transport,
+            &id("will"),
+            Some((&user, &password)),
+            Some(&format!("jt1078/device/{OTHER}/STOP")),
+        )
+        .await;
+        assert_eq!(
+            code,
+            ConnectReturnCode::NotAuthorized,
+            "{tag}: a device's forged will"
+        );
+        let (code, _) = Client::connect_with_will(
+            target,
+            transport,
+            &id("will2"),
+            Some((&user, &password)),
+            Some(&format!("jt1078/gateway/{device_id}/HEART")),
+        )
+        .await;
+        assert_eq!(
+            code,
+            ConnectReturnCode::Success,
+            "{tag}: a device's own will"
+        );
     }
 
     // a device with the HMAC password of another id

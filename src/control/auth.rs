@@ -288,7 +288,22 @@ pub fn is_loopback(ip: IpAddr) -> bool {
     }
 }
 
-/// The brute-force brake: per address, after [`Throttle::FREE`] failures every further
+/// The unit the brake and the log count by: an IPv4 address, or an IPv6 /64 (one
+/// subscriber's network: a guesser there has addresses to spare, not networks).
+fn bucket(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// The brute-force brake: per address (IPv6: per /64), after [`Throttle::FREE`] failures every further
 /// CONNECT from it (right or wrong) waits for a slot; slots are spaced by a delay that
 /// doubles every [`Throttle::DOUBLING`] failures, from 1 ms up to [`Throttle::MAX_DELAY`].
 /// Slots are handed out in turn, so parallel connections from one address gain nothing:
@@ -331,6 +346,7 @@ impl Throttle {
 
     /// A CONNECT from `ip` arrives at `now`: how long it waits.
     pub fn admit(&mut self, ip: IpAddr, now: Instant) -> Admission {
+        let ip = bucket(ip);
         let Some(entry) = self.by_addr.get_mut(&ip) else {
             return Admission::Wait(Duration::ZERO);
         };
@@ -352,6 +368,7 @@ impl Throttle {
 
     /// A CONNECT from `ip` failed at `now`.
     pub fn failed(&mut self, ip: IpAddr, now: Instant) {
+        let ip = bucket(ip);
         if self.by_addr.len() >= Self::SWEEP_AT && !self.by_addr.contains_key(&ip) {
             self.by_addr
                 .retain(|_, f| now.saturating_duration_since(f.last) < Self::FORGET);
@@ -390,6 +407,7 @@ impl RefusalLog {
     /// A refusal of `ip` at `now`: `Some(refusals not logged since the last line)` if
     /// this one is to be logged.
     pub fn record(&mut self, ip: IpAddr, now: Instant) -> Option<u64> {
+        let ip = bucket(ip);
         if self.by_addr.len() >= Throttle::SWEEP_AT {
             self.by_addr
                 .retain(|_, (at, _)| now.saturating_duration_since(*at) < Self::PERIOD);
@@ -582,6 +600,24 @@ mod tests {
             Admission::Wait(Duration::ZERO)
         );
         assert_eq!(Throttle::delay(1_000_000), Throttle::MAX_DELAY);
+    }
+
+    #[test]
+    fn an_ipv6_guesser_gains_nothing_from_the_addresses_of_its_64() {
+        let mut throttle = Throttle::default();
+        let now = Instant::now();
+        for i in 0..Throttle::FREE + 1 {
+            let ip: IpAddr = format!("2001:db8:1:2::{i:x}").parse().unwrap();
+            throttle.failed(ip, now);
+        }
+        let fresh: IpAddr = "2001:db8:1:2:ffff::1".parse().unwrap();
+        let _ = throttle.admit(fresh, now);
+        assert_ne!(throttle.admit(fresh, now), Admission::Wait(Duration::ZERO));
+        let elsewhere: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(
+            throttle.admit(elsewhere, now),
+            Admission::Wait(Duration::ZERO)
+        );
     }
 
     #[test]
