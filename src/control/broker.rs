@@ -86,6 +86,7 @@ pub fn start(
         log: Mutex::new(RefusalLog::default()),
         refusals: Arc::clone(&refusals),
     });
+    tasks.spawn(report_refusals(Arc::clone(&refusals), cancel.clone()));
     let tls = tls_listeners(settings, tasks, cancel)?;
     let connect_hook: ConnectHook = {
         let guard = Arc::clone(&guard);
@@ -220,6 +221,37 @@ pub fn start(
         }
     }
     Ok(broker)
+}
+
+/// Logs, once a minute when they changed, how many logins, publishes and subscriptions
+/// the broker refused (the per-address and per-connection lines say who).
+async fn report_refusals(refusals: Arc<Refusals>, cancel: CancellationToken) {
+    let mut last = [0u64; 3];
+    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(60));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            _ = ticks.tick() => {}
+        }
+        let now = [
+            refusals.connects.load(Ordering::Relaxed),
+            refusals.publishes.load(Ordering::Relaxed),
+            refusals.subscribes.load(Ordering::Relaxed),
+        ];
+        if now != last {
+            info!(
+                connects = now[0] - last[0],
+                publishes = now[1] - last[1],
+                subscribes = now[2] - last[2],
+                total_connects = now[0],
+                total_publishes = now[1],
+                total_subscribes = now[2],
+                "MQTT refusals in the last minute"
+            );
+            last = now;
+        }
+    }
 }
 
 /// What the CONNECT hook and the permissions share.
