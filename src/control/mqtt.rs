@@ -280,6 +280,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_url_may_carry_a_user_and_password() {
+        let options = mqtt_options("mqtt://13800138000:ab:c@d@broker.example:1884", "c").unwrap();
+        let login = options.credentials().unwrap();
+        assert_eq!(
+            (login.username.as_str(), login.password.as_str()),
+            ("13800138000", "ab:c@d")
+        );
+        assert_eq!(
+            options.broker_address(),
+            ("broker.example".to_owned(), 1884)
+        );
+        assert!(
+            mqtt_options("mqtt://127.0.0.1:1883", "c")
+                .unwrap()
+                .credentials()
+                .is_none()
+        );
+    }
+
+    #[test]
     fn reconnect_delays_grow_to_a_cap_and_start_again_after_a_reset() {
         let mut backoff = Backoff::default();
         let delays: Vec<u64> = (0..9)
