@@ -27,4 +27,6 @@ fi
 mosquitto_passwd -U "$passwd.new"
 chown mosquitto:mosquitto "$passwd.new" 2>/dev/null || true
 mv "$passwd.new" "$passwd"
+# the data volume is created by root; mosquitto writes its database there as itself
+chown mosquitto:mosquitto /var/lib/mosquitto 2>/dev/null || true
 exec mosquitto -c /mosquitto/config/mosquitto.conf
