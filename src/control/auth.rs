@@ -303,15 +303,19 @@ fn bucket(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The brute-force brake: per address (IPv6: per /64), after [`Throttle::FREE`] failures every further
-/// CONNECT from it (right or wrong) waits for a slot; slots are spaced by a delay that
-/// doubles every [`Throttle::DOUBLING`] failures, from 1 ms up to [`Throttle::MAX_DELAY`].
-/// Slots are handed out in turn, so parallel connections from one address gain nothing:
-/// 1,000 wrong passwords take about 40 s, the next thousand about half an hour. Failures
-/// are forgotten [`Throttle::FORGET`] after the last one. Other addresses never wait.
+/// The brute-force brake, per address (IPv6: per /64) and user name: after
+/// [`Throttle::FREE`] failures every further CONNECT of that user from that address (right
+/// or wrong) waits for a slot; slots are spaced by a delay that doubles every
+/// [`Throttle::DOUBLING`] failures, from 1 ms up to [`Throttle::MAX_DELAY`]. Slots are
+/// handed out in turn, so parallel connections gain nothing: 1,000 wrong passwords take
+/// about 40 s, the next thousand about half an hour. Failures are forgotten
+/// [`Throttle::FORGET`] after the last one. Other addresses, and the other users of one
+/// address (devices behind one carrier NAT, one of which keeps failing), never wait.
+/// Guessing under many user names gains nothing either: a device's password is a 256-bit
+/// HMAC, and each named user is braked on its own.
 #[derive(Debug, Default)]
 pub struct Throttle {
-    by_addr: HashMap<IpAddr, Failures>,
+    by_login: HashMap<(IpAddr, String), Failures>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -331,27 +335,38 @@ pub enum Admission {
 }
 
 impl Throttle {
-    /// Failures an address has before it waits at all (typos).
+    /// Failures a login has before it waits at all (typos).
     pub const FREE: u32 = 5;
     /// Failures over which the delay doubles.
     pub const DOUBLING: u32 = 128;
-    /// The longest delay between two attempts of one address.
+    /// The longest delay between two attempts of one login.
     pub const MAX_DELAY: Duration = Duration::from_secs(10);
-    /// Longest queue of waiting attempts of one address.
+    /// Longest queue of waiting attempts of one login.
     pub const MAX_QUEUE: Duration = Duration::from_secs(60);
     /// Failures are forgotten this long after the last one.
     pub const FORGET: Duration = Duration::from_secs(600);
-    /// Addresses remembered before the forgotten ones are swept.
+    /// Logins remembered before the forgotten ones are swept.
     const SWEEP_AT: usize = 65_536;
+    /// Bytes of a user name kept in the key.
+    const NAME_BYTES: usize = 64;
 
-    /// A CONNECT from `ip` arrives at `now`: how long it waits.
-    pub fn admit(&mut self, ip: IpAddr, now: Instant) -> Admission {
-        let ip = bucket(ip);
-        let Some(entry) = self.by_addr.get_mut(&ip) else {
+    fn key(ip: IpAddr, user: &str) -> (IpAddr, String) {
+        let mut end = user.len().min(Self::NAME_BYTES);
+        while !user.is_char_boundary(end) {
+            end -= 1;
+        }
+        (bucket(ip), user.get(..end).unwrap_or_default().to_owned())
+    }
+
+    /// A CONNECT of `user` (empty: anonymous) from `ip` arrives at `now`: how long it
+    /// waits.
+    pub fn admit(&mut self, ip: IpAddr, user: &str, now: Instant) -> Admission {
+        let key = Self::key(ip, user);
+        let Some(entry) = self.by_login.get_mut(&key) else {
             return Admission::Wait(Duration::ZERO);
         };
         if now.saturating_duration_since(entry.last) >= Self::FORGET {
-            self.by_addr.remove(&ip);
+            self.by_login.remove(&key);
             return Admission::Wait(Duration::ZERO);
         }
         if entry.count < Self::FREE {
@@ -366,18 +381,20 @@ impl Throttle {
         Admission::Wait(wait)
     }
 
-    /// A CONNECT from `ip` failed at `now`.
-    pub fn failed(&mut self, ip: IpAddr, now: Instant) {
-        let ip = bucket(ip);
-        if self.by_addr.len() >= Self::SWEEP_AT && !self.by_addr.contains_key(&ip) {
-            self.by_addr
-                .retain(|_, f| now.saturating_duration_since(f.last) < Self::FORGET);
-            if self.by_addr.len() >= Self::SWEEP_AT {
-                // a flood from that many addresses: start afresh rather than grow
-                self.by_addr.clear();
+    /// A CONNECT of `user` from `ip` failed at `now`.
+    pub fn failed(&mut self, ip: IpAddr, user: &str, now: Instant) {
+        let key = Self::key(ip, user);
+        if self.by_login.len() >= Self::SWEEP_AT && !self.by_login.contains_key(&key) {
+            // keep the braked ones: a spray of fresh names must not free a guesser
+            self.by_login.retain(|_, f| {
+                f.count >= Self::FREE && now.saturating_duration_since(f.last) < Self::FORGET
+            });
+            if self.by_login.len() >= Self::SWEEP_AT {
+                // that many braked logins: start afresh rather than grow
+                self.by_login.clear();
             }
         }
-        let entry = self.by_addr.entry(ip).or_insert(Failures {
+        let entry = self.by_login.entry(key).or_insert(Failures {
             count: 0,
             last: now,
             next_slot: now,
@@ -570,13 +587,17 @@ mod tests {
         let start = Instant::now();
         let mut now = start;
         for _ in 0..1000 {
-            match throttle.admit(REMOTE, now) {
+            match throttle.admit(REMOTE, "backend", now) {
                 Admission::Wait(wait) => now += wait,
                 Admission::Refuse => panic!("a serial guesser is queued, not refused"),
             }
-            throttle.failed(REMOTE, now);
+            throttle.failed(REMOTE, "backend", now);
             assert_eq!(
-                throttle.admit(LOOPBACK, now),
+                throttle.admit(REMOTE, "13800138000", now),
+                Admission::Wait(Duration::ZERO)
+            );
+            assert_eq!(
+                throttle.admit(LOOPBACK, "backend", now),
                 Admission::Wait(Duration::ZERO)
             );
         }
@@ -588,7 +609,7 @@ mod tests {
         // parallel attempts queue up behind each other, and a long queue is refused
         let mut refused = false;
         for _ in 0..10_000 {
-            if throttle.admit(REMOTE, now) == Admission::Refuse {
+            if throttle.admit(REMOTE, "backend", now) == Admission::Refuse {
                 refused = true;
                 break;
             }
@@ -596,7 +617,11 @@ mod tests {
         assert!(refused);
         // forgotten after a quiet while
         assert_eq!(
-            throttle.admit(REMOTE, now + Throttle::FORGET + Throttle::MAX_QUEUE),
+            throttle.admit(
+                REMOTE,
+                "backend",
+                now + Throttle::FORGET + Throttle::MAX_QUEUE
+            ),
             Admission::Wait(Duration::ZERO)
         );
         assert_eq!(Throttle::delay(1_000_000), Throttle::MAX_DELAY);
@@ -608,14 +633,17 @@ mod tests {
         let now = Instant::now();
         for i in 0..Throttle::FREE + 1 {
             let ip: IpAddr = format!("2001:db8:1:2::{i:x}").parse().unwrap();
-            throttle.failed(ip, now);
+            throttle.failed(ip, "u", now);
         }
         let fresh: IpAddr = "2001:db8:1:2:ffff::1".parse().unwrap();
-        let _ = throttle.admit(fresh, now);
-        assert_ne!(throttle.admit(fresh, now), Admission::Wait(Duration::ZERO));
+        let _ = throttle.admit(fresh, "u", now);
+        assert_ne!(
+            throttle.admit(fresh, "u", now),
+            Admission::Wait(Duration::ZERO)
+        );
         let elsewhere: IpAddr = "2001:db8:1:3::1".parse().unwrap();
         assert_eq!(
-            throttle.admit(elsewhere, now),
+            throttle.admit(elsewhere, "u", now),
             Admission::Wait(Duration::ZERO)
         );
     }

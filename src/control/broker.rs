@@ -274,7 +274,11 @@ impl Guard {
             .is_gateway(request.username.as_deref(), request.password.as_deref());
         if !gateway {
             let admission = match self.throttle.lock() {
-                Ok(mut throttle) => throttle.admit(ip, tokio::time::Instant::now()),
+                Ok(mut throttle) => throttle.admit(
+                    ip,
+                    request.username.as_deref().unwrap_or_default(),
+                    tokio::time::Instant::now(),
+                ),
                 Err(_) => Admission::Refuse,
             };
             match admission {
@@ -283,7 +287,9 @@ impl Guard {
                 Admission::Refuse => {
                     return Err(self.refuse(
                         &request,
-                        Refused::NotAuthorized("too many failed logins from this address"),
+                        Refused::NotAuthorized(
+                            "too many failed logins of this user from this address",
+                        ),
                     ));
                 }
             }
@@ -314,7 +320,11 @@ impl Guard {
             }
             Err(refused) => {
                 if let Ok(mut throttle) = self.throttle.lock() {
-                    throttle.failed(ip, tokio::time::Instant::now());
+                    throttle.failed(
+                        ip,
+                        request.username.as_deref().unwrap_or_default(),
+                        tokio::time::Instant::now(),
+                    );
                 }
                 Err(self.refuse(&request, refused))
             }
