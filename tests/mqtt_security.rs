@@ -1224,3 +1224,50 @@ async fn simulated_devices_log_in_with_the_device_secret_and_push() {
     devices.await.unwrap().unwrap();
     target.gateway.stop().await;
 }
+
+/// `mqtt.username` with the embedded broker must name an admin: the gateway's own
+/// connections publish device commands and replies.
+#[tokio::test]
+async fn a_gateway_login_that_is_not_an_admin_fails_at_start_up() {
+    let dir = TempDir::new("mqtt-security-username");
+    let file = dir.path("gateway.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[mqtt]\n[[mqtt.users]]\nname = \"backend\"\npassword_hash = {:?}\nrole = \"backend\"\n",
+            hash("backend-password")
+        ),
+    )
+    .unwrap();
+    for (password, expected) in [
+        ("backend-password", "is not an admin"),
+        ("wrong", "cannot log in to the embedded broker"),
+    ] {
+        let listen = [
+            format!("127.0.0.1:{}", free_port()),
+            format!("127.0.0.1:{}", free_port()),
+        ];
+        let env: std::collections::HashMap<String, String> = [
+            ("JTGW__INGEST__LIVE_LISTEN", "127.0.0.1:0"),
+            ("JTGW__INGEST__PLAYBACK_LISTEN", "127.0.0.1:0"),
+            ("JTGW__HTTP__LISTEN", "127.0.0.1:0"),
+            ("JTGW__WEBRTC__UDP_LISTEN", "127.0.0.1:0"),
+            ("JTGW__MQTT__EMBEDDED_LISTEN", listen[0].as_str()),
+            ("JTGW__MQTT__EMBEDDED_WS_LISTEN", listen[1].as_str()),
+            ("JTGW__MQTT__USERNAME", "backend"),
+            ("JTGW__MQTT__PASSWORD", password),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let settings = jt1078_gateway::config::Settings::load_from(Some(&file), Some(env)).unwrap();
+        let app = jt1078_gateway::app::App::bind(settings).await.unwrap();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let result = timeout(WAIT, app.run(cancel.clone()))
+            .await
+            .expect("run returns");
+        cancel.cancel();
+        let error = format!("{:#}", result.unwrap_err());
+        assert!(error.contains(expected), "{error}");
+    }
+}

@@ -86,6 +86,37 @@ pub fn start(
         log: Mutex::new(RefusalLog::default()),
         refusals: Arc::clone(&refusals),
     });
+    if !settings.username.is_empty() {
+        // the gateway's connections use this user: it must be able to do their work
+        // (checked before anything listens)
+        let identity = guard
+            .authenticator
+            .authenticate(
+                std::net::Ipv4Addr::LOCALHOST.into(),
+                "",
+                Some(&settings.username),
+                Some(&settings.password),
+            )
+            .map_err(|refused| {
+                anyhow::anyhow!(
+                    "mqtt.username {:?} cannot log in to the embedded broker ({}); leave it empty (the gateway then uses a credential of its own) or make it an admin of [[mqtt.users]] with mqtt.password",
+                    settings.username,
+                    refused.reason()
+                )
+            })?;
+        if !matches!(
+            identity.principal,
+            Principal::User {
+                role: Role::Admin,
+                ..
+            }
+        ) {
+            bail!(
+                "mqtt.username {:?} is not an admin of [[mqtt.users]]: the gateway's connections publish device commands and replies",
+                settings.username
+            );
+        }
+    }
     tasks.spawn(report_refusals(Arc::clone(&refusals), cancel.clone()));
     let tls = tls_listeners(settings, tasks, cancel)?;
     let connect_hook: ConnectHook = {
@@ -190,36 +221,6 @@ pub fn start(
         password,
         refusals,
     };
-    if !settings.username.is_empty() {
-        // the gateway's connections use this user: it must be able to do their work
-        let identity = guard
-            .authenticator
-            .authenticate(
-                std::net::Ipv4Addr::LOCALHOST.into(),
-                "",
-                Some(&settings.username),
-                Some(&settings.password),
-            )
-            .map_err(|refused| {
-                anyhow::anyhow!(
-                    "mqtt.username {:?} cannot log in to the embedded broker ({}); leave it empty (the gateway then uses a credential of its own) or make it an admin of [[mqtt.users]] with mqtt.password",
-                    settings.username,
-                    refused.reason()
-                )
-            })?;
-        if !matches!(
-            identity.principal,
-            Principal::User {
-                role: Role::Admin,
-                ..
-            }
-        ) {
-            bail!(
-                "mqtt.username {:?} is not an admin of [[mqtt.users]]: the gateway's connections publish device commands and replies",
-                settings.username
-            );
-        }
-    }
     Ok(broker)
 }
 
