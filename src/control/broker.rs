@@ -86,37 +86,7 @@ pub fn start(
         log: Mutex::new(RefusalLog::default()),
         refusals: Arc::clone(&refusals),
     });
-    if !settings.username.is_empty() {
-        // the gateway's connections use this user: it must be able to do their work
-        // (checked before anything listens)
-        let identity = guard
-            .authenticator
-            .authenticate(
-                std::net::Ipv4Addr::LOCALHOST.into(),
-                "",
-                Some(&settings.username),
-                Some(&settings.password),
-            )
-            .map_err(|refused| {
-                anyhow::anyhow!(
-                    "mqtt.username {:?} cannot log in to the embedded broker ({}); leave it empty (the gateway then uses a credential of its own) or make it an admin of [[mqtt.users]] with mqtt.password",
-                    settings.username,
-                    refused.reason()
-                )
-            })?;
-        if !matches!(
-            identity.principal,
-            Principal::User {
-                role: Role::Admin,
-                ..
-            }
-        ) {
-            bail!(
-                "mqtt.username {:?} is not an admin of [[mqtt.users]]: the gateway's connections publish device commands and replies",
-                settings.username
-            );
-        }
-    }
+    check_gateway_login(&guard.authenticator, settings)?;
     tasks.spawn(report_refusals(Arc::clone(&refusals), cancel.clone()));
     let tls = tls_listeners(settings, tasks, cancel)?;
     let connect_hook: ConnectHook = {
@@ -126,6 +96,45 @@ pub fn start(
             Box::pin(async move { guard.connect(request).await })
         })
     };
+    let (config, listens) = broker_config(settings, connect_hook, tls);
+    // Fail early with the key's name if a port is taken (rumqttd would only log it).
+    for (key, addr) in &listens {
+        std::net::TcpListener::bind(addr).with_context(|| format!("binding {key} = {addr}"))?;
+    }
+    let mut broker = rumqttd::Broker::new(config);
+    std::thread::Builder::new()
+        .name("mqtt-broker".to_owned())
+        .spawn(move || {
+            if let Err(error) = broker.start() {
+                tracing::error!(%error, "embedded MQTT broker stopped");
+            }
+        })
+        .context("starting the embedded MQTT broker thread")?;
+    info!(
+        mqtt = %settings.embedded_listen,
+        websocket = %settings.embedded_ws_listen,
+        tls = ?listens.iter().find(|(k, _)| k.ends_with("tls_listen")).map(|(_, a)| a),
+        wss = ?listens.iter().find(|(k, _)| k.ends_with("wss_listen")).map(|(_, a)| a),
+        anonymous = ?settings.allow_anonymous,
+        users = settings.users.len(),
+        devices = !settings.device_secret.expose().is_empty(),
+        "embedded MQTT broker listening"
+    );
+    let broker = EmbeddedBroker {
+        username: GATEWAY_USER.to_owned(),
+        password,
+        refusals,
+    };
+    Ok(broker)
+}
+
+/// rumqttd's configuration: the listeners (with the hooks) and the router's limits;
+/// with the names of the keys of the listeners, for errors.
+fn broker_config(
+    settings: &MqttSettings,
+    connect_hook: ConnectHook,
+    tls: Option<StreamHook>,
+) -> (rumqttd::Config, Vec<(&'static str, SocketAddr)>) {
     let server =
         |name: &str, listen: SocketAddr, stream_hook: Option<StreamHook>| rumqttd::ServerSettings {
             name: name.to_owned(),
@@ -193,35 +202,47 @@ pub fn start(
         ws: Some(ws),
         ..rumqttd::Config::default()
     };
-    // Fail early with the key's name if a port is taken (rumqttd would only log it).
-    for (key, addr) in &listens {
-        std::net::TcpListener::bind(addr).with_context(|| format!("binding {key} = {addr}"))?;
+    (config, listens)
+}
+
+/// `mqtt.username`, when set, is what the gateway's connections log in with: it must be
+/// an admin (they publish device commands and replies). Checked before anything listens.
+fn check_gateway_login(
+    authenticator: &Authenticator,
+    settings: &MqttSettings,
+) -> anyhow::Result<()> {
+    if settings.username.is_empty() {
+        return Ok(());
     }
-    let mut broker = rumqttd::Broker::new(config);
-    std::thread::Builder::new()
-        .name("mqtt-broker".to_owned())
-        .spawn(move || {
-            if let Err(error) = broker.start() {
-                tracing::error!(%error, "embedded MQTT broker stopped");
-            }
-        })
-        .context("starting the embedded MQTT broker thread")?;
-    info!(
-        mqtt = %settings.embedded_listen,
-        websocket = %settings.embedded_ws_listen,
-        tls = ?listens.iter().find(|(k, _)| k.ends_with("tls_listen")).map(|(_, a)| a),
-        wss = ?listens.iter().find(|(k, _)| k.ends_with("wss_listen")).map(|(_, a)| a),
-        anonymous = ?settings.allow_anonymous,
-        users = settings.users.len(),
-        devices = !settings.device_secret.expose().is_empty(),
-        "embedded MQTT broker listening"
-    );
-    let broker = EmbeddedBroker {
-        username: GATEWAY_USER.to_owned(),
-        password,
-        refusals,
-    };
-    Ok(broker)
+    // the gateway's connections use this user: it must be able to do their work
+    // (checked before anything listens)
+    let identity = authenticator
+        .authenticate(
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            "",
+            Some(&settings.username),
+            Some(&settings.password),
+        )
+        .map_err(|refused| {
+            anyhow::anyhow!(
+                "mqtt.username {:?} cannot log in to the embedded broker ({}); leave it empty (the gateway then uses a credential of its own) or make it an admin of [[mqtt.users]] with mqtt.password",
+                settings.username,
+                refused.reason()
+            )
+        })?;
+    if !matches!(
+        identity.principal,
+        Principal::User {
+            role: Role::Admin,
+            ..
+        }
+    ) {
+        bail!(
+            "mqtt.username {:?} is not an admin of [[mqtt.users]]: the gateway's connections publish device commands and replies",
+            settings.username
+        );
+    }
+    Ok(())
 }
 
 /// Logs, once a minute when they changed, how many logins, publishes and subscriptions
