@@ -311,11 +311,15 @@ fn bucket(ip: IpAddr) -> IpAddr {
 /// about 40 s, the next thousand about half an hour. Failures are forgotten
 /// [`Throttle::FORGET`] after the last one. Other addresses, and the other users of one
 /// address (devices behind one carrier NAT, one of which keeps failing), never wait.
-/// Guessing under many user names gains nothing either: a device's password is a 256-bit
-/// HMAC, and each named user is braked on its own.
+///
+/// Guessing under ever new user names is braked per address: the first failures of each
+/// name (those its own brake lets through) count for the address, which after
+/// [`Throttle::ADDRESS_FREE`] of them waits for slots of its own, spaced by a delay that
+/// doubles every [`Throttle::ADDRESS_DOUBLING`]: 1,000 names take minutes.
 #[derive(Debug, Default)]
 pub struct Throttle {
     by_login: HashMap<(IpAddr, String), Failures>,
+    by_addr: HashMap<IpAddr, Failures>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -323,6 +327,31 @@ struct Failures {
     count: u32,
     last: Instant,
     next_slot: Instant,
+}
+
+impl Failures {
+    fn new(now: Instant) -> Failures {
+        Failures {
+            count: 0,
+            last: now,
+            next_slot: now,
+        }
+    }
+
+    /// Reserves the next slot once `free` failures were let through: how long to wait,
+    /// or `None` past the longest queue.
+    fn reserve(&mut self, now: Instant, free: u32, doubling: u32) -> Option<Duration> {
+        if self.count < free {
+            return Some(Duration::ZERO);
+        }
+        let start = self.next_slot.max(now);
+        let wait = start - now;
+        if wait > Throttle::MAX_QUEUE {
+            return None;
+        }
+        self.next_slot = start + Throttle::spacing(self.count - free, doubling);
+        Some(wait)
+    }
 }
 
 /// What a CONNECT from a throttled address does.
@@ -339,6 +368,10 @@ impl Throttle {
     pub const FREE: u32 = 5;
     /// Failures over which the delay doubles.
     pub const DOUBLING: u32 = 128;
+    /// First failures of distinct user names an address has before it waits.
+    pub const ADDRESS_FREE: u32 = 200;
+    /// Such failures over which the address's delay doubles.
+    pub const ADDRESS_DOUBLING: u32 = 64;
     /// The longest delay between two attempts of one login.
     pub const MAX_DELAY: Duration = Duration::from_secs(10);
     /// Longest queue of waiting attempts of one login.
@@ -359,26 +392,29 @@ impl Throttle {
     }
 
     /// A CONNECT of `user` (empty: anonymous) from `ip` arrives at `now`: how long it
-    /// waits.
+    /// waits (for its login's slot and its address's, whichever is later).
     pub fn admit(&mut self, ip: IpAddr, user: &str, now: Instant) -> Admission {
         let key = Self::key(ip, user);
-        let Some(entry) = self.by_login.get_mut(&key) else {
-            return Admission::Wait(Duration::ZERO);
+        let login = match self.by_login.get_mut(&key) {
+            Some(entry) if now.saturating_duration_since(entry.last) >= Self::FORGET => {
+                self.by_login.remove(&key);
+                Some(Duration::ZERO)
+            }
+            Some(entry) => entry.reserve(now, Self::FREE, Self::DOUBLING),
+            None => Some(Duration::ZERO),
         };
-        if now.saturating_duration_since(entry.last) >= Self::FORGET {
-            self.by_login.remove(&key);
-            return Admission::Wait(Duration::ZERO);
+        let address = match self.by_addr.get_mut(&key.0) {
+            Some(entry) if now.saturating_duration_since(entry.last) >= Self::FORGET => {
+                self.by_addr.remove(&key.0);
+                Some(Duration::ZERO)
+            }
+            Some(entry) => entry.reserve(now, Self::ADDRESS_FREE, Self::ADDRESS_DOUBLING),
+            None => Some(Duration::ZERO),
+        };
+        match (login, address) {
+            (Some(login), Some(address)) => Admission::Wait(login.max(address)),
+            _ => Admission::Refuse,
         }
-        if entry.count < Self::FREE {
-            return Admission::Wait(Duration::ZERO);
-        }
-        let start = entry.next_slot.max(now);
-        let wait = start - now;
-        if wait > Self::MAX_QUEUE {
-            return Admission::Refuse;
-        }
-        entry.next_slot = start + Self::delay(entry.count);
-        Admission::Wait(wait)
     }
 
     /// A CONNECT of `user` from `ip` failed at `now`.
@@ -394,19 +430,34 @@ impl Throttle {
                 self.by_login.clear();
             }
         }
-        let entry = self.by_login.entry(key).or_insert(Failures {
-            count: 0,
-            last: now,
-            next_slot: now,
-        });
-        entry.count = entry.count.saturating_add(1);
-        entry.last = now;
+        if self.by_addr.len() >= Self::SWEEP_AT && !self.by_addr.contains_key(&key.0) {
+            self.by_addr
+                .retain(|_, f| now.saturating_duration_since(f.last) < Self::FORGET);
+            if self.by_addr.len() >= Self::SWEEP_AT {
+                self.by_addr.clear();
+            }
+        }
+        let address = key.0;
+        let login = self.by_login.entry(key).or_insert(Failures::new(now));
+        // a login's own brake lets its first failures through: those count for the address
+        let counts_for_address = login.count < Self::FREE;
+        login.count = login.count.saturating_add(1);
+        login.last = now;
+        if counts_for_address {
+            let entry = self.by_addr.entry(address).or_insert(Failures::new(now));
+            entry.count = entry.count.saturating_add(1);
+            entry.last = now;
+        }
     }
 
-    /// The spacing of attempts after `failures` failures.
+    /// The spacing of a login's attempts after `failures` failures.
     pub fn delay(failures: u32) -> Duration {
-        let over = failures.saturating_sub(Self::FREE);
-        let micros = 1000.0 * 2f64.powf(f64::from(over) / f64::from(Self::DOUBLING));
+        Self::spacing(failures.saturating_sub(Self::FREE), Self::DOUBLING)
+    }
+
+    /// 1 ms doubling every `doubling` failures past the free ones, up to the longest.
+    fn spacing(over: u32, doubling: u32) -> Duration {
+        let micros = 1000.0 * 2f64.powf(f64::from(over) / f64::from(doubling.max(1)));
         Duration::from_micros(micros.min(Self::MAX_DELAY.as_micros() as f64) as u64)
     }
 }
@@ -644,6 +695,28 @@ mod tests {
         let elsewhere: IpAddr = "2001:db8:1:3::1".parse().unwrap();
         assert_eq!(
             throttle.admit(elsewhere, "u", now),
+            Admission::Wait(Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn a_thousand_fresh_names_from_one_address_take_over_30_seconds() {
+        let mut throttle = Throttle::default();
+        let start = Instant::now();
+        let mut now = start;
+        for n in 0..1000 {
+            let user = format!("user{n}");
+            match throttle.admit(REMOTE, &user, now) {
+                Admission::Wait(wait) => now += wait,
+                Admission::Refuse => panic!("a serial guesser is queued, not refused"),
+            }
+            throttle.failed(REMOTE, &user, now);
+        }
+        let took = now - start;
+        assert!(took >= Duration::from_secs(30), "{took:?}");
+        // another address does not wait
+        assert_eq!(
+            throttle.admit(LOOPBACK, "user1", now),
             Admission::Wait(Duration::ZERO)
         );
     }
