@@ -1,7 +1,6 @@
 //! The `mosquitto_pub` examples in docs/mqtt.md work as written: each is run (through the
 //! shell, as a user would paste it) against a gateway, and answered as the page says.
 
-
 #![expect(
     clippy::unwrap_used,
     reason = "helpers of tests: a failure is a test failure"
@@ -61,7 +60,19 @@ async fn every_mosquitto_pub_example_in_the_mqtt_docs_is_answered() {
     assert!(commands.len() >= 8, "found {} examples", commands.len());
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let _gateway = Gateway::start(&[("JTGW__MQTT__EMBEDDED_LISTEN", &listen)]).await;
+    // the users and device secret of the "Authentication" examples
+    let dir = TempDir::new("docs-examples");
+    let config = dir.path("gateway.toml");
+    let hash = jt1078_gateway::cli::hash_password("backend-password").unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[mqtt]\ndevice_secret = \"s3cret\"\n[[mqtt.users]]\nname = \"backend\"\npassword_hash = {hash:?}\nrole = \"backend\"\n"
+        ),
+    )
+    .unwrap();
+    let _gateway =
+        Gateway::start_from(Some(&config), &[("JTGW__MQTT__EMBEDDED_LISTEN", &listen)]).await;
     let mut client = TestClient::connect(
         port,
         &[
@@ -186,7 +197,11 @@ fn the_readme_command_table_names_every_subcommand_and_flag() {
     for sub in cli.get_subcommands() {
         let row = readme
             .lines()
-            .find(|l| l.starts_with(&format!("| `jt1078-gateway {} ", sub.get_name())))
+            .find(|l| {
+                let head = format!("| `jt1078-gateway {}", sub.get_name());
+                l.strip_prefix(&head)
+                    .is_some_and(|rest| rest.starts_with([' ', '`']))
+            })
             .unwrap_or_else(|| panic!("README's command table has no row for {}", sub.get_name()));
         for arg in sub.get_arguments() {
             let Some(long) = arg.get_long() else { continue };

@@ -42,6 +42,12 @@ pub(crate) struct Gateway {
 impl Gateway {
     /// Starts a gateway on 127.0.0.1 port 0 with extra `JTGW__…` settings.
     pub(crate) async fn start(extra: &[(&str, &str)]) -> Gateway {
+        Self::start_from(None, extra).await
+    }
+
+    /// Starts a gateway with a configuration file overlaid on the defaults (settings the
+    /// environment cannot carry, such as `[[mqtt.users]]`), then `extra`.
+    pub(crate) async fn start_from(file: Option<&Path>, extra: &[(&str, &str)]) -> Gateway {
         let mut env: HashMap<String, String> = [
             ("JTGW__INGEST__LIVE_LISTEN", "127.0.0.1:0".to_owned()),
             ("JTGW__INGEST__PLAYBACK_LISTEN", "127.0.0.1:0".to_owned()),
@@ -63,7 +69,7 @@ impl Gateway {
         for (k, v) in extra {
             env.insert(k.to_string(), v.to_string());
         }
-        let settings = Settings::load_from(None, Some(env)).expect("settings");
+        let settings = Settings::load_from(file, Some(env)).expect("settings");
         jt1078_gateway::telemetry::init("warn");
         let app = App::bind(settings).await.expect("bind");
         let addrs = app.local_addrs().expect("addrs");
