@@ -14,10 +14,15 @@ COPY examples examples
 RUN cargo build --release --locked --bin jt1078-gateway
 
 FROM debian:bookworm-slim AS runtime
+# CA certificates: mqtts:// brokers, TURN and S3 endpoints over TLS verify against them;
+# libssl3: WebRTC's DTLS and SRTP (str0m's OpenSSL backend)
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates libssl3 \
+    && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gateway
 COPY --from=build /src/target/release/jt1078-gateway /usr/local/bin/jt1078-gateway
 USER gateway
-# live ingest, playback ingest, HTTP-FLV + API
-EXPOSE 9501 9502 9531
+# live ingest, playback ingest, HTTP-FLV + WHEP + API, WebRTC
+EXPOSE 9501 9502 9531 8000/udp
 ENTRYPOINT ["jt1078-gateway"]
 CMD ["serve"]

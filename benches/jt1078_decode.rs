@@ -21,10 +21,10 @@ use jt1078_gateway::hub::MediaInfo;
 use jt1078_gateway::media::{Codec, Frame};
 use jt1078_gateway::output::flv_mux::FlvMuxer;
 
-/// The recorded streams: `../shared/testdata` when present, else the bundled sample.
+/// The recorded streams (`tests/data/`) and the bundled sample.
 fn streams() -> Vec<PathBuf> {
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&shared)
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&data)
         .map(|dir| {
             dir.filter_map(Result::ok)
                 .map(|e| e.path())

@@ -10,11 +10,13 @@
    stream pushed to SRS, and with one HTTP-FLV viewer (curl) per stream instead.
 
 Usage: cargo build --release --bin jt1078-gateway && scripts/bench-rtmp.py [--streams 100]
-Needs ../shared/tools/srs/srs, mosquitto_pub, curl.
+Needs SRS 6 ($SRS_BIN, else `srs` on the PATH; `eval "$(scripts/tools.sh srs)"` finds or
+builds one), mosquitto_pub, curl.
 """
 
 import argparse
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,9 +26,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GATEWAY = os.path.join(ROOT, "target/release/jt1078-gateway")
-SRS = os.path.join(ROOT, "../shared/tools/srs/srs")
+SRS = os.environ.get("SRS_BIN") or shutil.which("srs")
 SAMPLE = os.path.join(ROOT, "samples/sample-h264-g711a.jt1078")
-CAPTURE = os.path.join(ROOT, "../shared/testdata/h264-g711a-156987000796-ch1.jt1078")
+CAPTURE = os.path.join(ROOT, "tests/data/h264-g711a-156987000796-ch1.jt1078")
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -223,6 +225,9 @@ def main():
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--window", type=float, default=20)
     args = parser.parse_args()
+    if not SRS:
+        sys.exit("SRS 6 not found: set SRS_BIN, put srs on the PATH, or run "
+                 "'eval \"$(scripts/tools.sh srs)\"' first")
     with tempfile.TemporaryDirectory() as tmp:
         first_frame(tmp, args.runs)
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,34 +1,36 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh Debian machine: installs what the tests need
-# (ffmpeg/ffprobe, mosquitto and its clients, redis-server and redis-cli, nginx-rtmp,
-# docker-compose, curl, chromium, npm, coturn, g++ and make; a venv with imageio-ffmpeg,
-# playwright and paho-mqtt;
-# mqtt.js in target/npm) when missing, then runs formatting, lints,
-# unit/property/integration tests, docs and the purity check. The browser tests drive
-# Debian's chromium through playwright (tests/browser/driver.py); `playwright install` is
-# never run: it would download browsers.
+# The whole test suite, from a fresh Debian machine. Installs what the tests need when it
+# is missing: Debian packages for the tools (ffmpeg/ffprobe, mosquitto's clients, redis-cli,
+# docker-compose, curl, chromium, npm, python3-venv, g++, make, pkg-config and libssl-dev); the third-party servers
+# the tests run (SRS 6, mosquitto, redis-server, coturn, nginx with its RTMP module) through
+# scripts/tools.sh, which finds each in $SRS_BIN-style variables, the PATH or a local tool
+# cache, else installs or builds it; a Python venv in target/pyenv (imageio-ffmpeg,
+# playwright, paho-mqtt); mqtt.js in target/npm; and cargo-fuzz (cargo install, into
+# ~/.cargo/bin). Then runs formatting, lints, unit/property/integration tests, the part of
+# the suite that needs data and SRS again from a fresh clone of HEAD (nothing beside it),
+# docs, the purity check and short fuzz runs. The browser tests drive Debian's chromium
+# through playwright (tests/browser/README.md); `playwright install` is never run: it would
+# download browsers.
 # Usage: ./scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+started=$SECONDS
 
 need=()
 command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
 command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
-command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
-command -v nginx >/dev/null 2>&1 || need+=(nginx)
-[ -e /usr/lib/nginx/modules/ngx_rtmp_module.so ] || need+=(libnginx-mod-rtmp)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
-command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
-# a real STUN server for the WebRTC test of webrtc.stun_servers
-command -v turnserver >/dev/null 2>&1 || need+=(coturn)
 # the AAC encoder (fdk-aac) is C++ built from source by cargo
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 # jemalloc, the gateway's allocator, is built from source with configure and make
 command -v make >/dev/null 2>&1 || need+=(make)
+# WebRTC's DTLS and SRTP link the system's OpenSSL (str0m's openssl backend)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+[ -e /usr/include/openssl/ssl.h ] || need+=(libssl-dev)
 # the WebRTC tests play in a real browser, with mqtt.js from npm for MQTT over WebSocket
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v npm >/dev/null 2>&1 || need+=(npm)
@@ -38,6 +40,17 @@ if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -q
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+
+echo "== third-party servers (scripts/tools.sh): SRS, mosquitto, redis, coturn, nginx-rtmp"
+tool_env="$(scripts/tools.sh srs mosquitto redis-server turnserver nginx)"
+eval "$tool_env"
+
+echo "== no code, test or script reads the shared folder beside the clone (data is in tests/data)"
+# scripts/tools.sh may: it is the one place that looks for a tool cache there
+if grep -rn --exclude=tools.sh '\.\./shared' src tests benches examples scripts crates; then
+  echo "the lines above read files outside the repository: test data and fixtures belong in it" >&2
+  exit 1
 fi
 
 echo "== python venv with imageio-ffmpeg (an ffmpeg that reads HEVC in FLV, for the RTMP push tests)"
@@ -81,6 +94,20 @@ cargo test --workspace --all-targets 2>&1 | tee "$test_log"
 summary="$(awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed", p, f }' "$test_log")"
 rm -f "$test_log"
 
+echo "== from a fresh clone of HEAD with nothing beside it: the tests that need data and SRS"
+fresh="$(mktemp -d)"
+git clone --quiet --no-hardlinks "$PWD" "$fresh/jt1078-gateway"
+fresh_log="$(mktemp)"
+# the dependencies come from this checkout's target dir (the clone's own crates build anew
+# beside this checkout's: their paths differ; the next build here links its own binaries
+# back in place)
+(cd "$fresh/jt1078-gateway" && CARGO_TARGET_DIR="$OLDPWD/target" \
+  cargo test --quiet --test ingest_flv --test bridge_srs --test bridge_hooks 2>&1) | tee "$fresh_log"
+rm -rf "$fresh"
+fresh_summary="$(awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed", p, f }' "$fresh_log")"
+rm -f "$fresh_log"
+echo "fresh clone: $fresh_summary"
+
 echo "== cargo doc"
 RUSTDOCFLAGS=-Dwarnings cargo doc --workspace --no-deps --quiet
 
@@ -96,5 +123,5 @@ for target in jt1078_decoder h26x_parameter_sets audio_payloads; do
     -max_total_time=15 -rss_limit_mb=1024 -max_len=8192 2>&1 | tail -n 2
   rm -rf "$corpus"
 done
-echo "== all tests passed"
+echo "== all tests passed in $(( (SECONDS - started) / 60 )) min $(( (SECONDS - started) % 60 )) s"
 echo "tests: $summary"

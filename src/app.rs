@@ -136,8 +136,18 @@ impl App {
         );
         let tasks = TaskTracker::new();
         let plays = PlayAccess::new(&self.settings.http);
+        // The gateway's own connections log in to its embedded broker with the credential
+        // it made, unless mqtt.username names an admin user.
+        let mut mqtt_settings = self.settings.mqtt.clone();
+        if mqtt_settings.embedded {
+            let broker = crate::control::broker::start(&mqtt_settings, &tasks, shutdown.clone())?;
+            if mqtt_settings.username.is_empty() {
+                mqtt_settings.username = broker.username;
+                mqtt_settings.password = crate::config::Secret::new(broker.password);
+            }
+        }
         let control = ControlContext::new(
-            &self.settings.mqtt,
+            &mqtt_settings,
             &self.settings.control,
             (addrs.live.port(), addrs.playback.port(), addrs.http.port()),
             self.settings.http.scheme(),
@@ -189,7 +199,7 @@ impl App {
         )?;
         let bridge = crate::bridge::spawn(
             &self.settings.bridge,
-            &self.settings.mqtt,
+            &mqtt_settings,
             self.settings.control.lease,
             plays,
             &tasks,

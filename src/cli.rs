@@ -76,6 +76,11 @@ pub enum Command {
         /// Topic prefix with --mqtt.
         #[arg(long, default_value = "jt1078")]
         topic_prefix: String,
+        /// With --mqtt: the broker's `mqtt.device_secret`; each device logs in as its id
+        /// with the HMAC password of it (a user and password in the --mqtt URL,
+        /// mqtt://user:pass@host:port, serve for all devices otherwise).
+        #[arg(long, requires = "mqtt")]
+        device_secret: Option<String>,
         /// Device id to send as (default: the file's SIM); further devices count up.
         #[arg(long)]
         device: Option<String>,
@@ -145,7 +150,7 @@ pub enum Command {
         out: PathBuf,
     },
     /// Print the merged configuration (defaults, file, environment) as TOML-like JSON;
-    /// secrets show as "<redacted>".
+    /// passwords, tokens and secrets are shown redacted.
     PrintConfig {
         /// Configuration file overlaid on the built-in defaults.
         #[arg(long)]
@@ -164,6 +169,9 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Read a password from stdin (its first line) and print its argon2id PHC string, for
+    /// `password_hash` of `[[mqtt.users]]`.
+    HashPassword,
 }
 
 impl Cli {
@@ -187,6 +195,7 @@ impl Cli {
                 looping,
                 mqtt,
                 topic_prefix,
+                device_secret,
             } => {
                 crate::telemetry::init("info");
                 let device = device
@@ -214,6 +223,7 @@ impl Cli {
                         devices,
                         pace,
                         looping,
+                        device_secret,
                     };
                     return simulate::mqtt_device::run(options, shutdown_on_ctrl_c()).await;
                 }
@@ -312,6 +322,14 @@ impl Cli {
                 println!("wrote {} ({} bytes)", out.display(), packed.len());
                 Ok(())
             }
+            Command::HashPassword => {
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .context("reading the password from stdin")?;
+                println!("{}", hash_password(&line)?);
+                Ok(())
+            }
             Command::PrintConfig { config } => {
                 let settings = Settings::load(config.as_deref())?;
                 println!("{}", serde_json::to_string_pretty(&settings)?);
@@ -351,6 +369,21 @@ pub fn sign_url(
     plays
         .sign_for(&url, &signed_path, ttl)
         .context("http.play_secret is not set: plays are open, there is nothing to sign")
+}
+
+/// The argon2id PHC string of `line` without its line ending (default parameters:
+/// 19 MiB, 2 passes, 1 lane; a fresh random salt).
+pub fn hash_password(line: &str) -> anyhow::Result<String> {
+    use argon2::password_hash::rand_core::OsRng;
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let password = line.strip_suffix('\n').unwrap_or(line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    anyhow::ensure!(!password.is_empty(), "empty password on stdin");
+    let salt = SaltString::generate(&mut OsRng);
+    let hash = argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map_err(|error| anyhow::anyhow!("hashing the password: {error}"))?;
+    Ok(hash.to_string())
 }
 
 async fn resolve(server: &str) -> anyhow::Result<SocketAddr> {

@@ -217,6 +217,93 @@ pub struct MqttSettings {
     /// MQTT keep-alive.
     #[serde(with = "humantime_serde")]
     pub keep_alive: Duration,
+    /// Embedded broker: who may connect without a user name.
+    pub allow_anonymous: AllowAnonymous,
+    /// Embedded broker: named users.
+    pub users: Vec<MqttUser>,
+    /// Embedded broker: key of the devices' HMAC passwords (empty = no device logins).
+    pub device_secret: Secret,
+    /// Embedded broker: MQTT over TLS listener (empty = none).
+    #[serde(deserialize_with = "empty_is_none")]
+    pub embedded_tls_listen: Option<SocketAddr>,
+    /// Embedded broker: MQTT over secure WebSocket listener (empty = none).
+    #[serde(deserialize_with = "empty_is_none")]
+    pub embedded_wss_listen: Option<SocketAddr>,
+    /// PEM certificate chain of the TLS listeners.
+    pub tls_cert: String,
+    /// PEM private key of the TLS listeners.
+    pub tls_key: String,
+}
+
+/// `mqtt.allow_anonymous`: `"loopback"`, `true` or `false`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllowAnonymous {
+    /// Only from 127.0.0.0/8 and ::1 (the default).
+    Loopback,
+    /// From anywhere (`true`).
+    Always,
+    /// Never (`false`).
+    Never,
+}
+
+impl Serialize for AllowAnonymous {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            AllowAnonymous::Loopback => serializer.serialize_str("loopback"),
+            AllowAnonymous::Always => serializer.serialize_bool(true),
+            AllowAnonymous::Never => serializer.serialize_bool(false),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for AllowAnonymous {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Bool(bool),
+            Text(String),
+        }
+        match Form::deserialize(deserializer)? {
+            Form::Bool(true) => Ok(AllowAnonymous::Always),
+            Form::Bool(false) => Ok(AllowAnonymous::Never),
+            Form::Text(text) => match text.trim().to_ascii_lowercase().as_str() {
+                "loopback" => Ok(AllowAnonymous::Loopback),
+                "true" => Ok(AllowAnonymous::Always),
+                "false" => Ok(AllowAnonymous::Never),
+                other => Err(serde::de::Error::custom(format!(
+                    "{other:?}: expected \"loopback\", true or false"
+                ))),
+            },
+        }
+    }
+}
+
+/// One of `[[mqtt.users]]`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MqttUser {
+    /// User name.
+    pub name: String,
+    /// argon2id PHC string (`jt1078-gateway hash-password`).
+    pub password_hash: Secret,
+    /// What the user may do.
+    pub role: crate::control::access::Role,
+}
+
+/// An address, or none when empty.
+fn empty_is_none<'de, D>(deserializer: D) -> Result<Option<SocketAddr>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let text = String::deserialize(deserializer)?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("{text:?}: {e}")))
 }
 
 /// `[control]`
@@ -290,7 +377,7 @@ pub struct WebRtcSettings {
     /// address, announced to browsers as a relay candidate; empty: none. A list of
     /// `{ server, username, credential }` tables or `"username:credential@host:port"`
     /// strings, or (from the environment) such strings comma-separated.
-    #[serde(deserialize_with = "comma_list")]
+    #[serde(deserialize_with = "comma_list_of_secrets")]
     pub turn_servers: Vec<TurnServer>,
     /// Use the TURN servers a WEBRTC request names in `iceserver` (the seed's field): a
     /// relay is allocated on each for that request's peer. Off: the list is ignored (a
@@ -451,6 +538,26 @@ where
     T: Deserialize<'de> + std::str::FromStr,
     T::Err: std::fmt::Display,
 {
+    comma_list_echoing(deserializer, true)
+}
+
+/// [`comma_list`] of items that hold a secret (TURN credentials): an item that does not
+/// parse is named by its position, not echoed.
+fn comma_list_of_secrets<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    comma_list_echoing(deserializer, false)
+}
+
+fn comma_list_echoing<'de, D, T>(deserializer: D, echo: bool) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Form<T> {
@@ -463,9 +570,15 @@ where
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
-            .map(|s| {
-                s.parse()
-                    .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+            .enumerate()
+            .map(|(i, s)| {
+                s.parse().map_err(|e| {
+                    serde::de::Error::custom(if echo {
+                        format!("{s:?}: {e}")
+                    } else {
+                        format!("item {}: {e}", i + 1)
+                    })
+                })
             })
             .collect(),
     }
@@ -635,6 +748,10 @@ mod tests {
             let env = HashMap::from([("JTGW__WEBRTC__TURN_SERVERS".to_owned(), bad.to_owned())]);
             let error = format!("{:#}", Settings::load_from(None, Some(env)).unwrap_err());
             assert!(error.contains("turn_servers"), "{bad}: {error}");
+            assert!(
+                !error.contains("gw:p@"),
+                "no credential in the error: {error}"
+            );
         }
     }
 
@@ -686,6 +803,47 @@ mod tests {
         let file = TempToml::new("unknown", "[ingest]\nlive_lisen = \"0.0.0.0:1\"\n");
         let err = format!("{:#}", Settings::load(Some(&file.0)).unwrap_err());
         assert!(err.contains("live_lisen"), "{err}");
+    }
+
+    #[test]
+    fn broker_secrets_never_print() {
+        let env = HashMap::from([(
+            "JTGW__MQTT__DEVICE_SECRET".to_owned(),
+            "very-secret".to_owned(),
+        )]);
+        let mut settings = Settings::load_from(None, Some(env)).unwrap();
+        settings.mqtt.users.push(MqttUser {
+            name: "u".to_owned(),
+            password_hash: Secret::new("$argon2id$v=19$hash".to_owned()),
+            role: crate::control::access::Role::Admin,
+        });
+        let debug = format!("{settings:?}");
+        let json = serde_json::to_string(&settings).unwrap();
+        for text in [&debug, &json] {
+            assert!(
+                !text.contains("very-secret") && !text.contains("argon2id"),
+                "{text}"
+            );
+            assert!(text.contains("<redacted>"));
+        }
+        assert_eq!(settings.mqtt.device_secret.expose(), "very-secret");
+        assert_eq!(settings.mqtt.allow_anonymous, AllowAnonymous::Loopback);
+    }
+
+    #[test]
+    fn allow_anonymous_takes_loopback_true_or_false() {
+        for (text, expected) in [
+            ("loopback", AllowAnonymous::Loopback),
+            ("true", AllowAnonymous::Always),
+            ("false", AllowAnonymous::Never),
+        ] {
+            let env = HashMap::from([("JTGW__MQTT__ALLOW_ANONYMOUS".to_owned(), text.to_owned())]);
+            let settings = Settings::load_from(None, Some(env)).unwrap();
+            assert_eq!(settings.mqtt.allow_anonymous, expected);
+        }
+        let env = HashMap::from([("JTGW__MQTT__ALLOW_ANONYMOUS".to_owned(), "yes".to_owned())]);
+        let error = format!("{:#}", Settings::load_from(None, Some(env)).unwrap_err());
+        assert!(error.contains("allow_anonymous"), "{error}");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! SRS hooks into MQTT: the bodies a real SRS 6 sent (`../shared/fixtures/srs-hooks/`)
+//! SRS hooks into MQTT: the bodies a real SRS 6 sent (`tests/fixtures/srs-hooks/`)
 //! replayed at the gateway, and what a subscriber on a real mosquitto sees: the requests
 //! the bridge publishes, and the control plane's device commands they cause.
 

@@ -3,14 +3,58 @@
 //! loads as settings, the Dockerfile is multi-stage and non-root, and `config/srs.conf` is
 //! the file the push tests run SRS with.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "helpers of tests: a failure is a test failure"
+)]
 mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use common::run;
+use common::TempDir;
 use common::srs::render_srs_conf;
 use jt1078_gateway::config::Settings;
+
+/// `docker-compose -f file ARGS` with no `.env` file, and with the MQTT passwords in
+/// the environment when `passwords`: (success, stdout, stderr).
+#[expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a helper of a test: a failure is a test failure"
+)]
+async fn compose(file: &str, args: &[&str], passwords: bool) -> (bool, String, String) {
+    // an empty env file: a .env of the developer's must not change the outcome
+    let dir = TempDir::new("compose");
+    let empty = dir.path("empty.env");
+    std::fs::write(&empty, "").unwrap();
+    let mut command = tokio::process::Command::new("docker-compose");
+    command
+        .arg("--env-file")
+        .arg(&empty)
+        .args(["-f", file])
+        .args(args)
+        .env_remove("JT1078_MQTT_PASSWORD")
+        .env_remove("BACKEND_MQTT_PASSWORD")
+        .stdin(std::process::Stdio::null());
+    if passwords {
+        command
+            .env("JT1078_MQTT_PASSWORD", "test-gateway-password")
+            .env("BACKEND_MQTT_PASSWORD", "test-backend-password");
+    }
+    let out = command
+        .output()
+        .await
+        .expect("docker-compose starts (scripts/test.sh installs it)");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    );
+    if passwords {
+        assert!(out.status.success(), "docker-compose {args:?}: {stderr}");
+    }
+    (out.status.success(), stdout, stderr)
+}
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -22,12 +66,22 @@ async fn the_compose_file_validates_and_wires_the_four_services() {
     let file = file.to_str().unwrap();
     // `run` fails the test if docker-compose is missing (scripts/test.sh installs it) or
     // rejects the file
-    let (services, _) = run("docker-compose", &["-f", file, "config", "--services"]).await;
+    // no password is baked in: without the .env the user writes, compose refuses
+    let (ok, _, stderr) = compose(file, &["config"], false).await;
+    assert!(
+        !ok && stderr.contains("JT1078_MQTT_PASSWORD"),
+        "compose config without .env: {stderr}"
+    );
+    let (_, services, _) = compose(file, &["config", "--services"], true).await;
     let mut services: Vec<&str> = services.lines().collect();
     services.sort_unstable();
     assert_eq!(services, ["gateway", "mosquitto", "redis", "srs"]);
-    let (config, _) = run("docker-compose", &["-f", file, "config"]).await;
+    let (_, config, _) = compose(file, &["config"], true).await;
     for needle in [
+        "/broker/acl:/mosquitto/config/acl:ro",
+        "JTGW__MQTT__USERNAME: jt1078-gateway",
+        "JTGW__MQTT__PASSWORD: test-gateway-password",
+        "BACKEND_MQTT_PASSWORD: test-backend-password",
         "image: ossrs/srs:6",
         "dockerfile: Dockerfile",
         "/config/srs.conf:/usr/local/srs/conf/gateway.conf:ro",
@@ -54,6 +108,7 @@ async fn the_compose_file_validates_and_wires_the_four_services() {
     let settings = Settings::load_from(None, Some(env)).unwrap();
     assert!(!settings.mqtt.embedded);
     assert_eq!(settings.mqtt.url, "mqtt://mosquitto:1883");
+    assert_eq!(settings.mqtt.username, "jt1078-gateway");
     assert_eq!(
         settings.rtmp.live_url,
         "rtmp://srs:1935/live/{device}_{channel}"
@@ -62,6 +117,80 @@ async fn the_compose_file_validates_and_wires_the_four_services() {
         settings.rtmp.play_urls["flv"],
         "http://127.0.0.1:8080/{app}/{stream}.flv"
     );
+    assert_eq!(settings.bridge.redis_url, "redis://redis:6379/0");
+}
+
+/// `docker-compose.yml` as YAML.
+fn compose_yaml() -> yaml_rust2::Yaml {
+    let text = std::fs::read_to_string(root().join("docker-compose.yml")).unwrap();
+    yaml_rust2::YamlLoader::load_from_str(&text)
+        .unwrap()
+        .remove(0)
+}
+
+#[test]
+fn the_compose_file_turns_the_redis_bridge_on_and_keeps_mosquitto_data_where_the_image_writes() {
+    let compose = compose_yaml();
+    let gateway = &compose["services"]["gateway"];
+    assert_eq!(
+        gateway["environment"]["JTGW__BRIDGE__REDIS_URL"].as_str(),
+        Some("redis://redis:6379/0"),
+        "the EXTERNAL_COMMAND bridge needs the Redis URL"
+    );
+    // eclipse-mosquitto writes /mosquitto/data as its mosquitto user; the config says so too
+    let volumes: Vec<&str> = compose["services"]["mosquitto"]["volumes"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(
+        volumes.contains(&"mosquitto-data:/mosquitto/data"),
+        "{volumes:?}"
+    );
+    let conf = std::fs::read_to_string(root().join("broker/mosquitto.conf")).unwrap();
+    assert!(conf.contains("persistence_location /mosquitto/data/"));
+}
+
+#[test]
+fn every_compose_service_has_a_health_check_and_waits_for_what_it_needs() {
+    let compose = compose_yaml();
+    let services = compose["services"].as_hash().unwrap();
+    assert_eq!(services.len(), 4);
+    for (name, service) in services {
+        let name = name.as_str().unwrap();
+        let test = service["healthcheck"]["test"].as_vec();
+        assert!(
+            test.is_some_and(|t| t.len() >= 2),
+            "{name} has no health check"
+        );
+    }
+    let waits = |service: &str| -> Vec<(String, String)> {
+        compose["services"][service]["depends_on"]
+            .as_hash()
+            .map(|deps| {
+                deps.iter()
+                    .map(|(dep, how)| {
+                        (
+                            dep.as_str().unwrap().to_owned(),
+                            how["condition"].as_str().unwrap_or("").to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let healthy = |dep: &str| (dep.to_owned(), "service_healthy".to_owned());
+    assert_eq!(waits("gateway"), [healthy("mosquitto"), healthy("redis")]);
+    // SRS calls the gateway's hooks as soon as a player or publisher comes
+    assert_eq!(waits("srs"), [healthy("gateway")]);
+}
+
+#[test]
+fn the_runtime_image_has_ca_certificates() {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    let runtime = dockerfile.split(" AS runtime").nth(1).unwrap();
+    assert!(runtime.contains("ca-certificates"), "{runtime}");
 }
 
 #[test]

@@ -1,6 +1,10 @@
 //! The `mosquitto_pub` examples in docs/mqtt.md work as written: each is run (through the
 //! shell, as a user would paste it) against a gateway, and answered as the page says.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "helpers of tests: a failure is a test failure"
+)]
 mod common;
 
 use std::time::Duration;
@@ -56,7 +60,19 @@ async fn every_mosquitto_pub_example_in_the_mqtt_docs_is_answered() {
     assert!(commands.len() >= 8, "found {} examples", commands.len());
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let _gateway = Gateway::start(&[("JTGW__MQTT__EMBEDDED_LISTEN", &listen)]).await;
+    // the users and device secret of the "Authentication" examples
+    let dir = TempDir::new("docs-examples");
+    let config = dir.path("gateway.toml");
+    let hash = jt1078_gateway::cli::hash_password("backend-password").unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[mqtt]\ndevice_secret = \"s3cret\"\n[[mqtt.users]]\nname = \"backend\"\npassword_hash = {hash:?}\nrole = \"backend\"\n"
+        ),
+    )
+    .unwrap();
+    let _gateway =
+        Gateway::start_from(Some(&config), &[("JTGW__MQTT__EMBEDDED_LISTEN", &listen)]).await;
     let mut client = TestClient::connect(
         port,
         &[
@@ -132,4 +148,140 @@ async fn every_mosquitto_pub_example_in_the_mqtt_docs_is_answered() {
         .json();
     assert_eq!(playback["start_time"], "261122080000");
     assert_eq!(playback["end_time"], "261122081000");
+}
+
+/// The paragraph of `README.md` that starts with `start`, up to the next blank line.
+fn readme_paragraph(start: &str) -> String {
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .unwrap();
+    let from = readme
+        .find(start)
+        .unwrap_or_else(|| panic!("README.md has no paragraph starting {start:?}"));
+    readme[from..]
+        .split("\n\n")
+        .next()
+        .unwrap()
+        .replace('\n', " ")
+}
+
+#[test]
+fn the_readme_default_ports_are_the_defaults() {
+    let settings = jt1078_gateway::config::Settings::load(None).unwrap();
+    let paragraph = readme_paragraph("Default ports:");
+    for (what, port) in [
+        ("live ingest", settings.ingest.live_listen.port()),
+        ("playback ingest", settings.ingest.playback_listen.port()),
+        ("HTTP", settings.http.listen.port()),
+        ("embedded MQTT", settings.mqtt.embedded_listen.port()),
+        (
+            "MQTT over WebSocket",
+            settings.mqtt.embedded_ws_listen.port(),
+        ),
+        ("WebRTC UDP", settings.webrtc.udp_listen.port()),
+    ] {
+        assert!(
+            paragraph.contains(&format!("{what} {port}")),
+            "README's default ports should say \"{what} {port}\": {paragraph}"
+        );
+    }
+}
+
+#[test]
+fn the_readme_command_table_names_every_subcommand_and_flag() {
+    use clap::CommandFactory;
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .unwrap();
+    let cli = jt1078_gateway::cli::Cli::command();
+    for sub in cli.get_subcommands() {
+        let row = readme
+            .lines()
+            .find(|l| {
+                let head = format!("| `jt1078-gateway {}", sub.get_name());
+                l.strip_prefix(&head)
+                    .is_some_and(|rest| rest.starts_with([' ', '`']))
+            })
+            .unwrap_or_else(|| panic!("README's command table has no row for {}", sub.get_name()));
+        for arg in sub.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "help" || long == "version" {
+                continue;
+            }
+            assert!(
+                row.contains(&format!("--{long}")),
+                "README's row for {} lacks --{long}: {row}",
+                sub.get_name()
+            );
+        }
+    }
+}
+
+/// The WebSocket URL path the MQTT docs give browsers, for the embedded broker and for
+/// mosquitto (`broker/mosquitto.conf`), is one both brokers answer.
+#[tokio::test]
+async fn the_documented_mqtt_websocket_path_is_served_by_both_brokers() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut paths = Vec::new();
+    for doc in [
+        "docs/mqtt.md",
+        "docs/configuration.md",
+        "broker/mosquitto.conf",
+        "README.md",
+    ] {
+        let text = std::fs::read_to_string(root.join(doc)).unwrap();
+        for (at, _) in text.match_indices(":8083/") {
+            let rest = &text[at + ":8083".len()..];
+            let end = rest
+                .find(|c: char| c.is_whitespace() || "`\"',)".contains(c))
+                .unwrap_or(rest.len());
+            paths.push((doc, rest[..end].to_owned()));
+        }
+    }
+    assert!(paths.len() >= 3, "{paths:?}");
+    for (doc, path) in &paths {
+        assert_eq!(path, "/mqtt", "{doc} gives browsers another path");
+    }
+    let ws = free_port();
+    let _gateway = Gateway::start(&[
+        (
+            "JTGW__MQTT__EMBEDDED_LISTEN",
+            &format!("127.0.0.1:{}", free_port()),
+        ),
+        ("JTGW__MQTT__EMBEDDED_WS_LISTEN", &format!("127.0.0.1:{ws}")),
+    ])
+    .await;
+    assert_websocket_upgrade(ws, "/mqtt", "embedded broker").await;
+    let mosquitto = common::mqtt::Mosquitto::start().await;
+    assert_websocket_upgrade(mosquitto.ws_port, "/mqtt", "mosquitto").await;
+}
+
+/// A WebSocket upgrade to `path` with the `mqtt` subprotocol is answered 101 (retried
+/// while the listener comes up).
+async fn assert_websocket_upgrade(port: u16, path: &str, who: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut socket = loop {
+        match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            Ok(socket) => break socket,
+            Err(e) if tokio::time::Instant::now() > deadline => panic!("{who}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut head = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut head))
+        .await
+        .unwrap_or_else(|_| panic!("{who} did not answer the upgrade"))
+        .unwrap();
+    let head = String::from_utf8_lossy(&head[..n]);
+    assert!(
+        head.starts_with("HTTP/1.1 101"),
+        "{who} refused a WebSocket upgrade of {path}: {head}"
+    );
 }

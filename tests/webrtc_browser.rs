@@ -6,7 +6,7 @@
 //! The gateway's UDP socket is bound to the wildcard and announces two addresses of this
 //! machine (loopback and the machine's own), so the browser checks a pair on each: media
 //! that left from an address the browser did not expect for its pair would be dropped
-//! (`../shared/tools/BROWSER-TESTS.md`).
+//! (`tests/browser/README.md`).
 
 #![expect(
     clippy::unwrap_used,

@@ -51,8 +51,7 @@ struct Args {
     #[command(subcommand)]
     mode: Option<Mode>,
     /// Recording every simulated device replays (looping, in real time). Default: the
-    /// H.264 + G.711A device capture in ../shared/testdata when present, else the bundled
-    /// sample.
+    /// H.264 + G.711A device capture in tests/data.
     #[arg(long, global = true)]
     file: Option<PathBuf>,
     /// The gateway binary to run.
@@ -127,14 +126,10 @@ enum Mode {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
-    let file = args.file.take().unwrap_or_else(|| {
-        let capture = PathBuf::from("../shared/testdata/h264-g711a-156987000796-ch1.jt1078");
-        if capture.exists() {
-            capture
-        } else {
-            PathBuf::from("samples/sample-h264-g711a.jt1078")
-        }
-    });
+    let file = args
+        .file
+        .take()
+        .unwrap_or_else(|| PathBuf::from("tests/data/h264-g711a-156987000796-ch1.jt1078"));
     let packets = load_file(&file)?;
     let layout = packets.first().context("empty recording")?.layout();
     // the gateway inherits the environment: with `JTGW__AUDIO__FLV=passthrough` viewers get

@@ -160,6 +160,26 @@ mod tests {
         forwarding
     }
 
+    proptest::proptest! {
+        /// Any header bytes give an address (the peer or one the headers name), never a
+        /// panic.
+        #[test]
+        fn any_forwarding_header_is_read_without_panic(
+            forwarded in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80), 0..4),
+            xff in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80), 0..4),
+        ) {
+            let proxies = TrustedProxies::new(&["0.0.0.0/0".parse().unwrap()]);
+            let mut forwarding = Forwarding::default();
+            for value in &forwarded {
+                forwarding.add_header("Forwarded", value);
+            }
+            for value in &xff {
+                forwarding.add_header("X-Forwarded-For", value);
+            }
+            let _client = proxies.client(ip("10.0.0.1"), &forwarding);
+        }
+    }
+
     #[test]
     fn an_untrusted_peer_is_the_client_whatever_it_claims() {
         let proxies = TrustedProxies::new(&["10.0.0.0/8".parse().unwrap()]);

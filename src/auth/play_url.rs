@@ -308,6 +308,18 @@ mod tests {
         assert_eq!(path_of("https://h:1"), "/");
     }
 
+    proptest::proptest! {
+        /// Any query and path are refused or accepted, never a panic; a query made of
+        /// arbitrary bytes is never accepted.
+        #[test]
+        fn any_query_is_answered_without_panic(path in ".*", query in ".*", now in proptest::prelude::any::<u64>()) {
+            let signer = PlaySigner::new(b"k");
+            proptest::prop_assert!(signer.verify(&path, &query, now).is_err());
+            let signed = signer.query(&path, now);
+            proptest::prop_assert_eq!(signer.verify(&path, &signed, now), Ok(()));
+        }
+    }
+
     #[test]
     fn the_debug_form_hides_the_key() {
         assert_eq!(

@@ -1,10 +1,15 @@
 //! The control plane: JSON over MQTT on topics keyed by device id.
 //!
-//! `mqtt.rs` is the I/O edge (embedded broker, client loop), `messages.rs` and `topics.rs`
+//! `mqtt.rs` is the I/O edge (client loop), `broker.rs` the embedded broker with its guards
+//! (`auth.rs` who may connect, `access.rs` who may publish and subscribe what, both pure),
+//! `messages.rs` and `topics.rs`
 //! the wire types, `demand.rs` the sans-IO policy (who wants what, when to pull and stop),
 //! `dispatch.rs` the one task that owns the state and performs the actions. Control drives
 //! the rest of the gateway only through the hub handle `app` passes in.
 
+pub mod access;
+pub mod auth;
+pub mod broker;
 pub mod demand;
 mod dispatch;
 pub mod messages;
@@ -97,9 +102,6 @@ pub fn spawn(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let topics = Topics::new(&ctx.mqtt.topic_prefix);
-    if ctx.mqtt.embedded {
-        mqtt::start_embedded_broker(&ctx.mqtt)?;
-    }
     let url = mqtt::broker_url(&ctx.mqtt);
     let offline = serde_json::to_vec(&GatewayStatus {
         gateway_id: &ctx.mqtt.gateway_id,

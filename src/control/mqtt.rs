@@ -1,9 +1,7 @@
-//! The MQTT edge: the embedded broker (rumqttd, on its own thread) and the gateway's client
-//! connection (rumqttc). A thin loop: poll the connection, hand inbound publishes to the
+//! The MQTT edge: the gateway's client connections (rumqttc; the embedded broker is
+//! `broker.rs`). A thin loop: poll the connection, hand inbound publishes to the
 //! control task, re-subscribe and re-announce on every (re)connect.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -26,73 +24,6 @@ pub struct Inbound {
     pub payload: Bytes,
 }
 
-/// Starts the embedded broker on a thread of its own (`rumqttd`'s `start` blocks):
-/// MQTT 3.1.1 on `embedded_listen`, MQTT over WebSocket on `embedded_ws_listen`.
-pub fn start_embedded_broker(settings: &MqttSettings) -> anyhow::Result<()> {
-    let server = |name: &str, listen: SocketAddr| rumqttd::ServerSettings {
-        name: name.to_owned(),
-        listen,
-        tls: None,
-        next_connection_delay_ms: 1,
-        connections: rumqttd::ConnectionSettings {
-            connection_timeout_ms: 60_000,
-            max_payload_size: 256 * 1024,
-            max_inflight_count: 500,
-            auth: None,
-            external_auth: None,
-            dynamic_filters: true,
-        },
-    };
-    let config = rumqttd::Config {
-        id: 0,
-        router: rumqttd::RouterConfig {
-            max_connections: 10_010,
-            max_outgoing_packet_count: 1000,
-            // What the broker keeps per subscription filter, and so how far a subscriber
-            // may fall behind before it misses messages: 10 segments of 1 MiB. Smaller
-            // (4 of 512 KiB) made a backend miss replies in a flood of 20,000 requests;
-            // the price is that a filter keeps up to 10 MiB once a flood filled it
-            // (docs/reliability.md, "Open").
-            max_segment_size: 1024 * 1024,
-            max_segment_count: 10,
-            custom_segment: None,
-            initialized_filters: None,
-            shared_subscriptions_strategy: Default::default(),
-        },
-        v4: Some(HashMap::from([(
-            "v4".to_owned(),
-            server("v4", settings.embedded_listen),
-        )])),
-        ws: Some(HashMap::from([(
-            "ws".to_owned(),
-            server("ws", settings.embedded_ws_listen),
-        )])),
-        ..rumqttd::Config::default()
-    };
-    // Fail early with the key's name if a port is taken (rumqttd would only log it).
-    for (key, addr) in [
-        ("mqtt.embedded_listen", settings.embedded_listen),
-        ("mqtt.embedded_ws_listen", settings.embedded_ws_listen),
-    ] {
-        std::net::TcpListener::bind(addr).with_context(|| format!("binding {key} = {addr}"))?;
-    }
-    let mut broker = rumqttd::Broker::new(config);
-    std::thread::Builder::new()
-        .name("mqtt-broker".to_owned())
-        .spawn(move || {
-            if let Err(error) = broker.start() {
-                tracing::error!(%error, "embedded MQTT broker stopped");
-            }
-        })
-        .context("starting the embedded MQTT broker thread")?;
-    info!(
-        mqtt = %settings.embedded_listen,
-        websocket = %settings.embedded_ws_listen,
-        "embedded MQTT broker listening"
-    );
-    Ok(())
-}
-
 /// The broker the gateway's clients connect to: its embedded one, or `mqtt.url`.
 pub fn broker_url(settings: &MqttSettings) -> String {
     if settings.embedded {
@@ -102,12 +33,20 @@ pub fn broker_url(settings: &MqttSettings) -> String {
     }
 }
 
-/// Parses `mqtt://host:port` / `mqtts://host:port` into options for `client_id`.
+/// Parses `mqtt://[user:password@]host:port` / `mqtts://…` into options for
+/// `client_id` (the user name ends at the first `:`, the host starts after the last `@`).
 pub fn mqtt_options(url: &str, client_id: &str) -> anyhow::Result<MqttOptions> {
     let (scheme, rest) = url.split_once("://").with_context(|| {
         format!("mqtt.url {url:?}: expected mqtt://host:port or mqtts://host:port")
     })?;
     let rest = rest.trim_end_matches('/');
+    let (login, rest) = match rest.rsplit_once('@') {
+        Some((login, host)) => {
+            let (user, password) = login.split_once(':').unwrap_or((login, ""));
+            (Some((user.to_owned(), password.to_owned())), host)
+        }
+        None => (None, rest),
+    };
     let (host, port) = match rest.rsplit_once(':') {
         Some((host, port)) => (
             host,
@@ -125,6 +64,9 @@ pub fn mqtt_options(url: &str, client_id: &str) -> anyhow::Result<MqttOptions> {
             options.set_transport(Transport::tls_with_default_config());
         }
         other => bail!("mqtt.url {url:?}: unsupported scheme {other:?} (use mqtt:// or mqtts://)"),
+    }
+    if let Some((user, password)) = login {
+        options.set_credentials(user, password);
     }
     Ok(options)
 }
@@ -339,6 +281,26 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_may_carry_a_user_and_password() {
+        let options = mqtt_options("mqtt://13800138000:ab:c@d@broker.example:1884", "c").unwrap();
+        let login = options.credentials().unwrap();
+        assert_eq!(
+            (login.username.as_str(), login.password.as_str()),
+            ("13800138000", "ab:c@d")
+        );
+        assert_eq!(
+            options.broker_address(),
+            ("broker.example".to_owned(), 1884)
+        );
+        assert!(
+            mqtt_options("mqtt://127.0.0.1:1883", "c")
+                .unwrap()
+                .credentials()
+                .is_none()
+        );
+    }
 
     #[test]
     fn reconnect_delays_grow_to_a_cap_and_start_again_after_a_reset() {

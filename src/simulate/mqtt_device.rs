@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 
 use super::{Device, Pace};
 use crate::codec::jt1078::{Packet as Jt1078Packet, Sim};
+use crate::control::auth::device_password;
 use crate::control::messages::DeviceCommand;
 use crate::control::mqtt::{Backoff, mqtt_options};
 use crate::control::topics::Topics;
@@ -38,10 +39,34 @@ pub struct MqttDeviceOptions {
     pub pace: Pace,
     /// Loop replays until STOP.
     pub looping: bool,
+    /// `mqtt.device_secret` of the broker: each device then logs in on a connection of its
+    /// own, as itself, with the HMAC password of its id.
+    pub device_secret: Option<String>,
 }
 
 /// Runs until `cancel`.
 pub async fn run(options: MqttDeviceOptions, cancel: CancellationToken) -> anyhow::Result<()> {
+    let Some(secret) = options.device_secret.clone() else {
+        return run_devices(options, None, cancel).await;
+    };
+    let runs = options.devices.iter().map(|device| {
+        let mut one = options.clone();
+        one.devices = vec![device.clone()];
+        let login = (
+            device.as_str().to_owned(),
+            device_password(secret.as_bytes(), device),
+        );
+        run_devices(one, Some(login), cancel.clone())
+    });
+    futures_util::future::try_join_all(runs).await.map(|_| ())
+}
+
+/// Devices on one connection (logging in as `login` when given).
+async fn run_devices(
+    options: MqttDeviceOptions,
+    login: Option<(String, String)>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     let topics = Topics::new(&options.topic_prefix);
     let layout = options.packets.first().context("empty recording")?.layout();
     let client_id = format!(
@@ -51,6 +76,9 @@ pub async fn run(options: MqttDeviceOptions, cancel: CancellationToken) -> anyho
     );
     let mut mqtt = mqtt_options(&options.url, &client_id)?;
     mqtt.set_keep_alive(Duration::from_secs(30));
+    if let Some((user, password)) = login {
+        mqtt.set_credentials(user, password);
+    }
     let (client, mut eventloop) = AsyncClient::new(mqtt, 1024);
     let tasks = TaskTracker::new();
     // One push per stream: live and playback of a channel run side by side, as on a device.

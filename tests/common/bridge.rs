@@ -1,5 +1,5 @@
 //! Bridge test helpers: an HTTP POST client for SRS hook bodies, the fixtures SRS 6 sent
-//! (`../shared/fixtures/srs-hooks/`), and a real redis-server on a free port.
+//! (`tests/fixtures/srs-hooks/`), and a real redis-server on a free port.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -33,7 +33,7 @@ pub(crate) async fn http_post(addr: SocketAddr, path: &str, body: &str) -> (u16,
 /// app and client id replaced.
 pub(crate) fn hook(name: &str, app: &str, stream: &str, client: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/srs-hooks")
+        .join("tests/fixtures/srs-hooks")
         .join(format!("{name}.json"));
     let text = std::fs::read_to_string(&path).unwrap();
     let mut body: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -63,7 +63,7 @@ impl Redis {
     }
 
     async fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+        let child = Command::new(super::program("REDIS_SERVER_BIN", "redis-server"))
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args([
                 "--save",

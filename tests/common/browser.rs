@@ -1,6 +1,6 @@
 //! A real browser for the WebRTC tests: one headless Chromium per test binary, driven by
 //! `tests/browser/driver.py` (playwright, Debian's `/usr/bin/chromium`; see
-//! `../shared/tools/BROWSER-TESTS.md`), playing `tests/browser/whep.html` or `mqtt.html`
+//! `tests/browser/README.md`), playing `tests/browser/whep.html` or `mqtt.html`
 //! and reporting what it decoded from `getStats()`.
 //!
 //! The driver reads one JSON command a line on stdin and answers one JSON line on stdout,

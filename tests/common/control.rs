@@ -99,6 +99,7 @@ pub(crate) fn start_device(url: &str, device: &str) -> CancellationToken {
         devices: vec![DeviceId::parse(device).unwrap()],
         pace: Pace::Realtime,
         looping: true,
+        device_secret: None,
     };
     let cancel = CancellationToken::new();
     tokio::spawn(mqtt_device::run(options, cancel.clone()));

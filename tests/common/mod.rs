@@ -42,6 +42,12 @@ pub(crate) struct Gateway {
 impl Gateway {
     /// Starts a gateway on 127.0.0.1 port 0 with extra `JTGW__…` settings.
     pub(crate) async fn start(extra: &[(&str, &str)]) -> Gateway {
+        Self::start_from(None, extra).await
+    }
+
+    /// Starts a gateway with a configuration file overlaid on the defaults (settings the
+    /// environment cannot carry, such as `[[mqtt.users]]`), then `extra`.
+    pub(crate) async fn start_from(file: Option<&Path>, extra: &[(&str, &str)]) -> Gateway {
         let mut env: HashMap<String, String> = [
             ("JTGW__INGEST__LIVE_LISTEN", "127.0.0.1:0".to_owned()),
             ("JTGW__INGEST__PLAYBACK_LISTEN", "127.0.0.1:0".to_owned()),
@@ -63,7 +69,7 @@ impl Gateway {
         for (k, v) in extra {
             env.insert(k.to_string(), v.to_string());
         }
-        let settings = Settings::load_from(None, Some(env)).expect("settings");
+        let settings = Settings::load_from(file, Some(env)).expect("settings");
         jt1078_gateway::telemetry::init("warn");
         let app = App::bind(settings).await.expect("bind");
         let addrs = app.local_addrs().expect("addrs");
@@ -168,18 +174,30 @@ pub(crate) fn free_port() -> u16 {
     }
 }
 
-/// `../shared/testdata/{name}`.
-pub(crate) fn testdata(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/testdata")
-        .join(name)
+/// A third-party server the tests run: `$var` when set (`scripts/tools.sh` sets it for
+/// `scripts/test.sh`: found on the PATH, in a tool cache, or installed), else `name` on the
+/// PATH.
+pub(crate) fn program(var: &str, name: &str) -> PathBuf {
+    std::env::var_os(var)
+        .filter(|path| !path.is_empty())
+        .map_or_else(|| PathBuf::from(name), PathBuf::from)
 }
 
-/// Every `.jt1078` recording in `../shared/testdata`.
+/// The recordings of real devices the suite replays (`tests/data/`, provenance and
+/// licences in its README).
+fn testdata_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
+}
+
+/// `tests/data/{name}`.
+pub(crate) fn testdata(name: &str) -> PathBuf {
+    testdata_dir().join(name)
+}
+
+/// Every `.jt1078` recording in `tests/data/`.
 pub(crate) fn all_testdata() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("../shared/testdata exists")
+    let mut files: Vec<PathBuf> = std::fs::read_dir(testdata_dir())
+        .expect("tests/data exists")
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "jt1078"))

@@ -31,10 +31,28 @@ pub(crate) struct Mosquitto {
     pub(crate) ws_port: u16,
     child: Option<Child>,
     dir: TempDir,
+    /// `user:password` lines for the password file; `None`: a lab broker, anonymous
+    /// clients may do anything.
+    logins: Option<Vec<(String, String)>>,
 }
 
 impl Mosquitto {
+    /// A lab broker: `broker/mosquitto.conf` without its logins and ACL.
     pub(crate) async fn start() -> Mosquitto {
+        Self::start_with(None).await
+    }
+
+    /// `broker/mosquitto.conf` as shipped, with `broker/acl` and a password file of these
+    /// logins (hashed with `mosquitto_passwd`, as `broker/entrypoint.sh` does).
+    pub(crate) async fn start_secure(logins: &[(&str, &str)]) -> Mosquitto {
+        let logins = logins
+            .iter()
+            .map(|(u, p)| (u.to_string(), p.to_string()))
+            .collect();
+        Self::start_with(Some(logins)).await
+    }
+
+    async fn start_with(logins: Option<Vec<(String, String)>>) -> Mosquitto {
         let dir = TempDir::new("mosquitto");
         // mosquitto started as root drops to its own user, which must write its database
         std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -43,6 +61,7 @@ impl Mosquitto {
             ws_port: free_port(),
             child: None,
             dir,
+            logins,
         };
         broker.spawn().await;
         broker
@@ -63,12 +82,44 @@ impl Mosquitto {
                 format!("listener {} 127.0.0.1", self.ws_port),
             ),
             (
-                "persistence_location /var/lib/mosquitto/",
+                "persistence_location /mosquitto/data/",
                 format!("persistence_location {data}"),
             ),
         ] {
             assert!(text.contains(from), "broker/mosquitto.conf has no {from:?}");
             text = text.replace(from, &to);
+        }
+        let secure = [
+            "allow_anonymous false",
+            "password_file /mosquitto/data/passwd",
+            "acl_file /mosquitto/config/acl",
+        ];
+        for line in secure {
+            assert!(text.contains(line), "broker/mosquitto.conf has no {line:?}");
+        }
+        match &self.logins {
+            None => {
+                text = text
+                    .replace(secure[0], "allow_anonymous true")
+                    .replace(secure[1], "")
+                    .replace(secure[2], "");
+            }
+            Some(logins) => {
+                let passwd = self.dir.path("passwd");
+                let lines: String = logins.iter().map(|(u, p)| format!("{u}:{p}\n")).collect();
+                std::fs::write(&passwd, lines).unwrap();
+                let status = Command::new("mosquitto_passwd")
+                    .arg("-U")
+                    .arg(&passwd)
+                    .status()
+                    .expect("mosquitto_passwd runs");
+                assert!(status.success(), "mosquitto_passwd -U");
+                std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(0o644)).unwrap();
+                let acl = Path::new(env!("CARGO_MANIFEST_DIR")).join("broker/acl");
+                text = text
+                    .replace(secure[1], &format!("password_file {}", passwd.display()))
+                    .replace(secure[2], &format!("acl_file {}", acl.display()));
+            }
         }
         let path = self.dir.path("mosquitto.conf");
         std::fs::write(&path, text).unwrap();
@@ -77,7 +128,7 @@ impl Mosquitto {
 
     async fn spawn(&mut self) {
         let config = self.config();
-        let child = Command::new("mosquitto")
+        let child = Command::new(super::program("MOSQUITTO_BIN", "mosquitto"))
             .arg("-c")
             .arg(&config)
             .stdout(Stdio::null())

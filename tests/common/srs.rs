@@ -3,7 +3,7 @@
 //! and Debian's nginx with libnginx-mod-rtmp. Each on free loopback ports, in its own
 //! temporary directory, killed by pid on drop.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -12,9 +12,24 @@ use tokio::process::{Child, Command};
 
 use super::{TempDir, free_port};
 
-/// The SRS binary the suite runs (see its README).
+/// The SRS 6 binary the suite runs: `$SRS_BIN` (which `scripts/test.sh` sets through
+/// `scripts/tools.sh`: found on the PATH, in a local tool cache, or built from SRS's source
+/// release), else `srs` on the PATH. Neither is a failure that says what to install.
 pub(crate) fn srs_binary() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/srs/srs")
+    if let Some(bin) = std::env::var_os("SRS_BIN").filter(|b| !b.is_empty()) {
+        return PathBuf::from(bin);
+    }
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("srs"))
+            .find(|candidate| candidate.is_file())
+    });
+    on_path.unwrap_or_else(|| {
+        panic!(
+            "SRS 6 is needed by this test and was not found: run ./scripts/test.sh (it finds \
+             or builds one), or set SRS_BIN to an srs binary, or put srs on the PATH"
+        )
+    })
 }
 
 /// The hooks switch of `config/srs.conf` (checked to be there by `render_srs_conf`).
@@ -121,7 +136,7 @@ impl Srs {
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
-            .expect("start ../shared/tools/srs/srs");
+            .unwrap_or_else(|e| panic!("start SRS ({}): {e}", srs_binary().display()));
         self.child = Some(child);
         wait_listening(self.rtmp, "SRS").await;
     }
@@ -211,7 +226,7 @@ impl NginxRtmp {
             dir = dir.0.display()
         );
         std::fs::write(dir.path("nginx.conf"), conf).unwrap();
-        let child = Command::new("nginx")
+        let child = Command::new(super::program("NGINX_BIN", "nginx"))
             .args(["-c", dir.path("nginx.conf").to_str().unwrap()])
             .args(["-p", dir.0.to_str().unwrap()])
             .args(["-g", "daemon off; master_process off;"])

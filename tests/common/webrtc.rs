@@ -297,7 +297,7 @@ impl Coturn {
 
     fn start(ip: IpAddr, args: &[&str]) -> Coturn {
         let port = super::free_port();
-        let child = std::process::Command::new("turnserver")
+        let child = std::process::Command::new(super::program("TURNSERVER_BIN", "turnserver"))
             .args([
                 "-n",
                 "--no-cli",

@@ -27,6 +27,8 @@ pub use server::{Broker, LinkType, Server};
 
 pub use self::router::shared_subs::Strategy;
 
+// jt1078-gateway patch: authentication, authorization and transport hooks
+pub mod access;
 mod link;
 pub mod protocol;
 mod router;
@@ -161,6 +163,13 @@ pub struct ConnectionSettings {
     pub external_auth: Option<AuthHandler>,
     #[serde(default)]
     pub dynamic_filters: bool,
+    /// jt1078-gateway patch: decides every CONNECT (see [`access`]); replaces `auth` and
+    /// `external_auth` when set.
+    #[serde(skip)]
+    pub connect_hook: Option<access::ConnectHook>,
+    /// jt1078-gateway patch: wraps every accepted stream (TLS), in the connection's task.
+    #[serde(skip)]
+    pub stream_hook: Option<access::StreamHook>,
 }
 
 impl ConnectionSettings {
@@ -186,6 +195,8 @@ impl fmt::Debug for ConnectionSettings {
             .field("auth", &self.auth)
             .field("external_auth", &self.external_auth.is_some())
             .field("dynamic_filters", &self.dynamic_filters)
+            .field("connect_hook", &self.connect_hook.is_some())
+            .field("stream_hook", &self.stream_hook.is_some())
             .finish()
     }
 }

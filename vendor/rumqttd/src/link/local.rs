@@ -49,6 +49,8 @@ pub struct LinkBuilder<'a> {
     dynamic_filters: bool,
     // default to 0, indicating to not use topic alias
     topic_alias_max: u16,
+    // jt1078-gateway patch: none = may do anything
+    permissions: Option<Arc<dyn crate::access::Permissions>>,
 }
 
 impl<'a> LinkBuilder<'a> {
@@ -62,7 +64,14 @@ impl<'a> LinkBuilder<'a> {
             last_will_properties: None,
             dynamic_filters: false,
             topic_alias_max: 0,
+            permissions: None,
         }
+    }
+
+    /// jt1078-gateway patch: what the connection may publish and subscribe.
+    pub fn permissions(mut self, permissions: Option<Arc<dyn crate::access::Permissions>>) -> Self {
+        self.permissions = permissions;
+        self
     }
 
     pub fn tenant_id(mut self, tenant_id: Option<String>) -> Self {
@@ -111,6 +120,7 @@ impl<'a> LinkBuilder<'a> {
         connection
             .last_will(self.last_will, self.last_will_properties)
             .topic_alias_max(self.topic_alias_max);
+        connection.permissions = self.permissions;
         let incoming = Incoming::new(connection.client_id.to_owned());
         let (outgoing, link_rx) = Outgoing::new(connection.client_id.to_owned());
         let outgoing_data_buffer = outgoing.buffer();

@@ -1,3 +1,4 @@
+use crate::access::{ConnectRequest, Permissions, Refusal};
 use crate::link::local::{LinkError, LinkRx, LinkTx};
 use crate::link::network;
 use crate::link::network::Network;
@@ -68,6 +69,8 @@ impl<P: Protocol> RemoteLink<P> {
         connect_packet: Packet,
         dynamic_filters: bool,
         assigned_client_id: Option<String>,
+        // jt1078-gateway patch: what the connect hook granted
+        permissions: Option<Arc<dyn Permissions>>,
     ) -> Result<RemoteLink<P>, Error> {
         let Packet::Connect(connect, props, lastwill, lastwill_props, _) = connect_packet else {
             return Err(Error::NotConnectPacket(connect_packet));
@@ -100,6 +103,7 @@ impl<P: Protocol> RemoteLink<P> {
             .last_will_properties(lastwill_props)
             .dynamic_filters(dynamic_filters)
             .topic_alias_max(topic_alias_max.unwrap_or(0))
+            .permissions(permissions)
             .build()?;
 
         let id = link_rx.id();
@@ -174,10 +178,16 @@ impl<P: Protocol> RemoteLink<P> {
 
 /// Read MQTT connect packet from network and verify it.
 /// authentication and checks are done here.
+///
+/// jt1078-gateway patch: `peer` and `listener` are for `config.connect_hook`, which, when
+/// set, decides the CONNECT (a refusal is answered with its CONNACK code) and gives the
+/// connection's permissions, returned with the packet.
 pub async fn mqtt_connect<P>(
     config: Arc<ConnectionSettings>,
     network: &mut Network<P>,
-) -> Result<Packet, Error>
+    peer: std::net::SocketAddr,
+    listener: &str,
+) -> Result<(Packet, Option<Arc<dyn Permissions>>), Error>
 where
     P: Protocol,
 {
@@ -198,7 +208,50 @@ where
 
     Span::current().record("client_id", &connect.client_id);
 
-    handle_auth(config.clone(), login.as_ref(), &connect.client_id).await?;
+    // jt1078-gateway patch: the application's hook decides, and a refusal gets its CONNACK
+    let mut permissions = None;
+    if let Some(hook) = &config.connect_hook {
+        let request = ConnectRequest {
+            peer,
+            listener: listener.to_owned(),
+            client_id: connect.client_id.clone(),
+            username: login.as_ref().map(|l| l.username.clone()),
+            password: login.as_ref().map(|l| l.password.clone()),
+        };
+        let verdict = match hook(request).await {
+            Ok(granted) => {
+                // a last will is a publish made later on the client's behalf
+                let will_topic = match &packet {
+                    Packet::Connect(_, _, Some(will), _, _) => Some(will.topic.clone()),
+                    _ => None,
+                };
+                match will_topic {
+                    Some(topic) if !granted.may_publish(&String::from_utf8_lossy(&topic)) => {
+                        Err(Refusal::NotAuthorized)
+                    }
+                    _ => Ok(granted),
+                }
+            }
+            Err(refusal) => Err(refusal),
+        };
+        match verdict {
+            Ok(granted) => permissions = Some(granted),
+            Err(refusal) => {
+                let code = match refusal {
+                    Refusal::BadUserNameOrPassword => ConnectReturnCode::BadUserNamePassword,
+                    Refusal::NotAuthorized => ConnectReturnCode::NotAuthorized,
+                };
+                let ack = ConnAck {
+                    session_present: false,
+                    code,
+                };
+                network.write(Packet::ConnAck(ack, None)).await?;
+                return Err(Error::InvalidAuth);
+            }
+        }
+    } else {
+        handle_auth(config.clone(), login.as_ref(), &connect.client_id).await?;
+    }
 
     // When keep_alive feature is disabled client can live forever, which is not good in
     // distributed broker context so currenlty we don't allow it.
@@ -222,7 +275,7 @@ where
     }
 
     // Ok((connect, props, lastwill, lastwill_props))
-    Ok(packet)
+    Ok((packet, permissions))
 }
 
 async fn handle_auth(
@@ -286,6 +339,8 @@ mod tests {
             auth: None,
             external_auth: None,
             dynamic_filters: false,
+            connect_hook: None,
+            stream_hook: None,
         }
     }
 

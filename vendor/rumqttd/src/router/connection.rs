@@ -33,6 +33,8 @@ pub struct Connection {
     pub(crate) broker_topic_aliases: Option<BrokerAliases>,
     /// subscription IDs for a connection
     pub(crate) subscription_ids: HashMap<Filter, usize>,
+    /// jt1078-gateway patch: what it may publish and subscribe (none: anything)
+    pub permissions: Option<std::sync::Arc<dyn crate::access::Permissions>>,
 }
 
 impl Connection {
@@ -66,6 +68,7 @@ impl Connection {
             topic_aliases: HashMap::new(),
             broker_topic_aliases: None,
             subscription_ids: HashMap::new(),
+            permissions: None,
         }
     }
 

@@ -552,6 +552,11 @@ impl Router {
         let mut new_data = false;
         let mut disconnect = false;
         let mut disconnect_reason: Option<DisconnectReasonCode> = None;
+        // jt1078-gateway patch: what this connection may publish and subscribe
+        let permissions = self
+            .connections
+            .get(id)
+            .and_then(|connection| connection.permissions.clone());
 
         // info!("{:15.15}[I] {:20} count = {}", client_id, "packets", packets.len());
 
@@ -563,6 +568,35 @@ impl Router {
 
                     let qos = publish.qos;
                     let pkid = publish.pkid;
+
+                    // jt1078-gateway patch: a publish the connection may not make is
+                    // dropped (the hook counts it); QoS 1 is still acknowledged, so the
+                    // client does not send it again after every reconnect; QoS 2 would
+                    // need the exchange kept for nothing: the connection ends
+                    if let Some(permissions) = &permissions {
+                        let allowed = std::str::from_utf8(&publish.topic)
+                            .is_ok_and(|topic| permissions.may_publish(topic));
+                        if !allowed {
+                            match qos {
+                                QoS::AtMostOnce => {}
+                                QoS::AtLeastOnce => {
+                                    let puback = PubAck {
+                                        pkid,
+                                        reason: PubAckReason::NotAuthorized,
+                                    };
+                                    let ackslog = self.ackslog.get_mut(id).unwrap();
+                                    ackslog.puback(puback);
+                                    force_ack = true;
+                                }
+                                QoS::ExactlyOnce => {
+                                    disconnect = true;
+                                    disconnect_reason = Some(DisconnectReasonCode::NotAuthorized);
+                                    break;
+                                }
+                            }
+                            continue;
+                        }
+                    }
 
                     // Prepare acks for the above publish
                     // If any of the publish in the batch results in force flush,
@@ -672,6 +706,15 @@ impl Router {
                             group = Some(grp);
                             filter = filter_path;
                         };
+
+                        // jt1078-gateway patch: a filter the connection may not subscribe
+                        // gets the SUBACK failure code, the others go on
+                        if let Some(permissions) = &permissions {
+                            if !permissions.may_subscribe(&filter) {
+                                return_codes.push(SubscribeReasonCode::Failure);
+                                continue;
+                            }
+                        }
 
                         let subscription_id = props.as_ref().and_then(|p| p.id);
 

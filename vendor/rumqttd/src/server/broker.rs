@@ -400,6 +400,59 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                 }
             };
 
+            // jt1078-gateway patch: with a stream hook (the application's TLS), the
+            // handshakes (TLS, WebSocket) run in the connection's task: a peer that never
+            // finishes one no longer holds up the accept loop of the listener
+            if let Some(hook) = config.stream_hook.clone() {
+                let config = config.clone();
+                let router_tx = self.router_tx.clone();
+                let protocol = self.protocol.clone();
+                let will_handlers = self.awaiting_will_handler.clone();
+                let listener = self.config.name.clone();
+                count += 1;
+                debug!(name=?self.config.name, ?addr, count, "accept");
+                task::spawn(async move {
+                    let timeout = Duration::from_millis(config.connection_timeout_ms.into());
+                    let network = match time::timeout(timeout, hook(stream)).await {
+                        Ok(Ok(network)) => network,
+                        Ok(Err(e)) => {
+                            debug!(error=?e, ?addr, "handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            debug!(?addr, "handshake timed out");
+                            return;
+                        }
+                    };
+                    let network: Box<dyn N> = match link_type {
+                        #[cfg(feature = "websocket")]
+                        LinkType::Websocket => {
+                            match time::timeout(timeout, accept_hdr_async(network, WSCallback)).await {
+                                Ok(Ok(s)) => Box::new(WsStream::new(s)),
+                                Ok(Err(e)) => {
+                                    debug!(error=?e, "Websocket failed handshake");
+                                    return;
+                                }
+                                Err(_) => {
+                                    debug!(?addr, "Websocket handshake timed out");
+                                    return;
+                                }
+                            }
+                        }
+                        LinkType::Remote => network,
+                    };
+                    remote(config, None, router_tx, network, protocol, will_handlers, addr, listener)
+                        .instrument(tracing::error_span!(
+                            "remote_link",
+                            client_id = field::Empty,
+                            connection_id = field::Empty,
+                        ))
+                        .await
+                });
+                time::sleep(delay).await;
+                continue;
+            }
+
             let (network, tenant_id) = match self.tls_accept(stream).await {
                 Ok(o) => o,
                 Err(e) => {
@@ -435,6 +488,8 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                             stream,
                             protocol,
                             self.awaiting_will_handler.clone(),
+                            addr,
+                            self.config.name.clone(),
                         )
                         .instrument(tracing::info_span!(
                             "websocket_link",
@@ -451,6 +506,8 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                         network,
                         protocol,
                         self.awaiting_will_handler.clone(),
+                        addr,
+                        self.config.name.clone(),
                     )
                     .instrument(tracing::error_span!(
                         "remote_link",
@@ -496,6 +553,9 @@ async fn remote<P: Protocol>(
     stream: Box<dyn N>,
     protocol: P,
     will_handlers: Arc<Mutex<HashMap<String, Sender<AwaitingWill>>>>,
+    // jt1078-gateway patch: for the connect hook
+    peer: SocketAddr,
+    listener: String,
 ) {
     let mut network = Network::new(
         stream,
@@ -506,7 +566,7 @@ async fn remote<P: Protocol>(
 
     let dynamic_filters = config.dynamic_filters;
 
-    let connect_packet = match mqtt_connect(config, &mut network).await {
+    let (connect_packet, permissions) = match mqtt_connect(config, &mut network, peer, &listener).await {
         Ok(p) => p,
         Err(e) => {
             // jt1078-gateway patch: a peer that goes away before CONNECT (a port probe,
@@ -516,6 +576,8 @@ async fn remote<P: Protocol>(
                 remote::Error::Network(network::Error::Io(_) | network::Error::KeepAlive(_))
                     | remote::Error::Io(_)
                     | remote::Error::Timeout(_)
+                    // jt1078-gateway patch: the connect hook logs its refusals itself
+                    | remote::Error::InvalidAuth
             ) {
                 debug!(error=?e, "Error while handling MQTT connect packet");
             } else {
@@ -569,6 +631,7 @@ async fn remote<P: Protocol>(
         connect_packet,
         dynamic_filters,
         assigned_client_id,
+        permissions,
     )
     .await
     {
