@@ -185,8 +185,13 @@ impl RuntimeSettings {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HubConfig {
-    /// Reader queue length in frames.
-    pub reader_queue: NonZeroUsize,
+    /// Bytes of live frames a reader may have queued (its time bound is
+    /// `http.viewer_max_lag`).
+    pub reader_queue_bytes: NonZeroUsize,
+    /// Retired (a count of frames): its presence fails start-up with a message naming
+    /// `reader_queue_bytes`.
+    #[serde(default, skip_serializing)]
+    pub reader_queue: Option<serde::de::IgnoredAny>,
     /// GOP cache cap in bytes.
     pub gop_cache_max_bytes: NonZeroUsize,
 }
@@ -612,15 +617,24 @@ impl Settings {
                 Some(path) => format!("reading configuration file {}", path.display()),
                 None => "reading configuration".to_owned(),
             })?;
-        config
+        let settings: Settings = config
             .try_deserialize()
-            .context("invalid configuration (see docs/configuration.md)")
+            .context("invalid configuration (see docs/configuration.md)")?;
+        if settings.hub.reader_queue.is_some() {
+            anyhow::bail!(
+                "hub.reader_queue (a count of frames) is retired: a reader is bounded by bytes, \
+                 hub.reader_queue_bytes, and by time, http.viewer_max_lag; remove the key \
+                 (see docs/configuration.md)"
+            );
+        }
+        Ok(settings)
     }
 
     /// The hub's part.
     pub fn hub_settings(&self) -> crate::hub::HubSettings {
         crate::hub::HubSettings {
-            reader_queue: self.hub.reader_queue.get(),
+            reader_max_bytes: self.hub.reader_queue_bytes.get(),
+            reader_max_lag: self.http.viewer_max_lag,
             gop_cache_max_bytes: self.hub.gop_cache_max_bytes.get(),
         }
     }
@@ -651,13 +665,25 @@ mod tests {
                 "127.0.0.1:19531".to_owned(),
             ),
             ("JTGW__INGEST__IDLE_TIMEOUT".to_owned(), "2m".to_owned()),
-            ("JTGW__HUB__READER_QUEUE".to_owned(), "1000".to_owned()),
+            (
+                "JTGW__HUB__READER_QUEUE_BYTES".to_owned(),
+                "1000000".to_owned(),
+            ),
         ]);
         let s = Settings::load_from(None, Some(env)).unwrap();
         assert_eq!(s.ingest.live_listen, "127.0.0.1:19501".parse().unwrap());
         assert_eq!(s.http.listen, "127.0.0.1:19531".parse().unwrap());
         assert_eq!(s.ingest.idle_timeout, Duration::from_secs(120));
-        assert_eq!(s.hub.reader_queue.get(), 1000);
+        assert_eq!(s.hub.reader_queue_bytes.get(), 1_000_000);
+    }
+
+    #[test]
+    fn the_retired_reader_queue_fails_start_up_naming_its_replacement() {
+        let env = HashMap::from([("JTGW__HUB__READER_QUEUE".to_owned(), "256".to_owned())]);
+        let error = Settings::load_from(None, Some(env)).unwrap_err();
+        let message = format!("{error:#}");
+        assert!(message.contains("hub.reader_queue_bytes"), "{message}");
+        assert!(message.contains("http.viewer_max_lag"), "{message}");
     }
 
     #[test]

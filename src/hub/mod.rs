@@ -28,8 +28,12 @@ use stream::Stream;
 /// Hub tuning, from the `[hub]` config section.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HubSettings {
-    /// Frames a reader may fall behind before it skips to the next key frame.
-    pub reader_queue: usize,
+    /// Bytes of live frames a reader may have queued; past it, it skips to the next key
+    /// frame.
+    pub reader_max_bytes: usize,
+    /// How long a reader's oldest queued frame may wait; past it, it skips to the next key
+    /// frame.
+    pub reader_max_lag: Duration,
     /// Largest GOP cache per stream in bytes; past it new readers wait for the next key frame.
     pub gop_cache_max_bytes: usize,
 }
@@ -37,7 +41,8 @@ pub struct HubSettings {
 impl Default for HubSettings {
     fn default() -> Self {
         HubSettings {
-            reader_queue: 256,
+            reader_max_bytes: 8 * 1024 * 1024,
+            reader_max_lag: Duration::from_secs(5),
             gop_cache_max_bytes: 4 * 1024 * 1024,
         }
     }

@@ -1,35 +1,136 @@
-//! A reader of one stream: GOP backlog first, then live frames from a bounded queue.
+//! A reader of one stream: GOP backlog first, then live frames from its own bounded queue.
 //!
-//! A reader that falls more than the queue length behind loses the oldest frames; it then
-//! skips to the next key frame (counted in the stream's `frames_dropped`), so a slow viewer
-//! never grows memory and never sees a broken GOP. The publisher never waits for it.
+//! The publisher hands each frame to every reader's queue (under the stream lock, so they
+//! see frames in order). A queue is bounded by bytes and time, never by a frame count
+//! (`hub.reader_queue_bytes`, `http.viewer_max_lag`): a burst of frames that fits the bytes
+//! reaches a reader that keeps up, whatever their number. A reader whose queue would
+//! exceed the bytes, or whose oldest queued frame is older than the lag, loses its queue
+//! and skips to the next key frame (counted in the stream's `frames_dropped`), so a slow
+//! reader never grows memory past its bound and never sees a broken GOP. The publisher
+//! never waits for it.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use tokio::sync::broadcast;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
+use super::HubSettings;
 use super::sink::{Sink, SinkHandle};
 use super::stream::{MediaInfo, Stream};
 use crate::media::{AudioMode, Frame, StreamKey};
 
-/// What the lag policy made of one receive.
-enum Accepted {
-    Frame(Frame),
-    Skip,
-    Ended,
+/// The live frames queued for one reader: filled by the publisher, emptied by the reader.
+#[derive(Debug)]
+pub(crate) struct ReaderQueue {
+    state: Mutex<QueueState>,
+    /// Wakes the reader: a frame was queued, or the stream ended.
+    wake: Notify,
+}
+
+#[derive(Debug)]
+struct QueueState {
+    /// Frames and when they were queued, oldest first.
+    frames: VecDeque<(Frame, Instant)>,
+    /// Payload bytes in `frames`.
+    bytes: usize,
+    /// Skipping to the next frame a reader can start from.
+    waiting_for_key: bool,
+    /// The skip is for a queue that overran its bounds (skipped frames count as dropped).
+    lagged: bool,
+    /// The stream ended: nothing more is queued.
+    ended: bool,
+}
+
+impl ReaderQueue {
+    pub(crate) fn new(waiting_for_key: bool) -> ReaderQueue {
+        ReaderQueue {
+            state: Mutex::new(QueueState {
+                frames: VecDeque::new(),
+                bytes: 0,
+                waiting_for_key,
+                lagged: false,
+                ended: false,
+            }),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Queues `frame`, received at `now`, under the lag policy; returns the frames it
+    /// dropped (a queue over its bounds is emptied).
+    pub(crate) fn push(
+        &self,
+        frame: &Frame,
+        now: Instant,
+        stream_has_video: bool,
+        settings: &HubSettings,
+    ) -> u64 {
+        let mut state = self.lock();
+        let mut dropped = 0;
+        if let Some((_, oldest)) = state.frames.front() {
+            let too_old = now.saturating_duration_since(*oldest) > settings.reader_max_lag;
+            let too_large = state.bytes + frame.data.len() > settings.reader_max_bytes;
+            if too_old || too_large {
+                dropped = state.frames.len() as u64;
+                state.frames.clear();
+                state.bytes = 0;
+                state.waiting_for_key = true;
+                state.lagged = true;
+            }
+        }
+        if state.waiting_for_key {
+            if !frame.starts_playback(stream_has_video) {
+                return dropped + u64::from(state.lagged);
+            }
+            state.waiting_for_key = false;
+            state.lagged = false;
+        }
+        let was_empty = state.frames.is_empty();
+        state.bytes += frame.data.len();
+        state.frames.push_back((frame.clone(), now));
+        drop(state);
+        if was_empty {
+            // the reader drains the queue before it waits: one wake per empty queue
+            self.wake.notify_one();
+        }
+        dropped
+    }
+
+    /// Nothing more will be queued (the stream ended or the reader became a sink).
+    pub(crate) fn end(&self) {
+        self.lock().ended = true;
+        self.wake.notify_one();
+    }
+
+    /// The oldest queued frame, or whether the queue has ended (`Err(true)`).
+    fn pop(&self) -> Result<Frame, bool> {
+        let mut state = self.lock();
+        match state.frames.pop_front() {
+            Some((frame, _)) => {
+                state.bytes -= frame.data.len();
+                Ok(frame)
+            }
+            None => Err(state.ended),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // every critical section leaves the queue consistent
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// Receives the frames of one stream.
 #[derive(Debug)]
 pub struct Reader {
     stream: Arc<Stream>,
-    rx: broadcast::Receiver<Frame>,
+    /// This reader's place among the stream's readers.
+    id: u64,
+    queue: Arc<ReaderQueue>,
     backlog: VecDeque<Frame>,
     info: MediaInfo,
     audio: AudioMode,
-    waiting_for_key: bool,
     /// Whether dropping this reader counts a viewer out (not once a sink took its place).
     counted: bool,
     /// Whether this reader is counted as a WebRTC viewer.
@@ -39,16 +140,17 @@ pub struct Reader {
 impl Reader {
     pub(crate) fn new(
         stream: Arc<Stream>,
-        rx: broadcast::Receiver<Frame>,
+        id: u64,
+        queue: Arc<ReaderQueue>,
         backlog: Vec<Frame>,
         info: MediaInfo,
         audio: AudioMode,
     ) -> Reader {
         stream.reader_delta(true);
         Reader {
-            waiting_for_key: backlog.is_empty(),
             stream,
-            rx,
+            id,
+            queue,
             backlog: backlog.into(),
             info,
             audio,
@@ -120,17 +222,16 @@ impl Reader {
         &self.info
     }
 
-    /// The next frame; `None` once the stream has ended.
+    /// The next frame; `None` once the stream has ended. Cancel-safe.
     pub async fn recv(&mut self) -> Option<Frame> {
         if let Some(frame) = self.backlog.pop_front() {
             return Some(frame);
         }
         loop {
-            let result = self.rx.recv().await;
-            match self.accept(result) {
-                Accepted::Frame(frame) => return Some(frame),
-                Accepted::Skip => {}
-                Accepted::Ended => return None,
+            match self.queue.pop() {
+                Ok(frame) => return Some(frame),
+                Err(true) => return None,
+                Err(false) => self.queue.wake.notified().await,
             }
         }
     }
@@ -141,44 +242,12 @@ impl Reader {
         if let Some(frame) = self.backlog.pop_front() {
             return Some(frame);
         }
-        loop {
-            let result = match self.rx.try_recv() {
-                Ok(frame) => Ok(frame),
-                Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                    Err(broadcast::error::RecvError::Lagged(n))
-                }
-                Err(_) => return None,
-            };
-            match self.accept(result) {
-                Accepted::Frame(frame) => return Some(frame),
-                Accepted::Skip => {}
-                Accepted::Ended => return None,
-            }
-        }
+        self.queue.pop().ok()
     }
 
-    /// Applies the lag policy to one receive result.
-    fn accept(&mut self, result: Result<Frame, broadcast::error::RecvError>) -> Accepted {
-        match result {
-            Ok(frame) => {
-                if self.waiting_for_key {
-                    if !frame.starts_playback(self.stream.has_video()) {
-                        return Accepted::Skip;
-                    }
-                    self.waiting_for_key = false;
-                }
-                Accepted::Frame(frame)
-            }
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
-                self.stream
-                    .stats()
-                    .frames_dropped
-                    .fetch_add(missed, Ordering::Relaxed);
-                self.waiting_for_key = true;
-                Accepted::Skip
-            }
-            Err(broadcast::error::RecvError::Closed) => Accepted::Ended,
-        }
+    /// This reader's place among the stream's readers.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 
     /// Adds bytes this reader's output wrote, for the stream's counters.
@@ -208,6 +277,7 @@ impl Drop for WsFlvCount {
 
 impl Drop for Reader {
     fn drop(&mut self) {
+        self.stream.remove_reader(self.id);
         if self.webrtc {
             self.stream
                 .stats()

@@ -1,6 +1,6 @@
 //! One stream: the publisher slot, the GOP cache, media info and counters.
 //!
-//! The per-stream lock guards the GOP cache and the broadcast sender together, so a new
+//! The per-stream lock guards the GOP cache and the readers' queues together, so a new
 //! reader's snapshot and its live queue meet without a gap or a duplicate. It is held for
 //! a push and a send, never across `.await`.
 
@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::audio::{Renditions, StreamAudio};
-use super::reader::Reader;
+use super::reader::{Reader, ReaderQueue};
 use super::sink::{Sink, SinkHandle};
 use super::{Hub, HubEvent, HubSettings, StreamSnapshot};
 use crate::media::{AudioMode, Codec, Frame, StreamKey, Track};
@@ -106,16 +106,28 @@ struct StreamState {
     generation: u64,
     publishing: bool,
     on_replaced: CancellationToken,
-    /// Live frames for readers taking the device's audio ([`AudioMode::Passthrough`]).
-    tx: Option<broadcast::Sender<Frame>>,
-    /// Live frames for readers taking AAC ([`AudioMode::Aac`]).
-    aac_tx: Option<broadcast::Sender<Frame>>,
+    /// New readers and sinks may attach: the stream is up, or waited for (false once it
+    /// ended).
+    open: bool,
+    /// The readers' queues of live frames.
+    readers: Vec<ReaderSlot>,
     gop: GopCache,
     info: MediaInfo,
     last_pts: u64,
     sinks: Vec<SinkSlot>,
-    next_sink: u64,
+    /// The next reader or sink id.
+    next_id: u64,
     audio: StreamAudio,
+    /// The bounds of a reader's queue.
+    settings: HubSettings,
+}
+
+/// An attached reader's queue and the audio it takes.
+#[derive(Debug)]
+struct ReaderSlot {
+    id: u64,
+    mode: AudioMode,
+    queue: Arc<ReaderQueue>,
 }
 
 /// An attached sink and the audio it takes.
@@ -129,30 +141,32 @@ struct SinkSlot {
 impl StreamState {
     /// Whether some reader or sink takes AAC.
     fn wants_aac(&self) -> bool {
-        self.aac_tx
-            .as_ref()
-            .is_some_and(|tx| tx.receiver_count() > 0)
-            || self.sinks.iter().any(|slot| slot.mode == AudioMode::Aac)
+        self.takes(AudioMode::Aac)
     }
 
-    /// The live queue of readers in `mode`.
-    fn queue(&self, mode: AudioMode) -> Option<&broadcast::Sender<Frame>> {
-        match mode {
-            AudioMode::Aac => self.aac_tx.as_ref(),
-            AudioMode::Passthrough => self.tx.as_ref(),
-        }
+    /// Whether some reader or sink takes audio as `mode` says.
+    fn takes(&self, mode: AudioMode) -> bool {
+        self.readers.iter().any(|slot| slot.mode == mode)
+            || self.sinks.iter().any(|slot| slot.mode == mode)
     }
 
     /// Hands `frame` to the readers and sinks of `renditions` (not the GOP cache); returns
     /// how many sinks finished (dropped here, to be counted out after the lock).
-    fn deliver(&mut self, frame: &Frame, renditions: Renditions, stats: &StreamStats) -> usize {
-        for mode in [AudioMode::Passthrough, AudioMode::Aac] {
-            if !renditions.includes(mode) {
-                continue;
+    fn deliver(
+        &mut self,
+        frame: &Frame,
+        renditions: Renditions,
+        has_video: bool,
+        stats: &StreamStats,
+    ) -> usize {
+        if !self.readers.is_empty() {
+            let now = Instant::now();
+            let mut dropped = 0;
+            for slot in self.readers.iter().filter(|r| renditions.includes(r.mode)) {
+                dropped += slot.queue.push(frame, now, has_video, &self.settings);
             }
-            if let Some(tx) = self.queue(mode).filter(|tx| tx.receiver_count() > 0) {
-                // a reader that went away meanwhile is a normal state, not an error
-                let _ = tx.send(frame.clone());
+            if dropped > 0 {
+                stats.add_dropped(dropped);
             }
         }
         let before = self.sinks.len();
@@ -208,8 +222,8 @@ impl Stream {
                 generation: 0,
                 publishing: false,
                 on_replaced: CancellationToken::new(),
-                tx: Some(broadcast::channel(settings.reader_queue.max(1)).0),
-                aac_tx: Some(broadcast::channel(settings.reader_queue.max(1)).0),
+                open: true,
+                readers: Vec::new(),
                 gop: GopCache::default(),
                 info: MediaInfo {
                     expected,
@@ -217,8 +231,9 @@ impl Stream {
                 },
                 last_pts: 0,
                 sinks: Vec::new(),
-                next_sink: 0,
+                next_id: 0,
                 audio: StreamAudio::default(),
+                settings,
             }),
         }
     }
@@ -285,12 +300,7 @@ impl Stream {
         state.generation += 1;
         state.publishing = true;
         state.on_replaced = on_replaced;
-        if state.tx.is_none() {
-            state.tx = Some(broadcast::channel(self.settings.reader_queue.max(1)).0);
-        }
-        if state.aac_tx.is_none() {
-            state.aac_tx = Some(broadcast::channel(self.settings.reader_queue.max(1)).0);
-        }
+        state.open = true;
         (state.generation, was_publishing)
     }
 
@@ -306,10 +316,7 @@ impl Stream {
 
     pub(crate) fn has_readers(&self) -> bool {
         let state = self.lock();
-        !state.sinks.is_empty()
-            || [&state.tx, &state.aac_tx]
-                .iter()
-                .any(|tx| tx.as_ref().is_some_and(|tx| tx.receiver_count() > 0))
+        !state.sinks.is_empty() || !state.readers.is_empty()
     }
 
     /// Ends publishing if `generation` is current; true if it was (the stream is down).
@@ -323,11 +330,15 @@ impl Stream {
         let mut tail = Vec::new();
         state.audio.finish(&mut tail);
         let mut ended = 0;
+        let has_video = self.has_video();
         for frame in &tail {
-            ended += state.deliver(frame, Renditions::AAC, &self.stats);
+            ended += state.deliver(frame, Renditions::AAC, has_video, &self.stats);
         }
-        state.tx = None;
-        state.aac_tx = None;
+        state.open = false;
+        // a reader reads what its queue holds, then sees the end; it counts itself out
+        for slot in std::mem::take(&mut state.readers) {
+            slot.queue.end();
+        }
         state.gop = GopCache::default();
         let sinks = std::mem::take(&mut state.sinks);
         drop(state);
@@ -358,9 +369,13 @@ impl Stream {
         if !sink.flush(&self.stats) {
             return None;
         }
-        state.tx.as_ref()?;
-        let id = state.next_sink;
-        state.next_sink += 1;
+        if !state.open {
+            return None;
+        }
+        // the sink takes the reader's place: nothing more goes to its queue
+        state.readers.retain(|slot| slot.id != reader.id());
+        let id = state.next_id;
+        state.next_id += 1;
         state.sinks.push(SinkSlot {
             id,
             mode: reader.audio_mode(),
@@ -414,19 +429,41 @@ impl Stream {
         self.count_out(1);
     }
 
+    /// Drops the reader `id`'s queue if it is still attached.
+    pub(crate) fn remove_reader(&self, id: u64) {
+        self.lock().readers.retain(|slot| slot.id != id);
+    }
+
     pub(crate) fn reader(self: &Arc<Self>, mode: AudioMode) -> Option<Reader> {
-        let state = self.lock();
-        let rx = state.queue(mode)?.subscribe();
-        let backlog = state
+        let mut state = self.lock();
+        if !state.open {
+            return None;
+        }
+        let backlog: Vec<Frame> = state
             .gop
             .frames
             .iter()
             .filter(|(_, renditions)| renditions.includes(mode))
             .map(|(frame, _)| frame.clone())
             .collect();
+        let queue = Arc::new(ReaderQueue::new(backlog.is_empty()));
+        let id = state.next_id;
+        state.next_id += 1;
+        state.readers.push(ReaderSlot {
+            id,
+            mode,
+            queue: Arc::clone(&queue),
+        });
         let info = state.info.clone();
         drop(state);
-        Some(Reader::new(Arc::clone(self), rx, backlog, info, mode))
+        Some(Reader::new(
+            Arc::clone(self),
+            id,
+            queue,
+            backlog,
+            info,
+            mode,
+        ))
     }
 
     fn send(&self, generation: u64, frame: Frame) -> Result<(), PublishError> {
@@ -448,10 +485,10 @@ impl Stream {
         state
             .gop
             .push(&frame, Renditions::BOTH, has_video, max_bytes);
-        let mut finished = state.deliver(&frame, Renditions::BOTH, &self.stats);
+        let mut finished = state.deliver(&frame, Renditions::BOTH, has_video, &self.stats);
         for aac in &derived {
             state.gop.push(aac, Renditions::AAC, has_video, max_bytes);
-            finished += state.deliver(aac, Renditions::AAC, &self.stats);
+            finished += state.deliver(aac, Renditions::AAC, has_video, &self.stats);
         }
         drop(state);
         self.count_out(finished);
@@ -461,10 +498,7 @@ impl Stream {
     pub(crate) fn snapshot(&self) -> StreamSnapshot {
         let state = self.lock();
         let info = state.info.clone();
-        let takes = |mode: AudioMode| {
-            state.queue(mode).is_some_and(|tx| tx.receiver_count() > 0)
-                || state.sinks.iter().any(|slot| slot.mode == mode)
-        };
+        let takes = |mode: AudioMode| state.takes(mode);
         let mut audio_out = Vec::new();
         for mode in [AudioMode::Passthrough, AudioMode::Aac] {
             let out = info.audio.and_then(|codec| mode.codec_out(codec));

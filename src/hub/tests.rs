@@ -61,7 +61,8 @@ async fn new_reader_starts_at_latest_key_frame() {
 #[tokio::test]
 async fn slow_reader_skips_to_next_key_frame_and_counts_drops() {
     let hub = Hub::new(HubSettings {
-        reader_queue: 4,
+        // four 100-byte frames
+        reader_max_bytes: 400,
         ..HubSettings::default()
     });
     let publisher = hub.publish(key(), CancellationToken::new());
@@ -79,7 +80,56 @@ async fn slow_reader_skips_to_next_key_frame_and_counts_drops() {
     assert!(next.is_key);
     assert_eq!(next.pts, 440);
     assert_eq!(reader.recv().await.unwrap().pts, 480);
-    assert!(hub.list()[0].frames_dropped >= 7);
+    // the four queued, the one that overran and the five skipped
+    assert_eq!(hub.list()[0].frames_dropped, 10);
+}
+
+#[tokio::test]
+async fn a_burst_within_the_byte_bound_reaches_a_waiting_reader_whole() {
+    // 2,000 frames at once: far more than any frame count a queue had, far less than its
+    // bytes (200 KB of 8 MiB)
+    let hub = Hub::default();
+    let waiting = {
+        let hub = hub.clone();
+        tokio::spawn(async move { hub.subscribe_or_wait(&key(), Duration::from_secs(5)).await })
+    };
+    let mut events = hub.events();
+    while hub.reader_counts().is_empty() {
+        events.recv().await.unwrap();
+    }
+    let publisher = hub.publish(key(), CancellationToken::new());
+    publisher.set_video(Codec::H264, None);
+    publisher.send(video(0, true)).unwrap();
+    for i in 1..2000 {
+        publisher.send(video(i * 40, i % 50 == 0)).unwrap();
+    }
+    let mut reader = waiting.await.unwrap().unwrap();
+    for i in 0..2000 {
+        assert_eq!(reader.recv().await.unwrap().pts, i * 40);
+    }
+    assert_eq!(hub.list()[0].frames_dropped, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reader_whose_oldest_frame_is_too_old_skips_to_the_next_key_frame() {
+    let hub = Hub::new(HubSettings {
+        reader_max_lag: Duration::from_secs(1),
+        ..HubSettings::default()
+    });
+    let publisher = hub.publish(key(), CancellationToken::new());
+    publisher.set_video(Codec::H264, None);
+    publisher.send(video(0, true)).unwrap();
+    let mut reader = hub.subscribe(&key()).unwrap();
+    assert_eq!(reader.recv().await.unwrap().pts, 0);
+    publisher.send(video(40, false)).unwrap();
+    tokio::time::advance(Duration::from_millis(900)).await;
+    publisher.send(video(80, false)).unwrap();
+    tokio::time::advance(Duration::from_millis(200)).await;
+    // the frame of 40 waited 1.1 s: the queue goes, the reader waits for a key frame
+    publisher.send(video(120, false)).unwrap();
+    publisher.send(video(160, true)).unwrap();
+    assert_eq!(reader.recv().await.unwrap().pts, 160);
+    assert_eq!(hub.list()[0].frames_dropped, 3);
 }
 
 #[tokio::test]

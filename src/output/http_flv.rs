@@ -172,7 +172,7 @@ impl FlvPlayer {
             hub,
             audio,
             wait: settings.flv_wait_timeout,
-            // a viewer sleeping longer could overrun its queue (`hub.reader_queue` frames)
+            // a viewer sleeping longer could overrun its queue (`http.viewer_max_lag`)
             merge_write: settings.flv_merge_write.min(MAX_MERGE),
             limits: ViewerLimits::new(settings),
             plays: PlayAccess::new(settings),
