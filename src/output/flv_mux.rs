@@ -17,8 +17,13 @@ use crate::media::{AudioMode, Codec, Frame};
 /// header announces, and wait forever for one announced but never sent). A viewer of a
 /// live stream knows both tracks from the hub; a viewer that asked before the device
 /// connected does not, so the muxer holds the first frames back until it has seen both
-/// tracks, or [`TRACK_PROBE_MS`] of media passed without the missing one, or (at once) the
-/// stream is expected without the missing one (see [`MediaInfo::expected`]).
+/// tracks, or [`TRACK_PROBE_MS`] of media passed without the missing one, or the first GOP
+/// (key frame to key frame) carried no audio, or (at once) the stream is expected without
+/// the missing one (see [`MediaInfo::expected`]).
+///
+/// An output without a file header to announce its tracks (RTMP) takes audio that appears
+/// after the start ([`FlvMuxer::with_late_audio`]): from the first audio frame on, audio
+/// goes out with it, an AAC sequence header first.
 #[derive(Debug)]
 pub struct FlvMuxer {
     mode: AudioMode,
@@ -38,6 +43,8 @@ pub struct FlvMuxer {
     base_pts: Option<u64>,
     /// How H.265 is written (HTTP-FLV: codec id 12; RTMP push: Enhanced RTMP).
     hevc: HevcSignal,
+    /// Audio that appears after the start joins the stream (no header announced tracks).
+    late_audio: bool,
 }
 
 /// How much media (ms) a new viewer's muxer waits for a track it has not seen yet.
@@ -68,7 +75,17 @@ impl FlvMuxer {
             sent_size: None,
             base_pts: None,
             hevc: HevcSignal::CodecId12,
+            late_audio: false,
         }
+    }
+
+    /// The same muxer taking audio that first appears after it started (the header it
+    /// wrote announced none): for RTMP, whose servers learn the tracks from the tags (the
+    /// 13-byte file header is not sent), so a device that starts audio later gets it from
+    /// then on. An HTTP-FLV player (flv.js) plays only the tracks the header announced.
+    pub fn with_late_audio(mut self) -> FlvMuxer {
+        self.late_audio = true;
+        self
     }
 
     /// The same muxer writing H.265 as `signal` says (RTMP push uses Enhanced RTMP).
@@ -117,9 +134,14 @@ impl FlvMuxer {
             (Some(first), Some(last)) => last.pts.saturating_sub(first.pts),
             _ => 0,
         };
-        // a track not seen yet is waited for, unless the stream is expected without it
+        // a track not seen yet is waited for, unless the stream is expected without it, or
+        // (audio) a whole GOP, key frame to key frame, came without it
         let video_known = self.has_video || self.expected.is_some_and(|t| !t.video);
-        let audio_known = self.audio.is_some() || self.expected.is_some_and(|t| !t.audio);
+        let gop_without_audio = frame.is_key
+            && frame.codec.is_video()
+            && self.held.iter().filter(|f| f.is_key).count() > 1;
+        let audio_known =
+            self.audio.is_some() || self.expected.is_some_and(|t| !t.audio) || gop_without_audio;
         if !(video_known && audio_known) && span < TRACK_PROBE_MS && self.held.len() < MAX_HELD {
             return;
         }
@@ -152,6 +174,10 @@ impl FlvMuxer {
             // in AAC mode only the AAC goes out (the device's frames came as a hint); a
             // new device format restarts the AAC stream with a sequence header
             codec if self.mode == AudioMode::Aac && codec != Codec::Aac => {
+                if self.late_audio && self.audio.is_none() {
+                    // the AAC made of it follows
+                    self.audio = self.mode.codec_out(codec).and_then(sound_format);
+                }
                 if self
                     .source_audio
                     .replace(codec)
@@ -161,6 +187,9 @@ impl FlvMuxer {
                 }
             }
             codec => {
+                if self.late_audio && self.audio.is_none() {
+                    self.audio = sound_format(codec);
+                }
                 // a track the header did not announce is left out
                 match sound_format(codec).filter(|_| self.audio.is_some()) {
                     Some(SoundFormat::Aac) => self.push_aac(frame, ts, out),
@@ -561,5 +590,47 @@ mod tests {
         }
         assert_eq!(out[4], 0b100, "header announces audio only");
         assert_eq!(tags(&out).len() as u64, pts / 20);
+    }
+
+    #[test]
+    fn a_first_gop_without_audio_starts_at_the_second_key_frame() {
+        let mut muxer = FlvMuxer::new(&MediaInfo::default(), AudioMode::Passthrough);
+        assert!(muxer.push(&sample_key_frame(0)).is_empty());
+        for pts in (40..=400).step_by(40) {
+            assert!(muxer.push(&p_frame(pts)).is_empty(), "probing at {pts} ms");
+        }
+        // 440 ms of media, well within the probe time: the GOP is whole and had no audio
+        let out = muxer.push(&sample_key_frame(440));
+        assert_eq!(out[4], 0b001, "header announces video only");
+        let videos = tags(&out).iter().filter(|t| t.0 == 9).count();
+        assert_eq!(videos, 1 + 1 + 10 + 1, "config, key, every P frame, key");
+    }
+
+    #[test]
+    fn late_audio_joins_an_rtmp_stream_with_a_sequence_header_first() {
+        for late in [false, true] {
+            let mut muxer = muxer_expecting(true, false);
+            muxer.mode = AudioMode::Aac;
+            if late {
+                muxer = muxer.with_late_audio();
+            }
+            let started = muxer.push(&sample_key_frame(0));
+            assert_eq!(started[4], 0b001, "started with video only");
+            let mut out = BytesMut::new();
+            // the device starts audio: its G.711, then the AAC made of it
+            for frame in [audio(5000), aac(5000, 8000), p_frame(5020), aac(5128, 8000)] {
+                muxer.push_into(&frame, &mut out);
+            }
+            let tags = aac_tags(&out);
+            if late {
+                assert_eq!(tags.len(), 3, "sequence header, two frames");
+                assert_eq!(tags[0], (0, vec![0x15, 0x88]), "AudioSpecificConfig first");
+            } else {
+                assert!(
+                    tags.is_empty(),
+                    "HTTP-FLV: a track the header did not announce"
+                );
+            }
+        }
     }
 }

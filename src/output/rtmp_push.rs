@@ -496,7 +496,10 @@ impl Push {
         self.report(PushState::Publishing);
         info!(stream = %self.key, url = self.url, "rtmp push publishing");
         let stall = self.inner.settings.stall_timeout;
-        let mut muxer = FlvMuxer::new(reader.info(), audio).with_hevc(HevcSignal::Enhanced);
+        // audio a device starts later joins the push (RTMP announces no tracks up front)
+        let mut muxer = FlvMuxer::new(reader.info(), audio)
+            .with_hevc(HevcSignal::Enhanced)
+            .with_late_audio();
         let mut out = BytesMut::new();
         // SRS needs the tracks in timestamp order; the AAC rendition trails the video
         let mut interleaver = (audio == AudioMode::Aac).then(Interleaver::default);
