@@ -13,6 +13,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::http::*;
 use common::*;
 use jt1078_gateway::media::StreamKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -46,9 +47,19 @@ fn video_frames(tags: &[FlvTag]) -> usize {
         .count()
 }
 
+/// How the viewer's play reaches the gateway.
+#[derive(Clone, Copy, PartialEq)]
+enum Play {
+    /// A play on a connection of its own (HTTP/1.0): it becomes a direct viewer.
+    Direct,
+    /// A play on a kept-alive connection after another request: read from the hub's
+    /// queue for its whole life.
+    Routed,
+}
+
 /// A viewer asks for the stream before its device connects, the device sends the burst in
-/// one write and leaves; the viewer reads the whole (close-delimited) response.
-async fn burst_reaches_a_waiting_viewer(kind: StreamKind) {
+/// one write and leaves; the viewer reads the whole response, to the stream's end.
+async fn burst_reaches_a_waiting_viewer(kind: StreamKind, play: Play) {
     let burst = burst();
     assert!(
         burst.len() < 1_000_000,
@@ -66,35 +77,60 @@ async fn burst_reaches_a_waiting_viewer(kind: StreamKind) {
     };
     let mut events = gateway.hub.events();
     let mut viewer = TcpStream::connect(gateway.addrs.http).await.unwrap();
+    let mut buf = Vec::new();
+    let version = match play {
+        Play::Direct => "1.0",
+        Play::Routed => {
+            let (status, head) = get_kept_alive(&mut viewer, &mut buf, "/api/streams").await;
+            assert_eq!(status, 200);
+            read_body(&mut viewer, &mut buf, content_length(&head)).await;
+            "1.1"
+        }
+    };
     viewer
-        .write_all(format!("GET /{path}/13800138000_1.flv HTTP/1.0\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET /{path}/13800138000_1.flv HTTP/{version}\r\nHost: t\r\n\r\n").as_bytes(),
+        )
         .await
         .unwrap();
     gateway.wait_for_waiting_reader(&mut events).await;
     // all of it in one write: the gateway reads it as fast as its socket gives it
     let device = tokio::spawn(async move { replay(port, &burst).await });
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), viewer.read_to_end(&mut response))
-        .await
-        .expect("the viewer's response ends with the stream")
-        .unwrap();
+    let flv = tokio::time::timeout(Duration::from_secs(30), async {
+        let (status, _) = read_head(&mut viewer, &mut buf).await;
+        assert_eq!(status, 200, "a play");
+        match play {
+            Play::Direct => {
+                viewer.read_to_end(&mut buf).await.unwrap();
+                buf
+            }
+            Play::Routed => read_chunked(&mut viewer, &mut buf).await,
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the viewer's response ends with the stream"));
     device.await.unwrap();
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a response head");
-    assert!(response.starts_with(b"HTTP/1.0 200"), "a play");
-    let got = video_frames(&flv_tags(&response[split + 4..]));
+    let got = video_frames(&flv_tags(&flv));
     assert_eq!(got, expected, "every frame of the burst reaches the viewer");
     gateway.stop().await;
 }
 
 #[tokio::test]
 async fn a_burst_reaches_a_viewer_that_asked_before_the_device_connected() {
-    burst_reaches_a_waiting_viewer(StreamKind::Live).await;
+    burst_reaches_a_waiting_viewer(StreamKind::Live, Play::Direct).await;
 }
 
 #[tokio::test]
 async fn a_playback_burst_reaches_a_viewer_that_asked_before_the_device_connected() {
-    burst_reaches_a_waiting_viewer(StreamKind::Playback).await;
+    burst_reaches_a_waiting_viewer(StreamKind::Playback, Play::Direct).await;
+}
+
+#[tokio::test]
+async fn a_burst_reaches_a_viewer_on_a_kept_alive_connection() {
+    burst_reaches_a_waiting_viewer(StreamKind::Live, Play::Routed).await;
+}
+
+#[tokio::test]
+async fn a_playback_burst_reaches_a_viewer_on_a_kept_alive_connection() {
+    burst_reaches_a_waiting_viewer(StreamKind::Playback, Play::Routed).await;
 }
