@@ -14,9 +14,6 @@ use std::path::Path;
 use common::*;
 use jt1078_gateway::media::Codec;
 
-/// Big enough that a fast replay never outruns the viewer.
-const DEEP_QUEUE: (&str, &str) = ("JTGW__HUB__READER_QUEUE", "100000");
-
 /// The test tone.
 const TONE_HZ: f64 = 1000.0;
 
@@ -74,7 +71,7 @@ async fn g711a_capture_plays_as_aac_8k_mono_over_http_flv() {
         .sum();
     let expected_frames = expected_video_frames(&packets);
     // audio.flv defaults to "aac"
-    let gateway = Gateway::start(&[DEEP_QUEUE]).await;
+    let gateway = Gateway::start(&[]).await;
     let flv = replay_and_watch(&gateway, &bytes, "156987000796_1").await;
     gateway.stop().await;
     let tmp = TempDir::new("g711-aac");
@@ -270,7 +267,7 @@ async fn a_1khz_tone_comes_out_at_1khz_from_every_device_codec() {
             bound_db,
         });
     }
-    let gateway = Gateway::start(&[DEEP_QUEUE]).await;
+    let gateway = Gateway::start(&[]).await;
     let binary = env!("CARGO_BIN_EXE_jt1078-gateway");
     for (i, case) in cases.iter().enumerate() {
         let device = format!("1380000{:04}", i + 1);

@@ -47,8 +47,6 @@ const CAPTURE: &str = "h264-g711a-156987000796-ch1.jt1078";
 const GOOD_DEVICE: &str = "156987000796";
 /// The idle timeout the probes run with.
 const IDLE: (&str, &str) = ("JTGW__INGEST__IDLE_TIMEOUT", "2s");
-/// Big enough that the good viewer never skips.
-const DEEP_QUEUE: (&str, &str) = ("JTGW__HUB__READER_QUEUE", "100000");
 /// Generous bound for anything the gateway must do within the 2 s idle timeout.
 const CLOSE_WITHIN: Duration = Duration::from_secs(20);
 
@@ -322,7 +320,7 @@ async fn garbage_announces_no_stream_and_the_good_stream_keeps_every_frame() {
         .chain((5..=6).map(|seed| noise_packets(seed, 3000, None)))
         .collect();
     let url = embedded_url();
-    let gateway = gateway_on(&url, BrokerAt::Embedded, &[IDLE, DEEP_QUEUE]).await;
+    let gateway = gateway_on(&url, BrokerAt::Embedded, &[IDLE]).await;
     let mut events = gateway.hub.events();
     let good = GoodPair::start(&gateway).await;
     let live = gateway.addrs.live;
@@ -380,7 +378,7 @@ async fn garbage_announces_no_stream_and_the_good_stream_keeps_every_frame() {
 // while the test does other work
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trickles_and_packets_that_never_make_a_frame_are_closed_after_the_idle_timeout() {
-    let gateway = Gateway::start(&[IDLE, DEEP_QUEUE]).await;
+    let gateway = Gateway::start(&[IDLE]).await;
     let good = GoodPair::start(&gateway).await;
     let live = gateway.addrs.live;
     let period = Duration::from_millis(300);
@@ -459,7 +457,7 @@ fn metadata_sizes(flv: &[u8]) -> Vec<(f64, f64)> {
 
 #[tokio::test]
 async fn a_takeover_needs_a_well_formed_frame_and_a_new_picture_size_is_announced() {
-    let gateway = Gateway::start(&[DEEP_QUEUE]).await;
+    let gateway = Gateway::start(&[]).await;
     let viewer = good_viewer(&gateway, &format!("{GOOD_DEVICE}_1")).await;
     let (mut device, capture) = gateway.device_holding_capture().await;
     let per_capture = expected_video_frames(&raw_packets(&capture, 6));

@@ -18,9 +18,6 @@ use jt1078_gateway::simulate::pack::{PackOptions, pack};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Big enough that a fast replay never outruns the viewer.
-const DEEP_QUEUE: (&str, &str) = ("JTGW__HUB__READER_QUEUE", "100000");
-
 #[tokio::test]
 async fn every_recorded_stream_plays_completely_over_http_flv() {
     let files = all_testdata();
@@ -37,7 +34,7 @@ async fn every_recorded_stream_plays_completely_over_http_flv() {
         std::fs::write(&raw, raw_video(&packets)).unwrap();
         let reference = probe_stream(&raw, "v", Some("h264")).await;
 
-        let gateway = Gateway::start(&[DEEP_QUEUE]).await;
+        let gateway = Gateway::start(&[]).await;
         let flv = replay_and_watch(&gateway, &bytes, &format!("{device}_1")).await;
         gateway.stop().await;
         let out = tmp.path("out.flv");
@@ -84,7 +81,7 @@ async fn g711a_audio_arrives_whole(setting: Option<(&str, &str)>) {
         .sum();
     let expected_frames = expected_video_frames(&raw_packets(&bytes, 6));
     // G.711 passed through, byte for byte as before AAC was the default
-    let mut settings = vec![DEEP_QUEUE, ("JTGW__AUDIO__FLV", "passthrough")];
+    let mut settings = vec![("JTGW__AUDIO__FLV", "passthrough")];
     settings.extend(setting);
     let gateway = Gateway::start(&settings).await;
     let flv = replay_and_watch(&gateway, &bytes, "156987000796_1").await;
@@ -323,7 +320,7 @@ async fn h265_with_20_digit_sim_hisilicon_audio_and_garbage_plays() {
         "one access unit per frame"
     );
 
-    let gateway = Gateway::start(&[DEEP_QUEUE, ("JTGW__AUDIO__FLV", "passthrough")]).await;
+    let gateway = Gateway::start(&[("JTGW__AUDIO__FLV", "passthrough")]).await;
     let flv = replay_and_watch(&gateway, &wire, "13912345678_2").await;
     // FLV codec id 12 is not in this ffmpeg: unwrap the HEVC from our FLV and decode that
     let mut annexb = Vec::new();

@@ -182,7 +182,7 @@ async fn every_frame_of_a_recording_arrives_over_ws_flv_and_the_end_is_a_close_f
     let bytes = std::fs::read(&file).unwrap();
     let packets = raw_packets(&bytes, 6);
     let expected = expected_video_frames(&packets);
-    let gateway = Gateway::start(&[("JTGW__HUB__READER_QUEUE", "100000")]).await;
+    let gateway = Gateway::start(&[]).await;
     let mut events = gateway.hub.events();
     let mut viewer = WsViewer::connect(gateway.addrs.http, "/live/156987000796_1.flv").await;
     gateway.wait_for_waiting_reader(&mut events).await;
