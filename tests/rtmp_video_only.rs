@@ -1,6 +1,7 @@
 //! RTMP push of a video-only device (issue 31): asked for video only, its first frame
-//! reaches SRS at once, not after waiting for audio that never comes; a device that starts
-//! audio later gets AAC through the push from then on. A real SRS (`SRS_BIN`), the
+//! reaches SRS at once; asked for both tracks, once its first GOP ended without audio (not
+//! after a second of waiting for audio that never comes); a device that starts audio later
+//! gets AAC through the push from then on. A real SRS (`SRS_BIN`), the
 //! gateway's embedded broker, a backend over MQTT, the device replayed in real time, and
 //! ffprobe pulling the stream back from SRS.
 
@@ -106,6 +107,67 @@ async fn a_video_only_device_asked_for_video_reaches_srs_within_500_ms() {
             .all(|f| (f["width"].as_u64(), f["height"].as_u64()) == (Some(352), Some(288))),
         "352x288 through SRS"
     );
+    device.abort();
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_video_only_device_asked_for_both_tracks_reaches_srs_after_its_first_gop() {
+    // a device never seen, asked for audio and video, sends video alone with a key frame
+    // every 480 ms: the push waits for audio only until that first GOP ends (it waited a
+    // second of media before)
+    let tmp = TempDir::new("short-gop");
+    let h264 = tmp.path("short-gop.h264");
+    run(
+        "ffmpeg",
+        &[
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=352x288:rate=25",
+            "-t",
+            "4",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "12",
+            "-bf",
+            "0",
+            "-f",
+            "h264",
+            h264.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let packed = pack(
+        VideoCodec::H264,
+        &std::fs::read(&h264).unwrap(),
+        None,
+        &PackOptions::default(),
+    )
+    .unwrap();
+    let path = tmp.path("short-gop.jt1078");
+    std::fs::write(&path, &packed).unwrap();
+    let srs = Srs::start().await;
+    let (gateway, mut backend) = gateway_and_backend(&srs).await;
+    let pull = ask_for_push(&mut backend, "").await;
+    assert_eq!(pull["data_type"], 0, "audio and video");
+    let answered = tokio::time::Instant::now();
+    let device = replay_realtime(&path, gateway.addrs.live);
+    gateway
+        .wait_for_stream("the push's first write", |s| s.bytes_out > 0)
+        .await;
+    let first = answered.elapsed();
+    assert!(
+        first < Duration::from_millis(800),
+        "first frame to SRS {first:?} after the device answered (its first GOP is 480 ms)"
+    );
+    let frames = probe_frames(&srs.flv_url("live", "13800138000_1"), 10).await;
+    assert_eq!(frames.len(), 10, "SRS serves the push: {}", srs.log());
     device.abort();
     gateway.stop().await;
 }
