@@ -541,19 +541,7 @@ async fn play(
                 reader.add_bytes_out(out.len() as u64);
                 return Some((Ok(out.freeze()), (reader, muxer)));
             };
-            muxer.push_into(&frame, &mut out);
-            // merged write: let frames gather for `merge` without waking per frame, then
-            // take them all in one write below
-            if !merge.is_zero() {
-                tokio::time::sleep(merge).await;
-            }
-            // whatever else is already queued goes out in the same write
-            while out.len() < MAX_WRITE {
-                match reader.try_recv() {
-                    Some(frame) => muxer.push_into(&frame, &mut out),
-                    None => break,
-                }
-            }
+            mux_batch(&frame, &mut reader, &mut muxer, &mut out, merge).await;
             if !out.is_empty() {
                 reader.add_bytes_out(out.len() as u64);
                 return Some((
@@ -582,6 +570,28 @@ impl UpgradedPlay {
     /// The play a handler left, once the connection was upgraded.
     pub fn take(&self) -> Option<impl Future<Output = ()> + Send + use<>> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
+/// One write's worth for a routed viewer: `frame` muxed into `out`, then, after `merge`
+/// (a merged write lets frames gather without a wake-up per frame), whatever else is
+/// already queued, up to [`MAX_WRITE`].
+async fn mux_batch(
+    frame: &crate::media::Frame,
+    reader: &mut Reader,
+    muxer: &mut FlvMuxer,
+    out: &mut BytesMut,
+    merge: Duration,
+) {
+    muxer.push_into(frame, out);
+    if !merge.is_zero() {
+        tokio::time::sleep(merge).await;
+    }
+    while out.len() < MAX_WRITE {
+        match reader.try_recv() {
+            Some(frame) => muxer.push_into(&frame, out),
+            None => break,
+        }
     }
 }
 
@@ -619,16 +629,7 @@ async fn routed_websocket(
             muxer.finish_into(&mut out);
             break true;
         };
-        muxer.push_into(&frame, &mut out);
-        if !merge.is_zero() {
-            tokio::time::sleep(merge).await;
-        }
-        while out.len() < MAX_WRITE {
-            match reader.try_recv() {
-                Some(frame) => muxer.push_into(&frame, &mut out),
-                None => break,
-            }
-        }
+        mux_batch(&frame, &mut reader, &mut muxer, &mut out, merge).await;
         if write_message(&mut write, &out).await.is_err() {
             break false;
         }
