@@ -8,6 +8,13 @@
 
 use serde::{Deserialize, Serialize};
 
+/// `a == b` in a time that depends only on their lengths (`subtle`, made for this: a
+/// hand-written fold may be compiled into an early exit).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
+}
+
 /// What a set secret prints as.
 pub const REDACTED: &str = "<redacted>";
 
@@ -26,6 +33,12 @@ impl Secret {
     /// output.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// Whether `given` is this secret, compared in a time that does not depend on where
+    /// they differ (bearer tokens, hook tokens, passwords).
+    pub fn matches(&self, given: &[u8]) -> bool {
+        constant_time_eq(given, self.0.as_bytes())
     }
 
     /// Unset (the empty string).

@@ -166,7 +166,9 @@ impl HookState {
             return Err(format!("source {ip} is not in bridge.hook_allow"));
         }
         if !self.token.is_empty()
-            && query.get("token").map(String::as_str) != Some(self.token.expose())
+            && !query
+                .get("token")
+                .is_some_and(|given| self.token.matches(given.as_bytes()))
         {
             return Err("missing or wrong token (bridge.hook_token)".to_owned());
         }

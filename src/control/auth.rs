@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::access::{Identity, Principal, Role};
+use crate::auth::secret::constant_time_eq;
 use crate::config::{AllowAnonymous, MqttUser};
 use crate::media::DeviceId;
 
@@ -272,10 +273,6 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
             _ => None,
         })
         .collect()
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// 127.0.0.0/8 and ::1 (also as an IPv4-mapped IPv6 address).

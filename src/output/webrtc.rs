@@ -509,8 +509,8 @@ impl WebRtc {
     }
 
     /// Bearer token WHEP requests must carry (empty: none).
-    pub(crate) fn whep_token(&self) -> &str {
-        self.inner.settings.whep_token.expose()
+    pub(crate) fn whep_token(&self) -> &crate::config::Secret {
+        &self.inner.settings.whep_token
     }
 
     /// `Access-Control-Allow-Origin` for WHEP.

@@ -110,9 +110,8 @@ fn authorised(webrtc: &WebRtc, headers: &HeaderMap) -> bool {
     }
     headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|given| given.trim() == token)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .is_some_and(|given| token.matches(given.trim_ascii()))
 }
 
 async fn create(
