@@ -256,8 +256,8 @@ async fn the_documented_mqtt_websocket_path_is_served_by_both_brokers() {
     assert_websocket_upgrade(mosquitto.ws_port, "/mqtt", "mosquitto").await;
 }
 
-/// A WebSocket upgrade to `path` with the `mqtt` subprotocol is answered 101 (retried
-/// while the listener comes up).
+/// A WebSocket upgrade to `path` with the `mqtt` subprotocol is answered 101 (once the
+/// listener is up).
 async fn assert_websocket_upgrade(port: u16, path: &str, who: &str) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let request = format!(
@@ -265,14 +265,10 @@ async fn assert_websocket_upgrade(port: u16, path: &str, who: &str) {
          Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n"
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut socket = loop {
-        match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-            Ok(socket) => break socket,
-            Err(e) if tokio::time::Instant::now() > deadline => panic!("{who}: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
+    wait_listening(port, who).await;
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
     socket.write_all(request.as_bytes()).await.unwrap();
     let mut head = vec![0u8; 1024];
     let n = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut head))

@@ -103,7 +103,7 @@ impl ApiGuard {
     ) -> Result<(), (StatusCode, &'static str)> {
         if self.token.is_empty() {
             return match client {
-                Some(ip) if ip.is_loopback() || is_mapped_loopback(ip) => Ok(()),
+                Some(ip) if is_loopback(ip) => Ok(()),
                 _ => Err((
                     StatusCode::FORBIDDEN,
                     "the API answers loopback clients only while http.api_token is unset\n",
@@ -161,8 +161,11 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn is_mapped_loopback(ip: IpAddr) -> bool {
-    matches!(ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()))
+/// 127.0.0.0/8 and ::1, also as an IPv4-mapped IPv6 address (a dual-stack listener's view
+/// of an IPv4 client).
+pub fn is_loopback(ip: IpAddr) -> bool {
+    ip.is_loopback()
+        || matches!(ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()))
 }
 
 #[cfg(test)]

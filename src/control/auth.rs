@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::access::{Identity, Principal, Role};
+use crate::auth::is_loopback;
 use crate::auth::secret::constant_time_eq;
 use crate::config::{AllowAnonymous, MqttUser};
 use crate::media::DeviceId;
@@ -273,16 +274,6 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
             _ => None,
         })
         .collect()
-}
-
-/// 127.0.0.0/8 and ::1 (also as an IPv4-mapped IPv6 address).
-pub fn is_loopback(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
-    }
 }
 
 /// The unit the brake and the log count by: an IPv4 address, or an IPv6 /64 (one

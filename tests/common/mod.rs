@@ -183,6 +183,19 @@ pub(crate) fn program(var: &str, name: &str) -> PathBuf {
         .map_or_else(|| PathBuf::from(name), PathBuf::from)
 }
 
+/// Waits (up to 20 s) until something accepts TCP connections on `port` of 127.0.0.1: a
+/// server started as a process, or on a thread of its own, says nothing when it is ready.
+pub(crate) async fn wait_listening(port: u16, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} did not listen on {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The recordings of real devices the suite replays (`tests/data/`, provenance and
 /// licences in its README).
 fn testdata_dir() -> PathBuf {

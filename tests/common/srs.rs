@@ -5,12 +5,10 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-use super::{TempDir, free_port};
+use super::{TempDir, free_port, wait_listening};
 
 /// The SRS 6 binary the suite runs: `$SRS_BIN` (which `scripts/test.sh` sets through
 /// `scripts/tools.sh`: found on the PATH, in a local tool cache, or built from SRS's source
@@ -240,17 +238,5 @@ impl NginxRtmp {
             _dir: dir,
             _child: child,
         }
-    }
-}
-
-/// Waits until `port` accepts a TCP connection.
-async fn wait_listening(port: u16, what: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what} did not listen on {port}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -21,7 +21,7 @@ use tokio::time::{Instant, timeout};
 use tokio_rustls::rustls;
 
 use crate::common::mqtt::Mosquitto;
-use crate::common::{Gateway, TempDir, free_port};
+use crate::common::{Gateway, TempDir, free_port, wait_listening};
 
 pub(crate) const WAIT: Duration = Duration::from_secs(10);
 /// Each transport's device (a device is sent one REQPULL however many ask).
@@ -133,14 +133,7 @@ pub(crate) async fn embedded(extra: &[(&str, &str)]) -> Target {
     let gateway = Gateway::start_from(Some(&file), &env).await;
     // the broker's listeners come up on threads of their own
     for port in [tcp, ws, tls, wss] {
-        let deadline = Instant::now() + WAIT;
-        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the embedded broker did not listen"
-            );
-            tokio::task::yield_now().await;
-        }
+        wait_listening(port, "the embedded broker").await;
     }
     wait_online(tcp, Some(("admin", "admin-password"))).await;
     Target {
