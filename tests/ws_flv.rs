@@ -440,19 +440,7 @@ async fn with_tls_plays_share_one_http2_connection_and_ws_flv_works_over_wss() {
         .await;
 
     // and a WS-FLV viewer over wss (a WebSocket over HTTP/1.1 on the same TLS listener)
-    let mut roots = rustls::RootCertStore::empty();
-    use rustls::pki_types::pem::PemObject;
-    for der in rustls::pki_types::CertificateDer::pem_file_iter(&cert).unwrap() {
-        roots.add(der.unwrap()).unwrap();
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let connector = tls_connector(&cert, b"http/1.1");
     let tcp = TcpStream::connect(gateway.addrs.http).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let tls = connector.connect(name, tcp).await.unwrap();
@@ -485,5 +473,70 @@ async fn with_tls_plays_share_one_http2_connection_and_ws_flv_works_over_wss() {
     for out in [a, b] {
         let video = probe_stream(&out, "v", None).await;
         assert_eq!(video["codec_name"], "h264");
+    }
+}
+
+/// A TLS client config trusting `cert`, offering `alpn`.
+fn tls_connector(cert: &std::path::Path, alpn: &[u8]) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for der in rustls::pki_types::CertificateDer::pem_file_iter(cert).unwrap() {
+        roots.add(der.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+/// Chromium opens HTTP/2 connections ahead of need; one that never sent a request held the
+/// gateway's shutdown (hyper's graceful shutdown waits for the client) until the CI's
+/// 20-second limit.
+#[tokio::test]
+async fn the_gateway_stops_though_http2_connections_sit_open_without_a_request() {
+    let tmp = TempDir::new("h2idle");
+    let (cert, key) = self_signed(&tmp).await;
+    let gateway = Gateway::start(&[
+        ("JTGW__HTTP__TLS_CERT", cert.to_str().unwrap()),
+        ("JTGW__HTTP__TLS_KEY", key.to_str().unwrap()),
+    ])
+    .await;
+    let connector = tls_connector(&cert, b"h2");
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    // one with the TLS handshake only, one that also sent the HTTP/2 preface
+    let mut idle = Vec::new();
+    for preface in [false, true] {
+        let tcp = TcpStream::connect(gateway.addrs.http).await.unwrap();
+        let mut tls = connector.connect(name.clone(), tcp).await.unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        if preface {
+            let settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+            tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                .await
+                .unwrap();
+            tls.write_all(settings).await.unwrap();
+            // the server's SETTINGS: the connection is being served
+            let mut head = [0u8; 9];
+            tls.read_exact(&mut head).await.unwrap();
+            assert_eq!(head[3], 4, "a SETTINGS frame first");
+        }
+        idle.push(tls);
+    }
+    let started = tokio::time::Instant::now();
+    gateway.stop().await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(8),
+        "stopped in {took:?}, the grace is two seconds"
+    );
+    // and the connections were closed, not left open
+    for mut tls in idle {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "the connection is closed after the stop");
     }
 }

@@ -43,6 +43,13 @@ const MAX_HEAD: usize = 16 * 1024;
 /// Pause after a failed accept (out of file descriptors): retrying at once would spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// How long a connection gets at shutdown to finish what it is doing once told to
+/// (HTTP/1.1: the response in flight; HTTP/2: GOAWAY, then its open streams) before it is
+/// dropped. hyper's graceful shutdown alone waits for the client: an HTTP/2 connection a
+/// browser opened ahead of need (TLS done, no preface yet) held the gateway's shutdown
+/// forever.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 /// How the listener treats connections.
 #[derive(Clone)]
 pub struct ServeOptions {
@@ -259,10 +266,24 @@ where
         result = conn.as_mut() => result?,
         () = shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
-            conn.await?;
+            finish_within_grace(conn, peer).await?;
         }
     }
     Ok(())
+}
+
+/// Waits up to [`SHUTDOWN_GRACE`] for a connection told to shut down, then drops it.
+async fn finish_within_grace<E>(
+    conn: impl Future<Output = Result<(), E>>,
+    peer: SocketAddr,
+) -> Result<(), E> {
+    match tokio::time::timeout(SHUTDOWN_GRACE, conn).await {
+        Ok(result) => result,
+        Err(_) => {
+            debug!(%peer, "http connection still open after the shutdown grace: dropped");
+            Ok(())
+        }
+    }
 }
 
 /// `router` with each request carrying the peer as axum's `ConnectInfo` and the client
@@ -322,7 +343,7 @@ where
         result = conn.as_mut() => result?,
         () = shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
-            conn.await?;
+            finish_within_grace(conn, peer).await?;
         }
     }
     if let Some(play) = upgraded.take() {
