@@ -1,9 +1,7 @@
 //! The control task: owns the demand state, turns requests and hub events into device
 //! commands, replies and status messages. One task, one owner; MQTT I/O is in `mqtt.rs`.
 
-use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use rumqttc::AsyncClient;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -12,14 +10,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, instrument, warn};
 
 use super::ControlContext;
+use super::command::{Command, PlaybackCtrl, Request, Wanted};
 use super::demand::{Action, Demand, RequestOutcome, RequesterId};
-use super::messages::{DeviceCommand, ErrorCode, Mode, Reply, Request, RequestError, bcd_time};
+use super::messages::{DeviceCommand, ErrorCode, Fields, Mode, Reply, RequestError};
 use super::mqtt::Inbound;
 use super::outbox::Outbox;
-use super::params::{LiveParams, PullParams, live_params, playback_params};
+use super::params::{LiveParams, PlaybackControl, PullParams, Speed};
 use super::topics::Topics;
 use crate::hub::{Hub, HubEvent};
-use crate::media::{Channel, DeviceId, StreamKey, StreamKind};
+use crate::media::{DeviceId, StreamKey, StreamKind};
 use crate::output::rtmp_push::PushEvent;
 use crate::output::webrtc::{PeerEvent, WebRtc};
 
@@ -43,19 +42,17 @@ pub(crate) struct Control {
     devices_seen: HashMap<DeviceId, Instant>,
     started: Instant,
     heartbeats: u64,
-    sequence: AtomicU64,
+    /// The last seqid the gateway made up (device commands, requests without one).
+    sequence: u64,
     rtmp: RtmpControl,
-    /// The WebRTC side (`None`: `webrtc.enabled = false`).
-    webrtc: Option<WebRtc>,
+    /// The WebRTC side and its offers waiting for relays (`None`: `webrtc.enabled = false`).
+    webrtc: Option<webrtc::WebRtcControl>,
     /// What the current step decided to publish; flushed after it with back-pressure.
-    outbox: RefCell<Outbox>,
+    outbox: Outbox,
     /// The last retained status body per stream, so each state is published once.
     statuses: HashMap<StreamKey, Vec<u8>>,
-    /// WEBRTC requests whose own TURN servers are being allocated come back here.
-    deferred_tx: mpsc::Sender<webrtc::DeferredOffer>,
-    deferred_rx: Option<mpsc::Receiver<webrtc::DeferredOffer>>,
-    /// How many are out.
-    deferred: usize,
+    /// Where the control task's own helpers run (tracked: waited for at shutdown).
+    tasks: tokio_util::task::TaskTracker,
 }
 
 impl Control {
@@ -65,12 +62,9 @@ impl Control {
         client: AsyncClient,
         rtmp: RtmpControl,
         webrtc: Option<WebRtc>,
+        tasks: tokio_util::task::TaskTracker,
     ) -> Control {
-        let (deferred_tx, deferred_rx) = mpsc::channel(webrtc::MAX_DEFERRED);
         Control {
-            deferred_tx,
-            deferred_rx: Some(deferred_rx),
-            deferred: 0,
             topics: Topics::new(&ctx.mqtt.topic_prefix),
             demand: Demand::new(ctx.demand),
             ctx,
@@ -80,11 +74,12 @@ impl Control {
             devices_seen: HashMap::new(),
             started: Instant::now(),
             heartbeats: 0,
-            sequence: AtomicU64::new(0),
+            sequence: 0,
             rtmp,
-            webrtc,
-            outbox: RefCell::new(Outbox::default()),
+            webrtc: webrtc.map(webrtc::WebRtcControl::new),
+            outbox: Outbox::default(),
             statuses: HashMap::new(),
+            tasks,
         }
     }
 
@@ -107,7 +102,7 @@ impl Control {
             ) => {}
         }
         self.publish_gateway_status("offline");
-        self.outbox.get_mut().flush_now(&self.client);
+        self.outbox.flush_now(&self.client);
     }
 
     /// One step per event; after each, what it decided is handed to the MQTT client,
@@ -120,8 +115,7 @@ impl Control {
         peer_events_rx: &mut mpsc::Receiver<PeerEvent>,
     ) {
         let mut events = self.hub.events();
-        let (_, unused) = mpsc::channel(1);
-        let mut deferred_rx = self.deferred_rx.take().unwrap_or(unused);
+        let mut deferred_rx = webrtc::deferred_offers(self.webrtc.as_mut());
         let mut heartbeat = tokio::time::interval(self.ctx.mqtt.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -171,7 +165,7 @@ impl Control {
                     }
                 }
             }
-            let mut outbox = self.outbox.take();
+            let mut outbox = std::mem::take(&mut self.outbox);
             if !outbox.flush(&self.client).await {
                 return;
             }
@@ -184,18 +178,18 @@ impl Control {
             debug!("ignoring a message outside the request topics");
             return;
         };
-        let request = match Request::parse(&inbound.payload) {
-            Ok(request) => request,
+        let fields = match Fields::parse(&inbound.payload) {
+            Ok(fields) => fields,
             Err(error) => return self.reject(error),
         };
-        tracing::Span::current().record("seqid", request.seqid.as_deref().unwrap_or(""));
+        tracing::Span::current().record("seqid", fields.seqid.as_deref().unwrap_or(""));
         let device = match DeviceId::parse(device) {
             Ok(device) => device,
             Err(error) => {
                 return self.reject(RequestError {
                     code: ErrorCode::InvalidDevice,
                     message: error.to_string(),
-                    seqid: request.seqid,
+                    seqid: fields.seqid,
                 });
             }
         };
@@ -206,95 +200,60 @@ impl Control {
                     "unknown mode {mode:?}; expected SUBSCRIBE, UNSUBSCRIBE, PLAYBACK, \
                      PLAYBACK_CTRL, DEVPUSH, HEART, RTMP or WEBRTC"
                 ),
-                seqid: request.seqid,
+                seqid: fields.seqid,
             });
         };
         debug!(%device, ?mode, "request");
-        match mode {
-            Mode::Subscribe | Mode::Playback => self.subscribe(&device, mode, &request),
-            Mode::Unsubscribe => self.unsubscribe(&device, &request),
-            Mode::PlaybackCtrl => self.playback_ctrl(&device, &request),
-            Mode::DevPush => {
-                let key = request.stream_key(&device, mode);
-                let seqid = self.seqid_of(&request);
-                self.reply_ok(&seqid, &key, None, None);
+        let request = match Request::new(mode, &device, fields) {
+            Ok(request) => request,
+            Err(error) => return self.reject(error),
+        };
+        if request.command == Command::Heart {
+            if self.devices_seen.len() < MAX_DEVICES_SEEN || self.devices_seen.contains_key(&device)
+            {
+                self.devices_seen.insert(device, Instant::now());
             }
-            Mode::Heart => {
-                if self.devices_seen.len() < MAX_DEVICES_SEEN
-                    || self.devices_seen.contains_key(&device)
-                {
-                    self.devices_seen.insert(device, Instant::now());
-                }
-            }
-            Mode::Rtmp => self.rtmp_request(&device, &request),
-            Mode::WebRtc => self.webrtc_request(&device, &request),
+            return;
+        }
+        let seqid = self.seqid_of(&request);
+        let requester = RequesterId::Client(request.client_id.unwrap_or_else(|| seqid.clone()));
+        match request.command {
+            Command::Subscribe(wanted) => self.subscribe(wanted, &requester, &seqid),
+            Command::Unsubscribe(key) => self.unsubscribe(&key, &requester, seqid),
+            Command::PlaybackCtrl(ctrl) => self.playback_ctrl(ctrl, &seqid),
+            Command::DevPush(key) => self.reply_ok(&seqid, &key, None, None),
+            Command::Heart => {}
+            Command::Rtmp { wanted, url } => self.rtmp_request(wanted, url, &requester, &seqid),
+            Command::WebRtc(offer) => self.webrtc_request(offer, requester, seqid),
         }
     }
 
-    fn subscribe(&mut self, device: &DeviceId, mode: Mode, request: &Request) {
-        let seqid = self.seqid_of(request);
-        let mut keys = vec![request.stream_key(device, mode)];
-        if let Some(batch) = &request.pull_stream_from_device {
-            keys.clear();
-            for item in batch {
-                match DeviceId::parse(&item.device) {
-                    Ok(d) => keys.push(StreamKey::new(
-                        d,
-                        Channel(item.channel.unwrap_or(1)),
-                        item.kind.unwrap_or(StreamKind::Live),
-                    )),
-                    Err(error) => {
-                        return self.reject(RequestError {
-                            code: ErrorCode::InvalidDevice,
-                            message: format!("pull_stream_from_device: {error}"),
-                            seqid: Some(seqid),
-                        });
-                    }
-                }
-            }
-        }
-        let requester =
-            RequesterId::Client(request.client_id.clone().unwrap_or_else(|| seqid.clone()));
-        for key in keys {
-            let (state, actions) = match self.want(&key, &requester, &seqid, request) {
-                Ok(wanted) => wanted,
-                Err(error) => return self.reject(error),
-            };
+    fn subscribe(&mut self, wanted: Vec<Wanted>, requester: &RequesterId, seqid: &str) {
+        for wanted in wanted {
+            let key = wanted.key.clone();
+            let (state, actions) = self.want(wanted, requester, seqid);
             info!(stream = %key, requester = ?requester, state, "subscribed");
-            self.reply_ok(
-                &seqid,
-                &key,
-                Some(state),
-                Some(self.ctx.demand.lease.as_secs()),
-            );
+            let lease = Some(self.ctx.demand.lease.as_secs());
+            self.reply_ok(seqid, &key, Some(state), lease);
             self.perform(actions);
         }
     }
 
-    /// `requester` wants `key` (SUBSCRIBE, PLAYBACK, RTMP): the request's pull fields are
+    /// `requester` wants a stream (SUBSCRIBE, PLAYBACK, RTMP, WEBRTC): its pull fields are
     /// kept for the device command and the demand counts it. Returns the state for the
     /// reply and the actions to perform after replying.
     fn want(
         &mut self,
-        key: &StreamKey,
+        wanted: Wanted,
         requester: &RequesterId,
         seqid: &str,
-        request: &Request,
-    ) -> Result<(&'static str, Vec<Action>), RequestError> {
-        let params = match key.kind {
-            StreamKind::Live => live_params(request).map(PullParams::Live),
-            StreamKind::Playback => playback_params(request).map(PullParams::Playback),
-        };
-        let params = params.map_err(|(code, message)| RequestError {
-            code,
-            message,
-            seqid: Some(seqid.to_owned()),
-        })?;
-        self.hub.expect_tracks(key, params.tracks());
-        self.pull_params.insert(key.clone(), params);
+    ) -> (&'static str, Vec<Action>) {
+        let Wanted { key, pull } = wanted;
+        self.hub.expect_tracks(&key, pull.tracks());
+        self.pull_params.insert(key.clone(), pull);
         let mut actions = Vec::new();
         let outcome = self.demand.request(
-            key,
+            &key,
             requester.clone(),
             Some(seqid.to_owned()),
             true,
@@ -306,21 +265,17 @@ impl Control {
             RequestOutcome::Pulling => "pulling",
             RequestOutcome::Waiting => "waiting",
         };
-        Ok((state, actions))
+        (state, actions)
     }
 
-    fn unsubscribe(&mut self, device: &DeviceId, request: &Request) {
-        let seqid = self.seqid_of(request);
-        let key = request.stream_key(device, Mode::Unsubscribe);
-        let requester =
-            RequesterId::Client(request.client_id.clone().unwrap_or_else(|| seqid.clone()));
+    fn unsubscribe(&mut self, key: &StreamKey, requester: &RequesterId, seqid: String) {
         if self
             .demand
-            .release(&key, &requester, Instant::now().into_std())
+            .release(key, requester, Instant::now().into_std())
         {
             info!(stream = %key, requester = ?requester, "unsubscribed");
-            self.rtmp_release(&key, &requester);
-            self.reply_ok(&seqid, &key, None, None);
+            self.rtmp_release(key, requester);
+            self.reply_ok(&seqid, key, None, None);
         } else {
             self.reject(RequestError {
                 code: ErrorCode::NotSubscribed,
@@ -332,50 +287,22 @@ impl Control {
         }
     }
 
-    fn playback_ctrl(&mut self, device: &DeviceId, request: &Request) {
-        let seqid = self.seqid_of(request);
-        let key = request.stream_key(device, Mode::PlaybackCtrl);
-        let Some(control) = request.control.filter(|c| *c <= 6) else {
-            return self.reject(RequestError {
-                code: ErrorCode::MissingField,
-                message:
-                    "PLAYBACK_CTRL needs \"control\": 0 start, 1 pause, 2 end, 3 fast forward, \
-                          4 key frame rewind, 5 seek, 6 key frame play"
-                        .to_owned(),
-                seqid: Some(seqid),
-            });
-        };
-        let seek_time = match (&request.seek_time, control) {
-            (Some(t), _) => match bcd_time(t) {
-                Some(t) => t,
-                None => {
-                    return self.reject(RequestError {
-                        code: ErrorCode::InvalidField,
-                        message: format!(
-                            "seek_time {t:?}: expected YYMMDDhhmmss or YYYY-MM-DD hh:mm:ss"
-                        ),
-                        seqid: Some(seqid),
-                    });
-                }
-            },
-            (None, 5) => {
-                return self.reject(RequestError {
-                    code: ErrorCode::MissingField,
-                    message: "control 5 (seek) needs \"seek_time\"".to_owned(),
-                    seqid: Some(seqid),
-                });
-            }
-            (None, _) => "000000000000".to_owned(),
-        };
+    fn playback_ctrl(&mut self, ctrl: PlaybackCtrl, seqid: &str) {
+        let PlaybackCtrl {
+            key,
+            control,
+            speed,
+            seek_time,
+        } = ctrl;
         self.send_device(&DeviceCommand::PlaybackCtrl {
-            seqid: seqid.clone(),
+            seqid: seqid.to_owned(),
             device: key.device.to_string(),
             channel: key.channel.0,
-            control,
-            speed: request.speed.unwrap_or(0),
+            control: control.into(),
+            speed: speed.into(),
             seek_time,
         });
-        self.reply_ok(&seqid, &key, None, None);
+        self.reply_ok(seqid, &key, None, None);
     }
 
     fn handle_hub_event(&mut self, event: HubEvent) {
@@ -490,8 +417,8 @@ impl Control {
                             seqid,
                             device: key.device.to_string(),
                             channel: key.channel.0,
-                            control: 2,
-                            speed: 0,
+                            control: PlaybackControl::End.into(),
+                            speed: Speed::None.into(),
                             seek_time: "000000000000".to_owned(),
                         },
                     };
@@ -519,7 +446,8 @@ impl Control {
                         reply.device = Some(key.device.to_string());
                         reply.channel = Some(key.channel.0);
                         reply.kind = Some(key.kind);
-                        self.publish_json(&self.topics.reply(&seqid, "ERROR"), &reply, false);
+                        let topic = self.topics.reply(&seqid, "ERROR");
+                        self.outbox.push_json(&topic, &reply, false);
                     }
                 }
             }
@@ -529,7 +457,7 @@ impl Control {
     /// The command that makes the device push `key`: REQPULL for live, PLAYBACK for a
     /// playback (`None` without the fields of a playback request: never a REQPULL aimed at
     /// the playback port).
-    fn pull_command(&self, key: &StreamKey) -> Option<DeviceCommand> {
+    fn pull_command(&mut self, key: &StreamKey) -> Option<DeviceCommand> {
         let seqid = self.next_seqid();
         let device = key.device.to_string();
         let server_host = self.ctx.public_host.clone();
@@ -543,11 +471,11 @@ impl Control {
                     tcp_port: self.ctx.playback_port,
                     udp_port: 0,
                     channel,
-                    media_type: p.media_type,
-                    stream_type: p.stream_type,
-                    storage_type: p.storage_type,
-                    playback_mode: p.playback_mode,
-                    speed: p.speed,
+                    media_type: p.media_type.into(),
+                    stream_type: p.stream_type.into(),
+                    storage_type: p.storage_type.into(),
+                    playback_mode: p.playback_mode.into(),
+                    speed: p.speed.into(),
                     start_time: p.start_time.clone(),
                     end_time: p.end_time.clone(),
                 })
@@ -565,20 +493,23 @@ impl Control {
                     tcp_port: self.ctx.live_port,
                     udp_port: 0,
                     channel,
-                    data_type: live.data_type,
-                    stream_type: live.stream_type,
+                    data_type: live.data_type.into(),
+                    stream_type: live.stream_type.into(),
                 })
             }
         }
     }
 
-    fn seqid_of(&self, request: &Request) -> String {
-        request.seqid.clone().unwrap_or_else(|| self.next_seqid())
+    fn seqid_of(&mut self, request: &Request) -> String {
+        match &request.seqid {
+            Some(seqid) => seqid.clone(),
+            None => self.next_seqid(),
+        }
     }
 
-    fn next_seqid(&self) -> String {
-        let n = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
-        format!("{}-{n}", self.ctx.mqtt.gateway_id)
+    fn next_seqid(&mut self) -> String {
+        self.sequence += 1;
+        format!("{}-{}", self.ctx.mqtt.gateway_id, self.sequence)
     }
 }
 

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::media::{Channel, DeviceId, StreamKey, StreamKind};
+use crate::media::StreamKind;
 
 mod ids;
 
@@ -90,9 +90,11 @@ impl Mode {
     }
 }
 
-/// A request body. Every field is optional on the wire; `Request::parse` checks types.
+/// A request body's fields as they are on the wire, every one optional: the first step of
+/// parsing (JSON, types, the seqid and client id). The topic's mode then reads what it uses
+/// into a typed command (`control::command`); nothing else sees this struct.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-pub struct Request {
+pub(crate) struct Fields {
     /// Correlates the reply; chosen by the requester.
     pub seqid: Option<String>,
     /// Identifies the requester (a backend, a browser tab).
@@ -191,10 +193,10 @@ pub struct RequestError {
     pub seqid: Option<String>,
 }
 
-impl Request {
+impl Fields {
     /// Parses a body. The seqid is recovered even when the rest is wrong, so the error can
     /// be answered.
-    pub fn parse(payload: &[u8]) -> Result<Request, RequestError> {
+    pub(crate) fn parse(payload: &[u8]) -> Result<Fields, RequestError> {
         let value: Value = serde_json::from_slice(payload).map_err(|e| RequestError {
             code: ErrorCode::InvalidJson,
             message: format!("body is not valid JSON: {e}"),
@@ -241,15 +243,6 @@ impl Request {
             message: format!("field {:?}: {}", e.path().to_string(), e.inner()),
             seqid,
         })
-    }
-
-    /// The stream this request is about, on `device`.
-    pub fn stream_key(&self, device: &DeviceId, mode: Mode) -> StreamKey {
-        let kind = match mode {
-            Mode::Playback | Mode::PlaybackCtrl => StreamKind::Playback,
-            _ => self.kind.unwrap_or(StreamKind::Live),
-        };
-        StreamKey::new(device.clone(), Channel(self.channel.unwrap_or(1)), kind)
     }
 }
 
@@ -469,7 +462,7 @@ mod tests {
 
     #[test]
     fn seqid_survives_a_bad_field() {
-        let err = Request::parse(br#"{"seqid":"s1","channel":"one"}"#).unwrap_err();
+        let err = Fields::parse(br#"{"seqid":"s1","channel":"one"}"#).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidField);
         assert_eq!(err.seqid.as_deref(), Some("s1"));
         assert!(
@@ -477,31 +470,31 @@ mod tests {
             "{}",
             err.message
         );
-        let err = Request::parse(b"{not json").unwrap_err();
+        let err = Fields::parse(b"{not json").unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidJson);
         assert_eq!(
-            Request::parse(b"[1]").unwrap_err().code,
+            Fields::parse(b"[1]").unwrap_err().code,
             ErrorCode::InvalidJson
         );
-        let ok = Request::parse(br#"{"seqid":7,"client_id":"b","unknown":1,"kind":"playback"}"#)
-            .unwrap();
+        let ok =
+            Fields::parse(br#"{"seqid":7,"client_id":"b","unknown":1,"kind":"playback"}"#).unwrap();
         assert_eq!(ok.seqid.as_deref(), Some("7"));
         assert_eq!(ok.kind, Some(StreamKind::Playback));
     }
 
     #[test]
     fn a_seqid_that_cannot_name_a_topic_is_rejected() {
-        let err = Request::parse(br#"{"seqid":"a/b"}"#).unwrap_err();
+        let err = Fields::parse(br#"{"seqid":"a/b"}"#).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidField);
         assert!(err.message.contains("'/'"), "{}", err.message);
         assert_eq!(err.seqid.as_deref(), Some("a/b"), "still repliable");
         for bad in [r#""a+b""#, r##""a#""##, r#""""#] {
             let body = format!(r#"{{"seqid":{bad}}}"#);
-            let err = Request::parse(body.as_bytes()).unwrap_err();
+            let err = Fields::parse(body.as_bytes()).unwrap_err();
             assert_eq!(err.code, ErrorCode::InvalidField, "{body}");
             assert_eq!(err.seqid, None, "{body}: no topic to reply on");
         }
-        assert!(Request::parse(br#"{"seqid":"s-1.x_y"}"#).is_ok());
+        assert!(Fields::parse(br#"{"seqid":"s-1.x_y"}"#).is_ok());
     }
 
     #[test]

@@ -3,13 +3,15 @@
 //! `mqtt.rs` is the I/O edge (client loop), `broker.rs` the embedded broker with its guards
 //! (`auth.rs` who may connect, `access.rs` who may publish and subscribe what, both pure),
 //! `messages.rs` and `topics.rs`
-//! the wire types, `demand.rs` the sans-IO policy (who wants what, when to pull and stop),
+//! the wire types, `command.rs` a request read as a typed command (`params.rs` its JT/T 1078
+//! values), `demand.rs` the sans-IO policy (who wants what, when to pull and stop),
 //! `dispatch.rs` the one task that owns the state and performs the actions. Control drives
 //! the rest of the gateway only through the hub handle `app` passes in.
 
 pub mod access;
 pub mod auth;
 pub mod broker;
+mod command;
 pub mod demand;
 mod dispatch;
 pub mod messages;
@@ -143,7 +145,7 @@ pub fn spawn(
         // never sends: the sender is dropped at once
         None => (None, mpsc::channel(1).1),
     };
-    let control = Control::new(ctx, hub, client.clone(), rtmp, webrtc);
+    let control = Control::new(ctx, hub, client.clone(), rtmp, webrtc, tasks.clone());
     tasks.spawn(async move {
         control
             .run(

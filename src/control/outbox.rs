@@ -103,6 +103,14 @@ impl Outbox {
         });
     }
 
+    /// Queues `body` as JSON on `topic`.
+    pub(crate) fn push_json<T: serde::Serialize>(&mut self, topic: &str, body: &T, retain: bool) {
+        match serde_json::to_vec(body) {
+            Ok(payload) => self.push(topic, payload, retain),
+            Err(error) => warn!(%error, topic = %shorten(topic), "could not encode a message"),
+        }
+    }
+
     /// Hands everything queued to the client, waiting for room in its queue. False if
     /// the connection task is gone.
     pub(crate) async fn flush(&mut self, client: &AsyncClient) -> bool {

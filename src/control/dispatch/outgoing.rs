@@ -45,7 +45,7 @@ pub(super) struct StreamStatus {
 }
 
 impl Control {
-    pub(super) fn reject(&self, error: RequestError) {
+    pub(super) fn reject(&mut self, error: RequestError) {
         let Some(seqid) = &error.seqid else {
             warn!(code = ?error.code, "{} (no seqid to reply to)", error.message);
             return;
@@ -59,11 +59,12 @@ impl Control {
         };
         info!(seqid = %shorten(seqid), code = ?error.code, "{}", error.message);
         let reply = Reply::error(seqid, mode, error.code, error.message.clone());
-        self.publish_json(&self.topics.reply(seqid, mode), &reply, false);
+        self.outbox
+            .push_json(&self.topics.reply(seqid, mode), &reply, false);
     }
 
     pub(super) fn reply_ok(
-        &self,
+        &mut self,
         seqid: &str,
         key: &StreamKey,
         state: Option<&str>,
@@ -74,7 +75,7 @@ impl Control {
 
     /// An OK reply, with the RTMP part for a reply to RTMP.
     pub(super) fn reply_ok_with(
-        &self,
+        &mut self,
         seqid: &str,
         key: &StreamKey,
         state: Option<&str>,
@@ -94,7 +95,8 @@ impl Control {
             code: None,
             message: None,
         };
-        self.publish_json(&self.topics.reply(seqid, "OK"), &reply, false);
+        self.outbox
+            .push_json(&self.topics.reply(seqid, "OK"), &reply, false);
     }
 
     /// The play URLs of `key` for a reply: signed for `http.play_ttl` when plays need a
@@ -121,14 +123,15 @@ impl Control {
         }
     }
 
-    pub(super) fn send_device(&self, command: &DeviceCommand) {
+    pub(super) fn send_device(&mut self, command: &DeviceCommand) {
         let device = match command {
             DeviceCommand::ReqPull { device, .. }
             | DeviceCommand::Stop { device, .. }
             | DeviceCommand::Playback { device, .. }
             | DeviceCommand::PlaybackCtrl { device, .. } => device,
         };
-        self.publish_json(&self.topics.device(device, command.mode()), command, false);
+        self.outbox
+            .push_json(&self.topics.device(device, command.mode()), command, false);
     }
 
     pub(super) fn publish_stream_status(&mut self, key: &StreamKey, live: bool) {
@@ -163,7 +166,7 @@ impl Control {
             return;
         }
         let topic = self.topics.stream_status(key);
-        self.outbox.borrow_mut().push(&topic, payload.clone(), true);
+        self.outbox.push(&topic, payload.clone(), true);
         if live {
             self.statuses.insert(key.clone(), payload);
         } else {
@@ -172,8 +175,8 @@ impl Control {
     }
 
     /// The retained `online`/`offline` of the gateway.
-    pub(super) fn publish_gateway_status(&self, status: &str) {
-        self.publish_json(
+    pub(super) fn publish_gateway_status(&mut self, status: &str) {
+        self.outbox.push_json(
             &self.topics.gateway_status(&self.ctx.mqtt.gateway_id),
             &GatewayStatus {
                 gateway_id: &self.ctx.mqtt.gateway_id,
@@ -217,18 +220,10 @@ impl Control {
             bytes_out: streams.iter().map(|s| s.bytes_out).sum(),
             devices_seen: self.devices_seen.len(),
         };
-        self.publish_json(
+        self.outbox.push_json(
             &self.topics.gateway_heart(&self.ctx.mqtt.gateway_id),
             &heart,
             false,
         );
-    }
-
-    /// Queues `body` on `topic` for the flush after this step.
-    pub(super) fn publish_json<T: Serialize>(&self, topic: &str, body: &T, retain: bool) {
-        match serde_json::to_vec(body) {
-            Ok(payload) => self.outbox.borrow_mut().push(topic, payload, retain),
-            Err(error) => warn!(%error, topic, "could not encode a message"),
-        }
     }
 }

@@ -15,9 +15,10 @@ use tracing::{info, warn};
 
 use super::Control;
 use crate::config::RtmpSettings;
+use crate::control::command::Wanted as WantedStream;
 use crate::control::demand::RequesterId;
-use crate::control::messages::{ErrorCode, Mode, Reply, Request, RequestError, RtmpReply};
-use crate::media::{DeviceId, StreamKey, StreamKind};
+use crate::control::messages::{ErrorCode, Reply, RequestError, RtmpReply};
+use crate::media::{StreamKey, StreamKind};
 use crate::output::rtmp_push::{PushEvent, PushState, RtmpPusher, RtmpTarget};
 
 /// Most push states kept for the stream status (one per stream pushed or failed).
@@ -102,36 +103,35 @@ impl RtmpControl {
 
 impl Control {
     /// `RTMP`: push the stream; the requester counts as one of the stream's.
-    pub(super) fn rtmp_request(&mut self, device: &DeviceId, request: &Request) {
-        let seqid = self.seqid_of(request);
-        let key = request.stream_key(device, Mode::Rtmp);
-        let url = match &request.url {
-            Some(url) => url.clone(),
-            None => self.rtmp.template_url(&key),
-        };
+    pub(super) fn rtmp_request(
+        &mut self,
+        wanted: WantedStream,
+        url: Option<String>,
+        requester: &RequesterId,
+        seqid: &str,
+    ) {
+        let key = wanted.key.clone();
+        let url = url.unwrap_or_else(|| self.rtmp.template_url(&key));
         let target = match RtmpTarget::parse(&url) {
             Ok(target) => target,
             Err(error) => {
                 return self.reject(RequestError {
                     code: ErrorCode::InvalidField,
                     message: format!("url: {error}"),
-                    seqid: Some(seqid),
+                    seqid: Some(seqid.to_owned()),
                 });
             }
         };
-        let requester =
-            RequesterId::Client(request.client_id.clone().unwrap_or_else(|| seqid.clone()));
-        let (state, actions) = match self.want(&key, &requester, &seqid, request) {
-            Ok(wanted) => wanted,
-            Err(error) => return self.reject(error),
-        };
+        let (state, actions) = self.want(wanted, requester, seqid);
         let wanted = self.rtmp.wanted.entry(key.clone()).or_insert(Wanted {
             url: url.clone(),
             requesters: HashMap::new(),
         });
         // the latest request says where
         wanted.url.clone_from(&url);
-        wanted.requesters.insert(requester.clone(), seqid.clone());
+        wanted
+            .requesters
+            .insert(requester.clone(), seqid.to_owned());
         if self.hub.is_live(&key) {
             self.rtmp.start(&key, &url);
         }
@@ -142,7 +142,7 @@ impl Control {
             error: None,
         };
         let lease = Some(self.ctx.demand.lease.as_secs());
-        self.reply_ok_with(&seqid, &key, Some(state), lease, Some(rtmp));
+        self.reply_ok_with(seqid, &key, Some(state), lease, Some(rtmp));
         self.perform(actions);
     }
 
@@ -252,7 +252,8 @@ impl Control {
                 play_urls: BTreeMap::new(),
                 error: error_word.clone(),
             });
-            self.publish_json(&self.topics.reply(&seqid, "ERROR"), &reply, false);
+            self.outbox
+                .push_json(&self.topics.reply(&seqid, "ERROR"), &reply, false);
             self.demand.release(key, &requester, now);
         }
     }
@@ -276,7 +277,7 @@ fn fill(template: &str, key: &StreamKey, target: Option<&RtmpTarget>) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::Channel;
+    use crate::media::{Channel, DeviceId};
 
     #[test]
     fn templates_fill_from_the_stream_and_the_target() {

@@ -3,15 +3,15 @@
 //! is asked to push if it is not live, and `device_unavailable` reaches the requester's
 //! seqid if it never connects) until its peer ends.
 
-use serde_json::Value;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::info;
 
 use super::Control;
 use crate::config::TurnServer;
+use crate::control::command::{IceServer, WebRtcOffer};
 use crate::control::demand::RequesterId;
-use crate::control::messages::{ErrorCode, Mode, Request, RequestError, WebRtcAnswer};
-use crate::media::DeviceId;
+use crate::control::messages::{ErrorCode, RequestError, WebRtcAnswer};
 use crate::output::webrtc::{Offer, PeerEvent, Refusal, RelayLease, WebRtc};
 
 /// WEBRTC requests waiting for their own TURN servers' allocations at once; more are
@@ -21,72 +21,94 @@ pub(super) const MAX_DEFERRED: usize = 64;
 /// TURN servers one request may name.
 const MAX_REQUEST_TURN_SERVERS: usize = 4;
 
+/// The WebRTC side as control sees it: the output, and the offers waiting for the relays
+/// on their own TURN servers.
+pub(crate) struct WebRtcControl {
+    webrtc: WebRtc,
+    /// Offers whose relays are being allocated come back here.
+    deferred_tx: mpsc::Sender<DeferredOffer>,
+    deferred_rx: Option<mpsc::Receiver<DeferredOffer>>,
+    /// How many are out.
+    deferred: usize,
+}
+
+impl WebRtcControl {
+    pub(super) fn new(webrtc: WebRtc) -> WebRtcControl {
+        let (deferred_tx, deferred_rx) = mpsc::channel(MAX_DEFERRED);
+        WebRtcControl {
+            webrtc,
+            deferred_tx,
+            deferred_rx: Some(deferred_rx),
+            deferred: 0,
+        }
+    }
+}
+
+/// Where deferred offers come back (taken once; never anything without WebRTC).
+pub(super) fn deferred_offers(webrtc: Option<&mut WebRtcControl>) -> mpsc::Receiver<DeferredOffer> {
+    webrtc
+        .and_then(|w| w.deferred_rx.take())
+        .unwrap_or_else(|| mpsc::channel(1).1)
+}
+
 /// A WEBRTC request whose own TURN servers were being allocated, back in the control loop.
 #[derive(Debug)]
 pub(crate) struct DeferredOffer {
-    device: DeviceId,
-    request: Request,
+    offer: WebRtcOffer,
+    requester: RequesterId,
+    seqid: String,
     lease: RelayLease,
 }
 
 impl Control {
     /// `WEBRTC`: an offer in, an answer out.
-    pub(super) fn webrtc_request(&mut self, device: &DeviceId, request: &Request) {
-        self.webrtc_offer(device, request, None);
+    pub(super) fn webrtc_request(
+        &mut self,
+        offer: WebRtcOffer,
+        requester: RequesterId,
+        seqid: String,
+    ) {
+        self.webrtc_offer(offer, requester, seqid, None);
     }
 
     /// A request whose TURN allocations are done (or timed out): answered now.
     pub(super) fn handle_deferred_offer(&mut self, deferred: DeferredOffer) {
-        self.deferred = self.deferred.saturating_sub(1);
+        if let Some(webrtc) = &mut self.webrtc {
+            webrtc.deferred = webrtc.deferred.saturating_sub(1);
+        }
         let DeferredOffer {
-            device,
-            request,
+            offer,
+            requester,
+            seqid,
             lease,
         } = deferred;
-        self.webrtc_offer(&device, &request, Some(lease));
+        self.webrtc_offer(offer, requester, seqid, Some(lease));
     }
 
     /// The offer, with the relays leased on its own TURN servers (`None`: not asked yet;
     /// if it names some, they are allocated first and the request comes back).
-    fn webrtc_offer(&mut self, device: &DeviceId, request: &Request, lease: Option<RelayLease>) {
-        let seqid = self.seqid_of(request);
-        let key = request.stream_key(device, Mode::WebRtc);
-        let Some(webrtc) = self.webrtc.clone() else {
+    fn webrtc_offer(
+        &mut self,
+        request: WebRtcOffer,
+        requester: RequesterId,
+        seqid: String,
+        lease: Option<RelayLease>,
+    ) {
+        let key = request.wanted.key.clone();
+        let Some(webrtc) = self.webrtc.as_ref().map(|w| w.webrtc.clone()) else {
+            let flv = self.signed_urls(&key).flv;
             return self.reject(RequestError {
                 code: ErrorCode::NotSupported,
                 message: format!(
                     "WebRTC is disabled on this gateway (webrtc.enabled = false); play the \
-                     stream over HTTP-FLV instead: {}",
-                    self.signed_urls(&key).flv
+                     stream over HTTP-FLV instead: {flv}"
                 ),
                 seqid: Some(seqid),
             });
         };
-        let sdp = match &request.offer {
-            Some(offer) if offer.kind == "offer" => offer.sdp.clone(),
-            Some(offer) => {
-                return self.reject(RequestError {
-                    code: ErrorCode::InvalidField,
-                    message: format!(
-                        "offer.type is {:?}; the gateway answers offers (\"type\": \"offer\")",
-                        crate::media::echo(&offer.kind)
-                    ),
-                    seqid: Some(seqid),
-                });
-            }
-            None => {
-                return self.reject(RequestError {
-                    code: ErrorCode::MissingField,
-                    message: "WEBRTC needs \"offer\": {\"type\": \"offer\", \"sdp\": \"v=0…\"} \
-                              (RTCPeerConnection.localDescription after createOffer)"
-                        .to_owned(),
-                    seqid: Some(seqid),
-                });
-            }
-        };
         let relays = match lease {
             Some(lease) => lease,
-            None => match request_turn_servers(&webrtc, request) {
+            None => match request_turn_servers(&webrtc, &request.ice_servers) {
                 Err(message) => {
                     return self.reject(RequestError {
                         code: ErrorCode::InvalidField,
@@ -99,18 +121,27 @@ impl Control {
                 Ok(servers) if servers.is_empty() && !webrtc.relays_starting() => {
                     RelayLease::default()
                 }
-                Ok(servers) => return self.defer_offer(webrtc, device, request, servers, seqid),
+                Ok(servers) => {
+                    let deferred = DeferredOffer {
+                        offer: request,
+                        requester,
+                        seqid,
+                        lease: RelayLease::default(),
+                    };
+                    return self.defer_offer(webrtc, deferred, servers);
+                }
             },
         };
-        let requester_id = request.client_id.clone().unwrap_or_else(|| seqid.clone());
-        let requester = RequesterId::Client(requester_id.clone());
+        let RequesterId::Client(requester_id) = &requester else {
+            unreachable!("a WEBRTC request comes from a client");
+        };
         // the offer first: a refused one must not make the device push
         let offer = Offer {
             key: key.clone(),
-            sdp,
-            video: request.video.unwrap_or(true),
-            audio: request.audio.unwrap_or(true),
-            requester: Some(requester_id),
+            sdp: request.sdp,
+            video: request.video,
+            audio: request.audio,
+            requester: Some(requester_id.clone()),
             relays,
         };
         let answer = match webrtc.offer(offer) {
@@ -130,13 +161,7 @@ impl Control {
                 });
             }
         };
-        let (state, actions) = match self.want(&key, &requester, &seqid, request) {
-            Ok(wanted) => wanted,
-            Err(error) => {
-                webrtc.close(&answer.session);
-                return self.reject(error);
-            }
-        };
+        let (state, actions) = self.want(request.wanted, &requester, &seqid);
         info!(stream = %key, requester = ?requester, state, session = %answer.session, "webrtc answered");
         let reply = WebRtcAnswer {
             seqid: seqid.clone(),
@@ -148,38 +173,30 @@ impl Control {
             kind: key.kind,
             state: state.to_owned(),
         };
-        self.publish_json(&self.topics.reply(&seqid, "ANSWER"), &reply, false);
+        let topic = self.topics.reply(&seqid, "ANSWER");
+        self.outbox.push_json(&topic, &reply, false);
         self.perform(actions);
     }
 
     /// Allocates relays on the request's own TURN servers (and waits for those of
-    /// `webrtc.turn_servers` at start) off the control loop; the request comes back
-    /// through [`Control::handle_deferred_offer`].
-    fn defer_offer(
-        &mut self,
-        webrtc: WebRtc,
-        device: &DeviceId,
-        request: &Request,
-        servers: Vec<TurnServer>,
-        seqid: String,
-    ) {
-        if self.deferred >= MAX_DEFERRED {
+    /// `webrtc.turn_servers` at start) off the control loop, in a tracked task; the
+    /// request comes back through [`Control::handle_deferred_offer`].
+    fn defer_offer(&mut self, webrtc: WebRtc, deferred: DeferredOffer, servers: Vec<TurnServer>) {
+        let Some(control) = self.webrtc.as_mut() else {
+            return;
+        };
+        if control.deferred >= MAX_DEFERRED {
             return self.reject(RequestError {
                 code: ErrorCode::RelayUnavailable,
                 message: format!(
                     "{MAX_DEFERRED} WEBRTC offers are already waiting for their TURN servers; try again"
                 ),
-                seqid: Some(seqid),
+                seqid: Some(deferred.seqid),
             });
         }
-        self.deferred += 1;
-        let back = self.deferred_tx.clone();
-        let deferred = DeferredOffer {
-            device: device.clone(),
-            request: request.clone(),
-            lease: RelayLease::default(),
-        };
-        tokio::spawn(async move {
+        control.deferred += 1;
+        let back = control.deferred_tx.clone();
+        self.tasks.spawn(async move {
             let lease = webrtc.lease_relays(&servers).await;
             let deferred = DeferredOffer { lease, ..deferred };
             if let Err(unsent) = back.send(deferred).await {
@@ -206,40 +223,20 @@ impl Control {
 
 /// The TURN servers of a request's `iceserver`, if `webrtc.request_ice_servers` lets the
 /// gateway use them (else none: the list is for the browser's side).
-fn request_turn_servers(webrtc: &WebRtc, request: &Request) -> Result<Vec<TurnServer>, String> {
-    match &request.iceserver {
-        Some(value) if webrtc.request_ice_servers() => turn_servers_of(value),
-        _ => Ok(Vec::new()),
+fn request_turn_servers(webrtc: &WebRtc, servers: &[IceServer]) -> Result<Vec<TurnServer>, String> {
+    if webrtc.request_ice_servers() {
+        turn_servers_of(servers)
+    } else {
+        Ok(Vec::new())
     }
 }
 
-/// The TURN servers (UDP) an `iceserver` list names: `RTCIceServer` objects (`urls`, a URL
-/// or a list of them, or `url` in older pages; `username`; `credential`). STUN URLs,
-/// `turns:` and `?transport=tcp` are left out: the gateway's relays are UDP.
-pub(crate) fn turn_servers_of(value: &Value) -> Result<Vec<TurnServer>, String> {
-    let entries: Vec<&Value> = match value {
-        Value::Array(list) => list.iter().collect(),
-        Value::Object(_) => vec![value],
-        Value::Null => Vec::new(),
-        _ => return Err("iceserver: expected a list of {urls, username, credential}".to_owned()),
-    };
+/// The TURN servers (UDP) of a page's ICE servers. STUN URLs, `turns:` and
+/// `?transport=tcp` are left out: the gateway's relays are UDP.
+pub(crate) fn turn_servers_of(ice_servers: &[IceServer]) -> Result<Vec<TurnServer>, String> {
     let mut servers = Vec::new();
-    for (i, entry) in entries.into_iter().enumerate() {
-        let Some(fields) = entry.as_object() else {
-            return Err(format!(
-                "iceserver[{i}]: expected an object {{urls, username, credential}}"
-            ));
-        };
-        let urls: Vec<&str> = match fields.get("urls").or_else(|| fields.get("url")) {
-            Some(Value::String(url)) => vec![url.as_str()],
-            Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).collect(),
-            _ => {
-                return Err(format!(
-                    "iceserver[{i}].urls: expected a URL or a list of URLs"
-                ));
-            }
-        };
-        for url in urls {
+    for (i, entry) in ice_servers.iter().enumerate() {
+        for url in entry.urls.iter() {
             let Some(rest) = url
                 .get(..5)
                 .filter(|scheme| scheme.eq_ignore_ascii_case("turn:"))
@@ -254,8 +251,7 @@ pub(crate) fn turn_servers_of(value: &Value) -> Result<Vec<TurnServer>, String> 
             {
                 continue;
             }
-            let text = |name: &str| fields.get(name).and_then(Value::as_str);
-            let (Some(username), Some(credential)) = (text("username"), text("credential")) else {
+            let (Some(username), Some(credential)) = (&entry.username, &entry.credential) else {
                 return Err(format!(
                     "iceserver[{i}]: {} needs a username and a credential",
                     crate::media::echo(url)
@@ -291,7 +287,13 @@ pub(crate) fn turn_servers_of(value: &Value) -> Result<Vec<TurnServer>, String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::command::ice_servers;
     use serde_json::json;
+
+    /// `iceserver` as a request carries it, read and then searched for TURN servers.
+    fn turn_servers(value: &serde_json::Value) -> Result<Vec<TurnServer>, String> {
+        turn_servers_of(&ice_servers(Some(value))?)
+    }
 
     #[test]
     fn a_requests_turn_servers_are_read_as_browsers_write_them() {
@@ -302,7 +304,7 @@ mod tests {
              "username": "1700000000:gw", "credential": "c2VjcmV0"},
             {"url": "turn:192.0.2.9:3480", "username": "u", "credential": "p"}
         ]);
-        let servers: Vec<(String, String, String)> = turn_servers_of(&list)
+        let servers: Vec<(String, String, String)> = turn_servers(&list)
             .unwrap()
             .into_iter()
             .map(|t| (t.server, t.username, t.credential))
@@ -316,11 +318,9 @@ mod tests {
                 own("192.0.2.9:3480", "u", "p"),
             ]
         );
-        assert_eq!(turn_servers_of(&json!(null)).unwrap().len(), 0);
+        assert_eq!(turn_servers(&json!(null)).unwrap().len(), 0);
         assert_eq!(
-            turn_servers_of(&json!([{"urls": "stun:x:1"}]))
-                .unwrap()
-                .len(),
+            turn_servers(&json!([{"urls": "stun:x:1"}])).unwrap().len(),
             0
         );
     }
@@ -345,7 +345,7 @@ mod tests {
                 "at most 4",
             ),
         ] {
-            let error = turn_servers_of(&value).unwrap_err();
+            let error = turn_servers(&value).unwrap_err();
             assert!(error.contains(says), "{value}: {error}");
         }
     }
