@@ -216,7 +216,8 @@ impl Control {
             return;
         }
         let seqid = self.seqid_of(&request);
-        let requester = RequesterId::Client(request.client_id.unwrap_or_else(|| seqid.clone()));
+        let client = request.client_id.unwrap_or_else(|| seqid.clone());
+        let requester = RequesterId::Client(client.clone());
         match request.command {
             Command::Subscribe(wanted) => self.subscribe(wanted, &requester, &seqid),
             Command::Unsubscribe(key) => self.unsubscribe(&key, &requester, seqid),
@@ -224,7 +225,7 @@ impl Control {
             Command::DevPush(key) => self.reply_ok(&seqid, &key, None, None),
             Command::Heart => {}
             Command::Rtmp { wanted, url } => self.rtmp_request(wanted, url, &requester, &seqid),
-            Command::WebRtc(offer) => self.webrtc_request(offer, requester, seqid),
+            Command::WebRtc(offer) => self.webrtc_request(offer, client, seqid),
         }
     }
 

@@ -55,20 +55,16 @@ pub(super) fn deferred_offers(webrtc: Option<&mut WebRtcControl>) -> mpsc::Recei
 #[derive(Debug)]
 pub(crate) struct DeferredOffer {
     offer: WebRtcOffer,
-    requester: RequesterId,
+    /// The requester's client id (the seqid without one).
+    client: String,
     seqid: String,
     lease: RelayLease,
 }
 
 impl Control {
     /// `WEBRTC`: an offer in, an answer out.
-    pub(super) fn webrtc_request(
-        &mut self,
-        offer: WebRtcOffer,
-        requester: RequesterId,
-        seqid: String,
-    ) {
-        self.webrtc_offer(offer, requester, seqid, None);
+    pub(super) fn webrtc_request(&mut self, offer: WebRtcOffer, client: String, seqid: String) {
+        self.webrtc_offer(offer, client, seqid, None);
     }
 
     /// A request whose TURN allocations are done (or timed out): answered now.
@@ -78,11 +74,11 @@ impl Control {
         }
         let DeferredOffer {
             offer,
-            requester,
+            client,
             seqid,
             lease,
         } = deferred;
-        self.webrtc_offer(offer, requester, seqid, Some(lease));
+        self.webrtc_offer(offer, client, seqid, Some(lease));
     }
 
     /// The offer, with the relays leased on its own TURN servers (`None`: not asked yet;
@@ -90,7 +86,7 @@ impl Control {
     fn webrtc_offer(
         &mut self,
         request: WebRtcOffer,
-        requester: RequesterId,
+        client: String,
         seqid: String,
         lease: Option<RelayLease>,
     ) {
@@ -124,7 +120,7 @@ impl Control {
                 Ok(servers) => {
                     let deferred = DeferredOffer {
                         offer: request,
-                        requester,
+                        client,
                         seqid,
                         lease: RelayLease::default(),
                     };
@@ -132,16 +128,13 @@ impl Control {
                 }
             },
         };
-        let RequesterId::Client(requester_id) = &requester else {
-            unreachable!("a WEBRTC request comes from a client");
-        };
         // the offer first: a refused one must not make the device push
         let offer = Offer {
             key: key.clone(),
             sdp: request.sdp,
             video: request.video,
             audio: request.audio,
-            requester: Some(requester_id.clone()),
+            requester: Some(client.clone()),
             relays,
         };
         let answer = match webrtc.offer(offer) {
@@ -161,6 +154,7 @@ impl Control {
                 });
             }
         };
+        let requester = RequesterId::Client(client);
         let (state, actions) = self.want(request.wanted, &requester, &seqid);
         info!(stream = %key, requester = ?requester, state, session = %answer.session, "webrtc answered");
         let reply = WebRtcAnswer {
