@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
 
 use common::bridge::Redis;
 use common::control::*;
@@ -26,14 +25,9 @@ async fn subscriber(mosquitto: &Mosquitto) -> TestClient {
 
 /// Waits until the processing list is empty (entries leave it after their PubAck).
 async fn processing_drained(redis: &Redis) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !redis.list(PROCESSING).await.is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "processing list drains"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    redis
+        .wait_list(PROCESSING, "processing list drains", WAIT, <[String]>::is_empty)
+        .await;
 }
 
 #[tokio::test]
@@ -199,14 +193,9 @@ async fn entries_wait_for_the_broker() {
     let entry = r#"{"mode":"REQPULL","device":"13800138000","seqid":"while-away","channel":1}"#;
     redis.cli(&["LPUSH", "EXTERNAL_COMMAND", entry]).await;
     // taken into processing, not removed: the broker has not acknowledged it
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while redis.list(PROCESSING).await.is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "entry moved to processing"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    redis
+        .wait_list(PROCESSING, "entry moved to processing", WAIT, |l| !l.is_empty())
+        .await;
     mosquitto.restart().await;
     let mut watch = subscriber(&mosquitto).await;
     let pull = watch
@@ -259,15 +248,11 @@ async fn the_gateways_own_device_commands_are_mirrored() {
         .expect("STOP", WAIT, is("jt1078/device/13800138000/STOP"))
         .await
         .json();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mirrored = loop {
-        let list = redis.list("JT1078_DEVICE_COMMAND").await;
-        if list.len() >= 2 {
-            break list;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "mirrored: {list:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let mirrored = redis
+        .wait_list("JT1078_DEVICE_COMMAND", "two commands mirrored", WAIT, |l| {
+            l.len() >= 2
+        })
+        .await;
     let mirrored: Vec<serde_json::Value> = mirrored
         .iter()
         .map(|m| serde_json::from_str(m).unwrap())

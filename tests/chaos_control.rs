@@ -226,14 +226,18 @@ async fn a_flood_of_requests_loses_no_reply_and_no_command() {
         "no device gets more REQPULLs than control.pull_attempts"
     );
     // The figure: 2 s. An optimised build answers in 0.3-0.5 s (docs/reliability.md);
-    // an unoptimised test build on a loaded machine is ~10x slower, so only an optimised
-    // build asserts it.
-    if !cfg!(debug_assertions) {
-        assert!(
-            answered_in < Duration::from_secs(2),
-            "normal request answered in {answered_in:?}"
-        );
-    }
+    // the unoptimised test build is ~10x slower (2.5-4.7 s measured on the 2-core machine
+    // with other builds running), so it is held to ten times the figure: a control loop
+    // that fell back to one request per broker round trip, or stalled, fails either way.
+    let bound = if cfg!(debug_assertions) {
+        Duration::from_secs(20)
+    } else {
+        Duration::from_secs(2)
+    };
+    assert!(
+        answered_in < bound,
+        "normal request answered in {answered_in:?}, more than {bound:?}"
+    );
     viewer.wait_frames(frames_before + 75).await;
     device.cancel();
     gateway.stop().await;

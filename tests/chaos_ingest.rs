@@ -47,6 +47,8 @@ const CAPTURE: &str = "h264-g711a-156987000796-ch1.jt1078";
 const GOOD_DEVICE: &str = "156987000796";
 /// The idle timeout the probes run with.
 const IDLE: (&str, &str) = ("JTGW__INGEST__IDLE_TIMEOUT", "2s");
+/// [`IDLE`] as a duration.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Generous bound for anything the gateway must do within the 2 s idle timeout.
 const CLOSE_WITHIN: Duration = Duration::from_secs(20);
 
@@ -428,7 +430,13 @@ async fn trickles_and_packets_that_never_make_a_frame_are_closed_after_the_idle_
         ("a flood of packets that never make a frame", noisy),
     ] {
         let stayed = task.await.unwrap();
-        assert!(stayed.is_some(), "{what} is closed after the idle timeout");
+        let stayed = stayed.unwrap_or_else(|| panic!("{what} is closed after the idle timeout"));
+        // both sides: not at once (that would be another cause), and not never (the
+        // margin: the timer's granularity)
+        assert!(
+            stayed >= IDLE_TIMEOUT - Duration::from_millis(250),
+            "{what} closed after {stayed:?}, before the {IDLE_TIMEOUT:?} idle timeout"
+        );
         eprintln!("{what}: closed after {stayed:?}");
     }
 
@@ -606,6 +614,12 @@ async fn an_http_request_head_trickled_in_is_dropped_after_the_head_timeout() {
     let second = closed_by_gateway(kept, head, period).await;
     for (what, stayed) in [("first head", fresh), ("second head", second)] {
         let stayed = stayed.unwrap_or_else(|| panic!("a trickled {what} is dropped"));
+        // both sides: dropped for the timeout (2 s), not at once (the kept-alive one counts
+        // from the response, a moment before this side started its clock)
+        assert!(
+            stayed >= IDLE_TIMEOUT - Duration::from_millis(500),
+            "trickled {what}: dropped after {stayed:?}, before the 2 s head timeout"
+        );
         eprintln!("trickled {what}: dropped after {stayed:?}");
     }
 }

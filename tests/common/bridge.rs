@@ -63,7 +63,7 @@ impl Redis {
     }
 
     async fn spawn(&mut self) {
-        let child = Command::new(super::program("REDIS_SERVER_BIN", "redis-server"))
+        let mut child = Command::new(super::program("REDIS_SERVER_BIN", "redis-server"))
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args([
                 "--save",
@@ -72,27 +72,37 @@ impl Redis {
                 "yes",
                 "--appendfsync",
                 "always",
+                // keyspace events: the tests wait on a list's changes, not by polling it
+                "--notify-keyspace-events",
+                "KA",
             ])
             .arg("--dir")
             .arg(&self.dir.0)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server starts (run ./scripts/test.sh to install it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let ping = tokio::process::Command::new("redis-cli")
-                .args(["-p", &self.port.to_string(), "PING"])
-                .output()
-                .await
-                .expect("redis-cli runs");
-            if String::from_utf8_lossy(&ping.stdout).trim() == "PONG" {
-                break;
+        // the server says when it accepts connections (its log on stdout)
+        let stdout = child.stdout.take().expect("piped");
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut ready = Some(ready_tx);
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if line.contains("Ready to accept connections") {
+                    if let Some(ready) = ready.take() {
+                        let _ = ready.send(());
+                    }
+                }
+                // read on to the end, so the server never blocks on a full pipe
             }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            tokio::task::yield_now().await;
-        }
+        });
+        self.child = Some(child);
+        tokio::time::timeout(Duration::from_secs(10), ready_rx)
+            .await
+            .expect("redis-server ready within 10 s")
+            .expect("redis-server said it is ready before it exited");
     }
 
     /// Kills it (no clean shutdown; the append-only file keeps every write).
@@ -129,6 +139,38 @@ impl Redis {
             .filter(|l| !l.is_empty())
             .map(str::to_owned)
             .collect()
+    }
+
+    /// Waits until the list `key` satisfies `pred` (checked now and after each change
+    /// Redis notifies on the key), at most `wait`; returns it.
+    pub(crate) async fn wait_list(
+        &self,
+        key: &str,
+        what: &str,
+        wait: Duration,
+        pred: impl Fn(&[String]) -> bool,
+    ) -> Vec<String> {
+        use futures_util::StreamExt;
+        let client = redis::Client::open(self.url()).expect("a redis URL");
+        let mut changes = client.get_async_pubsub().await.expect("a pub/sub connection");
+        changes
+            .subscribe(format!("__keyspace@0__:{key}"))
+            .await
+            .expect("subscribed to the key's events");
+        let mut changes = changes.into_on_message();
+        let deadline = Instant::now() + wait;
+        loop {
+            // subscribed first, then read: a change in between is not missed
+            let list = self.list(key).await;
+            if pred(&list) {
+                return list;
+            }
+            match tokio::time::timeout_at(deadline, changes.next()).await {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("redis closed the pub/sub connection waiting for {what}"),
+                Err(_) => panic!("{what}: not within {wait:?}; {key} is {list:?}"),
+            }
+        }
     }
 }
 

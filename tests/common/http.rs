@@ -3,10 +3,17 @@
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Appends what the socket brings next to `buf`; the connection must not end inside `what`.
+/// The longest wait for the next bytes of a response.
+const READ_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Appends what the socket brings next to `buf`; the connection must not end inside `what`,
+/// nor stay silent for [`READ_WAIT`].
 pub(crate) async fn read_more(socket: &mut TcpStream, buf: &mut Vec<u8>, what: &str) {
     let mut chunk = [0u8; 64 * 1024];
-    let n = socket.read(&mut chunk).await.unwrap();
+    let n = tokio::time::timeout(READ_WAIT, socket.read(&mut chunk))
+        .await
+        .unwrap_or_else(|_| panic!("nothing more for {READ_WAIT:?} inside {what}"))
+        .unwrap();
     assert!(n > 0, "connection closed inside {what}");
     buf.extend_from_slice(&chunk[..n]);
 }

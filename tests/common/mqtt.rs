@@ -228,7 +228,12 @@ impl TestClient {
         let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
         tokio::spawn(async move {
             loop {
-                match eventloop.poll().await {
+                // the loop lives as long as the client: it ends when the receiver is dropped
+                let event = tokio::select! {
+                    event = eventloop.poll() => event,
+                    () = tx.closed() => return,
+                };
+                match event {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         for f in &filters {
                             subscriber
@@ -251,6 +256,7 @@ impl TestClient {
                         }
                     }
                     Ok(_) => {}
+                    // the broker is away (a test restarts it): reconnect after a pause
                     Err(_) => tokio::time::sleep(RETRY).await,
                 }
             }
