@@ -3,7 +3,6 @@
 
 mod common;
 
-
 use common::bridge::Redis;
 use common::control::*;
 use common::mqtt::{Mosquitto, TestClient};
@@ -26,7 +25,12 @@ async fn subscriber(mosquitto: &Mosquitto) -> TestClient {
 /// Waits until the processing list is empty (entries leave it after their PubAck).
 async fn processing_drained(redis: &Redis) {
     redis
-        .wait_list(PROCESSING, "processing list drains", WAIT, <[String]>::is_empty)
+        .wait_list(
+            PROCESSING,
+            "processing list drains",
+            WAIT,
+            <[String]>::is_empty,
+        )
         .await;
 }
 
@@ -194,7 +198,9 @@ async fn entries_wait_for_the_broker() {
     redis.cli(&["LPUSH", "EXTERNAL_COMMAND", entry]).await;
     // taken into processing, not removed: the broker has not acknowledged it
     redis
-        .wait_list(PROCESSING, "entry moved to processing", WAIT, |l| !l.is_empty())
+        .wait_list(PROCESSING, "entry moved to processing", WAIT, |l| {
+            !l.is_empty()
+        })
         .await;
     mosquitto.restart().await;
     let mut watch = subscriber(&mosquitto).await;
@@ -249,9 +255,12 @@ async fn the_gateways_own_device_commands_are_mirrored() {
         .await
         .json();
     let mirrored = redis
-        .wait_list("JT1078_DEVICE_COMMAND", "two commands mirrored", WAIT, |l| {
-            l.len() >= 2
-        })
+        .wait_list(
+            "JT1078_DEVICE_COMMAND",
+            "two commands mirrored",
+            WAIT,
+            |l| l.len() >= 2,
+        )
         .await;
     let mirrored: Vec<serde_json::Value> = mirrored
         .iter()

@@ -152,7 +152,10 @@ impl Redis {
     ) -> Vec<String> {
         use futures_util::StreamExt;
         let client = redis::Client::open(self.url()).expect("a redis URL");
-        let mut changes = client.get_async_pubsub().await.expect("a pub/sub connection");
+        let mut changes = client
+            .get_async_pubsub()
+            .await
+            .expect("a pub/sub connection");
         changes
             .subscribe(format!("__keyspace@0__:{key}"))
             .await
