@@ -5,7 +5,7 @@
 # the tests run (SRS 6, mosquitto, redis-server, coturn, nginx with its RTMP module) through
 # scripts/tools.sh, which finds each in $SRS_BIN-style variables, the PATH or a local tool
 # cache, else installs or builds it; a Python venv in target/pyenv (imageio-ffmpeg,
-# playwright, paho-mqtt); mqtt.js in target/npm; and cargo-fuzz (cargo install, into
+# playwright, paho-mqtt, aiortc); mqtt.js in target/npm; and cargo-fuzz (cargo install, into
 # ~/.cargo/bin). Then runs formatting, lints, unit/property/integration tests, the part of
 # the suite that needs data and SRS again from a fresh clone of HEAD (nothing beside it),
 # docs, the purity check and short fuzz runs. The browser tests drive Debian's chromium
@@ -63,6 +63,9 @@ target/pyenv/bin/python -c 'import playwright.sync_api' >/dev/null 2>&1 \
   || target/pyenv/bin/pip install -q playwright
 target/pyenv/bin/python -c 'import paho.mqtt.client' >/dev/null 2>&1 \
   || target/pyenv/bin/pip install -q paho-mqtt
+echo "== aiortc in the venv (a second WebRTC stack as the gateway's peer, tests/webrtc_aiortc.rs)"
+target/pyenv/bin/python -c 'import aiortc' >/dev/null 2>&1 \
+  || target/pyenv/bin/pip install -q aiortc
 
 echo "== mqtt.js (v5) in target/npm (the browser pages' MQTT client, served locally)"
 [ -e target/npm/node_modules/mqtt/dist/mqtt.min.js ] \
