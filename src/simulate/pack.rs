@@ -93,25 +93,21 @@ fn adts_frame(data: &[u8]) -> Option<(usize, u64)> {
 /// each frame a 4-byte state block (predictor LE, step index, 0) and `samples_per_frame / 2`
 /// bytes, low nibble first unless `high_first`.
 pub fn encode_adpcm_frames(pcm_le: &[u8], samples_per_frame: usize, high_first: bool) -> Vec<u8> {
-    use audio_codec_algorithms::{AdpcmImaState, encode_adpcm_ima};
+    use crate::codec::audio::adpcm::NibbleOrder;
+    use crate::codec::audio::{DeviceCodec, DeviceEncoder};
     let samples: Vec<i16> = pcm_le
         .chunks_exact(2)
         .map(|b| i16::from_le_bytes([b[0], b[1]]))
         .collect();
-    let mut state = AdpcmImaState::new();
+    let order = if high_first {
+        NibbleOrder::HighFirst
+    } else {
+        NibbleOrder::LowFirst
+    };
+    let mut encoder = DeviceEncoder::new(DeviceCodec::ImaAdpcm { order }, false);
     let mut out = Vec::new();
     for frame in samples.chunks_exact(samples_per_frame.max(2) & !1) {
-        out.extend(state.predictor.to_le_bytes());
-        out.extend([state.step_index, 0]);
-        for pair in frame.chunks_exact(2) {
-            let first = encode_adpcm_ima(pair[0], &mut state);
-            let second = encode_adpcm_ima(pair[1], &mut state);
-            out.push(if high_first {
-                (first << 4) | second
-            } else {
-                first | (second << 4)
-            });
-        }
+        encoder.encode(frame, &mut out);
     }
     out
 }

@@ -151,6 +151,67 @@ impl G726Decoder {
     }
 }
 
+/// A G.726 encoder for one stream (talkback: the gateway speaks to a device that plays
+/// G.726): 16-bit PCM at 8 kHz to code words of `rate`, packed in `order`. The quantizer
+/// is the reference's (the predictor and the state update are the decoder's own: encoder
+/// and decoder track the same state, as the recommendation defines them).
+#[derive(Debug, Clone)]
+pub struct G726Encoder {
+    rate: G726Rate,
+    order: BitOrder,
+    state: State,
+}
+
+impl G726Encoder {
+    /// An encoder at `rate`, packing code words in `order`.
+    pub fn new(rate: G726Rate, order: BitOrder) -> G726Encoder {
+        G726Encoder {
+            rate,
+            order,
+            state: State::default(),
+        }
+    }
+
+    /// Appends the code words of `pcm` to `out`, packed; a frame's sample count times the
+    /// rate's bits should be a whole number of bytes (the rest of a last byte is zero).
+    pub fn encode(&mut self, pcm: &[i16], out: &mut Vec<u8>) {
+        let bits = self.rate.bits();
+        let tables = self.rate.tables();
+        let sign = 1usize << (bits - 1);
+        let mut acc: u32 = 0;
+        let mut held: u32 = 0;
+        for sample in pcm {
+            let code = self.state.encode_sample(*sample, tables, sign, bits);
+            match self.order {
+                BitOrder::MsbFirst => {
+                    acc = (acc << bits) | code;
+                    held += bits;
+                    while held >= 8 {
+                        held -= 8;
+                        out.push((acc >> held) as u8);
+                        acc &= (1u32 << held) - 1;
+                    }
+                }
+                BitOrder::LsbFirst => {
+                    acc |= code << held;
+                    held += bits;
+                    while held >= 8 {
+                        out.push(acc as u8);
+                        acc >>= 8;
+                        held -= 8;
+                    }
+                }
+            }
+        }
+        if held > 0 {
+            out.push(match self.order {
+                BitOrder::MsbFirst => (acc << (8 - held)) as u8,
+                BitOrder::LsbFirst => acc as u8,
+            });
+        }
+    }
+}
+
 /// Loud frames after which the smoother bit order is kept whatever the margin.
 const ORDER_FRAMES: u32 = 25;
 
@@ -163,18 +224,23 @@ struct Tables {
     wi: &'static [i32],
     /// Speed control F(I), scaled by 512.
     fi: &'static [i32],
+    /// Quantizer decision levels of the normalised log difference (the encoder's): a
+    /// difference's magnitude code is how many of them it reaches.
+    quant: &'static [i32],
 }
 
 static TABLES_16: Tables = Tables {
     dqln: &[116, 365, 365, 116],
     wi: &[-704, 14048, 14048, -704],
     fi: &[0, 0xE00, 0xE00, 0],
+    quant: &[261],
 };
 
 static TABLES_24: Tables = Tables {
     dqln: &[-2048, 135, 273, 373, 373, 273, 135, -2048],
     wi: &[-128, 960, 4384, 18624, 18624, 4384, 960, -128],
     fi: &[0, 0x200, 0x400, 0xE00, 0xE00, 0x400, 0x200, 0],
+    quant: &[8, 218, 331],
 };
 
 static TABLES_32: Tables = Tables {
@@ -188,6 +254,7 @@ static TABLES_32: Tables = Tables {
     fi: &[
         0, 0, 0, 0x200, 0x200, 0x200, 0x600, 0xE00, 0xE00, 0x600, 0x200, 0x200, 0x200, 0, 0, 0,
     ],
+    quant: &[-124, 80, 178, 246, 300, 349, 400],
 };
 
 static TABLES_40: Tables = Tables {
@@ -203,6 +270,9 @@ static TABLES_40: Tables = Tables {
     fi: &[
         0, 0, 0, 0, 0, 0x200, 0x200, 0x200, 0x200, 0x200, 0x400, 0x600, 0x800, 0xA00, 0xC00, 0xC00,
         0xC00, 0xC00, 0xA00, 0x800, 0x600, 0x400, 0x200, 0x200, 0x200, 0x200, 0x200, 0, 0, 0, 0, 0,
+    ],
+    quant: &[
+        -122, -16, 68, 139, 198, 250, 298, 339, 378, 413, 445, 475, 502, 528, 553,
     ],
 };
 
@@ -283,16 +353,67 @@ impl State {
     /// One code word to one sample (the reference `g7xx_decoder` for linear output);
     /// `sign` is the code word's sign bit.
     fn decode_code(&mut self, code: usize, tables: &Tables, sign: usize) -> i16 {
-        let at = |table: &[i32]| table.get(code).copied().unwrap_or(0);
-        let sezi = self.predictor_zero();
-        let sez = sezi >> 1;
-        let se = (sezi + self.predictor_pole()) >> 1;
+        let (sez, se) = self.estimate();
         let y = self.step_size();
+        let sr = self.reconstruct_and_update(code, tables, sign, (sez, se), y);
+        (sr << 2).clamp(i32::from(i16::MIN), i32::from(i16::MAX)) as i16
+    }
+
+    /// One sample to one code word of `bits` bits (the reference encoder for linear
+    /// input): the difference from the estimate, quantized on the log scale, then the
+    /// same reconstruction and update as the decoder's.
+    fn encode_sample(&mut self, sample: i16, tables: &Tables, sign: usize, bits: u32) -> u32 {
+        let sl = i32::from(sample) >> 2;
+        let (sez, se) = self.estimate();
+        let y = self.step_size();
+        let d = sl - se;
+        // LOG: the base-2 log of |d| (exponent and 7-bit mantissa), then SUBTB
+        let magnitude = d.abs();
+        let exp = quan(magnitude >> 1);
+        let mant = ((magnitude << 7) >> exp) & 0x7F;
+        let dln = (exp << 7) + mant - (y >> 2);
+        // QUAN: how many decision levels it reaches; the sign as the one's complement
+        let reached = tables
+            .quant
+            .iter()
+            .take_while(|level| dln >= **level)
+            .count() as u32;
+        let all_ones = (1u32 << bits) - 1;
+        let code = if d < 0 {
+            all_ones - reached
+        } else if reached == 0 && bits != 2 {
+            // the 1988 recommendation: a positive zero is sent as the negative one (no
+            // zero level at 16 kbit/s, where code 0 is the smallest positive step)
+            all_ones
+        } else {
+            reached
+        };
+        self.reconstruct_and_update(code as usize, tables, sign, (sez, se), y);
+        code
+    }
+
+    /// The zero-predictor part of the estimate and the whole signal estimate.
+    fn estimate(&self) -> (i32, i32) {
+        let sezi = self.predictor_zero();
+        (sezi >> 1, (sezi + self.predictor_pole()) >> 1)
+    }
+
+    /// The reconstructed signal of `code` (decoder and encoder alike), with the state
+    /// updated after it.
+    fn reconstruct_and_update(
+        &mut self,
+        code: usize,
+        tables: &Tables,
+        sign: usize,
+        (sez, se): (i32, i32),
+        y: i32,
+    ) -> i32 {
+        let at = |table: &[i32]| table.get(code).copied().unwrap_or(0);
         let dq = reconstruct(code & sign != 0, at(tables.dqln), y);
         let sr = if dq < 0 { se - (dq & 0x3FFF) } else { se + dq };
         let dqsez = sr - se + sez;
         self.update(y, at(tables.wi), at(tables.fi), dq, sr, dqsez);
-        (sr << 2).clamp(i32::from(i16::MIN), i32::from(i16::MAX)) as i16
+        sr
     }
 
     fn predictor_zero(&self) -> i32 {

@@ -2,7 +2,8 @@
 //! encoder behind [`AacEncode`], and the [`Transcoder`] that ties them together.
 //!
 //! One file per codec: `g711.rs`, `adpcm.rs` (IMA, with the state block JT/T 1078 devices
-//! send), `g726.rs` (written here: no maintained Rust crate decodes G.726), `aac.rs` (ADTS and
+//! send), `g726.rs` (written here: no maintained Rust crate decodes or encodes G.726),
+//! `device_encoder.rs` (PCM to the codecs a device plays, for talkback), `aac.rs` (ADTS and
 //! AudioSpecificConfig), `encoder.rs` (the trait and the fdk-aac implementation) and
 //! `transcode.rs` (decoder + encoder + the stream clock of the encoded frames).
 //!
@@ -13,11 +14,13 @@
 pub mod aac;
 pub mod aac_decode;
 pub mod adpcm;
+pub mod device_encoder;
 pub mod encoder;
 pub mod g711;
 pub mod g726;
 pub mod transcode;
 
+pub use device_encoder::{DeviceCodec, DeviceEncoder};
 pub use encoder::{AacEncode, EncodeError, FdkAacEncoder};
 pub use transcode::{EncodedFrame, Transcoder};
 
