@@ -81,6 +81,15 @@ pub enum Command {
         /// mqtt://user:pass@host:port, serve for all devices otherwise).
         #[arg(long, requires = "mqtt")]
         device_secret: Option<String>,
+        /// With --mqtt: answer a REQPULL for two-way talk (data type 2) or broadcast (4)
+        /// with a talk connection: the file's audio as the cab's microphone (not for a
+        /// broadcast), and what the gateway sends decoded (see --talk-out).
+        #[arg(long, requires = "mqtt")]
+        talk: bool,
+        /// With --talk: write what the gateway said, decoded, to this WAV file (16-bit,
+        /// 8 kHz, mono) when the talk ends.
+        #[arg(long, requires = "talk")]
+        talk_out: Option<PathBuf>,
         /// Device id to send as (default: the file's SIM); further devices count up.
         #[arg(long)]
         device: Option<String>,
@@ -196,6 +205,8 @@ impl Cli {
                 mqtt,
                 topic_prefix,
                 device_secret,
+                talk,
+                talk_out,
             } => {
                 crate::telemetry::init("info");
                 let device = device
@@ -224,6 +235,8 @@ impl Cli {
                         pace,
                         looping,
                         device_secret,
+                        talk,
+                        talk_out,
                     };
                     return simulate::mqtt_device::run(options, shutdown_on_ctrl_c()).await;
                 }

@@ -11,6 +11,7 @@
 
 pub mod mqtt_device;
 pub mod pack;
+pub mod talk;
 
 use std::net::SocketAddr;
 use std::path::Path;

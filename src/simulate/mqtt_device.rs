@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use super::talk::TalkDevice;
 use super::{Device, Pace};
 use crate::codec::jt1078::{Packet as Jt1078Packet, Sim};
 use crate::control::auth::device_password;
@@ -42,6 +43,12 @@ pub struct MqttDeviceOptions {
     /// `mqtt.device_secret` of the broker: each device then logs in on a connection of its
     /// own, as itself, with the HMAC password of its id.
     pub device_secret: Option<String>,
+    /// Answer a REQPULL for two-way talk (data type 2) or broadcast (4) as a device does:
+    /// a talk connection (`simulate::talk`) instead of a push of the recording.
+    pub talk: bool,
+    /// With `talk`: where to write what the gateway said, decoded (a WAV file per talk;
+    /// several talks at once get the device and channel in the name).
+    pub talk_out: Option<std::path::PathBuf>,
 }
 
 /// Runs until `cancel`.
@@ -83,6 +90,8 @@ async fn run_devices(
     let tasks = TaskTracker::new();
     // One push per stream: live and playback of a channel run side by side, as on a device.
     let mut running: HashMap<(DeviceId, u8, StreamKind), CancellationToken> = HashMap::new();
+    // Talks (two-way talk or broadcast) per channel, beside its streams.
+    let mut talks: HashMap<(DeviceId, u8), CancellationToken> = HashMap::new();
     // Heartbeats from a task of their own: cancelling `eventloop.poll()` (as a timer in the
     // same select would) while it connects leaves a half-made connection that the broker
     // may register after the real one, taking its session and subscription away.
@@ -136,6 +145,71 @@ async fn run_devices(
                     }
                 };
                 match command {
+                    DeviceCommand::ReqPull {
+                        device,
+                        server_host,
+                        tcp_port,
+                        channel,
+                        data_type: data_type @ (2 | 4),
+                        ..
+                    } if options.talk => {
+                        let Ok(device) = DeviceId::parse(&device) else {
+                            continue;
+                        };
+                        let Some(sim) = Sim::from_digits(device.as_str(), layout) else {
+                            continue;
+                        };
+                        let server = match resolve(&server_host, tcp_port).await {
+                            Ok(server) => server,
+                            Err(error) => {
+                                warn!("{error:#}");
+                                continue;
+                            }
+                        };
+                        let slot = (device.clone(), channel);
+                        if talks.get(&slot).is_some_and(|t| !t.is_cancelled()) {
+                            continue; // already talking on this channel
+                        }
+                        let stop = cancel.child_token();
+                        talks.insert(slot, stop.clone());
+                        // one device: the file as named; several: each its own
+                        let out = options.talk_out.as_ref().map(|path| {
+                            if options.devices.len() == 1 {
+                                return path.clone();
+                            }
+                            let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+                            path.with_file_name(format!("{stem}-{device}-{channel}.wav"))
+                        });
+                        let talk = TalkDevice {
+                            sim,
+                            channel,
+                            packets: Arc::clone(&options.packets),
+                            broadcast: data_type == 4,
+                            out,
+                        };
+                        info!(%device, channel, data_type, %server, "talking on request");
+                        tasks.spawn(async move {
+                            if let Err(error) = talk.run(server, stop.clone()).await {
+                                warn!("simulated talk: {error:#}");
+                            }
+                            stop.cancel();
+                        });
+                    }
+                    DeviceCommand::Stop {
+                        device,
+                        channel,
+                        command: 4,
+                        ..
+                    } => {
+                        // close two-way talk
+                        let Ok(device) = DeviceId::parse(&device) else {
+                            continue;
+                        };
+                        if let Some(stop) = talks.remove(&(device.clone(), channel)) {
+                            info!(%device, channel, "talk closed on request");
+                            stop.cancel();
+                        }
+                    }
                     DeviceCommand::ReqPull {
                         device,
                         server_host,
@@ -225,7 +299,7 @@ async fn run_devices(
             }
         }
     }
-    for stop in running.values() {
+    for stop in running.values().chain(talks.values()) {
         stop.cancel();
     }
     tasks.close();

@@ -100,6 +100,8 @@ pub(crate) fn start_device(url: &str, device: &str) -> CancellationToken {
         pace: Pace::Realtime,
         looping: true,
         device_secret: None,
+        talk: false,
+        talk_out: None,
     };
     let cancel = CancellationToken::new();
     tokio::spawn(mqtt_device::run(options, cancel.clone()));

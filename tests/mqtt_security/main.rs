@@ -477,6 +477,8 @@ async fn simulated_devices_log_in_with_the_device_secret_and_push() {
         pace: Pace::Realtime,
         looping: true,
         device_secret: Some(SECRET.to_owned()),
+        talk: false,
+        talk_out: None,
     };
     let cancel = tokio_util::sync::CancellationToken::new();
     let devices = tokio::spawn(mqtt_device::run(options, cancel.clone()));
