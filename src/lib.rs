@@ -23,6 +23,7 @@ pub mod app;
 pub mod auth;
 pub mod bridge;
 pub mod cli;
+pub mod cluster;
 pub use jt1078_codec as codec;
 pub mod config;
 pub mod control;
