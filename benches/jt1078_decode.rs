@@ -19,7 +19,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use jt1078_gateway::codec::jt1078::{DEFAULT_MAX_BODY, Decoder, Reassembler};
 use jt1078_gateway::hub::MediaInfo;
 use jt1078_gateway::media::{Codec, Frame};
-use jt1078_gateway::output::flv_mux::FlvMuxer;
+use jt1078_gateway::output::shared::flv_mux::FlvMuxer;
 
 /// The recorded streams (`tests/data/`) and the bundled sample.
 fn streams() -> Vec<PathBuf> {

@@ -18,9 +18,10 @@ use crate::control::{ControlContext, RtmpSide};
 use crate::hub::Hub;
 use crate::ingest::IngestServer;
 use crate::output::rtmp_push::{PushSettings, RtmpPusher};
-use crate::output::tls::CertStore;
+use crate::output::shared::http_serve;
+use crate::output::shared::tls::CertStore;
 use crate::output::webrtc::WebRtc;
-use crate::output::{api, http_flv, http_serve};
+use crate::output::{api, http_flv};
 
 /// A gateway with its listeners bound, ready to run.
 #[derive(Debug)]

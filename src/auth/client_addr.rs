@@ -15,7 +15,7 @@ use ipnet::IpNet;
 const MAX_VALUES: usize = 16;
 
 /// The client address a request is attributed to, put on every routed request by
-/// `output::http_serve` (limits, logs and the API guard use it, never the raw peer).
+/// `output::shared::http_serve` (limits, logs and the API guard use it, never the raw peer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub IpAddr);
 

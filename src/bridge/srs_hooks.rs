@@ -206,7 +206,7 @@ impl<T: DeserializeOwned> FromRequest<HookState> for Checked<T> {
     type Rejection = Response;
 
     async fn from_request(request: Request, state: &HookState) -> Result<Self, Response> {
-        // `output::http_serve` puts the peer's address on every request
+        // `output::shared::http_serve` puts the peer's address on every request
         let peer = request
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()

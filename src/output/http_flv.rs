@@ -11,14 +11,14 @@
 //! without a valid signature is answered 403 with the reason before anything else
 //! (`auth::PlayAccess`). Limits count the client address `http.trusted_proxies` resolve.
 //!
-//! WS-FLV (`output::ws_flv`): a `GET` of the same paths with a WebSocket upgrade passes the
+//! WS-FLV (`output::http_flv::ws`): a `GET` of the same paths with a WebSocket upgrade passes the
 //! same checks (signature, path), then its upgrade headers (400 with the reason if they do
 //! not make a handshake), waits for the stream as a play does, and is answered `101` once it
 //! has a reader; the FLV bytes go out in binary messages and end with a close frame.
 //!
 //! Two ways in, same bytes out:
 //! - **Direct** ([`FlvPlayer::play`]): a connection whose request is a play is handed over
-//!   raw by `output::http_serve`; its viewer becomes a hub sink (`output::flv_direct`)
+//!   raw by `output::shared::http_serve`; its viewer becomes a hub sink (`output::http_flv::direct`)
 //!   that the device's task writes to.
 //! - **Routed** ([`FlvPlayer::routes`]): a play that arrives on a kept-alive connection
 //!   after a request hyper served goes through axum as a streamed body, read from a hub
@@ -44,10 +44,14 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::flv_direct::{Ended, Framing, client_left, serve_direct};
-pub use super::flv_mux::FlvMuxer;
-use super::viewer_limits::{Refused, ViewerLimits};
-use super::ws_flv::{CLOSE_NORMAL, ClientFrames, FrameHead, UpgradeHeaders, close_frame};
+use self::direct::{Ended, Framing, client_left, serve_direct};
+use self::limits::{Refused, ViewerLimits};
+use self::ws::{CLOSE_NORMAL, ClientFrames, FrameHead, UpgradeHeaders, close_frame};
+pub use super::shared::flv_mux::FlvMuxer;
+
+mod direct;
+mod limits;
+pub mod ws;
 use crate::auth::{ClientAddr, Forwarding, PlayAccess, TrustedProxies};
 use crate::config::HttpSettings;
 use crate::hub::{Hub, Reader, WsFlvCount};
@@ -555,7 +559,7 @@ async fn play(
 }
 
 /// A WS-FLV play that goes on after hyper handed over its connection (a play after another
-/// request on a kept-alive connection, or over TLS): `output::http_serve` runs it on the
+/// request on a kept-alive connection, or over TLS): `output::shared::http_serve` runs it on the
 /// connection's task, under its shutdown.
 #[derive(Clone, Default)]
 pub struct UpgradedPlay(Arc<Mutex<Option<PlayFuture>>>);

@@ -19,6 +19,7 @@
 //! not: keep stream state (that is the hub's) or decide who wants a push (control does).
 
 mod connection;
+mod interleave;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,8 +33,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::flv_mux::FlvMuxer;
-use super::interleave::Interleaver;
+use self::interleave::Interleaver;
+use super::shared::flv_mux::FlvMuxer;
 use crate::codec::flv::HevcSignal;
 use crate::config::RtmpSettings;
 use crate::hub::{Hub, Reader};

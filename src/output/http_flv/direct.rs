@@ -26,11 +26,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::flv_mux::FlvMuxer;
-use super::viewer_limits::{BacklogHold, ViewerLimits};
-use super::ws_flv::{CLOSE_NORMAL, ClientFrames, FrameHead, close_frame};
+use super::limits::{BacklogHold, ViewerLimits};
+use super::ws::{CLOSE_NORMAL, ClientFrames, FrameHead, close_frame};
 use crate::hub::{Reader, Sink, SinkHandle, StreamStats};
 use crate::media::{Frame, StreamKey};
+use crate::output::shared::flv_mux::FlvMuxer;
 
 /// Most bytes one viewer may have queued for its socket; past it the viewer skips to the
 /// next key frame, and goes on from the first one it reaches with less queued. 4 s of a
@@ -79,7 +79,7 @@ pub(crate) enum Framing {
     /// HTTP/1.1: `Transfer-Encoding: chunked`, ended by the last chunk.
     Chunked,
     /// WS-FLV: each write one binary WebSocket message, ended by a close frame
-    /// (`output::ws_flv`).
+    /// (`output::http_flv::ws`).
     WebSocket,
 }
 

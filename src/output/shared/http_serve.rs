@@ -33,8 +33,8 @@ use tower::ServiceExt;
 use tower::util::MapRequest;
 use tracing::{debug, warn};
 
-use super::http_flv::{AfterPlay, FlvPlayer, PlayRequest, UpgradedPlay};
 use crate::auth::{ClientAddr, Forwarding, TrustedProxies};
+use crate::output::http_flv::{AfterPlay, FlvPlayer, PlayRequest, UpgradedPlay};
 
 /// Longest request head read before routing (hyper's default limit is larger, but the
 /// gateway's requests are short; a longer head goes to hyper, which answers it).

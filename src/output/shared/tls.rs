@@ -4,7 +4,7 @@
 //! served without a restart. A reload that fails keeps the certificate in use.
 //!
 //! Owns the current certificate only; accepting and serving connections is
-//! `output::http_serve`'s.
+//! `output::shared::http_serve`'s.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};

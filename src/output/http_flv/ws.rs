@@ -6,7 +6,7 @@
 //! This module is the protocol's pure part: the upgrade request's validation and answer,
 //! the header of a server's binary message or close frame, and a parser of what a client
 //! sends (only to notice its close frame). No sockets: the bytes are written by
-//! `output::flv_direct` (the direct path) or by `output::http_flv` (the routed path, over
+//! `output::http_flv::direct` (the direct path) or by `output::http_flv` (the routed path, over
 //! hyper's upgrade, also over TLS), with everything else of an HTTP-FLV viewer: demand,
 //! AAC, limits, counters, signed URLs.
 //!
