@@ -10,6 +10,7 @@
 mod common;
 
 use bytes::Bytes;
+use common::audio::{SIGNAL, ffmpeg, samples, snr};
 use common::*;
 use jt1078_gateway::codec::audio::aac::split_adts;
 use jt1078_gateway::codec::audio::adpcm::AdpcmDecoder;
@@ -18,36 +19,8 @@ use jt1078_gateway::codec::audio::{PcmDecoder, PcmFormat};
 use jt1078_gateway::codec::jt1078::PayloadType;
 use jt1078_gateway::simulate::pack::{PackOptions, audio_frames};
 
-/// Three tones, one of them swept in level: speech-like spectrum, 3 s at 8 kHz.
-const SIGNAL: &str = "aevalsrc=0.3*sin(2*PI*440*t)+0.2*sin(2*PI*1300*t)*sin(2*PI*3*t)+0.1*sin(2*PI*2900*t):s=8000:d=3";
-
 /// A pure 1 kHz tone, 3 s at 8 kHz.
 const TONE: &str = "sine=frequency=1000:sample_rate=8000:duration=3,volume=0.5";
-
-/// ffmpeg with `args`, quietly.
-async fn ffmpeg(args: &[&str]) {
-    let mut all = vec!["-v", "error", "-y"];
-    all.extend(args);
-    run("ffmpeg", &all).await;
-}
-
-fn samples(pcm: &[u8]) -> Vec<i16> {
-    pcm.chunks_exact(2)
-        .map(|b| i16::from_le_bytes([b[0], b[1]]))
-        .collect()
-}
-
-/// Signal-to-noise ratio (dB) of `ours` against `reference`, over the common length.
-fn snr(reference: &[i16], ours: &[i16]) -> f64 {
-    let n = reference.len().min(ours.len());
-    let signal: f64 = reference[..n].iter().map(|s| f64::from(*s).powi(2)).sum();
-    let noise: f64 = reference[..n]
-        .iter()
-        .zip(&ours[..n])
-        .map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2))
-        .sum();
-    10.0 * (signal / noise.max(1e-9)).log10()
-}
 
 /// Index and values of the first sample where `a` and `b` differ.
 fn first_difference(a: &[i16], b: &[i16]) -> Option<(usize, i16, i16)> {

@@ -10,41 +10,14 @@
 
 mod common;
 
+use common::audio::{SIGNAL, ffmpeg, samples, snr};
 use common::*;
 use jt1078_gateway::codec::audio::adpcm::NibbleOrder;
 use jt1078_gateway::codec::audio::g726::{BitOrder, G726Rate};
 use jt1078_gateway::codec::audio::{DeviceCodec, DeviceEncoder};
 
-/// Three tones, one of them swept in level: speech-like spectrum, 3 s at 8 kHz.
-const SIGNAL: &str = "aevalsrc=0.3*sin(2*PI*440*t)+0.2*sin(2*PI*1300*t)*sin(2*PI*3*t)+0.1*sin(2*PI*2900*t):s=8000:d=3";
-
 /// Samples a talk frame carries (40 ms).
 const FRAME: usize = 320;
-
-async fn ffmpeg(args: &[&str]) {
-    let mut all = vec!["-v", "error", "-y"];
-    all.extend(args);
-    run("ffmpeg", &all).await;
-}
-
-fn samples(pcm: &[u8]) -> Vec<i16> {
-    pcm.chunks_exact(2)
-        .map(|b| i16::from_le_bytes([b[0], b[1]]))
-        .collect()
-}
-
-/// Signal-to-noise ratio (dB) of `decoded` against `reference`, over the common length.
-fn snr(reference: &[i16], decoded: &[i16]) -> f64 {
-    let n = reference.len().min(decoded.len());
-    assert!(n >= reference.len() - FRAME, "decoded {n} samples");
-    let signal: f64 = reference[..n].iter().map(|s| f64::from(*s).powi(2)).sum();
-    let noise: f64 = reference[..n]
-        .iter()
-        .zip(&decoded[..n])
-        .map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2))
-        .sum();
-    10.0 * (signal / noise.max(1e-9)).log10()
-}
 
 /// The signal as 16-bit PCM.
 async fn signal(tmp: &TempDir) -> Vec<i16> {

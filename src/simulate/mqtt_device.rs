@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use super::talk::TalkDevice;
 use super::{Device, Pace};
-use crate::codec::jt1078::{Packet as Jt1078Packet, Sim};
+use crate::codec::jt1078::{Packet as Jt1078Packet, Sim, SimLayout};
 use crate::control::auth::device_password;
 use crate::control::messages::DeviceCommand;
 use crate::control::mqtt::{Backoff, mqtt_options};
@@ -153,18 +153,10 @@ async fn run_devices(
                         data_type: data_type @ (2 | 4),
                         ..
                     } if options.talk => {
-                        let Ok(device) = DeviceId::parse(&device) else {
+                        let Some((device, sim, server)) =
+                            target(&device, layout, &server_host, tcp_port).await
+                        else {
                             continue;
-                        };
-                        let Some(sim) = Sim::from_digits(device.as_str(), layout) else {
-                            continue;
-                        };
-                        let server = match resolve(&server_host, tcp_port).await {
-                            Ok(server) => server,
-                            Err(error) => {
-                                warn!("{error:#}");
-                                continue;
-                            }
                         };
                         let slot = (device.clone(), channel);
                         if talks.get(&slot).is_some_and(|t| !t.is_cancelled()) {
@@ -224,18 +216,10 @@ async fn run_devices(
                         channel,
                         ..
                     } => {
-                        let Ok(device) = DeviceId::parse(&device) else {
+                        let Some((device, sim, server)) =
+                            target(&device, layout, &server_host, tcp_port).await
+                        else {
                             continue;
-                        };
-                        let Some(sim) = Sim::from_digits(device.as_str(), layout) else {
-                            continue;
-                        };
-                        let server = match resolve(&server_host, tcp_port).await {
-                            Ok(server) => server,
-                            Err(error) => {
-                                warn!("{error:#}");
-                                continue;
-                            }
                         };
                         let slot = (device.clone(), channel, kind);
                         if running.get(&slot).is_some_and(|t| !t.is_cancelled()) {
@@ -305,6 +289,25 @@ async fn run_devices(
     tasks.close();
     tasks.wait().await;
     Ok(())
+}
+
+/// The device, its SIM in the recording's layout and the server a command names; `None`
+/// (logged when the server does not resolve) when any of them cannot be had.
+async fn target(
+    device: &str,
+    layout: SimLayout,
+    host: &str,
+    port: u16,
+) -> Option<(DeviceId, Sim, SocketAddr)> {
+    let device = DeviceId::parse(device).ok()?;
+    let sim = Sim::from_digits(device.as_str(), layout)?;
+    match resolve(host, port).await {
+        Ok(server) => Some((device, sim, server)),
+        Err(error) => {
+            warn!("{error:#}");
+            None
+        }
+    }
 }
 
 /// A heartbeat per device every [`HEARTBEAT`] until `cancel`.

@@ -493,6 +493,7 @@ pub(crate) fn flv_tags(flv: &[u8]) -> Vec<FlvTag> {
     assert_eq!(i, flv.len(), "FLV ends on a tag boundary");
     tags
 }
+pub(crate) mod audio;
 pub(crate) mod bridge;
 pub(crate) mod browser;
 pub(crate) mod control;
