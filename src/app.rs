@@ -153,6 +153,7 @@ impl App {
             self.settings.http.scheme(),
             plays.clone(),
         );
+        let control_metrics = control.metrics.clone();
         let (pusher, events_rx) = RtmpPusher::new(
             self.hub.clone(),
             PushSettings::new(&self.settings.rtmp, self.settings.audio.rtmp_mode()),
@@ -211,9 +212,20 @@ impl App {
             self.settings.audio.flv_mode(),
         );
         let (whep, webrtc_api) = whep.unzip();
-        // every /api/* route but the SRS hooks' (which have their own guard)
+        let ingest = IngestServer::new(&self.settings.ingest, self.hub.clone());
+        let metrics = crate::metrics::routes(
+            crate::metrics::Sources {
+                hub: self.hub.clone(),
+                ingest: ingest.stats(),
+                bridge: bridge.counters(),
+                control: control_metrics,
+            },
+            &self.settings.metrics,
+        );
+        // every /api/* route but the SRS hooks' (which have their own guard), and /metrics
         let api = Router::new()
             .merge(api::routes(self.hub.clone()))
+            .merge(metrics)
             .merge(bridge.api_routes())
             .merge(webrtc_api.unwrap_or_default())
             .layer(axum::middleware::from_fn_with_state(
@@ -221,7 +233,7 @@ impl App {
                 crate::auth::guard_api,
             ));
         let sides = IoSides {
-            ingest: IngestServer::new(&self.settings.ingest, self.hub.clone()),
+            ingest,
             router: Router::new()
                 .merge(player.routes())
                 .merge(api)

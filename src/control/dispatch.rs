@@ -1,7 +1,7 @@
 //! The control task: owns the demand state, turns requests and hub events into device
 //! commands, replies and status messages. One task, one owner; MQTT I/O is in `mqtt.rs`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -33,6 +33,10 @@ pub(crate) use rtmp::RtmpControl;
 /// Most devices whose heartbeat is remembered (bounded against floods of made-up ids).
 const MAX_DEVICES_SEEN: usize = 100_000;
 
+/// Most cold pulls timed at once (for the cold-start histogram); past it new ones go
+/// untimed.
+const MAX_COLD_PULLS: usize = 100_000;
+
 pub(crate) struct Control {
     ctx: ControlContext,
     hub: Hub,
@@ -56,6 +60,11 @@ pub(crate) struct Control {
     deferred_rx: Option<mpsc::Receiver<webrtc::DeferredOffer>>,
     /// How many are out.
     deferred: usize,
+    /// What the first reply of the request being handled said (`ok`, `error`,
+    /// `refuse`), for the request counter.
+    step_outcome: Cell<Option<&'static str>>,
+    /// When the first REQPULL of each cold stream was sent, until its first key frame.
+    cold_pulls: HashMap<StreamKey, Instant>,
 }
 
 impl Control {
@@ -85,6 +94,8 @@ impl Control {
             webrtc,
             outbox: RefCell::new(Outbox::default()),
             statuses: HashMap::new(),
+            step_outcome: Cell::new(None),
+            cold_pulls: HashMap::new(),
         }
     }
 
@@ -171,6 +182,7 @@ impl Control {
                     }
                 }
             }
+            self.ctx.metrics.set_demand_streams(self.demand.followed());
             let mut outbox = self.outbox.take();
             if !outbox.flush(&self.client).await {
                 return;
@@ -178,8 +190,29 @@ impl Control {
         }
     }
 
-    #[instrument(name = "command", skip_all, fields(topic = %inbound.topic, seqid))]
+    /// Handles a request and counts it by mode and the outcome of its first reply.
     fn handle_inbound(&mut self, inbound: &Inbound) {
+        let mode = self
+            .topics
+            .parse_request(&inbound.topic)
+            .map(|(_, mode)| Mode::parse(mode).map_or("unknown", Mode::as_str));
+        self.step_outcome.set(None);
+        self.handle_request(inbound);
+        if let Some(mode) = mode {
+            let outcome = self.step_outcome.take().unwrap_or("none");
+            self.ctx.metrics.count_request(mode, outcome);
+        }
+    }
+
+    /// Notes what the first reply of the request being handled said.
+    pub(super) fn note_outcome(&self, outcome: &'static str) {
+        if self.step_outcome.get().is_none() {
+            self.step_outcome.set(Some(outcome));
+        }
+    }
+
+    #[instrument(name = "command", skip_all, fields(topic = %inbound.topic, seqid))]
+    fn handle_request(&mut self, inbound: &Inbound) {
         let Some((device, mode)) = self.topics.parse_request(&inbound.topic) else {
             debug!("ignoring a message outside the request topics");
             return;
@@ -388,10 +421,18 @@ impl Control {
                 self.rtmp_stream_up(&key);
             }
             HubEvent::StreamDown(key) => {
+                self.cold_pulls.remove(&key);
                 self.demand.stream_down(&key, now, &mut actions);
                 self.publish_stream_status(&key, false);
             }
-            HubEvent::MediaChanged { key, .. } => {
+            HubEvent::MediaChanged { key, info } => {
+                // the video codec is known from the first key frame on
+                if info.video.is_some() {
+                    if let Some(asked) = self.cold_pulls.remove(&key) {
+                        let seconds = asked.elapsed().as_secs_f64();
+                        self.ctx.metrics.observe_cold_start(seconds);
+                    }
+                }
                 if self.hub.is_live(&key) {
                     self.publish_stream_status(&key, true);
                 }
@@ -470,6 +511,10 @@ impl Control {
                 Action::Pull { key, attempt } => match self.pull_command(&key) {
                     Some(command) => {
                         info!(stream = %key, attempt, "asking the device to push");
+                        self.ctx.metrics.count_reqpull();
+                        if self.cold_pulls.len() < MAX_COLD_PULLS && !self.hub.is_live(&key) {
+                            self.cold_pulls.entry(key).or_insert_with(Instant::now);
+                        }
                         self.send_device(&command);
                     }
                     None => warn!(stream = %key, "no playback request to ask the device for"),
@@ -496,7 +541,9 @@ impl Control {
                         },
                     };
                     self.pull_params.remove(&key);
+                    self.cold_pulls.remove(&key);
                     self.hub.expect_tracks(&key, None);
+                    self.ctx.metrics.count_stop();
                     self.send_device(&command);
                 }
                 Action::Failed {
@@ -505,6 +552,8 @@ impl Control {
                     attempts,
                 } => {
                     warn!(stream = %key, attempts, "device did not connect");
+                    self.cold_pulls.remove(&key);
+                    self.ctx.metrics.count_pull_failed();
                     for seqid in requesters.into_iter().filter_map(|(_, seqid)| seqid) {
                         let mut reply = Reply::error(
                             &seqid,
