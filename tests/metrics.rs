@@ -404,3 +404,81 @@ fn a_thousand_streams_stay_under_50_kb_and_per_stream_series_are_capped() {
         capped.len()
     );
 }
+
+/// The metric names a PromQL expression reads (`jt1078_*` and `process_*`).
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut word = String::new();
+    for c in expr.chars().chain([' ']) {
+        if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+            word.push(c);
+            continue;
+        }
+        if (word.starts_with("jt1078_") || word.starts_with("process_")) && c != '=' {
+            names.push(std::mem::take(&mut word));
+        }
+        word.clear();
+    }
+    names
+}
+
+#[tokio::test]
+async fn the_grafana_dashboard_names_only_metrics_the_gateway_exposes() {
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("deploy/grafana/jt1078-gateway.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(dashboard["uid"], "jt1078-gateway");
+    let panels = dashboard["panels"].as_array().unwrap();
+    let mut used = std::collections::BTreeSet::new();
+    for panel in panels {
+        assert_eq!(panel["datasource"]["uid"], "prometheus", "{panel}");
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let names = metric_names(expr);
+            assert!(!names.is_empty(), "{expr} reads no metric");
+            used.extend(names);
+        }
+    }
+    // what the issue asks the dashboard to show
+    for wanted in [
+        "jt1078_streams",
+        "jt1078_viewers",
+        "jt1078_ingest_received_bytes_total",
+        "jt1078_frames_dropped_total",
+        "jt1078_control_cold_start_seconds_bucket",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(
+            used.contains(wanted),
+            "the dashboard does not show {wanted}"
+        );
+    }
+    // every name is a series of a family the gateway exposes (a histogram's by its suffixes)
+    let gateway = Gateway::start(&[]).await;
+    let (_, text) = metrics(gateway.addrs.http, None).await;
+    let families: Vec<(&str, &str)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .collect();
+    for name in &used {
+        let exposed = families.iter().any(|(family, kind)| {
+            name == family
+                || (*kind == "histogram"
+                    && ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|suffix| name.strip_suffix(suffix) == Some(family)))
+        });
+        assert!(
+            exposed,
+            "the dashboard reads {name}, which /metrics does not expose"
+        );
+    }
+    gateway.stop().await;
+}

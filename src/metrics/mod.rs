@@ -57,7 +57,7 @@ pub struct ControlMetrics {
 
 impl Default for ControlMetrics {
     fn default() -> Self {
-        ControlMetrics {
+        let metrics = ControlMetrics {
             requests: Family::default(),
             reqpulls: Counter::default(),
             stops: Counter::default(),
@@ -65,12 +65,42 @@ impl Default for ControlMetrics {
             demand_streams: Gauge::default(),
             cold_start: Histogram::new(COLD_START_BUCKETS),
             rtmp_pushes: Family::default(),
+        };
+        // every series from the start, at zero: a family appears in /metrics before its
+        // first event (so rate() has a start and dashboards find it)
+        for mode in REQUEST_MODES {
+            for outcome in REQUEST_OUTCOMES {
+                drop(
+                    metrics
+                        .requests
+                        .get_or_create(&[("mode", mode), ("outcome", outcome)]),
+                );
+            }
         }
+        metrics.set_rtmp_pushes([0; 4]);
+        metrics
     }
 }
 
 /// RTMP push states, as the label `state` names them.
 pub const PUSH_STATES: [&str; 4] = ["connecting", "publishing", "retrying", "failed"];
+
+/// Request modes as the label `mode` names them (`unknown`: a mode the gateway does not
+/// know).
+const REQUEST_MODES: [&str; 9] = [
+    "SUBSCRIBE",
+    "UNSUBSCRIBE",
+    "PLAYBACK",
+    "PLAYBACK_CTRL",
+    "DEVPUSH",
+    "HEART",
+    "RTMP",
+    "WEBRTC",
+    "unknown",
+];
+
+/// Request outcomes as the label `outcome` names them.
+const REQUEST_OUTCOMES: [&str; 4] = ["ok", "error", "refuse", "none"];
 
 impl ControlMetrics {
     /// A request on `{prefix}/gateway/{device}/{MODE}` was handled: `mode` as in the topic
