@@ -225,6 +225,7 @@ impl App {
         // every /api/* route but the SRS hooks' (which have their own guard), and /metrics
         let api = Router::new()
             .merge(api::routes(self.hub.clone()))
+            .merge(crate::output::console::api_routes(self.hub.clone()))
             .merge(metrics)
             .merge(bridge.api_routes())
             .merge(webrtc_api.unwrap_or_default())
@@ -236,6 +237,7 @@ impl App {
             ingest,
             router: Router::new()
                 .merge(player.routes())
+                .merge(crate::output::console::routes())
                 .merge(api)
                 .merge(bridge.routes())
                 .merge(whep.unwrap_or_default()),

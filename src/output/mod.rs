@@ -2,6 +2,7 @@
 //! a task; `app` wires them. Outputs never import ingest.
 
 pub mod api;
+pub mod console;
 mod flv_direct;
 pub mod flv_mux;
 pub mod http_flv;
