@@ -115,10 +115,15 @@ impl Drop for Prometheus {
 
 /// `GET /metrics` with an optional bearer token: status and body.
 async fn metrics(addr: SocketAddr, token: Option<&str>) -> (u16, String) {
+    get(addr, "/metrics", token).await
+}
+
+/// `GET path` (a response that ends) with an optional bearer token: status and body.
+async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
     let mut socket = TcpStream::connect(addr).await.unwrap();
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     socket
-        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: test\r\n{auth}\r\n").as_bytes())
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n{auth}\r\n").as_bytes())
         .await
         .unwrap();
     let mut response = Vec::new();
@@ -313,6 +318,14 @@ async fn metrics_are_guarded_like_the_api() {
     let (status, text) = metrics(gateway.addrs.http, Some("s3cret")).await;
     assert_eq!(status, 200);
     assert!(text.contains("# TYPE jt1078_streams gauge"), "{text}");
+    // the console's live table too; its page is open (it carries no data)
+    let (status, _) = get(gateway.addrs.http, "/api/events", None).await;
+    assert_eq!(status, 401);
+    let (status, page) = get(gateway.addrs.http, "/console/", None).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("/console/console.js"), "{page}");
+    let (status, _) = get(gateway.addrs.http, "/console/vendor/mpegts.js", None).await;
+    assert_eq!(status, 200);
     gateway.stop().await;
 }
 
