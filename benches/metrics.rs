@@ -5,6 +5,11 @@
 //!
 //! `cargo bench --bench metrics`; figures go to docs/benchmarks.md.
 
+#![expect(
+    clippy::expect_used,
+    reason = "a bench that cannot set up its streams has nothing to measure"
+)]
+
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
