@@ -269,8 +269,9 @@ function broker() {
   const prefix = $("prefix").value.trim();
   const client = mqtt.connect($("mqtt-url").value.trim(), {
     clientId: `jt1078-console-${Math.random().toString(16).slice(2, 10)}`,
-    username: query.get("mqtt_user") || undefined,
-    password: query.get("mqtt_password") || undefined,
+    // a backend (or admin) login of the broker; none: anonymous (allowed from loopback)
+    username: $("mqtt-user").value.trim() || undefined,
+    password: $("mqtt-password").value || undefined,
     reconnectPeriod: 2000,
   });
   client.on("connect", () => {
@@ -320,6 +321,11 @@ function request(mode) {
   log(`→ ${prefix}/gateway/${device}/${mode} ${body}`);
 }
 
+$("connect").addEventListener("click", () => {
+  if (state.mqtt) state.mqtt.end(true);
+  state.mqtt = null;
+  broker();
+});
 $("subscribe").addEventListener("click", () => request("SUBSCRIBE"));
 $("unsubscribe").addEventListener("click", () => request("UNSUBSCRIBE"));
 if (query.get("mqtt") !== "off") broker();
