@@ -58,6 +58,7 @@ fn bench_scrape(c: &mut Criterion) {
         ingest: std::sync::Arc::default(),
         bridge: BridgeCounters::default(),
         control: ControlMetrics::default(),
+        webrtc: None,
     };
     let mut group = c.benchmark_group("metrics_scrape_1000_streams");
     for (name, per_stream) in [("fleet", false), ("per_stream", true)] {

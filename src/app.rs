@@ -176,6 +176,7 @@ impl App {
             )?),
             None => None,
         };
+        let webrtc_handle = webrtc.as_ref().map(|(webrtc, _)| webrtc.clone());
         let whep = webrtc.as_ref().map(|(webrtc, _)| {
             use crate::output::webrtc::whep;
             (
@@ -219,6 +220,7 @@ impl App {
                 ingest: ingest.stats(),
                 bridge: bridge.counters(),
                 control: control_metrics,
+                webrtc: webrtc_handle,
             },
             &self.settings.metrics,
         );

@@ -361,6 +361,7 @@ fn sources(hub: &Hub) -> Sources {
         ingest: std::sync::Arc::default(),
         bridge: jt1078_gateway::bridge::BridgeCounters::default(),
         control: ControlMetrics::default(),
+        webrtc: None,
     }
 }
 

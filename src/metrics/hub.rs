@@ -15,7 +15,7 @@ use crate::bridge::BridgeCounters;
 use crate::hub::{Hub, StreamSnapshot};
 use crate::ingest::IngestStats;
 use crate::media::Codec;
-use crate::output::WEBRTC_OUTPUT;
+use crate::output::webrtc::WebRtc;
 
 /// Encodes one counter family: `rows` are its label sets and values.
 fn counters<L: EncodeLabelSet>(
@@ -67,14 +67,22 @@ fn codec_label(codec: Option<Codec>) -> String {
 #[derive(Debug)]
 pub(super) struct HubCollector {
     hub: Hub,
+    /// The WebRTC side, for its peer count (`None`: disabled).
+    webrtc: Option<WebRtc>,
     per_stream: bool,
     per_stream_max: usize,
 }
 
 impl HubCollector {
-    pub(super) fn new(hub: Hub, per_stream: bool, per_stream_max: usize) -> HubCollector {
+    pub(super) fn new(
+        hub: Hub,
+        webrtc: Option<WebRtc>,
+        per_stream: bool,
+        per_stream_max: usize,
+    ) -> HubCollector {
         HubCollector {
             hub,
+            webrtc,
             per_stream,
             per_stream_max,
         }
@@ -144,14 +152,15 @@ impl Collector for HubCollector {
                 .iter()
                 .map(|(output, n)| ([("output", *output)], *n as i64)),
         )?;
+        let peers = match &self.webrtc {
+            Some(webrtc) => webrtc.peers(),
+            None => 0,
+        };
         gauges(
             &mut encoder,
             "webrtc_peers",
-            "WebRTC peers reading a stream",
-            [(
-                NONE,
-                viewers.get(WEBRTC_OUTPUT).copied().unwrap_or(0) as i64,
-            )],
+            "WebRTC peers, connecting or playing (those reading a stream are also viewers of output webrtc)",
+            [(NONE, peers as i64)],
         )?;
         counters(
             &mut encoder,

@@ -198,6 +198,8 @@ pub struct Sources {
     pub bridge: BridgeCounters,
     /// Control's instruments.
     pub control: ControlMetrics,
+    /// The WebRTC side (`None`: `webrtc.enabled = false`).
+    pub webrtc: Option<crate::output::webrtc::WebRtc>,
 }
 
 /// The registries `/metrics` encodes: the gateway's (prefixed `jt1078_`) and the
@@ -225,6 +227,7 @@ fn registries(sources: Sources, settings: &MetricsSettings) -> Registries {
     sources.control.register(&mut gateway);
     gateway.register_collector(Box::new(hub::HubCollector::new(
         sources.hub,
+        sources.webrtc,
         settings.per_stream,
         settings.per_stream_max,
     )));
