@@ -1,7 +1,8 @@
 //! The operator console (`GET /console/`) in headless Chromium (issue 25): it lists the
 //! streams two simulated devices push; its SUBSCRIBE button asks a cold MQTT-driven
 //! device for its camera over the broker's WebSocket, and the page shows the reply, the
-//! REQPULL and the stream (listed under 2 s after it went live); a click plays a stream
+//! REQPULL and the stream (listed under 2 s after it went live), the gateway's and the
+//! devices' retained status and heartbeats; a click plays a stream
 //! over HTTP-FLV (mpegts.js: frames and audio decoded) and the toggle over WHEP (frames
 //! decoded, audio received). The screenshot it takes is `docs/img/console.png` (README).
 
@@ -85,6 +86,10 @@ async fn the_console_lists_requests_and_plays_streams() {
     let log = result["log"].to_string();
     assert!(log.contains("/device/13800138000/REQPULL"), "{log}");
     assert!(log.contains("\\\"mode\\\":\\\"OK\\\""), "{log}");
+    let devices = result["devices"].to_string();
+    assert!(devices.contains("gateway gw1: online"), "{devices}");
+    assert!(devices.contains("13900000011: live: 1/live"), "{devices}");
+    assert!(devices.contains("13800138000: live: 1/live"), "{devices}");
     let flv = &result["flv"];
     assert!(flv["frames"].as_u64().unwrap() >= 20, "{flv}");
     assert!(flv["audio_bytes"].as_u64().unwrap() > 0, "{flv}");

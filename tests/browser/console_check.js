@@ -37,6 +37,12 @@ async (params) => {
     const cold = [...c.streams.entries()].find(([k]) => k.endsWith(`/${params.cold}_1`));
     result.cold_first_listed_uptime_s = cold[1].firstUptime;
     result.log = [...document.querySelectorAll("#mqtt-log li")].map((li) => li.textContent);
+    // the gateway (retained status) and the device (heartbeat, live stream) listed
+    const devices = () => document.getElementById("devices").textContent;
+    await until("gateway and device listed", () =>
+      devices().includes("online") && devices().includes(`${params.cold}: live: 1/live`),
+    );
+    result.devices = [...document.querySelectorAll("#devices li")].map((li) => li.textContent);
     // play over HTTP-FLV: click the row
     rowOf(params.play).click();
     const video = document.getElementById("video");

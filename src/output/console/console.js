@@ -14,7 +14,9 @@ const state = {
   pc: null, // RTCPeerConnection of a WHEP play
   whepSession: null, // its Location
   mqtt: null,
-  devices: new Map(), // device → last heartbeat (ms)
+  devices: new Map(), // device → { heart: last heartbeat (ms), streams: Set of live "channel/kind" }
+  gateways: new Map(), // gateway id → its retained status ("online", "offline")
+  asked: new Set(), // devices this page sent a request about: their status goes to the log too
 };
 window.jt1078Console = state;
 
@@ -276,7 +278,12 @@ function broker() {
   });
   client.on("connect", () => {
     log("connected to the broker");
-    client.subscribe([`${prefix}/gateway/+/HEART`, `${prefix}/status/gateway/#`]);
+    // heartbeats, and the retained status of every gateway (the cluster) and stream
+    client.subscribe([
+      `${prefix}/gateway/+/HEART`,
+      `${prefix}/status/gateway/+`,
+      `${prefix}/status/stream/#`,
+    ]);
   });
   client.on("error", (e) => log(`broker: ${e.message}`, "error"));
   client.on("message", (topic, payload) => onMessage(prefix, topic, payload.toString()));
@@ -284,22 +291,57 @@ function broker() {
   return client;
 }
 
+function device(id) {
+  let d = state.devices.get(id);
+  if (!d) state.devices.set(id, (d = { heart: null, streams: new Set() }));
+  return d;
+}
+
 function onMessage(prefix, topic, body) {
   const parts = topic.slice(prefix.length + 1).split("/");
   if (parts[0] === "gateway" && parts[2] === "HEART") {
-    state.devices.set(parts[1], Date.now());
+    device(parts[1]).heart = Date.now();
     renderDevices();
     return;
+  }
+  if (parts[0] === "status" && parts[1] === "gateway" && parts.length === 3) {
+    try {
+      state.gateways.set(parts[2], JSON.parse(body).status);
+    } catch {
+      state.gateways.set(parts[2], "?");
+    }
+    renderDevices();
+    return;
+  }
+  if (parts[0] === "status" && parts[1] === "stream") {
+    const [, , id, channel, kind = "live"] = parts;
+    let live = false;
+    try {
+      live = JSON.parse(body).live === true;
+    } catch {}
+    const streams = device(id).streams;
+    live ? streams.add(`${channel}/${kind}`) : streams.delete(`${channel}/${kind}`);
+    renderDevices();
+    if (!state.asked.has(id)) return;
   }
   const cls = parts[0] === "client" ? (parts[2] === "OK" ? "reply" : "error") : "";
   log(`${topic} ${body}`, cls);
 }
 
 function renderDevices() {
-  $("devices").innerHTML = [...state.devices.entries()]
+  const now = Date.now();
+  const gateways = [...state.gateways.entries()]
     .sort(([a], [b]) => a.localeCompare(b))
-    .map(([device, at]) => `<li>${text(device)}: heartbeat ${Math.round((Date.now() - at) / 1000)} s ago</li>`)
-    .join("");
+    .map(([id, status]) => `<li>gateway ${text(id)}: ${text(status)}</li>`);
+  const devices = [...state.devices.entries()]
+    .filter(([, d]) => d.streams.size > 0 || (d.heart && now - d.heart < 120000))
+    .sort(([a], [b]) => a.localeCompare(b))
+    .map(([id, d]) => {
+      const heart = d.heart ? `heartbeat ${Math.round((now - d.heart) / 1000)} s ago` : "no heartbeat";
+      const live = d.streams.size ? `live: ${[...d.streams].sort().join(", ")}` : "not streaming";
+      return `<li>${text(id)}: ${live}; ${heart}</li>`;
+    });
+  $("devices").innerHTML = gateways.concat(devices).join("");
 }
 setInterval(renderDevices, 5000);
 
@@ -310,6 +352,7 @@ function request(mode) {
   const channel = Number($("req-channel").value) || 1;
   if (!device) return log("a device id is needed", "error");
   const seqid = `console-${Date.now().toString(36)}`;
+  state.asked.add(device);
   // the reply, the command to the device (REQPULL, STOP) and the stream's status
   client.subscribe([
     `${prefix}/client/${seqid}/#`,
