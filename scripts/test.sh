@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine. Installs what the tests need when it
 # is missing: Debian packages for the tools (ffmpeg/ffprobe, mosquitto's clients, redis-cli,
-# docker-compose, curl, chromium, npm, python3-venv, g++, make, pkg-config and libssl-dev); the third-party servers
+# docker-compose, curl, chromium, npm, prometheus (and its promtool), python3-venv, g++, make,
+# pkg-config and libssl-dev); the third-party servers
 # the tests run (SRS 6, mosquitto, redis-server, coturn, nginx with its RTMP module) through
 # scripts/tools.sh, which finds each in $SRS_BIN-style variables, the PATH or a local tool
 # cache, else installs or builds it; a Python venv in target/pyenv (imageio-ffmpeg,
@@ -34,6 +35,9 @@ command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 # the WebRTC tests play in a real browser, with mqtt.js from npm for MQTT over WebSocket
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+# the metrics tests scrape the gateway with a real Prometheus and check /metrics with promtool
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing: ${need[*]}"
   sudo=""

@@ -154,6 +154,7 @@ impl App {
             self.settings.http.scheme(),
             plays.clone(),
         );
+        let control_metrics = control.metrics.clone();
         let (pusher, events_rx) = RtmpPusher::new(
             self.hub.clone(),
             PushSettings::new(&self.settings.rtmp, self.settings.audio.rtmp_mode()),
@@ -176,6 +177,7 @@ impl App {
             )?),
             None => None,
         };
+        let webrtc_handle = webrtc.as_ref().map(|(webrtc, _)| webrtc.clone());
         let whep = webrtc.as_ref().map(|(webrtc, _)| {
             use crate::output::webrtc::whep;
             (
@@ -212,9 +214,22 @@ impl App {
             self.settings.audio.flv_mode(),
         );
         let (whep, webrtc_api) = whep.unzip();
-        // every /api/* route but the SRS hooks' (which have their own guard)
+        let ingest = IngestServer::new(&self.settings.ingest, self.hub.clone());
+        let metrics = crate::metrics::routes(
+            crate::metrics::Sources {
+                hub: self.hub.clone(),
+                ingest: ingest.stats(),
+                bridge: bridge.counters(),
+                control: control_metrics,
+                webrtc: webrtc_handle,
+            },
+            &self.settings.metrics,
+        );
+        // every /api/* route but the SRS hooks' (which have their own guard), and /metrics
         let api = Router::new()
             .merge(api::routes(self.hub.clone()))
+            .merge(crate::output::console::api_routes(self.hub.clone()))
+            .merge(metrics)
             .merge(bridge.api_routes())
             .merge(webrtc_api.unwrap_or_default())
             .layer(axum::middleware::from_fn_with_state(
@@ -222,9 +237,10 @@ impl App {
                 crate::auth::guard_api,
             ));
         let sides = IoSides {
-            ingest: IngestServer::new(&self.settings.ingest, self.hub.clone()),
+            ingest,
             router: Router::new()
                 .merge(player.routes())
+                .merge(crate::output::console::routes())
                 .merge(api)
                 .merge(bridge.routes())
                 .merge(whep.unwrap_or_default()),

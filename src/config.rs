@@ -43,6 +43,8 @@ pub struct Settings {
     pub runtime: RuntimeSettings,
     /// Logging.
     pub log: LogSettings,
+    /// Prometheus metrics (`GET /metrics`).
+    pub metrics: MetricsSettings,
 }
 
 /// `[ingest]`
@@ -533,6 +535,16 @@ pub struct BridgeSettings {
 pub struct LogSettings {
     /// tracing filter.
     pub level: String,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Series labelled by stream (device, channel, kind) as well as the fleet's totals.
+    pub per_stream: bool,
+    /// Most streams given series of their own with `per_stream` (the first by key).
+    pub per_stream_max: usize,
 }
 
 /// A list, or one comma-separated string of its items (environment variables cannot hold

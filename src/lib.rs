@@ -30,6 +30,7 @@ pub mod control;
 pub mod hub;
 pub mod ingest;
 pub mod media;
+pub mod metrics;
 pub mod output;
 pub mod simulate;
 pub mod telemetry;

@@ -75,7 +75,18 @@ async fn the_compose_file_validates_and_wires_the_four_services() {
     let (_, services, _) = compose(file, &["config", "--services"], true).await;
     let mut services: Vec<&str> = services.lines().collect();
     services.sort_unstable();
-    assert_eq!(services, ["gateway", "mosquitto", "redis", "srs"]);
+    // prometheus and grafana only run with `--profile monitoring` (checked below)
+    assert_eq!(
+        services,
+        [
+            "gateway",
+            "grafana",
+            "mosquitto",
+            "prometheus",
+            "redis",
+            "srs"
+        ]
+    );
     let (_, config, _) = compose(file, &["config"], true).await;
     for needle in [
         "/broker/acl:/mosquitto/config/acl:ro",
@@ -156,7 +167,7 @@ fn the_compose_file_turns_the_redis_bridge_on_and_keeps_mosquitto_data_where_the
 fn every_compose_service_has_a_health_check_and_waits_for_what_it_needs() {
     let compose = compose_yaml();
     let services = compose["services"].as_hash().unwrap();
-    assert_eq!(services.len(), 4);
+    assert_eq!(services.len(), 6);
     for (name, service) in services {
         let name = name.as_str().unwrap();
         let test = service["healthcheck"]["test"].as_vec();
@@ -184,6 +195,112 @@ fn every_compose_service_has_a_health_check_and_waits_for_what_it_needs() {
     assert_eq!(waits("gateway"), [healthy("mosquitto"), healthy("redis")]);
     // SRS calls the gateway's hooks as soon as a player or publisher comes
     assert_eq!(waits("srs"), [healthy("gateway")]);
+    assert_eq!(waits("prometheus"), [healthy("gateway")]);
+    assert_eq!(waits("grafana"), [healthy("prometheus")]);
+}
+
+#[tokio::test]
+async fn the_monitoring_profile_scrapes_the_gateway_with_its_token_and_provisions_the_dashboard() {
+    let compose = compose_yaml();
+    for service in ["prometheus", "grafana"] {
+        let profiles: Vec<&str> = compose["services"][service]["profiles"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p.as_str())
+            .collect();
+        assert_eq!(
+            profiles,
+            ["monitoring"],
+            "{service} runs only when asked for"
+        );
+    }
+    // the token /metrics needs from another container reaches both sides
+    let gateway = &compose["services"]["gateway"]["environment"];
+    assert_eq!(
+        gateway["JTGW__HTTP__API_TOKEN"].as_str(),
+        Some("${API_TOKEN:-}")
+    );
+    let prometheus = &compose["services"]["prometheus"];
+    assert_eq!(
+        prometheus["environment"]["API_TOKEN"].as_str(),
+        Some("${API_TOKEN:-}")
+    );
+    let entrypoint: Vec<&str> = prometheus["entrypoint"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p.as_str())
+        .collect();
+    assert!(
+        entrypoint.concat().contains("> /tmp/api-token"),
+        "{entrypoint:?}"
+    );
+    let scrape_text =
+        std::fs::read_to_string(root().join("deploy/prometheus/prometheus.yml")).unwrap();
+    let scrape = yaml_rust2::YamlLoader::load_from_str(&scrape_text)
+        .unwrap()
+        .remove(0);
+    let job = &scrape["scrape_configs"][0];
+    assert_eq!(job["metrics_path"].as_str(), Some("/metrics"));
+    assert_eq!(
+        job["authorization"]["credentials_file"].as_str(),
+        Some("/tmp/api-token")
+    );
+    assert_eq!(
+        job["static_configs"][0]["targets"][0].as_str(),
+        Some("gateway:9531")
+    );
+    // promtool accepts the scrape config (with the token file where it will be)
+    let dir = TempDir::new("promconf");
+    let token = dir.path("api-token");
+    std::fs::write(&token, "t").unwrap();
+    let config = dir.path("prometheus.yml");
+    std::fs::write(
+        &config,
+        scrape_text.replace("/tmp/api-token", token.to_str().unwrap()),
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(common::program("PROMTOOL_BIN", "promtool"))
+        .args(["check", "config", config.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check config: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Grafana: the data source is that Prometheus, the dashboards folder is deploy/grafana
+    let grafana: Vec<&str> = compose["services"]["grafana"]["volumes"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(grafana.contains(&"./deploy/grafana/provisioning:/etc/grafana/provisioning:ro"));
+    assert!(grafana.contains(&"./deploy/grafana:/var/lib/grafana/dashboards:ro"));
+    let datasource = std::fs::read_to_string(
+        root().join("deploy/grafana/provisioning/datasources/prometheus.yml"),
+    )
+    .unwrap();
+    let datasource = yaml_rust2::YamlLoader::load_from_str(&datasource)
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        datasource["datasources"][0]["url"].as_str(),
+        Some("http://prometheus:9090")
+    );
+    assert_eq!(
+        datasource["datasources"][0]["uid"].as_str(),
+        Some("prometheus")
+    );
+    let provider =
+        std::fs::read_to_string(root().join("deploy/grafana/provisioning/dashboards/jt1078.yml"))
+            .unwrap();
+    assert!(provider.contains("path: /var/lib/grafana/dashboards"));
+    assert!(root().join("deploy/grafana/jt1078-gateway.json").exists());
 }
 
 #[test]

@@ -67,7 +67,7 @@ async fn stream_json(addr: SocketAddr, device: &str) -> Option<serde_json::Value
 async fn wait_webrtc_viewers(gateway: &Gateway, device: &str, n: u64) {
     gateway
         .wait_for_stream(&format!("{n} webrtc viewers"), |s| {
-            s.device == device && s.webrtc_viewers == n
+            s.device == device && s.viewers_of("webrtc") == n
         })
         .await;
     let api = stream_json(gateway.addrs.http, device).await.unwrap();

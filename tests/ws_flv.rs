@@ -235,7 +235,7 @@ async fn a_cold_ws_flv_viewer_pulls_the_device_and_gets_the_first_frame() {
         .expect("a first video frame");
     assert_eq!(&flv[..3], b"FLV");
     let s = gateway
-        .wait_for_stream("one WS-FLV viewer counted", |s| s.wsflv_viewers == 1)
+        .wait_for_stream("one WS-FLV viewer counted", |s| s.viewers_of("ws_flv") == 1)
         .await;
     assert_eq!(s.viewers, 1);
     let (status, api) = http_get(gateway.addrs.http, "/api/streams").await;
@@ -245,7 +245,7 @@ async fn a_cold_ws_flv_viewer_pulls_the_device_and_gets_the_first_frame() {
     drop(viewer);
     gateway
         .wait_for_stream("the viewer counted out", |s| {
-            s.wsflv_viewers == 0 && s.viewers == 0
+            s.viewers_of("ws_flv") == 0 && s.viewers == 0
         })
         .await;
 }
@@ -272,7 +272,10 @@ async fn a_ws_flv_viewer_that_never_reads_is_dropped_and_the_drop_counted() {
     // counted dropped, and out of both counts once its task ended (a moment after the drop)
     gateway
         .wait_for_stream("the stalled WS-FLV viewer dropped", |s| {
-            s.viewers_dropped == 1 && s.viewers == 0 && s.wsflv_viewers == 0
+            s.viewers_dropped == 1
+                && s.viewers_dropped_of("ws_flv") == 1
+                && s.viewers == 0
+                && s.viewers_of("ws_flv") == 0
         })
         .await;
     // the gateway closed the connection: what is left to read ends
@@ -338,7 +341,7 @@ async fn a_ws_flv_play_after_another_request_on_a_kept_alive_connection_is_serve
         .expect("a first video frame");
     assert_eq!(&flv[..3], b"FLV");
     gateway
-        .wait_for_stream("one WS-FLV viewer counted", |s| s.wsflv_viewers == 1)
+        .wait_for_stream("one WS-FLV viewer counted", |s| s.viewers_of("ws_flv") == 1)
         .await;
 }
 
@@ -451,7 +454,7 @@ async fn with_tls_plays_share_one_http2_connection_and_ws_flv_works_over_wss() {
         .expect("a first video frame over wss");
     assert_eq!(&flv[..3], b"FLV");
     gateway
-        .wait_for_stream("the wss viewer counted", |s| s.wsflv_viewers == 1)
+        .wait_for_stream("the wss viewer counted", |s| s.viewers_of("ws_flv") == 1)
         .await;
 
     drop(device);

@@ -82,6 +82,51 @@ impl Bridge {
             }),
         )
     }
+
+    /// The bridge's counters, read when asked (for `/metrics`).
+    pub fn counters(&self) -> BridgeCounters {
+        BridgeCounters(Arc::clone(&self.status))
+    }
+}
+
+/// A handle reading the bridge's counters.
+#[derive(Debug, Clone, Default)]
+pub struct BridgeCounters(Arc<BridgeStatus>);
+
+/// The bridge's counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BridgeCounts {
+    /// Requests published on MQTT.
+    pub mqtt_published: u64,
+    /// SRS hooks answered 0.
+    pub hooks_allowed: u64,
+    /// SRS hooks refused.
+    pub hooks_refused: u64,
+    /// SRS clients followed now.
+    pub srs_clients: usize,
+    /// Redis entries published.
+    pub redis_consumed: u64,
+    /// Redis entries moved to the dead-letter list.
+    pub redis_dead_lettered: u64,
+    /// Device messages mirrored to Redis.
+    pub redis_mirrored: u64,
+}
+
+impl BridgeCounters {
+    /// The counters now.
+    pub fn now(&self) -> BridgeCounts {
+        let s = &self.0;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        BridgeCounts {
+            mqtt_published: n(&s.mqtt_published),
+            hooks_allowed: n(&s.hooks_allowed),
+            hooks_refused: n(&s.hooks_refused),
+            srs_clients: s.srs_clients.load(Ordering::Relaxed),
+            redis_consumed: n(&s.redis_consumed),
+            redis_dead_lettered: n(&s.redis_dead_lettered),
+            redis_mirrored: n(&s.redis_mirrored),
+        }
+    }
 }
 
 /// Starts the bridge's MQTT connection, its hook task and (with `redis_url`) the Redis

@@ -398,6 +398,11 @@ impl Demand {
         self.entries.iter().filter(|(_, e)| e.live).map(|(k, _)| k)
     }
 
+    /// Streams this state follows (asked for, live, lingering or stopping).
+    pub fn followed(&self) -> usize {
+        self.entries.len()
+    }
+
     /// Streams somebody wants.
     pub fn wanted(&self) -> impl Iterator<Item = &StreamKey> {
         self.entries

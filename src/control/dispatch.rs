@@ -32,6 +32,10 @@ pub(crate) use rtmp::RtmpControl;
 /// Most devices whose heartbeat is remembered (bounded against floods of made-up ids).
 const MAX_DEVICES_SEEN: usize = 100_000;
 
+/// Most cold pulls timed at once (for the cold-start histogram); past it new ones go
+/// untimed.
+const MAX_COLD_PULLS: usize = 100_000;
+
 pub(crate) struct Control {
     ctx: ControlContext,
     hub: Hub,
@@ -53,6 +57,11 @@ pub(crate) struct Control {
     statuses: HashMap<StreamKey, Vec<u8>>,
     /// Where the control task's own helpers run (tracked: waited for at shutdown).
     tasks: tokio_util::task::TaskTracker,
+    /// What the first reply of the request being handled said (`ok`, `error`,
+    /// `refuse`), for the request counter.
+    step_outcome: Option<&'static str>,
+    /// When the first REQPULL of each cold stream was sent, until its first key frame.
+    cold_pulls: HashMap<StreamKey, Instant>,
 }
 
 impl Control {
@@ -80,6 +89,8 @@ impl Control {
             outbox: Outbox::default(),
             statuses: HashMap::new(),
             tasks,
+            step_outcome: None,
+            cold_pulls: HashMap::new(),
         }
     }
 
@@ -165,6 +176,7 @@ impl Control {
                     }
                 }
             }
+            self.ctx.metrics.set_demand_streams(self.demand.followed());
             let mut outbox = std::mem::take(&mut self.outbox);
             if !outbox.flush(&self.client).await {
                 return;
@@ -172,8 +184,27 @@ impl Control {
         }
     }
 
-    #[instrument(name = "command", skip_all, fields(topic = %inbound.topic, seqid))]
+    /// Handles a request and counts it by mode and the outcome of its first reply.
     fn handle_inbound(&mut self, inbound: &Inbound) {
+        let mode = self
+            .topics
+            .parse_request(&inbound.topic)
+            .map(|(_, mode)| Mode::parse(mode).map_or("unknown", Mode::as_str));
+        self.step_outcome = None;
+        self.handle_request(inbound);
+        if let Some(mode) = mode {
+            let outcome = self.step_outcome.take().unwrap_or("none");
+            self.ctx.metrics.count_request(mode, outcome);
+        }
+    }
+
+    /// Notes what the first reply of the request being handled said.
+    pub(super) fn note_outcome(&mut self, outcome: &'static str) {
+        self.step_outcome.get_or_insert(outcome);
+    }
+
+    #[instrument(name = "command", skip_all, fields(topic = %inbound.topic, seqid))]
+    fn handle_request(&mut self, inbound: &Inbound) {
         let Some((device, mode)) = self.topics.parse_request(&inbound.topic) else {
             debug!("ignoring a message outside the request topics");
             return;
@@ -316,10 +347,18 @@ impl Control {
                 self.rtmp_stream_up(&key);
             }
             HubEvent::StreamDown(key) => {
+                self.cold_pulls.remove(&key);
                 self.demand.stream_down(&key, now, &mut actions);
                 self.publish_stream_status(&key, false);
             }
-            HubEvent::MediaChanged { key, .. } => {
+            HubEvent::MediaChanged { key, info } => {
+                // the video codec is known from the first key frame on
+                if info.video.is_some() {
+                    if let Some(asked) = self.cold_pulls.remove(&key) {
+                        let seconds = asked.elapsed().as_secs_f64();
+                        self.ctx.metrics.observe_cold_start(seconds);
+                    }
+                }
                 if self.hub.is_live(&key) {
                     self.publish_stream_status(&key, true);
                 }
@@ -398,6 +437,10 @@ impl Control {
                 Action::Pull { key, attempt } => match self.pull_command(&key) {
                     Some(command) => {
                         info!(stream = %key, attempt, "asking the device to push");
+                        self.ctx.metrics.count_reqpull();
+                        if self.cold_pulls.len() < MAX_COLD_PULLS && !self.hub.is_live(&key) {
+                            self.cold_pulls.entry(key).or_insert_with(Instant::now);
+                        }
                         self.send_device(&command);
                     }
                     None => warn!(stream = %key, "no playback request to ask the device for"),
@@ -424,7 +467,9 @@ impl Control {
                         },
                     };
                     self.pull_params.remove(&key);
+                    self.cold_pulls.remove(&key);
                     self.hub.expect_tracks(&key, None);
+                    self.ctx.metrics.count_stop();
                     self.send_device(&command);
                 }
                 Action::Failed {
@@ -433,6 +478,8 @@ impl Control {
                     attempts,
                 } => {
                     warn!(stream = %key, attempts, "device did not connect");
+                    self.cold_pulls.remove(&key);
+                    self.ctx.metrics.count_pull_failed();
                     for seqid in requesters.into_iter().filter_map(|(_, seqid)| seqid) {
                         let mut reply = Reply::error(
                             &seqid,

@@ -88,6 +88,20 @@ impl Mode {
             _ => return None,
         })
     }
+
+    /// The mode as topics spell it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Mode::Subscribe => "SUBSCRIBE",
+            Mode::Unsubscribe => "UNSUBSCRIBE",
+            Mode::Playback => "PLAYBACK",
+            Mode::PlaybackCtrl => "PLAYBACK_CTRL",
+            Mode::DevPush => "DEVPUSH",
+            Mode::Heart => "HEART",
+            Mode::Rtmp => "RTMP",
+            Mode::WebRtc => "WEBRTC",
+        }
+    }
 }
 
 /// A request body's fields as they are on the wire, every one optional: the first step of

@@ -53,6 +53,8 @@ pub struct ControlContext {
     pub http_scheme: &'static str,
     /// Signs the play URLs of OK replies (`http.play_secret`, `http.play_ttl`).
     pub plays: crate::auth::PlayAccess,
+    /// Control's metrics (requests, REQPULLs, STOPs, cold starts, pushes).
+    pub metrics: crate::metrics::ControlMetrics,
 }
 
 impl ControlContext {
@@ -78,6 +80,7 @@ impl ControlContext {
             http_port: ports.2,
             http_scheme,
             plays,
+            metrics: crate::metrics::ControlMetrics::default(),
         }
     }
 }

@@ -10,7 +10,7 @@ mod reader;
 mod sink;
 mod stream;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-pub use reader::{Reader, WsFlvCount};
+pub use reader::{Reader, ViewerCount};
 pub use sink::{Sink, SinkHandle};
 pub use stream::{MediaInfo, Publisher, StreamStats, Tracks};
 
@@ -91,6 +91,50 @@ struct Inner {
     known_tracks: Mutex<HashMap<StreamKey, KnownTracks>>,
     events_tx: broadcast::Sender<HubEvent>,
     settings: HubSettings,
+    /// The counters of streams no longer in the registry.
+    retired: Mutex<HubTotals>,
+}
+
+/// Counters summed over every stream since the hub started (for metrics: they never go
+/// down, though streams end).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HubTotals {
+    /// Frames published.
+    pub frames_in: u64,
+    /// Frames readers skipped or ingest dropped.
+    pub frames_dropped: u64,
+    /// JT/T 1078 bytes received.
+    pub bytes_in: u64,
+    /// Bytes written to readers.
+    pub bytes_out: u64,
+    /// Times ingest lost alignment.
+    pub resyncs: u64,
+    /// Device audio frames AAC outputs could not take.
+    pub audio_undecodable: u64,
+    /// Viewers dropped by every output.
+    pub viewers_dropped: u64,
+    /// Viewers dropped, by the output's label.
+    pub viewers_dropped_by_output: BTreeMap<&'static str, u64>,
+}
+
+impl HubTotals {
+    fn add(&mut self, stream: &Stream) {
+        let s = stream.stats();
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        self.frames_in += load(&s.frames_in);
+        self.frames_dropped += load(&s.frames_dropped);
+        self.bytes_in += load(&s.bytes_in);
+        self.bytes_out += load(&s.bytes_out);
+        self.resyncs += load(&s.resyncs);
+        self.audio_undecodable += load(&s.audio_undecodable);
+        self.viewers_dropped += load(&s.viewers_dropped);
+        for output in s.outputs() {
+            *self
+                .viewers_dropped_by_output
+                .entry(output.output)
+                .or_default() += output.dropped;
+        }
+    }
 }
 
 /// Streams whose tracks are kept (about 100 bytes each); past it, an arbitrary one is
@@ -135,10 +179,10 @@ pub struct StreamSnapshot {
     pub bitrate_kbps: f64,
     /// Readers attached now.
     pub viewers: u64,
-    /// Of those, WebRTC peers.
-    pub webrtc_viewers: u64,
-    /// Of those, WS-FLV viewers (FLV over WebSocket).
-    pub wsflv_viewers: u64,
+    /// Viewers by the label their output counts them as (outputs with none left out).
+    /// An output that republishes (a push) may count its reader here though it is not
+    /// among `viewers`.
+    pub viewers_by_output: BTreeMap<&'static str, u64>,
     /// Frames published.
     pub frames_in: u64,
     /// Video frames published.
@@ -154,10 +198,27 @@ pub struct StreamSnapshot {
     /// Viewers an output dropped because they fell too far behind (see
     /// docs/reliability.md, "HTTP viewers").
     pub viewers_dropped: u64,
+    /// Of those, by the output that dropped them (outputs that dropped none left out).
+    pub viewers_dropped_by_output: BTreeMap<&'static str, u64>,
     /// Times ingest lost alignment on the wire.
     pub resyncs: u64,
     /// Seconds since the stream came up.
     pub uptime_secs: f64,
+}
+
+impl StreamSnapshot {
+    /// The viewers `output` counts now.
+    pub fn viewers_of(&self, output: &str) -> u64 {
+        self.viewers_by_output.get(output).copied().unwrap_or(0)
+    }
+
+    /// The viewers `output` dropped.
+    pub fn viewers_dropped_of(&self, output: &str) -> u64 {
+        self.viewers_dropped_by_output
+            .get(output)
+            .copied()
+            .unwrap_or(0)
+    }
 }
 
 impl Hub {
@@ -173,6 +234,7 @@ impl Hub {
                 known_tracks: Mutex::new(HashMap::new()),
                 events_tx,
                 settings,
+                retired: Mutex::new(HubTotals::default()),
             }),
         }
     }
@@ -314,6 +376,39 @@ impl Hub {
         streams.iter().map(|s| s.snapshot()).collect()
     }
 
+    /// Counters summed over every stream since the hub started: the streams in the
+    /// registry now and those that left it.
+    pub fn totals(&self) -> HubTotals {
+        // both under the registry lock (taken before the retired totals, as in `retire`), so
+        // a stream leaving meanwhile is counted once
+        let registry = self.registry();
+        let streams: Vec<Arc<Stream>> = registry.values().map(Arc::clone).collect();
+        let mut totals = self.retired().clone();
+        drop(registry);
+        for stream in &streams {
+            totals.add(stream);
+        }
+        totals
+    }
+
+    /// Streams in the registry (live or waited for).
+    pub fn stream_count(&self) -> usize {
+        self.registry().len()
+    }
+
+    /// Adds the counters of a stream leaving the registry to the retired totals.
+    fn retire(&self, stream: &Stream) {
+        self.retired().add(stream);
+    }
+
+    fn retired(&self) -> MutexGuard<'_, HubTotals> {
+        // additions only: consistent after a panic
+        self.inner
+            .retired
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Reader counts of every stream that has readers, live or waiting (to resynchronise
     /// after missing events).
     pub fn reader_counts(&self) -> Vec<(StreamKey, u64)> {
@@ -340,6 +435,7 @@ impl Hub {
             .is_some_and(|current| Arc::ptr_eq(current, stream))
         {
             streams.remove(stream.key());
+            self.retire(stream);
         }
         drop(streams);
         if let Some(tracks) = stream.tracks_on_record() {
@@ -366,6 +462,7 @@ impl Hub {
                 .is_some_and(|current| Arc::ptr_eq(current, stream))
         {
             streams.remove(stream.key());
+            self.retire(stream);
         }
     }
 

@@ -133,8 +133,8 @@ pub struct Reader {
     audio: AudioMode,
     /// Whether dropping this reader counts a viewer out (not once a sink took its place).
     counted: bool,
-    /// Whether this reader is counted as a WebRTC viewer.
-    webrtc: bool,
+    /// The output this reader is counted as, if it said (see [`Reader::counted_as`]).
+    output: Option<ViewerCount>,
 }
 
 impl Reader {
@@ -155,33 +155,30 @@ impl Reader {
             info,
             audio,
             counted: true,
-            webrtc: false,
+            output: None,
         }
     }
 
-    /// Counts this reader among the stream's WebRTC viewers (`webrtc_viewers` in
-    /// `/api/streams`) until it is dropped.
-    pub fn count_as_webrtc(&mut self) {
-        if !self.webrtc {
-            self.webrtc = true;
-            self.stream
-                .stats()
-                .webrtc_viewers
-                .fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Counts a viewer among the stream's WS-FLV viewers (`wsflv_viewers` in
-    /// `/api/streams`) while the returned guard lives (the output keeps it for the whole
-    /// play, also once this reader became a sink).
-    pub fn count_as_wsflv(&self) -> WsFlvCount {
+    /// Counts a viewer of `output` (an opaque label the output chooses, such as
+    /// `"flv"`; `viewers_by_output` in the stream's snapshot) while the returned guard
+    /// lives. The output keeps it for the whole play, also once this reader became a sink.
+    pub fn count_as(&self, output: &'static str) -> ViewerCount {
         self.stream
             .stats()
-            .wsflv_viewers
-            .fetch_add(1, Ordering::Relaxed);
-        WsFlvCount {
+            .update_output(output, |c| c.viewers += 1);
+        ViewerCount {
             stream: Arc::clone(&self.stream),
+            output,
         }
+    }
+
+    /// This reader, counted as a viewer of `output` until it is dropped (as
+    /// [`Reader::count_as`], the guard kept in the reader). A second call changes nothing.
+    pub fn counted_as(mut self, output: &'static str) -> Reader {
+        if self.output.is_none() {
+            self.output = Some(self.count_as(output));
+        }
+        self
     }
 
     /// Hands the rest of this stream to `sink`, which the publisher then feeds directly
@@ -192,8 +189,9 @@ impl Reader {
     }
 
     /// This reader is not a viewer: it leaves the viewer count (and so the demand for the
-    /// stream). For outputs that republish (RTMP push), whose own requesters control
-    /// counts; a push must not make the device push again after its stream ended.
+    /// stream). For outputs that republish (a push to another server), whose own
+    /// requesters control counts; a push must not make the device push again after its
+    /// stream ended.
     pub fn uncounted(mut self) -> Reader {
         if self.counted {
             self.counted = false;
@@ -259,31 +257,40 @@ impl Reader {
     }
 }
 
-/// One viewer in a stream's `wsflv_viewers`, counted out on drop.
+/// One viewer in a stream's count of an output's viewers, counted out on drop.
 #[derive(Debug)]
 #[must_use = "the viewer is counted out when this is dropped"]
-pub struct WsFlvCount {
+pub struct ViewerCount {
     stream: Arc<Stream>,
+    output: &'static str,
 }
 
-impl Drop for WsFlvCount {
+impl ViewerCount {
+    /// Counts this viewer as dropped by its output (it fell too far behind): in the
+    /// stream's `viewers_dropped` and in its output's.
+    pub fn add_dropped(&self) {
+        let stats = self.stream.stats();
+        stats.add_viewer_dropped();
+        stats.update_output(self.output, |c| c.dropped += 1);
+    }
+
+    /// The output's label.
+    pub fn output(&self) -> &'static str {
+        self.output
+    }
+}
+
+impl Drop for ViewerCount {
     fn drop(&mut self) {
         self.stream
             .stats()
-            .wsflv_viewers
-            .fetch_sub(1, Ordering::Relaxed);
+            .update_output(self.output, |c| c.viewers = c.viewers.saturating_sub(1));
     }
 }
 
 impl Drop for Reader {
     fn drop(&mut self) {
         self.stream.remove_reader(self.id);
-        if self.webrtc {
-            self.stream
-                .stats()
-                .webrtc_viewers
-                .fetch_sub(1, Ordering::Relaxed);
-        }
         if self.counted {
             self.stream.reader_delta(false);
         }

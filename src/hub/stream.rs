@@ -57,13 +57,26 @@ pub struct StreamStats {
     pub(crate) bytes_out: AtomicU64,
     pub(crate) frames_dropped: AtomicU64,
     pub(crate) viewers_dropped: AtomicU64,
-    pub(crate) webrtc_viewers: AtomicU64,
-    pub(crate) wsflv_viewers: AtomicU64,
     pub(crate) resyncs: AtomicU64,
     pub(crate) viewers: AtomicU64,
     pub(crate) audio_undecodable: AtomicU64,
     pub(crate) first_video_pts: AtomicU64,
     pub(crate) last_video_pts: AtomicU64,
+    /// Viewers and viewers dropped by the label each output gives its readers (see
+    /// [`crate::hub::Reader::count_as`]). Changed when a viewer joins, leaves or is dropped,
+    /// never per frame; bounded by the number of outputs (labels are `&'static str`).
+    pub(crate) outputs: Mutex<Vec<OutputCount>>,
+}
+
+/// The viewers of one output on one stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OutputCount {
+    /// The output's label.
+    pub(crate) output: &'static str,
+    /// Viewers counted as this output now.
+    pub(crate) viewers: u64,
+    /// Viewers of this output it dropped (they fell behind).
+    pub(crate) dropped: u64,
 }
 
 impl StreamStats {
@@ -82,9 +95,43 @@ impl StreamStats {
         self.audio_undecodable.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a viewer an output dropped (it fell too far behind).
+    /// Counts a viewer an output dropped (it fell too far behind). An output that
+    /// labels its viewers counts drops with [`crate::hub::ViewerCount::add_dropped`],
+    /// which also counts them here.
     pub fn add_viewer_dropped(&self) {
         self.viewers_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Changes the count of `output`'s viewers on this stream.
+    pub(crate) fn update_output(
+        &self,
+        output: &'static str,
+        change: impl FnOnce(&mut OutputCount),
+    ) {
+        // single field updates: consistent after a panic
+        let mut outputs = self.outputs.lock().unwrap_or_else(PoisonError::into_inner);
+        let at = match outputs.iter().position(|o| o.output == output) {
+            Some(at) => at,
+            None => {
+                outputs.push(OutputCount {
+                    output,
+                    viewers: 0,
+                    dropped: 0,
+                });
+                outputs.len() - 1
+            }
+        };
+        if let Some(count) = outputs.get_mut(at) {
+            change(count);
+        }
+    }
+
+    /// The viewers of each output, by label.
+    pub(crate) fn outputs(&self) -> Vec<OutputCount> {
+        self.outputs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -509,6 +556,7 @@ impl Stream {
         drop(state);
         let s = &self.stats;
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let outputs = s.outputs();
         let uptime = self.started.elapsed().as_secs_f64();
         let video_frames = load(&s.video_frames);
         let span = load(&s.last_video_pts).saturating_sub(load(&s.first_video_pts));
@@ -541,8 +589,16 @@ impl Stream {
             bytes_out: load(&s.bytes_out),
             frames_dropped: load(&s.frames_dropped),
             viewers_dropped: load(&s.viewers_dropped),
-            webrtc_viewers: load(&s.webrtc_viewers),
-            wsflv_viewers: load(&s.wsflv_viewers),
+            viewers_by_output: outputs
+                .iter()
+                .filter(|o| o.viewers > 0)
+                .map(|o| (o.output, o.viewers))
+                .collect(),
+            viewers_dropped_by_output: outputs
+                .iter()
+                .filter(|o| o.dropped > 0)
+                .map(|o| (o.output, o.dropped))
+                .collect(),
             resyncs: load(&s.resyncs),
             uptime_secs: (uptime * 10.0).round() / 10.0,
         }

@@ -399,3 +399,54 @@ async fn an_uncounted_reader_reads_without_being_a_viewer() {
     drop(viewer);
     assert_eq!(hub.list()[0].viewers, 0);
 }
+
+#[tokio::test]
+async fn viewers_are_counted_by_the_label_their_output_gives() {
+    let hub = Hub::default();
+    let publisher = hub.publish(key(), CancellationToken::new());
+    publisher.send(video(0, true)).unwrap();
+    let a = hub.subscribe(&key()).unwrap().counted_as("out-a");
+    let b = hub.subscribe(&key()).unwrap();
+    let b_count = b.count_as("out-b");
+    // a second label on the same reader changes nothing
+    let a = a.counted_as("out-b");
+    let s = &hub.list()[0];
+    assert_eq!(
+        (s.viewers, s.viewers_of("out-a"), s.viewers_of("out-b")),
+        (2, 1, 1)
+    );
+    b_count.add_dropped();
+    drop(b_count);
+    drop(b);
+    let s = &hub.list()[0];
+    assert_eq!(
+        (s.viewers, s.viewers_of("out-a"), s.viewers_of("out-b")),
+        (1, 1, 0)
+    );
+    assert_eq!((s.viewers_dropped, s.viewers_dropped_of("out-b")), (1, 1));
+    assert!(!s.viewers_by_output.contains_key("out-b"), "{s:?}");
+    drop(a);
+    assert_eq!(hub.list()[0].viewers_of("out-a"), 0);
+}
+
+#[tokio::test]
+async fn totals_keep_the_counters_of_streams_that_ended() {
+    let hub = Hub::default();
+    let publisher = hub.publish(key(), CancellationToken::new());
+    let reader = hub.subscribe(&key());
+    publisher.send(video(0, true)).unwrap();
+    publisher.send(video(40, false)).unwrap();
+    let count = reader.as_ref().unwrap().count_as("out");
+    count.add_dropped();
+    let live = hub.totals();
+    assert_eq!((live.frames_in, live.viewers_dropped), (2, 1));
+    drop(publisher);
+    assert!(hub.list().is_empty());
+    let ended = hub.totals();
+    assert_eq!(ended, live);
+    assert_eq!(ended.viewers_dropped_by_output.get("out"), Some(&1));
+    // a new session adds to them
+    let publisher = hub.publish(key(), CancellationToken::new());
+    publisher.send(video(80, true)).unwrap();
+    assert_eq!(hub.totals().frames_in, 3);
+}

@@ -15,6 +15,8 @@
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -27,8 +29,11 @@ use tracing::{Span, debug, info, instrument, warn};
 use super::admission::{Candidate, Verdict};
 use super::device_socket::{DeviceSocket, READ_CHUNK};
 use super::parameter_sets::{Learnt, ParameterSets};
+use super::server::IngestStats;
 use crate::codec::h26x::VideoCodec;
-use crate::codec::jt1078::{self, ConnectionSequence, DataType, Decoder, Reassembler, Sim};
+use crate::codec::jt1078::{
+    self, ConnectionSequence, DataType, Decoder, DecoderStats, Reassembler, Sim,
+};
 use crate::hub::{Hub, Publisher};
 use crate::media::{
     Channel, Codec, DeviceId, Frame, StreamKey, StreamKind, TimestampNormaliser, Track,
@@ -51,6 +56,7 @@ pub(crate) struct Connection {
     kind: StreamKind,
     limits: ConnectionLimits,
     hub: Hub,
+    stats: Arc<IngestStats>,
 }
 
 /// One logical channel seen on this connection.
@@ -104,6 +110,7 @@ impl Connection {
         kind: StreamKind,
         limits: ConnectionLimits,
         hub: Hub,
+        stats: Arc<IngestStats>,
     ) -> Connection {
         Connection {
             socket: DeviceSocket::new(socket, limits.merge_read),
@@ -111,12 +118,15 @@ impl Connection {
             kind,
             limits,
             hub,
+            stats,
         }
     }
 
     #[instrument(name = "ingest_conn", skip_all, fields(peer = %self.peer, kind = %self.kind, device, channel))]
     pub(crate) async fn run(mut self, cancel: CancellationToken) {
         let mut decoder = Decoder::new(self.limits.max_body);
+        let mut counted = DecoderStats::default();
+        self.stats.open(self.kind).fetch_add(1, Ordering::Relaxed);
         let mut sequence = ConnectionSequence::default();
         let mut channels: Vec<ChannelEntry> = Vec::new();
         // Wakes the loop when a channel is taken over while the device is quiet. Watches
@@ -206,7 +216,10 @@ impl Connection {
                     watched = watch(&channels);
                 }
             }
-            let resyncs = decoder.stats().resyncs;
+            let decoded = decoder.stats();
+            self.stats.add_decoded(&counted, &decoded);
+            counted = decoded;
+            let resyncs = decoded.resyncs;
             for ch in channels.iter_mut().filter_map(ChannelEntry::publishing) {
                 ch.report(resyncs);
             }
@@ -223,6 +236,8 @@ impl Connection {
             }
         };
         let stats = decoder.stats();
+        self.stats.add_decoded(&counted, &stats);
+        self.stats.open(self.kind).fetch_sub(1, Ordering::Relaxed);
         if stats.resyncs > 0 {
             warn!(
                 resyncs = stats.resyncs,

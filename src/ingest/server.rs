@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use super::connection::{Connection, ConnectionLimits};
+use crate::codec::jt1078::DecoderStats;
 use crate::config::IngestSettings;
 use crate::hub::Hub;
 use crate::media::StreamKind;
@@ -26,6 +27,47 @@ pub struct IngestStats {
     pub accepted: AtomicU64,
     /// Connections refused because of the cap.
     pub refused: AtomicU64,
+    /// Connections accepted on the live listener.
+    pub accepted_live: AtomicU64,
+    /// Connections open now on the live listener.
+    pub open_live: AtomicU64,
+    /// Connections open now on the playback listener.
+    pub open_playback: AtomicU64,
+    /// JT/T 1078 packets decoded.
+    pub packets: AtomicU64,
+    /// Bytes read from devices (packets and garbage).
+    pub bytes: AtomicU64,
+    /// Bytes skipped while looking for a packet marker.
+    pub garbage_bytes: AtomicU64,
+    /// Times a connection lost alignment on the wire.
+    pub resyncs: AtomicU64,
+}
+
+impl IngestStats {
+    /// Adds what a decoder counted since `before` (once per read, not per packet).
+    pub(crate) fn add_decoded(&self, before: &DecoderStats, now: &DecoderStats) {
+        let add = |counter: &AtomicU64, now: u64, before: u64| {
+            if now > before {
+                counter.fetch_add(now - before, Ordering::Relaxed);
+            }
+        };
+        add(&self.packets, now.packets, before.packets);
+        add(
+            &self.bytes,
+            now.packet_bytes + now.skipped_bytes,
+            before.packet_bytes + before.skipped_bytes,
+        );
+        add(&self.garbage_bytes, now.skipped_bytes, before.skipped_bytes);
+        add(&self.resyncs, now.resyncs, before.resyncs);
+    }
+
+    /// The open connections of `kind`'s listener.
+    pub(crate) fn open(&self, kind: StreamKind) -> &AtomicU64 {
+        match kind {
+            StreamKind::Live => &self.open_live,
+            StreamKind::Playback => &self.open_playback,
+        }
+    }
 }
 
 /// Accepts devices on the live and playback listeners. A cheap `Clone`: every I/O thread
@@ -93,10 +135,20 @@ impl IngestServer {
                 continue;
             };
             self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+            if kind == StreamKind::Live {
+                self.stats.accepted_live.fetch_add(1, Ordering::Relaxed);
+            }
             if let Err(error) = socket.set_nodelay(true) {
                 warn!(%peer, %error, "set_nodelay failed");
             }
-            let connection = Connection::new(socket, peer, kind, self.limits, self.hub.clone());
+            let connection = Connection::new(
+                socket,
+                peer,
+                kind,
+                self.limits,
+                self.hub.clone(),
+                Arc::clone(&self.stats),
+            );
             let cancel = shutdown.child_token();
             tasks.spawn(async move {
                 connection.run(cancel).await;

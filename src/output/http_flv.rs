@@ -48,13 +48,14 @@ use self::direct::{Ended, Framing, client_left, serve_direct};
 use self::limits::{Refused, ViewerLimits};
 use self::ws::{CLOSE_NORMAL, ClientFrames, FrameHead, UpgradeHeaders, close_frame};
 pub use super::shared::flv_mux::FlvMuxer;
+use super::{FLV_OUTPUT, WS_FLV_OUTPUT};
 
 mod direct;
 mod limits;
 pub mod ws;
 use crate::auth::{ClientAddr, Forwarding, PlayAccess, TrustedProxies};
 use crate::config::HttpSettings;
-use crate::hub::{Hub, Reader, WsFlvCount};
+use crate::hub::{Hub, Reader, ViewerCount};
 use crate::media::{AudioMode, Channel, DeviceId, StreamKey, StreamKind, echo};
 
 /// Frames already queued for a viewer are written together, up to this many bytes.
@@ -250,7 +251,6 @@ impl FlvPlayer {
                 return respond(socket, &request, pending, refused.status, &refused.message).await;
             }
         };
-        let _wsflv = handshake.as_ref().map(|_| reader.count_as_wsflv());
         info!(stream = %key, client = ?client, websocket = handshake.is_some(), "flv viewer joined");
         // a fixed send buffer: what a viewer falls behind waits in its backlog, where the
         // limits see it, not in a kernel buffer autotuned to megabytes per viewer
@@ -264,9 +264,15 @@ impl FlvPlayer {
             None => (play_head(version, 200, &request), Framing::Chunked),
         };
         socket.write_all(head.as_bytes()).await?;
+        let output = if handshake.is_some() {
+            WS_FLV_OUTPUT
+        } else {
+            FLV_OUTPUT
+        };
         let (ended, socket) = serve_direct(
             socket,
             reader,
+            output,
             framing,
             self.merge_write,
             self.limits.clone(),
@@ -509,7 +515,7 @@ async fn play(
         };
         info!(stream = %key, client = ?client, websocket = true, "flv viewer joined");
         let on_upgrade = hyper::upgrade::on(&mut request);
-        let count = reader.count_as_wsflv();
+        let count = reader.count_as(WS_FLV_OUTPUT);
         slot.set(Box::pin(routed_websocket(
             on_upgrade,
             reader,
@@ -531,6 +537,7 @@ async fn play(
             .into_response();
     }
     info!(stream = %key, client = ?client, "flv viewer joined");
+    let reader = reader.counted_as(FLV_OUTPUT);
     let muxer = FlvMuxer::new(reader.info(), reader.audio_mode());
     let merge = player.merge_write;
     let body = stream::unfold((reader, muxer), move |(mut reader, mut muxer)| async move {
@@ -606,7 +613,7 @@ async fn mux_batch(
 async fn routed_websocket(
     on_upgrade: hyper::upgrade::OnUpgrade,
     mut reader: Reader,
-    _count: WsFlvCount,
+    _count: ViewerCount,
     merge: Duration,
 ) {
     let upgraded = match on_upgrade.await {

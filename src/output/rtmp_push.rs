@@ -37,7 +37,7 @@ use self::interleave::Interleaver;
 use super::shared::flv_mux::FlvMuxer;
 use crate::codec::flv::HevcSignal;
 use crate::config::RtmpSettings;
-use crate::hub::{Hub, Reader};
+use crate::hub::Hub;
 use crate::media::{AudioMode, Frame, StreamKey};
 use connection::Connection;
 
@@ -484,12 +484,13 @@ impl Push {
     ) -> Result<Ended, PushError> {
         // subscribed after the publish, so the server starts at the latest key frame
         let audio = self.inner.settings.audio;
-        // not a viewer: who wants the push is counted by control
+        // not a viewer: who wants the push is counted by control (the push is counted as
+        // its output's only, for metrics)
         let Some(mut reader) = self
             .inner
             .hub
             .subscribe_as(&self.key, audio)
-            .map(Reader::uncounted)
+            .map(|r| r.uncounted().counted_as(super::RTMP_OUTPUT))
         else {
             return Ok(Ended::Stream);
         };

@@ -6,6 +6,10 @@ then answers commands, one JSON line each on stdin:
 
     {"page": "whep.html", "params": {...}, "timeout_ms": 20000, "id": 7}
 
+(or {"url": "http://…", "script": "console_check.js", "params": {...}, "screenshot":
+"path.png", "viewport": {"width": …, "height": …}, …}: any page, checked by a script of
+this directory run in it, which returns the result; a screenshot taken after it)
+
 by opening the page in a new tab at /<page>?params=<JSON>, waiting for the page to set
 window.__result, closing the tab and writing one JSON line on stdout: the page's result
 plus "console" (the page's console errors and warnings), "page_ms" and the command's
@@ -125,10 +129,13 @@ def watchdog(parent, profile):
 
 
 def run_page(context, base, command):
-    page_name = command["page"]
+    page_name = command.get("page")
     params = command.get("params", {})
     timeout_ms = float(command.get("timeout_ms", 30000))
-    url = f"{base}/{page_name}?" + urllib.parse.urlencode({"params": json.dumps(params)})
+    # a page of this directory, or (with "url") any page, e.g. the gateway's console
+    url = command.get("url") or (
+        f"{base}/{page_name}?" + urllib.parse.urlencode({"params": json.dumps(params)})
+    )
     console = []
     started = time.monotonic()
     page = context.new_page()
@@ -138,21 +145,33 @@ def run_page(context, base, command):
     )
     page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
     try:
+        if command.get("viewport"):
+            page.set_viewport_size(command["viewport"])
         page.goto(url, timeout=timeout_ms)
-        left = max(1.0, timeout_ms - (time.monotonic() - started) * 1000)
-        try:
-            page.wait_for_function(
-                "() => window.__result !== undefined", timeout=left, polling=20
-            )
-        except Exception as e:
-            if type(e).__name__ != "TimeoutError":
-                raise
-            stage = page.evaluate("() => window.__stage ?? null")
-            result = {"error": f"no result within {timeout_ms:.0f} ms (stage: {stage})"}
-        else:
-            result = json.loads(page.evaluate("() => JSON.stringify(window.__result)"))
+        if command.get("script"):
+            # a file of this directory holding `async (params) => result`, run in the page;
+            # it bounds its own waits (params.timeout_ms)
+            source = (HERE / command["script"]).read_text()
+            result = page.evaluate(source, {**params, "timeout_ms": timeout_ms})
             if not isinstance(result, dict):
-                result = {"error": "window.__result is not an object", "value": result}
+                result = {"error": "the script's result is not an object", "value": result}
+        else:
+            left = max(1.0, timeout_ms - (time.monotonic() - started) * 1000)
+            try:
+                page.wait_for_function(
+                    "() => window.__result !== undefined", timeout=left, polling=20
+                )
+            except Exception as e:
+                if type(e).__name__ != "TimeoutError":
+                    raise
+                stage = page.evaluate("() => window.__stage ?? null")
+                result = {"error": f"no result within {timeout_ms:.0f} ms (stage: {stage})"}
+            else:
+                result = json.loads(page.evaluate("() => JSON.stringify(window.__result)"))
+                if not isinstance(result, dict):
+                    result = {"error": "window.__result is not an object", "value": result}
+        if command.get("screenshot"):
+            page.screenshot(path=command["screenshot"])
     except Exception as e:
         result = {"error": f"{type(e).__name__}: {e}"}
     finally:

@@ -225,18 +225,40 @@ impl Browser {
     /// the page's result, or `{"error": …}` when it has none within `timeout`. Blocking.
     /// A driver that died is started again.
     pub(crate) fn run(&mut self, page: &str, params: Value, timeout: Duration) -> Value {
+        let command = json!({ "page": page, "params": params });
+        self.send(command, page, timeout)
+    }
+
+    /// Opens `url` (any page) in a new tab, runs `script` (a file of `tests/browser/`
+    /// holding `async (params) => result`) in it and returns its result; with `screenshot`,
+    /// writes a PNG of the page there after the script. Blocking.
+    pub(crate) fn run_script(
+        &mut self,
+        url: &str,
+        script: &str,
+        params: Value,
+        screenshot: Option<&std::path::Path>,
+        timeout: Duration,
+    ) -> Value {
+        let command = json!({
+            "url": url,
+            "script": script,
+            "params": params,
+            "screenshot": screenshot.map(|p| p.display().to_string()),
+            "viewport": { "width": 1280, "height": 800 },
+        });
+        self.send(command, script, timeout)
+    }
+
+    fn send(&mut self, mut command: Value, page: &str, timeout: Duration) -> Value {
         if let Ok(Some(status)) = self.child.try_wait() {
             eprintln!("the browser driver had exited ({status}): starting it again");
             *self = Browser::start();
         }
         let id = self.next_id;
         self.next_id += 1;
-        let command = json!({
-            "id": id,
-            "page": page,
-            "params": params,
-            "timeout_ms": u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-        });
+        command["id"] = json!(id);
+        command["timeout_ms"] = json!(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
         if let Err(e) = writeln!(self.stdin, "{command}").and_then(|()| self.stdin.flush()) {
             return error(format!("writing to the browser driver: {e}"));
         }

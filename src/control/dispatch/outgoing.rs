@@ -46,6 +46,12 @@ pub(super) struct StreamStatus {
 
 impl Control {
     pub(super) fn reject(&mut self, error: RequestError) {
+        self.note_outcome(match error.code {
+            ErrorCode::NotSupported | ErrorCode::NoCommonCodec | ErrorCode::TooManyPeers => {
+                "refuse"
+            }
+            _ => "error",
+        });
         let Some(seqid) = &error.seqid else {
             warn!(code = ?error.code, "{} (no seqid to reply to)", error.message);
             return;
@@ -82,6 +88,7 @@ impl Control {
         lease_secs: Option<u64>,
         rtmp: Option<crate::control::messages::RtmpReply>,
     ) {
+        self.note_outcome("ok");
         let reply = Reply {
             seqid: seqid.to_owned(),
             mode: "OK".to_owned(),

@@ -207,6 +207,17 @@ impl Control {
                 }
             }
         }
+        let mut by_state = [0; 4];
+        for status in self.rtmp.states.values() {
+            let at = match status.state {
+                PushState::Connecting { .. } => 0,
+                PushState::Publishing => 1,
+                PushState::Retrying { .. } => 2,
+                PushState::Failed { .. } | PushState::Stopped { .. } => 3,
+            };
+            by_state[at] += 1;
+        }
+        self.ctx.metrics.set_rtmp_pushes(by_state);
         // a push that stopped for a newer one (another URL) changes nothing visible
         if matches!(state, PushState::Stopped { .. }) && self.rtmp.pusher.target(&key).is_some() {
             return;

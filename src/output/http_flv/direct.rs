@@ -28,7 +28,7 @@ use tracing::{debug, info};
 
 use super::limits::{BacklogHold, ViewerLimits};
 use super::ws::{CLOSE_NORMAL, ClientFrames, FrameHead, close_frame};
-use crate::hub::{Reader, Sink, SinkHandle, StreamStats};
+use crate::hub::{Reader, Sink, SinkHandle, StreamStats, ViewerCount};
 use crate::media::{Frame, StreamKey};
 use crate::output::shared::flv_mux::FlvMuxer;
 
@@ -132,6 +132,8 @@ struct DirectShared {
     wake: Notify,
     /// The viewer is to be dropped (it fell behind, or its socket failed).
     dropped: CancellationToken,
+    /// The viewer in its output's count (and its drop, if it is dropped).
+    count: ViewerCount,
 }
 
 #[derive(Debug)]
@@ -258,9 +260,9 @@ impl DirectShared {
     }
 
     /// Drops the viewer: it fell behind.
-    fn drop_viewer(&self, backlog: &mut Backlog, reason: Behind, stats: &StreamStats) {
+    fn drop_viewer(&self, backlog: &mut Backlog, reason: Behind) {
         info!(stream = %self.key, %reason, "flv viewer dropped");
-        stats.add_viewer_dropped();
+        self.count.add_dropped();
         backlog.closed = true;
         // given back here, on the thread that allocated it (a free from another thread
         // waits for this one to collect it)
@@ -309,7 +311,7 @@ impl Sink for DirectSink {
             let now = Instant::now();
             if let Some(reason) = backlog.over_budget(now, &shared.limits) {
                 stats.add_dropped(1);
-                shared.drop_viewer(&mut backlog, reason, stats);
+                shared.drop_viewer(&mut backlog, reason);
                 return false;
             }
             if self.skipping.is_none() {
@@ -328,7 +330,7 @@ impl Sink for DirectSink {
                 Some(still @ Behind::Lag(_)) => {
                     debug!(first = %reason, "flv viewer still behind at a key frame");
                     stats.add_dropped(1);
-                    shared.drop_viewer(&mut backlog, still, stats);
+                    shared.drop_viewer(&mut backlog, still);
                     return false;
                 }
                 Some(_) => {
@@ -471,10 +473,16 @@ fn chunk_head(len: usize) -> String {
 /// A direct viewer: its reader becomes a [`DirectSink`], and this task drains the backlog
 /// when the socket is slow, notices the viewer leaving (keeping what it sends for the next
 /// request, up to `pending_max` bytes), and ends the response when the stream ends.
-/// Returns the socket when the whole response was written.
+/// Returns the socket when the whole response was written. The viewer counts as a viewer
+/// of `output` (its label in the hub) for the whole play.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the play's parts, each from a different place"
+)]
 pub(crate) async fn serve_direct(
     socket: TcpStream,
     reader: Reader,
+    output: &'static str,
     framing: Framing,
     merge: Duration,
     limits: ViewerLimits,
@@ -482,8 +490,10 @@ pub(crate) async fn serve_direct(
     shutdown: CancellationToken,
 ) -> (Ended, Option<TcpStream>) {
     let key = reader.key().clone();
+    let count = reader.count_as(output);
     let shared = Arc::new(DirectShared {
         key,
+        count,
         socket,
         framing,
         limits: limits.clone(),
@@ -554,7 +564,7 @@ async fn drive(
         if let Err(error) = result {
             if error.kind() == std::io::ErrorKind::TimedOut {
                 info!(stream = %shared.key, "flv viewer dropped: its socket took nothing for {}s", WRITE_STALL.as_secs());
-                stats.add_viewer_dropped();
+                shared.count.add_dropped();
             } else {
                 debug!(%error, "flv viewer write failed");
             }

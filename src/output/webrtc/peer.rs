@@ -262,10 +262,7 @@ impl Peer {
                     }
                 }
                 subscribed = &mut subscribe, if reader.is_none() => match subscribed {
-                    Some(mut r) => {
-                        r.count_as_webrtc();
-                        reader = Some(r);
-                    }
+                    Some(r) => reader = Some(r.counted_as(crate::output::WEBRTC_OUTPUT)),
                     None => return self.finish(Ended::StreamUnavailable, rx).await,
                 },
                 frame = recv_frame(&mut reader), if reading => match frame {

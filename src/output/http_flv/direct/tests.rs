@@ -125,6 +125,7 @@ async fn a_viewer_attaching_as_its_stream_ends_gets_what_it_was_handed() {
             let (ended, socket) = serve_direct(
                 socket,
                 reader,
+                crate::output::FLV_OUTPUT,
                 framing,
                 merge,
                 limits(&[]),

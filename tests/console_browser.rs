@@ -1,0 +1,110 @@
+//! The operator console (`GET /console/`) in headless Chromium (issue 25): it lists the
+//! streams two simulated devices push; its SUBSCRIBE button asks a cold MQTT-driven
+//! device for its camera over the broker's WebSocket, and the page shows the reply, the
+//! REQPULL and the stream (listed under 2 s after it went live), the gateway's and the
+//! devices' retained status and heartbeats; a click plays a stream
+//! over HTTP-FLV (mpegts.js: frames and audio decoded) and the toggle over WHEP (frames
+//! decoded, audio received). The screenshot it takes is `docs/img/console.png` (README).
+
+mod common;
+
+use std::time::Duration;
+
+use common::browser::Browser;
+use common::control::*;
+use common::mqtt::TestClient;
+use common::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_console_lists_requests_and_plays_streams() {
+    let url = embedded_url();
+    let ws_port = free_port();
+    let ws_listen = format!("127.0.0.1:{ws_port}");
+    let gateway = gateway_on(
+        &url,
+        BrokerAt::Embedded,
+        &[("JTGW__MQTT__EMBEDDED_WS_LISTEN", ws_listen.as_str())],
+    )
+    .await;
+    let mut backend = TestClient::connect(port_of(&url), &["jt1078/gateway/+/HEART"]).await;
+    let pushed = ["13900000011", "13900000012"];
+    let pushing: Vec<_> = pushed
+        .iter()
+        .map(|device| push_on_its_own(gateway.addrs.live, device))
+        .collect();
+    for device in pushed {
+        gateway
+            .wait_for_stream("a pushed stream with audio and video", |s| {
+                s.device == device && s.video_codec.is_some() && s.audio_codec.is_some()
+            })
+            .await;
+    }
+    // the cold device listens for its REQPULL once it heartbeats
+    let cold = start_device(&url, "13800138000");
+    backend
+        .expect(
+            "the cold device's heartbeat",
+            WAIT,
+            is("jt1078/gateway/13800138000/HEART"),
+        )
+        .await;
+    let page = format!(
+        "http://{}/console/?mqtt=ws://127.0.0.1:{ws_port}/mqtt",
+        gateway.addrs.http
+    );
+    let screenshot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/img/console.png");
+    std::fs::create_dir_all(screenshot.parent().unwrap()).unwrap();
+    let params = json!({ "pushed": pushed, "cold": "13800138000", "play": "13900000011" });
+    let result = tokio::task::spawn_blocking(move || {
+        Browser::shared()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .run_script(
+                &page,
+                "console_check.js",
+                params,
+                Some(&screenshot),
+                Duration::from_secs(60),
+            )
+    })
+    .await
+    .unwrap();
+    println!("{result:#}");
+    assert_eq!(result["ok"], true, "{result:#}");
+    assert!(result["rows"].as_u64().unwrap() >= 2, "{result:#}");
+    assert!(
+        result["pushed_listed_ms"].as_u64().unwrap() < 2000,
+        "the live streams were listed {} ms after the page opened",
+        result["pushed_listed_ms"]
+    );
+    let uptime = result["cold_first_listed_uptime_s"].as_f64().unwrap();
+    assert!(
+        uptime < 2.0,
+        "the pulled stream was listed {uptime} s after it went live"
+    );
+    let log = result["log"].to_string();
+    assert!(log.contains("/device/13800138000/REQPULL"), "{log}");
+    assert!(log.contains("\\\"mode\\\":\\\"OK\\\""), "{log}");
+    let devices = result["devices"].to_string();
+    assert!(devices.contains("gateway gw1: online"), "{devices}");
+    assert!(devices.contains("13900000011: live: 1/live"), "{devices}");
+    assert!(devices.contains("13800138000: live: 1/live"), "{devices}");
+    let flv = &result["flv"];
+    assert!(flv["frames"].as_u64().unwrap() >= 20, "{flv}");
+    assert!(flv["audio_bytes"].as_u64().unwrap() > 0, "{flv}");
+    assert_eq!(flv["muted"], false, "{flv}");
+    let whep = &result["whep"];
+    assert!(whep["frames"].as_u64().unwrap() >= 20, "{whep}");
+    assert!(whep["audio_packets"].as_u64().unwrap() > 0, "{whep}");
+    let png = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/img/console.png"),
+    )
+    .unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "the screenshot is a PNG");
+    for device in pushing {
+        device.cancel();
+    }
+    cold.cancel();
+    gateway.stop().await;
+}
