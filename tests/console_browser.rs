@@ -6,6 +6,11 @@
 //! over HTTP-FLV (mpegts.js: frames and audio decoded) and the toggle over WHEP (frames
 //! decoded, audio received). The screenshot it takes is `docs/img/console.png` (README).
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "helpers of tests: a failure is a test failure"
+)]
+
 mod common;
 
 use std::time::Duration;
@@ -106,5 +111,76 @@ async fn the_console_lists_requests_and_plays_streams() {
         device.cancel();
     }
     cold.cancel();
+    gateway.stop().await;
+}
+
+/// Reads `/api/events` until an event lists `device`; that stream as the event had it.
+async fn wait_listed(
+    reader: &mut tokio::io::BufReader<tokio::net::TcpStream>,
+    device: &str,
+) -> serde_json::Value {
+    use tokio::io::AsyncBufReadExt;
+    let mut event = String::new();
+    loop {
+        let mut line = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line))
+            .await
+            .unwrap_or_else(|_| panic!("no event within 5 s (one comes a second at least)"))
+            .unwrap();
+        assert!(n > 0, "the event stream ended");
+        let line = line.trim_end();
+        if let Some(data) = line.strip_prefix("data:") {
+            event.push_str(data.trim_start());
+        } else if line.is_empty() && !event.is_empty() {
+            let streams: serde_json::Value = serde_json::from_str(&event).unwrap();
+            if let Some(s) = streams
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["device"] == device)
+            {
+                return s.clone();
+            }
+            event.clear();
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_event_stream_lists_a_stream_as_it_goes_live() {
+    use tokio::io::AsyncWriteExt;
+    let gateway = Gateway::start(&[]).await;
+    let mut socket = tokio::net::TcpStream::connect(gateway.addrs.http)
+        .await
+        .unwrap();
+    socket
+        .write_all(b"GET /api/events HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reader = tokio::io::BufReader::new(socket);
+    // the device starts once the page (here: this reader) follows the events
+    let mut head = String::new();
+    while !head.ends_with("\r\n\r\n") {
+        use tokio::io::AsyncBufReadExt;
+        let mut line = String::new();
+        reader.read_line(&mut line).await.unwrap();
+        head.push_str(&line);
+    }
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_lowercase()
+            .contains("content-type: text/event-stream"),
+        "{head}"
+    );
+    let device = push_on_its_own(gateway.addrs.live, "13900000021");
+    let listed = wait_listed(&mut reader, "13900000021").await;
+    // listed at once: the snapshot that first carries it was taken within 2 s of its start
+    let uptime = listed["uptime_secs"].as_f64().unwrap();
+    assert!(
+        uptime < 2.0,
+        "listed {uptime} s after it went live: {listed}"
+    );
+    assert_eq!(listed["viewers_by_output"], json!({}), "{listed}");
+    device.cancel();
     gateway.stop().await;
 }

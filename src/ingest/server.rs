@@ -160,3 +160,39 @@ impl IngestServer {
         info!("ingest stopped");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoder_counts_are_added_as_deltas() {
+        let stats = IngestStats::default();
+        let first = DecoderStats {
+            packets: 10,
+            packet_bytes: 9000,
+            skipped_bytes: 7,
+            resyncs: 1,
+            oversized: 0,
+        };
+        stats.add_decoded(&DecoderStats::default(), &first);
+        let second = DecoderStats {
+            packets: 15,
+            packet_bytes: 13_000,
+            ..first
+        };
+        stats.add_decoded(&first, &second);
+        // nothing new: nothing added
+        stats.add_decoded(&second, &second);
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        assert_eq!(load(&stats.packets), 15);
+        assert_eq!(load(&stats.bytes), 13_007);
+        assert_eq!(load(&stats.garbage_bytes), 7);
+        assert_eq!(load(&stats.resyncs), 1);
+        stats
+            .open(StreamKind::Playback)
+            .fetch_add(1, Ordering::Relaxed);
+        assert_eq!(load(&stats.open_playback), 1);
+        assert_eq!(load(&stats.open_live), 0);
+    }
+}
