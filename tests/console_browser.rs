@@ -4,8 +4,8 @@
 //! REQPULL and the stream (listed under 2 s after it went live), the gateway's and the
 //! devices' retained status and heartbeats; a click plays a stream
 //! over HTTP-FLV (mpegts.js: frames and audio decoded) and the toggle over WHEP (frames
-//! decoded, audio received). The screenshot it takes goes to `target/console.png`; with `JT1078_UPDATE_SCREENSHOT=1`
-//! also to `docs/img/console.png` (the README's).
+//! decoded, audio received). The screenshot it takes goes to `target/console.png`; with
+//! `JT1078_UPDATE_SCREENSHOT=1` also to `docs/img/console.png` (the README's).
 
 #![expect(
     clippy::unwrap_used,
