@@ -12,9 +12,9 @@ use std::time::Duration;
 use bytes::BytesMut;
 use common::mqtt::{Mosquitto, TestClient};
 use common::*;
-use jt1078_gateway::codec::audio::{DeviceCodec, DeviceEncoder};
+use jt1078_gateway::codec::audio::DeviceCodec;
 use jt1078_gateway::codec::jt1078::{
-    DEFAULT_MAX_BODY, DataType, Decoder, Encoder, Frame, PayloadType, Sim,
+    DEFAULT_MAX_BODY, DataType, Decoder, PayloadType, Sim, TalkFrame, TalkSender,
 };
 use jt1078_gateway::media::DeviceId;
 use jt1078_gateway::simulate::Pace;
@@ -112,26 +112,9 @@ async fn a_simulated_device_talks_and_keeps_what_it_heard() {
             (10_000.0 * (2.0 * std::f64::consts::PI * 440.0 * t).sin()) as i16
         })
         .collect();
-    let mut encoder = DeviceEncoder::new(DeviceCodec::G711A, false);
-    let mut packets = Encoder::new();
+    let mut sender = TalkSender::new(sim, 1, DeviceCodec::G711A, false, TalkFrame::Ms40);
     let mut out = BytesMut::new();
-    for (i, samples) in tone.chunks(320).enumerate() {
-        let mut payload = Vec::new();
-        encoder.encode(samples, &mut payload);
-        let frame = Frame {
-            payload_type: PayloadType::G711A,
-            data_type: DataType::Audio,
-            sim,
-            channel: 1,
-            timestamp: Some(i as u64 * 40),
-            last_iframe_interval: None,
-            last_frame_interval: None,
-            data: payload.into(),
-        };
-        for packet in packets.packets(&frame) {
-            packet.encode(&mut out);
-        }
-    }
+    assert_eq!(sender.push(&tone, &mut out), 50);
     talk.write_all(&out).await.unwrap();
     // the gateway ends the talk by closing: the device has read it all, keeps it, closes
     talk.shutdown().await.unwrap();
