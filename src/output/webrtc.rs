@@ -10,8 +10,10 @@
 //! With `str0m` the gateway owns the one socket (`udp.rs`) and each peer is a plain task
 //! (`peer.rs`) that is handed its datagrams (docs/architecture.md, "WebRTC").
 
+mod endpoint;
 mod peer;
 mod relay;
+mod to_rtp;
 mod udp;
 pub mod whep;
 
@@ -25,6 +27,7 @@ use anyhow::Context;
 use serde::Serialize;
 use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
+use str0m::format::Codec as RtpCodec;
 use str0m::rtp::Extension;
 use str0m::{Candidate, IceCreds, Rtc};
 use tokio::sync::mpsc;
@@ -35,8 +38,10 @@ use tracing::{info, warn};
 use crate::config::{IceTransportPolicy, WebRtcSettings};
 use crate::hub::Hub;
 use crate::media::{Codec, StreamKey};
+pub use endpoint::Addresses;
+use endpoint::LocalCandidates;
 pub use peer::Ended;
-use peer::{LocalCandidates, PeerSetup};
+use peer::PeerSetup;
 use udp::{PEER_QUEUE, UdpMux};
 
 /// Video packets a peer keeps for retransmission (NACK) and between a frame's write and
@@ -164,27 +169,36 @@ pub struct SessionInfo {
 
 impl WebRtc {
     /// Serves WebRTC on `socket` (bound to `webrtc.udp_listen`; within a tokio runtime).
-    /// Peer endings are reported on the returned channel; `changes` is bumped when the
-    /// addresses offered change (a STUN answer, a TURN allocation made, failed or given
-    /// back).
+    /// Peer endings are reported on the returned channel; the addresses offered (the STUN
+    /// servers' answers, the TURN relays) are published on `addresses_tx` whenever they
+    /// change.
     pub fn start(
         settings: &WebRtcSettings,
         socket: std::net::UdpSocket,
         hub: Hub,
         tasks: &TaskTracker,
         shutdown: CancellationToken,
-        changes: Arc<tokio::sync::watch::Sender<u64>>,
+        addresses_tx: tokio::sync::watch::Sender<Addresses>,
     ) -> anyhow::Result<(WebRtc, mpsc::Receiver<PeerEvent>)> {
         install_crypto();
-        let mux = Arc::new(UdpMux::new(socket, changes).context("setting up the webrtc socket")?);
+        let (mux, udp_loop) = UdpMux::new(
+            socket,
+            addresses_tx,
+            &settings.stun_servers,
+            settings.max_peers.get(),
+        )
+        .context("setting up the webrtc socket")?;
+        let mux = Arc::new(mux);
         let candidates = local_candidates(settings, mux.local_addr());
         info!(udp = %mux.local_addr(), candidates = ?candidates.announced, "webrtc listening");
-        tasks.spawn(Arc::clone(&mux).run(shutdown.clone()));
-        if !settings.stun_servers.is_empty() {
-            tasks.spawn(Arc::clone(&mux).discover(settings.stun_servers.clone(), shutdown.clone()));
-        }
-        if !settings.turn_servers.is_empty() || settings.request_ice_servers {
-            tasks.spawn(Arc::clone(&mux).relay(settings.turn_servers.clone(), shutdown.clone()));
+        tasks.spawn(udp_loop.run(Arc::clone(&mux), shutdown.clone()));
+        if !settings.stun_servers.is_empty() || !settings.turn_servers.is_empty() {
+            tasks.spawn(udp::resolve_servers(
+                Arc::clone(&mux),
+                settings.stun_servers.clone(),
+                settings.turn_servers.clone(),
+                shutdown.clone(),
+            ));
         }
         let (events_tx, events_rx) = mpsc::channel(1024);
         let certificate = str0m::crypto::from_feature_flags()
@@ -227,13 +241,13 @@ impl WebRtc {
     /// The UDP port's addresses outside a NAT, as the STUN servers (`webrtc.stun_servers`)
     /// last saw it: announced too (as host candidates, like `public_ips`).
     pub fn reflexive(&self) -> Vec<SocketAddr> {
-        self.inner.mux.reflexive_addrs()
+        self.inner.mux.addresses().reflexive.clone()
     }
 
     /// The relayed addresses allocated on the TURN servers (`webrtc.turn_servers`) now:
     /// announced as relay candidates.
     pub fn relayed(&self) -> Vec<SocketAddr> {
-        self.inner.mux.relayed_addrs()
+        self.inner.mux.addresses().relayed()
     }
 
     /// Whether a request's own TURN servers (`iceserver`) are used
@@ -267,7 +281,8 @@ impl WebRtc {
             && self
                 .inner
                 .mux
-                .configured_relays_undecided(settings.turn_servers.len())
+                .addresses()
+                .configured_undecided(settings.turn_servers.len())
     }
 
     /// If [`WebRtc::relays_starting`], waits (a few seconds at most) until each server of
@@ -290,7 +305,7 @@ impl WebRtc {
     /// Each TURN relay (`webrtc.turn_servers`, and those requests named): its server,
     /// relayed address, last error.
     pub fn relays(&self) -> serde_json::Value {
-        serde_json::to_value(self.inner.mux.relay_status()).unwrap_or_default()
+        serde_json::to_value(&self.inner.mux.addresses().relays).unwrap_or_default()
     }
 
     /// The UDP socket's datagram counters (received, sent, relayed, dropped), for the API.
@@ -339,6 +354,33 @@ impl WebRtc {
     }
 
     fn offer_peer(&self, offer: Offer) -> Result<Answer, Refusal> {
+        let plan = self.plan(&offer)?;
+        let (mut rtc, ufrag) = self.build_rtc(&plan);
+        // the TURN servers pass on only what comes from addresses allowed: the browser's
+        // candidates are, before its first check
+        self.inner
+            .mux
+            .permit(&plan.offered.candidate_ips, &plan.relayed);
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(plan.parsed)
+            .map_err(|e| Refusal::BadSdp(sdp_error(&e)))?;
+        let want = Want {
+            video: plan.video,
+            audio: plan.audio,
+        };
+        let (session, setup) = self.register(&offer.key, rtc, &ufrag, want, plan.relayed)?;
+        info!(stream = %offer.key, session, video = want.video, audio = want.audio, "webrtc peer starts");
+        self.spawn_peer(session.clone(), setup, offer.requester, offer.relays);
+        Ok(Answer {
+            session,
+            sdp: answer.to_sdp_string(),
+        })
+    }
+
+    /// Checks an offer against the settings, the peers running and the stream: what its
+    /// peer will send and through which relays, or why not.
+    fn plan(&self, offer: &Offer) -> Result<Plan, Refusal> {
         let settings = &self.inner.settings;
         if !settings.enabled {
             return Err(Refusal::Disabled);
@@ -349,12 +391,7 @@ impl WebRtc {
         }
         let parsed =
             SdpOffer::from_sdp_string(&offer.sdp).map_err(|e| Refusal::BadSdp(sdp_error(&e)))?;
-        let offered = OfferedCodecs::scan(&offer.sdp);
-        let live_video = self
-            .inner
-            .hub
-            .live_media(&offer.key)
-            .and_then(|media| media.video);
+        let offered = OfferedCodecs::read(&parsed);
         let video = offer.video && offered.has_video_section;
         let audio = offer.audio && offered.has_audio_section;
         if !video && !audio {
@@ -364,6 +401,11 @@ impl WebRtc {
             ));
         }
         if video {
+            let live_video = self
+                .inner
+                .hub
+                .live_media(&offer.key)
+                .and_then(|media| media.video);
             offered.check_video(live_video)?;
         }
         let mut relayed = self.relayed();
@@ -372,6 +414,18 @@ impl WebRtc {
         if relay_only && relayed.is_empty() {
             return Err(Refusal::RelayUnavailable);
         }
+        Ok(Plan {
+            parsed,
+            offered,
+            video,
+            audio,
+            relayed,
+            relay_only,
+        })
+    }
+
+    /// The peer's session, with its candidates, for a checked offer; and its local ufrag.
+    fn build_rtc(&self, plan: &Plan) -> (Rtc, String) {
         let creds = IceCreds::new();
         let ufrag = creds.ufrag.clone();
         let mut config = Rtc::builder();
@@ -386,19 +440,19 @@ impl WebRtc {
             .set_extension(4, Extension::RtpMid)
             // ICE-lite unless there is a relay: a lite peer has only host candidates (RFC
             // 8445 §2.5) and a relay's must be checked from this side through the relay
-            .set_ice_lite(relayed.is_empty())
+            .set_ice_lite(plan.relayed.is_empty())
             .set_local_ice_credentials(creds)
             .clear_codecs()
             .enable_h264(true)
-            .enable_h265(offered.h265)
+            .enable_h265(plan.offered.h265)
             .enable_pcma(true, false)
             .enable_pcmu(true, false)
             .set_send_buffer_video(SEND_BUFFER_VIDEO)
             .build(clock());
-        if !relay_only {
+        if !plan.relay_only {
             self.add_host_candidates(&mut rtc);
         }
-        for addr in &relayed {
+        for addr in &plan.relayed {
             match Candidate::relayed(*addr, self.local_addr(), "udp") {
                 Ok(candidate) => {
                     rtc.add_local_candidate(candidate);
@@ -406,34 +460,45 @@ impl WebRtc {
                 Err(error) => warn!(%addr, %error, "webrtc relay candidate not usable"),
             }
         }
-        // the TURN servers pass on only what comes from addresses allowed: the browser's
-        // candidates are, before its first check
-        self.inner.mux.permit(&offered.candidate_ips, &relayed);
-        let answer = rtc
-            .sdp_api()
-            .accept_offer(parsed)
-            .map_err(|e| Refusal::BadSdp(sdp_error(&e)))?;
+        (rtc, ufrag)
+    }
+
+    /// Registers a peer: its session id, its datagrams' route, its entry in the sessions
+    /// (which counts it against `webrtc.max_peers`); returns what its task needs.
+    fn register(
+        &self,
+        key: &StreamKey,
+        rtc: Rtc,
+        ufrag: &str,
+        want: Want,
+        relayed: Vec<SocketAddr>,
+    ) -> Result<(String, PeerSetup), Refusal> {
+        let settings = &self.inner.settings;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         // the random ufrag makes the id unguessable (a WHEP DELETE needs only the id)
         let session = format!("{id:x}-{ufrag}");
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
-        self.inner.mux.register(id, &ufrag, tx);
+        if !self.inner.mux.register(id, ufrag, tx) {
+            // the socket's loop has a queue of commands sized for every peer registering
+            // and leaving at once: full, it is that far behind
+            warn!("webrtc socket loop behind: offer refused");
+            return Err(Refusal::TooManyPeers(settings.max_peers.get()));
+        }
         let cancel = self.inner.shutdown.child_token();
         self.sessions().insert(
             session.clone(),
             Session {
-                key: offer.key.clone(),
+                key: key.clone(),
                 cancel: cancel.clone(),
                 started: clock(),
             },
         );
         let setup = PeerSetup {
             id,
-            key: offer.key.clone(),
+            key: key.clone(),
             rtc,
-            ufrag,
-            want_video: video,
-            want_audio: audio,
+            want_video: want.video,
+            want_audio: want.audio,
             rx,
             mux: Arc::clone(&self.inner.mux),
             candidates: self.inner.candidates.clone(),
@@ -443,20 +508,28 @@ impl WebRtc {
             consent_timeout: settings.consent_timeout,
             cancel,
         };
-        info!(stream = %offer.key, session, video, audio, "webrtc peer starts");
+        Ok((session, setup))
+    }
+
+    /// Runs a registered peer on the gateway's tracker; when it ends, gives its relay
+    /// lease back, forgets its session and tells control.
+    fn spawn_peer(
+        &self,
+        session: String,
+        setup: PeerSetup,
+        requester: Option<String>,
+        lease: RelayLease,
+    ) {
         let this = self.clone();
-        let requester = offer.requester;
-        let lease = offer.relays;
-        let answer = Answer {
-            session: session.clone(),
-            sdp: answer.to_sdp_string(),
-        };
         self.inner.tasks.spawn_on(
             async move {
                 let key = setup.key.clone();
-                let ended = peer::run(setup).await;
+                let finished = peer::run(setup).await;
+                let ended = finished.ended;
                 this.release(&lease);
                 this.sessions().remove(&session);
+                // its hub reader goes last: no viewer counted for a session that is gone
+                drop(finished);
                 info!(stream = %key, session, reason = ended.as_str(), "webrtc peer ended");
                 let event = PeerEvent {
                     key,
@@ -468,7 +541,6 @@ impl WebRtc {
             },
             &self.inner.runtime,
         );
-        Ok(answer)
     }
 
     /// Adds the host candidates: the announced addresses and those the STUN servers saw.
@@ -609,7 +681,28 @@ fn interface_addrs(ipv4: bool) -> Vec<IpAddr> {
     addrs
 }
 
-/// The codecs an offer lists, per kind (from its `a=rtpmap` lines).
+/// A checked offer: what its peer sends, and the relays it is offered.
+#[derive(Debug)]
+struct Plan {
+    /// The offer as `str0m` parsed it (read once: [`OfferedCodecs::read`]).
+    parsed: SdpOffer,
+    offered: OfferedCodecs,
+    video: bool,
+    audio: bool,
+    /// The relayed addresses (TURN) the peer is offered.
+    relayed: Vec<SocketAddr>,
+    /// Only relayed addresses are offered (`ice_transport_policy = "relay"`).
+    relay_only: bool,
+}
+
+/// What a peer sends.
+#[derive(Debug, Clone, Copy)]
+struct Want {
+    video: bool,
+    audio: bool,
+}
+
+/// The codecs an offer lists, per kind (from its payload types as `str0m` parsed them).
 #[derive(Debug, Default)]
 struct OfferedCodecs {
     has_video_section: bool,
@@ -622,41 +715,33 @@ struct OfferedCodecs {
 }
 
 impl OfferedCodecs {
-    fn scan(sdp: &str) -> OfferedCodecs {
+    /// Reads the sections, video codecs and candidates of an offer `str0m` parsed.
+    fn read(offer: &SdpOffer) -> OfferedCodecs {
         let mut offered = OfferedCodecs::default();
-        let mut in_video = false;
-        for line in sdp.lines() {
-            let line = line.trim_end();
-            if let Some(media) = line.strip_prefix("m=") {
-                in_video = media.starts_with("video ");
-                offered.has_video_section |= in_video;
-                offered.has_audio_section |= media.starts_with("audio ");
-            } else if let Some(candidate) = line.strip_prefix("a=candidate:") {
-                // foundation component transport priority address port typ …
-                let ip = candidate
-                    .split_whitespace()
-                    .nth(4)
-                    .and_then(|a| a.parse().ok());
-                if let Some(ip) = ip.filter(|ip| !offered.candidate_ips.contains(ip)) {
-                    offered.candidate_ips.push(ip);
-                }
-            } else if let Some(map) = line.strip_prefix("a=rtpmap:") {
-                if !in_video {
-                    continue;
-                }
-                let name = map
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|enc| enc.split('/').next())
-                    .unwrap_or("")
-                    .to_ascii_uppercase();
-                offered.h264 |= name == "H264";
-                offered.h265 |= name == "H265";
-                if !matches!(name.as_str(), "RTX" | "RED" | "ULPFEC" | "FLEXFEC-03" | "")
-                    && !offered.video.contains(&name)
-                {
+        let mut candidates: Vec<&Candidate> = offer.session.ice_candidates().collect();
+        for line in &offer.media_lines {
+            candidates.extend(line.ice_candidates());
+            // `str0m` names the kind only through its SDP word ("audio", "video")
+            let kind = line.typ.to_string();
+            let is_video = kind == "video";
+            offered.has_video_section |= is_video;
+            offered.has_audio_section |= kind == "audio";
+            if !is_video {
+                continue;
+            }
+            for params in line.rtp_params() {
+                let codec = params.spec().codec;
+                offered.h264 |= codec == RtpCodec::H264;
+                offered.h265 |= codec == RtpCodec::H265;
+                let name = codec.to_string().to_ascii_uppercase();
+                if codec.is_video() && !offered.video.contains(&name) {
                     offered.video.push(name);
                 }
+            }
+        }
+        for ip in candidates.iter().map(|c| c.addr().ip()) {
+            if !offered.candidate_ips.contains(&ip) {
+                offered.candidate_ips.push(ip);
             }
         }
         offered
@@ -689,10 +774,23 @@ impl OfferedCodecs {
 mod tests {
     use super::*;
 
-    const CHROME_LIKE: &str = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 8 0\r\n\
-        a=rtpmap:111 opus/48000/2\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\n\
-        m=video 9 UDP/TLS/RTP/SAVPF 96 97 102\r\na=rtpmap:96 VP8/90000\r\n\
-        a=rtpmap:97 rtx/90000\r\na=rtpmap:102 H264/90000\r\n";
+    /// A receive-only offer for video and audio, as a browser makes it, from a `str0m`
+    /// session with the video codecs `video` enables, and a host candidate.
+    fn offer(video: impl FnOnce(str0m::RtcConfig) -> str0m::RtcConfig) -> SdpOffer {
+        use str0m::media::{Direction, MediaKind};
+        let config = Rtc::builder()
+            .clear_codecs()
+            .enable_pcma(true, false)
+            .enable_opus(true, false);
+        let mut rtc = video(config).build(clock());
+        let candidate = Candidate::host("192.0.2.7:50000".parse().unwrap(), "udp").unwrap();
+        rtc.add_local_candidate(candidate);
+        let mut changes = rtc.sdp_api();
+        changes.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+        changes.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+        let (offer, _) = changes.apply().unwrap();
+        SdpOffer::from_sdp_string(&offer.to_sdp_string()).unwrap()
+    }
 
     #[test]
     fn sdp_errors_read_as_one_line_without_addresses() {
@@ -711,10 +809,11 @@ mod tests {
 
     #[test]
     fn offered_codecs_are_read_per_section() {
-        let offered = OfferedCodecs::scan(CHROME_LIKE);
+        let offered = OfferedCodecs::read(&offer(|c| c.enable_vp8(true).enable_h264(true)));
         assert!(offered.has_audio_section && offered.has_video_section);
         assert!(offered.h264 && !offered.h265);
         assert_eq!(offered.video, ["VP8", "H264"]);
+        assert_eq!(offered.candidate_ips, [IpAddr::from([192, 0, 2, 7])]);
         assert!(offered.check_video(Some(Codec::H264)).is_ok());
         let refused = offered.check_video(Some(Codec::H265)).unwrap_err();
         assert!(refused.to_string().contains("H.265"), "{refused}");
@@ -722,8 +821,8 @@ mod tests {
 
     #[test]
     fn an_offer_without_h264_is_refused_naming_what_it_offered() {
-        let vp8_only = CHROME_LIKE.replace("a=rtpmap:102 H264/90000\r\n", "");
-        let refused = OfferedCodecs::scan(&vp8_only)
+        let vp8_only = offer(|c| c.enable_vp8(true));
+        let refused = OfferedCodecs::read(&vp8_only)
             .check_video(None)
             .unwrap_err();
         assert!(matches!(refused, Refusal::NoCommonCodec(_)));
