@@ -29,7 +29,7 @@ use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
 use str0m::format::Codec as RtpCodec;
 use str0m::rtp::Extension;
-use str0m::{Candidate, IceCreds, Rtc};
+use str0m::{Candidate, IceCreds, Rtc, RtcConfig};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -428,26 +428,11 @@ impl WebRtc {
     fn build_rtc(&self, plan: &Plan) -> (Rtc, String) {
         let creds = IceCreds::new();
         let ufrag = creds.ufrag.clone();
-        let mut config = Rtc::builder();
-        if let Some(certificate) = &self.inner.certificate {
-            config = config.set_dtls_cert(certificate.clone());
-        }
-        let mut rtc = config
-            // only the mid: no transport-cc or abs-send-time, so browsers send no
-            // congestion feedback the gateway would only parse and drop (it passes the
-            // device's bitrate through; it has no bitrate to adapt)
-            .clear_extension_map()
-            .set_extension(4, Extension::RtpMid)
-            // ICE-lite unless there is a relay: a lite peer has only host candidates (RFC
-            // 8445 §2.5) and a relay's must be checked from this side through the relay
-            .set_ice_lite(plan.relayed.is_empty())
+        // ICE-lite unless there is a relay: a lite peer has only host candidates (RFC 8445
+        // §2.5) and a relay's must be checked from this side through the relay
+        let ice_lite = plan.relayed.is_empty();
+        let mut rtc = session_config(self.inner.certificate.as_ref(), ice_lite, plan.offered.h265)
             .set_local_ice_credentials(creds)
-            .clear_codecs()
-            .enable_h264(true)
-            .enable_h265(plan.offered.h265)
-            .enable_pcma(true, false)
-            .enable_pcmu(true, false)
-            .set_send_buffer_video(SEND_BUFFER_VIDEO)
             .build(clock());
         if !plan.relay_only {
             self.add_host_candidates(&mut rtc);
@@ -589,6 +574,28 @@ impl WebRtc {
     pub(crate) fn cors_origin(&self) -> &str {
         &self.inner.settings.cors_origin
     }
+}
+
+/// A peer's session settings: the shared DTLS `certificate` (`None`: str0m makes one),
+/// ICE-lite or not, H.265 if the browser offered it.
+fn session_config(certificate: Option<&DtlsCert>, ice_lite: bool, h265: bool) -> RtcConfig {
+    let mut config = Rtc::builder();
+    if let Some(certificate) = certificate {
+        config = config.set_dtls_cert(certificate.clone());
+    }
+    config
+        // only the mid: no transport-cc or abs-send-time, so browsers send no congestion
+        // feedback the gateway would only parse and drop (it passes the device's bitrate
+        // through; it has no bitrate to adapt)
+        .clear_extension_map()
+        .set_extension(4, Extension::RtpMid)
+        .set_ice_lite(ice_lite)
+        .clear_codecs()
+        .enable_h264(true)
+        .enable_h265(h265)
+        .enable_pcma(true, false)
+        .enable_pcmu(true, false)
+        .set_send_buffer_video(SEND_BUFFER_VIDEO)
 }
 
 /// Now, on tokio's clock (paused-time tests move it).
@@ -773,6 +780,10 @@ impl OfferedCodecs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::Frame;
+    use std::time::Duration;
+    use str0m::net::{Protocol, Receive};
+    use str0m::{Event, Input, Output};
 
     /// A receive-only offer for video and audio, as a browser makes it, from a `str0m`
     /// session with the video codecs `video` enables, and a host candidate.
@@ -827,5 +838,195 @@ mod tests {
             .unwrap_err();
         assert!(matches!(refused, Refusal::NoCommonCodec(_)));
         assert!(refused.to_string().contains("offered: VP8"), "{refused}");
+    }
+
+    /// One side of a pair: its session, its address, when it wants time.
+    struct Side {
+        rtc: Rtc,
+        due: Instant,
+    }
+
+    /// A datagram between the two sides: (source, destination, bytes).
+    type Wire = std::collections::VecDeque<(SocketAddr, SocketAddr, Vec<u8>)>;
+
+    impl Side {
+        /// Drains the session's output to its `Timeout` (str0m's contract): datagrams go
+        /// on `wire`, events to `on_event`.
+        fn drain(&mut self, wire: &mut Wire, mut on_event: impl FnMut(&mut Rtc, Event)) {
+            loop {
+                match self.rtc.poll_output().unwrap() {
+                    Output::Timeout(at) => {
+                        self.due = at;
+                        return;
+                    }
+                    Output::Transmit(t) => {
+                        wire.push_back((t.source, t.destination, t.contents.to_vec()));
+                    }
+                    Output::Event(event) => on_event(&mut self.rtc, event),
+                }
+            }
+        }
+
+        fn receive(
+            &mut self,
+            now: Instant,
+            (source, destination, bytes): (SocketAddr, SocketAddr, Vec<u8>),
+        ) {
+            let receive = Receive {
+                proto: Protocol::Udp,
+                source,
+                destination,
+                contents: bytes.as_slice().try_into().unwrap(),
+            };
+            self.rtc.handle_input(Input::Receive(now, receive)).unwrap();
+        }
+    }
+
+    /// A gateway's session (as `build_rtc` makes it, ICE-lite) and a browser-like one
+    /// (full ICE, H.264 and PCMA, receive-only), wired to each other without a socket on a
+    /// hand-driven clock: ICE and DTLS come up, and a key frame and an A-law frame written
+    /// through `to_rtp` arrive as the browser's media.
+    #[test]
+    fn a_peer_pair_connects_and_moves_media_without_a_socket() {
+        use str0m::media::{Direction, MediaKind};
+        install_crypto();
+        let t0 = clock();
+        let gateway_addr: SocketAddr = "10.0.0.1:8000".parse().unwrap();
+        let browser_addr: SocketAddr = "10.0.0.2:50000".parse().unwrap();
+        let mut browser = Rtc::builder()
+            .clear_codecs()
+            .enable_h264(true)
+            .enable_pcma(true, false)
+            .build(t0);
+        browser.add_local_candidate(Candidate::host(browser_addr, "udp").unwrap());
+        let mut changes = browser.sdp_api();
+        changes.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+        changes.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+        let (offer, pending) = changes.apply().unwrap();
+        let parsed = SdpOffer::from_sdp_string(&offer.to_sdp_string()).unwrap();
+        let offered = OfferedCodecs::read(&parsed);
+        assert!(offered.h264 && offered.has_audio_section);
+        let mut gateway = session_config(None, true, offered.h265)
+            .set_local_ice_credentials(IceCreds::new())
+            .build(t0);
+        gateway.add_local_candidate(Candidate::host(gateway_addr, "udp").unwrap());
+        let answer = gateway.sdp_api().accept_offer(parsed).unwrap();
+        browser.sdp_api().accept_answer(pending, answer).unwrap();
+
+        let mut gateway = Side {
+            rtc: gateway,
+            due: t0,
+        };
+        let mut browser = Side {
+            rtc: browser,
+            due: t0,
+        };
+        let (mut to_browser, mut to_gateway) = (Wire::new(), Wire::new());
+        let mut tracks = to_rtp::Tracks::default();
+        let mut connected = false;
+        let mut sent = false;
+        // what the browser depacketised: (video?, bytes)
+        let mut played: Vec<(bool, Vec<u8>)> = Vec::new();
+        let gateway_event = |tracks: &mut to_rtp::Tracks,
+                             connected: &mut bool,
+                             rtc: &mut Rtc,
+                             event: Event| match event {
+            Event::Connected => *connected = true,
+            Event::MediaAdded(added) => {
+                let writer = rtc.writer(added.mid).unwrap();
+                let params: Vec<_> = writer.payload_params().collect();
+                tracks.media_added(added.mid, added.kind, &params, true, true);
+            }
+            _ => {}
+        };
+        let browser_event = |played: &mut Vec<(bool, Vec<u8>)>, event: Event| {
+            if let Event::MediaData(data) = event {
+                played.push((data.params.spec().codec.is_video(), data.data.to_vec()));
+            }
+        };
+        gateway.drain(&mut to_browser, |rtc, e| {
+            gateway_event(&mut tracks, &mut connected, rtc, e)
+        });
+        browser.drain(&mut to_gateway, |_, e| browser_event(&mut played, e));
+
+        let key_frame = Frame {
+            codec: Codec::H264,
+            is_key: true,
+            pts: 0,
+            // SPS, PPS, IDR slice (Annex B)
+            data: bytes::Bytes::from_static(&[
+                0, 0, 0, 1, 0x67, 0x42, 0xc0, 0x1e, 0xda, 0x02, 0x80, 0xbf, 0xe5, 0x84, 0, 0, 0, 1,
+                0x68, 0xce, 0x3c, 0x80, 0, 0, 0, 1, 0x65, 0x88, 0x84, 0x00, 0x33, 0xff, 0xee,
+            ]),
+        };
+        let alaw = Frame {
+            codec: Codec::G711A,
+            is_key: false,
+            pts: 0,
+            data: bytes::Bytes::from_static(&[0xd5; 160]),
+        };
+        let mut now = t0;
+        while played.len() < 2 {
+            assert!(
+                now < t0 + Duration::from_secs(10),
+                "no media by 10 s; connected: {connected}"
+            );
+            while let Some(datagram) = to_gateway.pop_front() {
+                gateway.receive(now, datagram);
+                gateway.drain(&mut to_browser, |rtc, e| {
+                    gateway_event(&mut tracks, &mut connected, rtc, e)
+                });
+            }
+            while let Some(datagram) = to_browser.pop_front() {
+                browser.receive(now, datagram);
+                browser.drain(&mut to_gateway, |_, e| browser_event(&mut played, e));
+            }
+            if connected && !sent {
+                sent = true;
+                for frame in [&key_frame, &alaw] {
+                    let write = tracks.translate(frame, frame.pts).unwrap();
+                    let writer = gateway.rtc.writer(write.mid).unwrap();
+                    writer
+                        .write(write.pt, now, write.time, &write.payload[..])
+                        .unwrap();
+                    // each write drained before the next
+                    gateway.drain(&mut to_browser, |rtc, e| {
+                        gateway_event(&mut tracks, &mut connected, rtc, e)
+                    });
+                }
+            }
+            if to_gateway.is_empty() && to_browser.is_empty() {
+                now = now.max(gateway.due.min(browser.due));
+                for (side, wire) in [
+                    (&mut gateway, &mut to_browser),
+                    (&mut browser, &mut to_gateway),
+                ] {
+                    if side.due <= now {
+                        side.rtc.handle_input(Input::Timeout(now)).unwrap();
+                        side.due = now + Duration::from_secs(3600);
+                        // events of a timeout are looked at on the next delivery
+                        side.drain(wire, |_, _| {});
+                    }
+                }
+            }
+        }
+        let video = played
+            .iter()
+            .find(|(video, _)| *video)
+            .expect("a video frame");
+        let nal_types: Vec<u8> = video
+            .1
+            .windows(5)
+            .filter(|w| w[..4] == [0, 0, 0, 1])
+            .map(|w| w[4] & 0x1f)
+            .collect();
+        for nal in [7, 8, 5] {
+            assert!(nal_types.contains(&nal), "NAL {nal} in {nal_types:?}");
+        }
+        let audio = played
+            .iter()
+            .find(|(video, _)| !*video)
+            .expect("an audio frame");
+        assert_eq!(audio.1, [0xd5; 160], "A-law as written");
     }
 }
