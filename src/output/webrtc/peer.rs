@@ -204,6 +204,10 @@ impl Peer {
         let mut subscribe = Box::pin(hub.subscribe_or_wait_as(&key, wait, AudioMode::Passthrough));
         // the session was built and took the offer: what it has to say first
         self.drain();
+        // one timer for the peer's life, moved each pass (mostly later, which tokio does
+        // without re-registering it) instead of a new one per frame and per datagram
+        let sleep = tokio::time::sleep_until(self.rtc_due.into());
+        tokio::pin!(sleep);
         loop {
             let now = clock();
             self.send_due(now);
@@ -222,13 +226,14 @@ impl Peer {
                 .unwrap_or(consent_due);
             let reading =
                 self.connected && self.reader.is_some() && self.pending.len() < MAX_PENDING;
+            sleep.as_mut().reset(wake.into());
             tokio::select! {
                 () = cancel.cancelled() => return self.finish(Ended::Closed, rx).await,
                 datagram = rx.recv() => match datagram {
                     Some(datagram) => self.receive(&datagram),
                     None => return self.finish(Ended::Closed, rx).await,
                 },
-                () = tokio::time::sleep_until(wake.into()) => self.timeout(clock()),
+                () = &mut sleep => self.timeout(clock()),
                 subscribed = &mut subscribe, if self.reader.is_none() => match subscribed {
                     Some(mut r) => {
                         r.count_as_webrtc();
