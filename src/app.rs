@@ -33,8 +33,8 @@ pub struct App {
     http: TcpListener,
     /// `webrtc.udp_listen`, when WebRTC is enabled.
     webrtc: Option<std::net::UdpSocket>,
-    /// Bumped when the WebRTC side's addresses change.
-    webrtc_changes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    /// The addresses the WebRTC side offers, published by its socket's loop.
+    webrtc_addresses: tokio::sync::watch::Sender<crate::output::webrtc::Addresses>,
     /// `http.tls_cert` / `http.tls_key`, when the listener serves HTTPS.
     tls: Option<std::sync::Arc<CertStore>>,
     /// Bumped after each certificate reload (SIGHUP).
@@ -92,7 +92,7 @@ impl App {
             playback,
             http,
             webrtc,
-            webrtc_changes: std::sync::Arc::default(),
+            webrtc_addresses: tokio::sync::watch::Sender::default(),
             tls,
             tls_reloads: std::sync::Arc::default(),
         })
@@ -119,11 +119,13 @@ impl App {
         self.hub.clone()
     }
 
-    /// Changes when the addresses the WebRTC side offers change: a STUN server's answer,
-    /// a TURN allocation made, failed or given back (for embedding and tests, which wait
+    /// The addresses the WebRTC side offers, changed by a STUN server's answer, a TURN
+    /// allocation made, failed or given back (what offers read; embedders and tests wait
     /// on it instead of polling `/api/webrtc`).
-    pub fn webrtc_changes(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.webrtc_changes.subscribe()
+    pub fn webrtc_addresses(
+        &self,
+    ) -> tokio::sync::watch::Receiver<crate::output::webrtc::Addresses> {
+        self.webrtc_addresses.subscribe()
     }
 
     /// Runs until `shutdown` is cancelled.
@@ -173,7 +175,7 @@ impl App {
                 self.hub.clone(),
                 &tasks,
                 shutdown.clone(),
-                std::sync::Arc::clone(&self.webrtc_changes),
+                self.webrtc_addresses,
             )?),
             None => None,
         };

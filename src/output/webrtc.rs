@@ -10,8 +10,11 @@
 //! With `str0m` the gateway owns the one socket (`udp.rs`) and each peer is a plain task
 //! (`peer.rs`) that is handed its datagrams (docs/architecture.md, "WebRTC").
 
+mod endpoint;
+mod offer;
 mod peer;
 mod relay;
+mod to_rtp;
 mod udp;
 pub mod whep;
 
@@ -26,7 +29,7 @@ use serde::Serialize;
 use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
 use str0m::rtp::Extension;
-use str0m::{Candidate, IceCreds, Rtc};
+use str0m::{Candidate, IceCreds, Rtc, RtcConfig};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -34,9 +37,12 @@ use tracing::{info, warn};
 
 use crate::config::{IceTransportPolicy, WebRtcSettings};
 use crate::hub::Hub;
-use crate::media::{Codec, StreamKey};
+use crate::media::StreamKey;
+pub use endpoint::Addresses;
+use endpoint::LocalCandidates;
+use offer::{OfferedCodecs, Plan, Want, sdp_error};
 pub use peer::Ended;
-use peer::{LocalCandidates, PeerSetup};
+use peer::PeerSetup;
 use udp::{PEER_QUEUE, UdpMux};
 
 /// Video packets a peer keeps for retransmission (NACK) and between a frame's write and
@@ -164,27 +170,36 @@ pub struct SessionInfo {
 
 impl WebRtc {
     /// Serves WebRTC on `socket` (bound to `webrtc.udp_listen`; within a tokio runtime).
-    /// Peer endings are reported on the returned channel; `changes` is bumped when the
-    /// addresses offered change (a STUN answer, a TURN allocation made, failed or given
-    /// back).
+    /// Peer endings are reported on the returned channel; the addresses offered (the STUN
+    /// servers' answers, the TURN relays) are published on `addresses_tx` whenever they
+    /// change.
     pub fn start(
         settings: &WebRtcSettings,
         socket: std::net::UdpSocket,
         hub: Hub,
         tasks: &TaskTracker,
         shutdown: CancellationToken,
-        changes: Arc<tokio::sync::watch::Sender<u64>>,
+        addresses_tx: tokio::sync::watch::Sender<Addresses>,
     ) -> anyhow::Result<(WebRtc, mpsc::Receiver<PeerEvent>)> {
         install_crypto();
-        let mux = Arc::new(UdpMux::new(socket, changes).context("setting up the webrtc socket")?);
+        let (mux, udp_loop) = UdpMux::new(
+            socket,
+            addresses_tx,
+            &settings.stun_servers,
+            settings.max_peers.get(),
+        )
+        .context("setting up the webrtc socket")?;
+        let mux = Arc::new(mux);
         let candidates = local_candidates(settings, mux.local_addr());
         info!(udp = %mux.local_addr(), candidates = ?candidates.announced, "webrtc listening");
-        tasks.spawn(Arc::clone(&mux).run(shutdown.clone()));
-        if !settings.stun_servers.is_empty() {
-            tasks.spawn(Arc::clone(&mux).discover(settings.stun_servers.clone(), shutdown.clone()));
-        }
-        if !settings.turn_servers.is_empty() || settings.request_ice_servers {
-            tasks.spawn(Arc::clone(&mux).relay(settings.turn_servers.clone(), shutdown.clone()));
+        tasks.spawn(udp_loop.run(Arc::clone(&mux), shutdown.clone()));
+        if !settings.stun_servers.is_empty() || !settings.turn_servers.is_empty() {
+            tasks.spawn(udp::resolve_servers(
+                Arc::clone(&mux),
+                settings.stun_servers.clone(),
+                settings.turn_servers.clone(),
+                shutdown.clone(),
+            ));
         }
         let (events_tx, events_rx) = mpsc::channel(1024);
         let certificate = str0m::crypto::from_feature_flags()
@@ -227,13 +242,13 @@ impl WebRtc {
     /// The UDP port's addresses outside a NAT, as the STUN servers (`webrtc.stun_servers`)
     /// last saw it: announced too (as host candidates, like `public_ips`).
     pub fn reflexive(&self) -> Vec<SocketAddr> {
-        self.inner.mux.reflexive_addrs()
+        self.inner.mux.addresses().reflexive.clone()
     }
 
     /// The relayed addresses allocated on the TURN servers (`webrtc.turn_servers`) now:
     /// announced as relay candidates.
     pub fn relayed(&self) -> Vec<SocketAddr> {
-        self.inner.mux.relayed_addrs()
+        self.inner.mux.addresses().relayed()
     }
 
     /// Whether a request's own TURN servers (`iceserver`) are used
@@ -267,7 +282,8 @@ impl WebRtc {
             && self
                 .inner
                 .mux
-                .configured_relays_undecided(settings.turn_servers.len())
+                .addresses()
+                .configured_undecided(settings.turn_servers.len())
     }
 
     /// If [`WebRtc::relays_starting`], waits (a few seconds at most) until each server of
@@ -290,7 +306,7 @@ impl WebRtc {
     /// Each TURN relay (`webrtc.turn_servers`, and those requests named): its server,
     /// relayed address, last error.
     pub fn relays(&self) -> serde_json::Value {
-        serde_json::to_value(self.inner.mux.relay_status()).unwrap_or_default()
+        serde_json::to_value(&self.inner.mux.addresses().relays).unwrap_or_default()
     }
 
     /// The UDP socket's datagram counters (received, sent, relayed, dropped), for the API.
@@ -339,6 +355,33 @@ impl WebRtc {
     }
 
     fn offer_peer(&self, offer: Offer) -> Result<Answer, Refusal> {
+        let plan = self.plan(&offer)?;
+        let (mut rtc, ufrag) = self.build_rtc(&plan);
+        // the TURN servers pass on only what comes from addresses allowed: the browser's
+        // candidates are, before its first check
+        self.inner
+            .mux
+            .permit(&plan.offered.candidate_ips, &plan.relayed);
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(plan.parsed)
+            .map_err(|e| Refusal::BadSdp(sdp_error(&e)))?;
+        let want = Want {
+            video: plan.video,
+            audio: plan.audio,
+        };
+        let (session, setup) = self.register(&offer.key, rtc, &ufrag, want, plan.relayed)?;
+        info!(stream = %offer.key, session, video = want.video, audio = want.audio, "webrtc peer starts");
+        self.spawn_peer(session.clone(), setup, offer.requester, offer.relays);
+        Ok(Answer {
+            session,
+            sdp: answer.to_sdp_string(),
+        })
+    }
+
+    /// Checks an offer against the settings, the peers running and the stream: what its
+    /// peer will send and through which relays, or why not.
+    fn plan(&self, offer: &Offer) -> Result<Plan, Refusal> {
         let settings = &self.inner.settings;
         if !settings.enabled {
             return Err(Refusal::Disabled);
@@ -349,12 +392,7 @@ impl WebRtc {
         }
         let parsed =
             SdpOffer::from_sdp_string(&offer.sdp).map_err(|e| Refusal::BadSdp(sdp_error(&e)))?;
-        let offered = OfferedCodecs::scan(&offer.sdp);
-        let live_video = self
-            .inner
-            .hub
-            .live_media(&offer.key)
-            .and_then(|media| media.video);
+        let offered = OfferedCodecs::read(&parsed);
         let video = offer.video && offered.has_video_section;
         let audio = offer.audio && offered.has_audio_section;
         if !video && !audio {
@@ -364,6 +402,11 @@ impl WebRtc {
             ));
         }
         if video {
+            let live_video = self
+                .inner
+                .hub
+                .live_media(&offer.key)
+                .and_then(|media| media.video);
             offered.check_video(live_video)?;
         }
         let mut relayed = self.relayed();
@@ -372,33 +415,30 @@ impl WebRtc {
         if relay_only && relayed.is_empty() {
             return Err(Refusal::RelayUnavailable);
         }
+        Ok(Plan {
+            parsed,
+            offered,
+            video,
+            audio,
+            relayed,
+            relay_only,
+        })
+    }
+
+    /// The peer's session, with its candidates, for a checked offer; and its local ufrag.
+    fn build_rtc(&self, plan: &Plan) -> (Rtc, String) {
         let creds = IceCreds::new();
         let ufrag = creds.ufrag.clone();
-        let mut config = Rtc::builder();
-        if let Some(certificate) = &self.inner.certificate {
-            config = config.set_dtls_cert(certificate.clone());
-        }
-        let mut rtc = config
-            // only the mid: no transport-cc or abs-send-time, so browsers send no
-            // congestion feedback the gateway would only parse and drop (it passes the
-            // device's bitrate through; it has no bitrate to adapt)
-            .clear_extension_map()
-            .set_extension(4, Extension::RtpMid)
-            // ICE-lite unless there is a relay: a lite peer has only host candidates (RFC
-            // 8445 §2.5) and a relay's must be checked from this side through the relay
-            .set_ice_lite(relayed.is_empty())
+        // ICE-lite unless there is a relay: a lite peer has only host candidates (RFC 8445
+        // §2.5) and a relay's must be checked from this side through the relay
+        let ice_lite = plan.relayed.is_empty();
+        let mut rtc = session_config(self.inner.certificate.as_ref(), ice_lite, plan.offered.h265)
             .set_local_ice_credentials(creds)
-            .clear_codecs()
-            .enable_h264(true)
-            .enable_h265(offered.h265)
-            .enable_pcma(true, false)
-            .enable_pcmu(true, false)
-            .set_send_buffer_video(SEND_BUFFER_VIDEO)
             .build(clock());
-        if !relay_only {
+        if !plan.relay_only {
             self.add_host_candidates(&mut rtc);
         }
-        for addr in &relayed {
+        for addr in &plan.relayed {
             match Candidate::relayed(*addr, self.local_addr(), "udp") {
                 Ok(candidate) => {
                     rtc.add_local_candidate(candidate);
@@ -406,34 +446,45 @@ impl WebRtc {
                 Err(error) => warn!(%addr, %error, "webrtc relay candidate not usable"),
             }
         }
-        // the TURN servers pass on only what comes from addresses allowed: the browser's
-        // candidates are, before its first check
-        self.inner.mux.permit(&offered.candidate_ips, &relayed);
-        let answer = rtc
-            .sdp_api()
-            .accept_offer(parsed)
-            .map_err(|e| Refusal::BadSdp(sdp_error(&e)))?;
+        (rtc, ufrag)
+    }
+
+    /// Registers a peer: its session id, its datagrams' route, its entry in the sessions
+    /// (which counts it against `webrtc.max_peers`); returns what its task needs.
+    fn register(
+        &self,
+        key: &StreamKey,
+        rtc: Rtc,
+        ufrag: &str,
+        want: Want,
+        relayed: Vec<SocketAddr>,
+    ) -> Result<(String, PeerSetup), Refusal> {
+        let settings = &self.inner.settings;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         // the random ufrag makes the id unguessable (a WHEP DELETE needs only the id)
         let session = format!("{id:x}-{ufrag}");
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
-        self.inner.mux.register(id, &ufrag, tx);
+        if !self.inner.mux.register(id, ufrag, tx) {
+            // the socket's loop has a queue of commands sized for every peer registering
+            // and leaving at once: full, it is that far behind
+            warn!("webrtc socket loop behind: offer refused");
+            return Err(Refusal::TooManyPeers(settings.max_peers.get()));
+        }
         let cancel = self.inner.shutdown.child_token();
         self.sessions().insert(
             session.clone(),
             Session {
-                key: offer.key.clone(),
+                key: key.clone(),
                 cancel: cancel.clone(),
                 started: clock(),
             },
         );
         let setup = PeerSetup {
             id,
-            key: offer.key.clone(),
+            key: key.clone(),
             rtc,
-            ufrag,
-            want_video: video,
-            want_audio: audio,
+            want_video: want.video,
+            want_audio: want.audio,
             rx,
             mux: Arc::clone(&self.inner.mux),
             candidates: self.inner.candidates.clone(),
@@ -443,20 +494,28 @@ impl WebRtc {
             consent_timeout: settings.consent_timeout,
             cancel,
         };
-        info!(stream = %offer.key, session, video, audio, "webrtc peer starts");
+        Ok((session, setup))
+    }
+
+    /// Runs a registered peer on the gateway's tracker; when it ends, gives its relay
+    /// lease back, forgets its session and tells control.
+    fn spawn_peer(
+        &self,
+        session: String,
+        setup: PeerSetup,
+        requester: Option<String>,
+        lease: RelayLease,
+    ) {
         let this = self.clone();
-        let requester = offer.requester;
-        let lease = offer.relays;
-        let answer = Answer {
-            session: session.clone(),
-            sdp: answer.to_sdp_string(),
-        };
         self.inner.tasks.spawn_on(
             async move {
                 let key = setup.key.clone();
-                let ended = peer::run(setup).await;
+                let finished = peer::run(setup).await;
+                let ended = finished.ended;
                 this.release(&lease);
                 this.sessions().remove(&session);
+                // its hub reader goes last: no viewer counted for a session that is gone
+                drop(finished);
                 info!(stream = %key, session, reason = ended.as_str(), "webrtc peer ended");
                 let event = PeerEvent {
                     key,
@@ -468,7 +527,6 @@ impl WebRtc {
             },
             &self.inner.runtime,
         );
-        Ok(answer)
     }
 
     /// Adds the host candidates: the announced addresses and those the STUN servers saw.
@@ -519,26 +577,31 @@ impl WebRtc {
     }
 }
 
+/// A peer's session settings: the shared DTLS `certificate` (`None`: str0m makes one),
+/// ICE-lite or not, H.265 if the browser offered it.
+fn session_config(certificate: Option<&DtlsCert>, ice_lite: bool, h265: bool) -> RtcConfig {
+    let mut config = Rtc::builder();
+    if let Some(certificate) = certificate {
+        config = config.set_dtls_cert(certificate.clone());
+    }
+    config
+        // only the mid: no transport-cc or abs-send-time, so browsers send no congestion
+        // feedback the gateway would only parse and drop (it passes the device's bitrate
+        // through; it has no bitrate to adapt)
+        .clear_extension_map()
+        .set_extension(4, Extension::RtpMid)
+        .set_ice_lite(ice_lite)
+        .clear_codecs()
+        .enable_h264(true)
+        .enable_h265(h265)
+        .enable_pcma(true, false)
+        .enable_pcmu(true, false)
+        .set_send_buffer_video(SEND_BUFFER_VIDEO)
+}
+
 /// Now, on tokio's clock (paused-time tests move it).
 pub(crate) fn clock() -> Instant {
     tokio::time::Instant::now().into_std()
-}
-
-/// A parser's error as one line, without the memory address it quotes.
-fn sdp_error(error: &dyn std::fmt::Display) -> String {
-    let text = error.to_string();
-    let mut line = String::with_capacity(text.len());
-    let mut rest = text.as_str();
-    while let Some(at) = rest.find(" at PointerOffset(") {
-        line.push_str(&rest[..at]);
-        rest = rest[at..].find(')').map_or("", |end| &rest[at + end + 1..]);
-    }
-    line.push_str(rest);
-    line.split('\n')
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 /// Installs `str0m`'s crypto provider for the process, once.
@@ -609,124 +672,5 @@ fn interface_addrs(ipv4: bool) -> Vec<IpAddr> {
     addrs
 }
 
-/// The codecs an offer lists, per kind (from its `a=rtpmap` lines).
-#[derive(Debug, Default)]
-struct OfferedCodecs {
-    has_video_section: bool,
-    has_audio_section: bool,
-    h264: bool,
-    h265: bool,
-    video: Vec<String>,
-    /// The addresses of the offer's candidates (mDNS names left out: not resolved here).
-    candidate_ips: Vec<IpAddr>,
-}
-
-impl OfferedCodecs {
-    fn scan(sdp: &str) -> OfferedCodecs {
-        let mut offered = OfferedCodecs::default();
-        let mut in_video = false;
-        for line in sdp.lines() {
-            let line = line.trim_end();
-            if let Some(media) = line.strip_prefix("m=") {
-                in_video = media.starts_with("video ");
-                offered.has_video_section |= in_video;
-                offered.has_audio_section |= media.starts_with("audio ");
-            } else if let Some(candidate) = line.strip_prefix("a=candidate:") {
-                // foundation component transport priority address port typ …
-                let ip = candidate
-                    .split_whitespace()
-                    .nth(4)
-                    .and_then(|a| a.parse().ok());
-                if let Some(ip) = ip.filter(|ip| !offered.candidate_ips.contains(ip)) {
-                    offered.candidate_ips.push(ip);
-                }
-            } else if let Some(map) = line.strip_prefix("a=rtpmap:") {
-                if !in_video {
-                    continue;
-                }
-                let name = map
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|enc| enc.split('/').next())
-                    .unwrap_or("")
-                    .to_ascii_uppercase();
-                offered.h264 |= name == "H264";
-                offered.h265 |= name == "H265";
-                if !matches!(name.as_str(), "RTX" | "RED" | "ULPFEC" | "FLEXFEC-03" | "")
-                    && !offered.video.contains(&name)
-                {
-                    offered.video.push(name);
-                }
-            }
-        }
-        offered
-    }
-
-    /// Whether the stream's video (`None`: not live yet, H.264 or H.265 later) can go
-    /// out in a codec offered.
-    fn check_video(&self, live: Option<Codec>) -> Result<(), Refusal> {
-        let offered = if self.video.is_empty() {
-            "none".to_owned()
-        } else {
-            self.video.join(", ")
-        };
-        match live {
-            Some(Codec::H265) if !self.h265 => Err(Refusal::NoCommonCodec(format!(
-                "the stream's video is H.265 (HEVC) and this browser does not offer H.265 \
-                 (offered: {offered}); play it over HTTP-FLV, or in a browser that decodes H.265"
-            ))),
-            Some(Codec::H264) | None if !self.h264 && !self.h265 => {
-                Err(Refusal::NoCommonCodec(format!(
-                    "the stream's video is H.264 and the offer has no H264 (offered: {offered})"
-                )))
-            }
-            _ => Ok(()),
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const CHROME_LIKE: &str = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 8 0\r\n\
-        a=rtpmap:111 opus/48000/2\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\n\
-        m=video 9 UDP/TLS/RTP/SAVPF 96 97 102\r\na=rtpmap:96 VP8/90000\r\n\
-        a=rtpmap:97 rtx/90000\r\na=rtpmap:102 H264/90000\r\n";
-
-    #[test]
-    fn sdp_errors_read_as_one_line_without_addresses() {
-        let text = "SDP parse: Parse error at PointerOffset(0x7f21)\nUnexpected end of input\n";
-        assert_eq!(
-            sdp_error(&text),
-            "SDP parse: Parse error; Unexpected end of input"
-        );
-        let refused = SdpOffer::from_sdp_string("v=0").map_err(|e| sdp_error(&e));
-        let message = refused.unwrap_err();
-        assert!(
-            !message.contains("0x") && !message.contains('\n'),
-            "{message}"
-        );
-    }
-
-    #[test]
-    fn offered_codecs_are_read_per_section() {
-        let offered = OfferedCodecs::scan(CHROME_LIKE);
-        assert!(offered.has_audio_section && offered.has_video_section);
-        assert!(offered.h264 && !offered.h265);
-        assert_eq!(offered.video, ["VP8", "H264"]);
-        assert!(offered.check_video(Some(Codec::H264)).is_ok());
-        let refused = offered.check_video(Some(Codec::H265)).unwrap_err();
-        assert!(refused.to_string().contains("H.265"), "{refused}");
-    }
-
-    #[test]
-    fn an_offer_without_h264_is_refused_naming_what_it_offered() {
-        let vp8_only = CHROME_LIKE.replace("a=rtpmap:102 H264/90000\r\n", "");
-        let refused = OfferedCodecs::scan(&vp8_only)
-            .check_video(None)
-            .unwrap_err();
-        assert!(matches!(refused, Refusal::NoCommonCodec(_)));
-        assert!(refused.to_string().contains("offered: VP8"), "{refused}");
-    }
-}
+mod tests;

@@ -32,7 +32,8 @@ pub(crate) struct Gateway {
     pub(crate) addrs: BoundAddrs,
     pub(crate) hub: Hub,
     /// Changes when the WebRTC side's addresses change (STUN answers, TURN allocations).
-    pub(crate) webrtc_changes: tokio::sync::watch::Receiver<u64>,
+    pub(crate) webrtc_changes:
+        tokio::sync::watch::Receiver<jt1078_gateway::output::webrtc::Addresses>,
     /// Changes after each reload of the HTTPS certificate (SIGHUP).
     pub(crate) tls_reloads: tokio::sync::watch::Receiver<u64>,
     cancel: CancellationToken,
@@ -74,7 +75,7 @@ impl Gateway {
         let app = App::bind(settings).await.expect("bind");
         let addrs = app.local_addrs().expect("addrs");
         let hub = app.hub();
-        let webrtc_changes = app.webrtc_changes();
+        let webrtc_changes = app.webrtc_addresses();
         let tls_reloads = app.tls_reloads();
         let cancel = CancellationToken::new();
         let task = tokio::spawn(app.run(cancel.clone()));

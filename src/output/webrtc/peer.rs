@@ -10,13 +10,12 @@
 //! since. A peer that falls behind its stream never holds the device up: its hub reader
 //! skips to the next key frame (counted in the stream's `frames_dropped`).
 
-use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use str0m::format::Codec as RtpCodec;
-use str0m::media::{Frequency, MediaKind, MediaTime, Mid, Pt};
+use str0m::media::{MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Event, Input, Output, Rtc};
 use tokio::sync::mpsc;
@@ -24,11 +23,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::clock;
-use super::udp::{Datagram, SendBatch, UdpMux};
-use crate::codec::audio::aac_decode::AacToTelephony;
-use crate::codec::audio::{PcmDecoder, PcmFormat};
+use super::endpoint::{Datagram, LocalCandidates, Paths};
+use super::to_rtp::{RtpWrite, Skip, Tracks};
+use super::udp::{SendBatch, UdpMux};
 use crate::hub::{Hub, Reader};
-use crate::media::{AudioMode, Codec, Frame, StreamKey, Track};
+use crate::media::{AudioMode, Frame, StreamKey, Track};
 
 /// How much faster than real time the cached frames a peer starts with go out.
 const CATCH_UP: u64 = 4;
@@ -74,61 +73,11 @@ impl Ended {
     }
 }
 
-/// Where the peer's ICE candidates are, to give `str0m` the candidate a datagram came to
-/// and to send from the address the browser's packets arrived on.
-#[derive(Debug, Clone)]
-pub(crate) struct LocalCandidates {
-    /// Announced addresses (host candidates).
-    pub(crate) announced: Vec<SocketAddr>,
-    /// Addresses of this machine among them (the rest are public addresses of a NAT).
-    pub(crate) machine: Vec<IpAddr>,
-}
-
-impl LocalCandidates {
-    /// The announced candidate a datagram sent to `local_ip` arrived through: the one with
-    /// that address, else (NAT 1:1: sent to the public address, arrived at a private one)
-    /// the first of its family.
-    fn candidate_for(&self, local_ip: Option<IpAddr>) -> Option<SocketAddr> {
-        let ip = local_ip?;
-        self.announced
-            .iter()
-            .find(|c| c.ip() == ip)
-            .or_else(|| self.announced.iter().find(|c| c.is_ipv4() == ip.is_ipv4()))
-            .copied()
-    }
-}
-
-/// What the peer sends, as negotiated.
-#[derive(Debug, Default)]
-struct Tracks {
-    video: Option<VideoOut>,
-    audio: Option<AudioOut>,
-}
-
-#[derive(Debug)]
-struct VideoOut {
-    mid: Mid,
-    h264: Option<Pt>,
-    h265: Option<Pt>,
-}
-
-#[derive(Debug)]
-struct AudioOut {
-    mid: Mid,
-    pcma: Option<Pt>,
-    pcmu: Option<Pt>,
-    decoder: Option<PcmDecoder>,
-    aac: Option<Box<AacToTelephony>>,
-    pcm: Vec<i16>,
-    warned: bool,
-}
-
 /// Everything a peer task needs.
 pub(crate) struct PeerSetup {
     pub(crate) id: u64,
     pub(crate) key: StreamKey,
     pub(crate) rtc: Rtc,
-    pub(crate) ufrag: String,
     pub(crate) want_video: bool,
     pub(crate) want_audio: bool,
     pub(crate) rx: mpsc::Receiver<Datagram>,
@@ -150,14 +99,14 @@ struct Peer {
     mux: Arc<UdpMux>,
     /// Packets gathered for one `sendmsg`, sent before the peer waits again.
     batch: SendBatch,
-    candidates: LocalCandidates,
+    paths: Paths,
     relayed: Vec<SocketAddr>,
     hub: Hub,
     want_video: bool,
     want_audio: bool,
     tracks: Tracks,
-    /// The local address each remote address's packets arrived on.
-    arrived_on: HashMap<SocketAddr, IpAddr>,
+    /// Its stream, once attached (kept until the session is forgotten: [`Finished`]).
+    reader: Option<Reader>,
     last_heard: Instant,
     consent_timeout: Duration,
     connected: bool,
@@ -170,16 +119,30 @@ struct Peer {
     /// Stream pts of the last video frame sent.
     last_video_pts: Option<u64>,
     last_keyframe_answer: Option<Instant>,
+    /// A keyframe request came while `str0m`'s output was drained: answered after it.
+    keyframe_requested: bool,
+    /// Audio not sent to this peer was logged.
+    audio_warned: bool,
+    /// When `str0m` wants time next (its last `Output::Timeout`).
+    rtc_due: Instant,
     ended: Option<Ended>,
 }
 
-/// Runs the peer until it ends; returns why.
-pub(crate) async fn run(setup: PeerSetup) -> Ended {
+/// A peer that ended.
+pub(crate) struct Finished {
+    /// Why.
+    pub(crate) ended: Ended,
+    /// Its hub reader, dropped with this: after its session is forgotten, so a viewer
+    /// count of 0 means the session is gone.
+    _reader: Option<Reader>,
+}
+
+/// Runs the peer until it ends.
+pub(crate) async fn run(setup: PeerSetup) -> Finished {
     let PeerSetup {
         id,
         key,
         rtc,
-        ufrag,
         want_video,
         want_audio,
         mut rx,
@@ -197,13 +160,13 @@ pub(crate) async fn run(setup: PeerSetup) -> Ended {
         rtc,
         mux: Arc::clone(&mux),
         batch: SendBatch::default(),
-        candidates,
+        paths: Paths::new(candidates, mux.local_addr()),
         relayed,
         hub: hub.clone(),
         want_video,
         want_audio,
         tracks: Tracks::default(),
-        arrived_on: HashMap::new(),
+        reader: None,
         last_heard: clock(),
         consent_timeout,
         connected: false,
@@ -212,14 +175,23 @@ pub(crate) async fn run(setup: PeerSetup) -> Ended {
         shift_ms: 0,
         last_video_pts: None,
         last_keyframe_answer: None,
+        keyframe_requested: false,
+        audio_warned: false,
+        rtc_due: clock(),
         ended: None,
     };
     let ended = peer.serve(&hub, wait, &mut rx, &cancel).await;
-    mux.unregister(id, &ufrag);
-    ended
+    mux.unregister(id).await;
+    Finished {
+        ended,
+        _reader: peer.reader.take(),
+    }
 }
 
 impl Peer {
+    /// The run loop. `str0m`'s contract: every mutation of the session (a datagram, a
+    /// timeout, each media write) is followed by draining its output to a `Timeout`
+    /// ([`Peer::drain`]) before the next one.
     async fn serve(
         &mut self,
         hub: &Hub,
@@ -230,11 +202,15 @@ impl Peer {
         let key = self.key.clone();
         // the reader attaches (and so asks for the stream) while ICE and DTLS come up
         let mut subscribe = Box::pin(hub.subscribe_or_wait_as(&key, wait, AudioMode::Passthrough));
-        let mut reader: Option<Reader> = None;
+        // the session was built and took the offer: what it has to say first
+        self.drain();
+        // one timer for the peer's life, moved each pass (mostly later, which tokio does
+        // without re-registering it) instead of a new one per frame and per datagram
+        let sleep = tokio::time::sleep_until(self.rtc_due.into());
+        tokio::pin!(sleep);
         loop {
             let now = clock();
             self.send_due(now);
-            let rtc_due = self.drive();
             if let Some(ended) = self.ended {
                 return self.finish(ended, rx).await;
             }
@@ -243,35 +219,33 @@ impl Peer {
                 return self.finish(Ended::ConsentExpired, rx).await;
             }
             let next_frame_due = self.pending.front().map(|f| self.send_time(f, now));
-            let wake = [Some(rtc_due), next_frame_due, Some(consent_due)]
+            let wake = [Some(self.rtc_due), next_frame_due, Some(consent_due)]
                 .into_iter()
                 .flatten()
                 .min()
                 .unwrap_or(consent_due);
-            let reading = self.connected && reader.is_some() && self.pending.len() < MAX_PENDING;
+            let reading =
+                self.connected && self.reader.is_some() && self.pending.len() < MAX_PENDING;
+            sleep.as_mut().reset(wake.into());
             tokio::select! {
                 () = cancel.cancelled() => return self.finish(Ended::Closed, rx).await,
                 datagram = rx.recv() => match datagram {
                     Some(datagram) => self.receive(&datagram),
                     None => return self.finish(Ended::Closed, rx).await,
                 },
-                () = tokio::time::sleep_until(wake.into()) => {
-                    if let Err(error) = self.rtc.handle_input(Input::Timeout(clock())) {
-                        debug!(peer = self.id, %error, "webrtc timeout handling failed");
-                        return self.finish(Ended::Failed, rx).await;
-                    }
-                }
-                subscribed = &mut subscribe, if reader.is_none() => match subscribed {
-                    Some(r) => reader = Some(r.counted_as(crate::output::WEBRTC_OUTPUT)),
+                () = &mut sleep => self.timeout(clock()),
+                subscribed = &mut subscribe, if self.reader.is_none() => match subscribed {
+                    Some(r) => self.reader = Some(r.counted_as(crate::output::WEBRTC_OUTPUT)),
                     None => return self.finish(Ended::StreamUnavailable, rx).await,
                 },
-                frame = recv_frame(&mut reader), if reading => match frame {
+                frame = recv_frame(&mut self.reader), if reading => match frame {
                     Some(frame) => {
                         self.pending.push_back(frame);
                         // take what else is queued now, so frames that came together go out
                         // in one pass
                         while self.pending.len() < MAX_PENDING {
-                            let Some(frame) = reader.as_mut().and_then(Reader::try_recv) else {
+                            let Some(frame) = self.reader.as_mut().and_then(Reader::try_recv)
+                            else {
                                 break;
                             };
                             self.pending.push_back(frame);
@@ -287,13 +261,23 @@ impl Peer {
         }
     }
 
-    /// Handles `str0m`'s output until it wants time; returns when.
-    fn drive(&mut self) -> Instant {
+    /// Drains `str0m`'s output to its `Timeout` (sending what it transmits, handling its
+    /// events), then answers a keyframe request it reported, each write drained in turn.
+    fn drain(&mut self) {
+        self.drive();
+        while std::mem::take(&mut self.keyframe_requested) && self.ended.is_none() {
+            self.answer_keyframe_request();
+        }
+    }
+
+    /// Handles `str0m`'s output until it wants time; keeps when in `rtc_due`.
+    fn drive(&mut self) {
         loop {
             match self.rtc.poll_output() {
                 Ok(Output::Timeout(at)) => {
                     self.batch.flush(&self.mux);
-                    return at;
+                    self.rtc_due = at;
+                    return;
                 }
                 Ok(Output::Transmit(transmit)) if self.relayed.contains(&transmit.source) => {
                     self.batch.flush(&self.mux);
@@ -304,7 +288,7 @@ impl Peer {
                     );
                 }
                 Ok(Output::Transmit(transmit)) => {
-                    let source = self.source_for(transmit.source, transmit.destination);
+                    let source = self.paths.source_for(transmit.source, transmit.destination);
                     self.batch
                         .push(&self.mux, source, transmit.destination, &transmit.contents);
                 }
@@ -313,37 +297,32 @@ impl Peer {
                     debug!(peer = self.id, %error, "webrtc session failed");
                     self.ended.get_or_insert(Ended::Failed);
                     self.batch.flush(&self.mux);
-                    return clock();
+                    self.rtc_due = clock();
+                    return;
                 }
             }
             if !self.rtc.is_alive() {
                 self.ended.get_or_insert(Ended::PeerLeft);
                 self.batch.flush(&self.mux);
-                return clock();
+                self.rtc_due = clock();
+                return;
             }
         }
     }
 
-    /// The local address to send from to `destination`: the announced candidate if it is
-    /// an address of this machine, else where that peer's packets arrived.
-    fn source_for(&self, candidate: SocketAddr, destination: SocketAddr) -> Option<IpAddr> {
-        if self.candidates.machine.contains(&candidate.ip()) {
-            return Some(candidate.ip());
+    /// The session's timer is due.
+    fn timeout(&mut self, now: Instant) {
+        if let Err(error) = self.rtc.handle_input(Input::Timeout(now)) {
+            debug!(peer = self.id, %error, "webrtc timeout handling failed");
+            self.ended.get_or_insert(Ended::Failed);
+            return;
         }
-        self.arrived_on.get(&destination).copied()
+        self.drain();
     }
 
     fn receive(&mut self, datagram: &Datagram) {
         self.last_heard = datagram.at.max(self.last_heard);
-        let local_ip = datagram.local_ip;
-        if let Some(ip) = local_ip {
-            self.arrived_on.insert(datagram.source, ip);
-        }
-        let destination = datagram.relayed.unwrap_or_else(|| {
-            self.candidates
-                .candidate_for(local_ip)
-                .unwrap_or_else(|| self.mux.local_addr())
-        });
+        let destination = self.paths.arrived(datagram);
         let Ok(contents) = datagram.data.as_ref().try_into() else {
             return;
         };
@@ -359,6 +338,7 @@ impl Peer {
         if let Err(error) = self.rtc.handle_input(input) {
             debug!(peer = self.id, %error, "webrtc input rejected");
         }
+        self.drain();
     }
 
     fn event(&mut self, event: Event) {
@@ -376,14 +356,9 @@ impl Peer {
             }
             Event::MediaAdded(added) => self.media_added(added.mid, added.kind),
             Event::KeyframeRequest(request) => {
-                let is_video = self
-                    .tracks
-                    .video
-                    .as_ref()
-                    .is_some_and(|v| v.mid == request.mid);
-                if is_video {
-                    self.answer_keyframe_request();
-                }
+                // answered once the output is drained: a write now would be a mutation
+                // in the middle of the drain
+                self.keyframe_requested |= self.tracks.is_video(request.mid);
             }
             _ => {}
         }
@@ -393,37 +368,9 @@ impl Peer {
         let Some(writer) = self.rtc.writer(mid) else {
             return;
         };
-        let pt = |codec: RtpCodec, packetization: Option<u8>| {
-            writer
-                .payload_params()
-                .find(|p| {
-                    p.spec().codec == codec
-                        && packetization
-                            .is_none_or(|m| p.spec().format.packetization_mode == Some(m))
-                })
-                .map(|p| p.pt())
-        };
-        match kind {
-            MediaKind::Video if self.want_video && self.tracks.video.is_none() => {
-                self.tracks.video = Some(VideoOut {
-                    mid,
-                    h264: pt(RtpCodec::H264, Some(1)).or_else(|| pt(RtpCodec::H264, None)),
-                    h265: pt(RtpCodec::H265, None),
-                });
-            }
-            MediaKind::Audio if self.want_audio && self.tracks.audio.is_none() => {
-                self.tracks.audio = Some(AudioOut {
-                    mid,
-                    pcma: pt(RtpCodec::PCMA, None),
-                    pcmu: pt(RtpCodec::PCMU, None),
-                    decoder: None,
-                    aac: None,
-                    pcm: Vec::new(),
-                    warned: false,
-                });
-            }
-            _ => {}
-        }
+        let params: Vec<_> = writer.payload_params().collect();
+        self.tracks
+            .media_added(mid, kind, &params, self.want_video, self.want_audio);
     }
 
     /// When `frame` is to go out: at once once caught up with the stream, else on the
@@ -441,11 +388,11 @@ impl Peer {
             return;
         }
         while let Some(frame) = self.pending.front() {
-            if self.send_time(frame, now) > now {
+            if self.send_time(frame, now) > now || self.ended.is_some() {
                 break;
             }
             if let Some(frame) = self.pending.pop_front() {
-                self.send(&frame, now);
+                self.send(&frame, frame.pts, now);
             }
         }
     }
@@ -453,9 +400,8 @@ impl Peer {
     fn flush_pending(&mut self) {
         let now = clock();
         while let Some(frame) = self.pending.pop_front() {
-            self.send(&frame, now);
+            self.send(&frame, frame.pts, now);
         }
-        self.drive();
     }
 
     /// The wall clock instant of stream time `pts` (keeps audio and video in step in the
@@ -468,59 +414,41 @@ impl Peer {
         }
     }
 
-    fn send(&mut self, frame: &Frame, now: Instant) {
-        match frame.track() {
-            Track::Video => self.send_video(frame, now),
-            Track::Audio => self.send_audio(frame, now),
-        }
-    }
-
-    fn send_video(&mut self, frame: &Frame, now: Instant) {
-        let Some(video) = &self.tracks.video else {
-            return;
+    /// Writes `frame` as if its stream time were `pts` (a GOP sent again goes out at times
+    /// of its own), then drains the session.
+    fn send(&mut self, frame: &Frame, pts: u64, now: Instant) {
+        let write = match self.tracks.translate(frame, pts + self.shift_ms) {
+            Ok(write) => write,
+            Err(Skip::NoTrack) => return,
+            Err(Skip::VideoCodecRefused) => {
+                warn!(peer = self.id, stream = %self.key, codec = ?frame.codec, "the browser did not accept this video codec: closing");
+                self.ended.get_or_insert(Ended::CodecMismatch);
+                return;
+            }
+            Err(Skip::AudioNotSendable) => {
+                if !self.audio_warned {
+                    self.audio_warned = true;
+                    info!(peer = self.id, stream = %self.key, codec = ?frame.codec, "device audio not sent to this WebRTC peer (no decoder, or no PCMA/PCMU offered)");
+                }
+                return;
+            }
         };
-        let pt = match frame.codec {
-            Codec::H264 => video.h264,
-            Codec::H265 => video.h265,
-            _ => None,
-        };
-        let Some(pt) = pt else {
-            warn!(peer = self.id, stream = %self.key, codec = ?frame.codec, "the browser did not accept this video codec: closing");
-            self.ended.get_or_insert(Ended::CodecMismatch);
-            return;
-        };
-        let mid = video.mid;
-        let pts = frame.pts + self.shift_ms;
-        let wallclock = self.wallclock(frame.pts, now);
-        let time = MediaTime::new(pts * 90, Frequency::NINETY_KHZ);
+        let wallclock = self.wallclock(pts, now);
+        let RtpWrite {
+            mid,
+            pt,
+            time,
+            payload,
+        } = write;
         if let Some(writer) = self.rtc.writer(mid) {
-            if let Err(error) = writer.write(pt, wallclock, time, frame.data.as_ref()) {
-                debug!(peer = self.id, %error, "video frame not written");
+            if let Err(error) = writer.write(pt, wallclock, time, &payload[..]) {
+                debug!(peer = self.id, %error, "frame not written");
             }
         }
-        self.last_video_pts = Some(frame.pts);
-    }
-
-    fn send_audio(&mut self, frame: &Frame, now: Instant) {
-        let Some(audio) = &mut self.tracks.audio else {
-            return;
-        };
-        let Some((pt, payload)) = audio.payload(frame) else {
-            if !audio.warned {
-                audio.warned = true;
-                info!(peer = self.id, stream = %self.key, codec = ?frame.codec, "device audio not sent to this WebRTC peer (no decoder, or no PCMA/PCMU offered)");
-            }
-            return;
-        };
-        let mid = audio.mid;
-        let pts = frame.pts + self.shift_ms;
-        let wallclock = self.wallclock(frame.pts, now);
-        let time = MediaTime::new(pts * 8, Frequency::EIGHT_KHZ);
-        if let Some(writer) = self.rtc.writer(mid) {
-            if let Err(error) = writer.write(pt, wallclock, time, payload) {
-                debug!(peer = self.id, %error, "audio frame not written");
-            }
+        if frame.track() == Track::Video {
+            self.last_video_pts = Some(pts);
         }
+        self.drain();
     }
 
     /// A keyframe request: the GOP cache again (key frame and every video frame since, up
@@ -564,9 +492,7 @@ impl Peer {
         );
         let base = last + self.shift_ms;
         for (i, frame) in frames.iter().enumerate() {
-            let mut copy = frame.clone();
-            copy.pts = base + 1 + i as u64 - self.shift_ms;
-            self.send_video(&copy, now);
+            self.send(frame, base + 1 + i as u64 - self.shift_ms, now);
         }
         self.shift_ms += frames.len() as u64 + 1;
         self.last_video_pts = Some(last);
@@ -582,64 +508,6 @@ impl Peer {
         }
         rx.close();
         ended
-    }
-}
-
-impl AudioOut {
-    /// The payload type and the bytes to send for a device audio frame: G.711 as it came
-    /// when the browser takes that law, else decoded and encoded as A-law (or µ-law).
-    fn payload(&mut self, frame: &Frame) -> Option<(Pt, Vec<u8>)> {
-        match (frame.codec, self.pcma, self.pcmu) {
-            (Codec::G711A, Some(pt), _) | (Codec::G711U, _, Some(pt)) => {
-                return Some((pt, frame.data.to_vec()));
-            }
-            (Codec::G711U, Some(pt), None) => {
-                let bytes = frame
-                    .data
-                    .iter()
-                    .map(|b| audio_codec_algorithms::convert_ulaw_to_alaw(*b))
-                    .collect();
-                return Some((pt, bytes));
-            }
-            _ => {}
-        }
-        self.pcm.clear();
-        if frame.codec == Codec::Aac {
-            let aac = self.aac.get_or_insert_with(Box::default);
-            aac.decode(&frame.data, &mut self.pcm).ok()?;
-        } else {
-            let format = match frame.codec {
-                Codec::G711A => PcmFormat::G711A,
-                Codec::G711U => PcmFormat::G711U,
-                Codec::G726 => PcmFormat::G726,
-                Codec::Adpcm => PcmFormat::ImaAdpcm,
-                _ => return None,
-            };
-            if self.decoder.as_ref().map(PcmDecoder::format) != Some(format) {
-                self.decoder = Some(PcmDecoder::new(format));
-            }
-            self.decoder
-                .as_mut()?
-                .decode(&frame.data, &mut self.pcm)
-                .ok()?;
-        }
-        match (self.pcma, self.pcmu) {
-            (Some(pt), _) => Some((
-                pt,
-                self.pcm
-                    .iter()
-                    .map(|s| audio_codec_algorithms::encode_alaw(*s))
-                    .collect(),
-            )),
-            (None, Some(pt)) => Some((
-                pt,
-                self.pcm
-                    .iter()
-                    .map(|s| audio_codec_algorithms::encode_ulaw(*s))
-                    .collect(),
-            )),
-            (None, None) => None,
-        }
     }
 }
 

@@ -15,7 +15,6 @@
 //! address not yet allowed asks for it and is dropped (ICE sends its checks again).
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -61,11 +60,11 @@ pub(crate) struct Relays {
     local: SocketAddr,
     /// Zero of the TURN clients' clock.
     base: Instant,
-    relays: Mutex<Vec<Relay>>,
-    /// Bumped when an allocation is made, fails or is given back (leases wait on it; so
-    /// can embedders and tests, through `App::webrtc_changes`).
-    changed: Arc<tokio::sync::watch::Sender<u64>>,
-    next_id: std::sync::atomic::AtomicU64,
+    relays: Vec<Relay>,
+    /// Set when an allocation is made, fails or is given back (taken by
+    /// [`Relays::take_changed`]: the endpoint reports it as an event).
+    changed: bool,
+    next_id: u64,
 }
 
 struct Relay {
@@ -119,6 +118,9 @@ pub(crate) const RELEASE_AFTER: Duration = Duration::from_secs(30);
 /// One relay, for `GET /api/webrtc`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct RelayStatus {
+    /// Identifies the relay to its leases (not shown).
+    #[serde(skip)]
+    pub(crate) id: u64,
     /// The server as configured (`host:port`).
     pub(crate) server: String,
     /// The relayed address, while allocated.
@@ -133,24 +135,25 @@ pub(crate) struct RelayStatus {
 
 impl Relays {
     /// No relays yet, for a socket at `local`.
-    pub(crate) fn new(
-        local: SocketAddr,
-        base: Instant,
-        changed: Arc<tokio::sync::watch::Sender<u64>>,
-    ) -> Relays {
+    pub(crate) fn new(local: SocketAddr, base: Instant) -> Relays {
         Relays {
             local,
             base,
-            relays: Mutex::new(Vec::new()),
-            changed,
-            next_id: std::sync::atomic::AtomicU64::new(1),
+            relays: Vec::new(),
+            changed: false,
+            next_id: 1,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<Relay>> {
-        // each relay's client is updated by one call at a time; a panic mid-call leaves at
-        // worst a client the server will time out
-        self.relays.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Whether a relay was added or leased, or an allocation made, lost, failed or given
+    /// back since the last call.
+    pub(crate) fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// Whether there is any relay (a datagram need not be shown to them otherwise).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.relays.is_empty()
     }
 
     fn turn_now(&self, now: Instant) -> TurnInstant {
@@ -158,19 +161,15 @@ impl Relays {
         TurnInstant::from_nanos(i64::try_from(nanos).unwrap_or(i64::MAX))
     }
 
-    fn std_time(&self, at: TurnInstant) -> Instant {
-        let nanos = u64::try_from(at.as_nanos()).unwrap_or(0);
-        self.base + Duration::from_nanos(nanos)
-    }
-
     /// Adds a server of `webrtc.turn_servers`, resolved to `server` (allocated on the next
     /// [`Relays::drive`], kept while the gateway runs).
-    pub(crate) fn add(&self, config: &TurnServer, server: SocketAddr) {
+    pub(crate) fn add(&mut self, config: &TurnServer, server: SocketAddr) {
         let relay = self.relay(config, server, false);
-        self.lock().push(relay);
+        self.relays.push(relay);
+        self.changed = true;
     }
 
-    fn relay(&self, config: &TurnServer, server: SocketAddr, requested: bool) -> Relay {
+    fn relay(&mut self, config: &TurnServer, server: SocketAddr, requested: bool) -> Relay {
         Relay {
             name: config.server.clone(),
             credentials: TurnCredentials::new(&config.username, &config.credential),
@@ -183,78 +182,56 @@ impl Relays {
             requested,
             leases: 0,
             idle_since: None,
-            id: self
-                .next_id
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            id: {
+                self.next_id += 1;
+                self.next_id - 1
+            },
         }
     }
 
     /// A lease on the relay of a request's TURN server (`config` resolved to `server`):
     /// the one already there with the same server and credentials, else a new one
     /// (allocated on the next [`Relays::drive`]); `None` past [`MAX_REQUESTED`].
-    pub(crate) fn lease(&self, config: &TurnServer, server: SocketAddr) -> Option<u64> {
+    pub(crate) fn lease(&mut self, config: &TurnServer, server: SocketAddr) -> Option<u64> {
         let credentials = TurnCredentials::new(&config.username, &config.credential);
-        let mut relays = self.lock();
-        if let Some(relay) = relays
+        if let Some(relay) = self
+            .relays
             .iter_mut()
             .find(|r| r.requested && r.server == server && r.credentials == credentials)
         {
             relay.leases += 1;
             relay.idle_since = None;
+            self.changed = true;
             return Some(relay.id);
         }
-        if relays.iter().filter(|r| r.requested).count() >= MAX_REQUESTED {
+        if self.relays.iter().filter(|r| r.requested).count() >= MAX_REQUESTED {
             return None;
         }
         let mut relay = self.relay(config, server, true);
         relay.leases = 1;
         let id = relay.id;
-        relays.push(relay);
+        self.relays.push(relay);
+        self.changed = true;
         Some(id)
     }
 
     /// Gives the leases `ids` back (their peer ended).
-    pub(crate) fn release(&self, ids: &[u64], now: Instant) {
-        for relay in self.lock().iter_mut().filter(|r| ids.contains(&r.id)) {
+    pub(crate) fn release(&mut self, ids: &[u64], now: Instant) {
+        for relay in self.relays.iter_mut().filter(|r| ids.contains(&r.id)) {
             relay.leases = relay.leases.saturating_sub(1);
             if relay.leases == 0 {
                 relay.idle_since = Some(now);
             }
         }
-        self.changed.send_modify(|n| *n += 1);
-    }
-
-    /// For the relays `ids`: the relayed addresses allocated, and whether any is still
-    /// being allocated (neither allocated nor failed).
-    pub(crate) fn leased(&self, ids: &[u64]) -> (Vec<SocketAddr>, bool) {
-        let relays = self.lock();
-        let mine = relays.iter().filter(|r| ids.contains(&r.id));
-        let relayed = mine.clone().filter_map(|r| r.relayed).collect();
-        let pending = mine
-            .clone()
-            .any(|r| r.relayed.is_none() && r.error.is_none());
-        (relayed, pending)
-    }
-
-    /// Whether some of the `configured` servers of `webrtc.turn_servers` are not added yet
-    /// (their names are being resolved) or have neither an allocation nor a failure.
-    pub(crate) fn configured_undecided(&self, configured: usize) -> bool {
-        let relays = self.lock();
-        let mut added = relays.iter().filter(|r| !r.requested);
-        added.clone().count() < configured
-            || added.any(|r| r.relayed.is_none() && r.error.is_none())
-    }
-
-    /// Notified when an allocation is made or fails.
-    pub(crate) fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.changed.subscribe()
+        self.changed = true;
     }
 
     /// Each relay's state.
     pub(crate) fn status(&self) -> Vec<RelayStatus> {
-        self.lock()
+        self.relays
             .iter()
             .map(|r| RelayStatus {
+                id: r.id,
                 server: r.name.clone(),
                 relayed: r.relayed,
                 error: r.error.clone(),
@@ -264,23 +241,16 @@ impl Relays {
             .collect()
     }
 
-    /// The relayed addresses of `webrtc.turn_servers` allocated now (a request's relays
-    /// are its own).
-    pub(crate) fn relayed(&self) -> Vec<SocketAddr> {
-        self.lock()
-            .iter()
-            .filter(|r| !r.requested)
-            .filter_map(|r| r.relayed)
-            .collect()
-    }
-
     /// Moves every client on to `now`: allocates where there is none, refreshes, retries.
     /// Returns what to send and when to be called again.
-    pub(crate) fn drive(&self, now: Instant) -> (Vec<ToServer>, Instant) {
+    pub(crate) fn drive(&mut self, now: Instant) -> (Vec<ToServer>, Instant) {
         let turn_now = self.turn_now(now);
         let mut out = Vec::new();
         let mut wake = now + REALLOCATE_AFTER;
-        let mut relays = self.lock();
+        let local = self.local;
+        let base = self.base;
+        let mut changed = false;
+        let relays = &mut self.relays;
         // requested relays nobody has leased for a while: deleted on the server, forgotten
         relays.retain_mut(|relay| {
             let expired = relay.requested
@@ -293,13 +263,14 @@ impl Relays {
                 }
                 relay.flush(turn_now, &mut out);
                 debug!(server = %relay.name, "requested turn relay released");
+                changed = true;
             }
             !expired
         });
         for relay in relays.iter_mut() {
             if relay.client.is_none() && relay.retry_at.is_none_or(|at| at <= now) {
                 let config = TurnConfig::new(relay.credentials.clone());
-                relay.client = Some(TurnClientUdp::allocate(self.local, relay.server, config));
+                relay.client = Some(TurnClientUdp::allocate(local, relay.server, config));
                 relay.retry_at = None;
             }
             if let Some(at) = relay.idle_since {
@@ -313,15 +284,16 @@ impl Relays {
             };
             let closed = match client.poll(turn_now) {
                 TurnPollRet::WaitUntil(at) => {
-                    wake = wake.min(self.std_time(at).max(now));
+                    wake = wake.min(std_time(base, at).max(now));
                     false
                 }
                 TurnPollRet::Closed => true,
                 // TCP allocations only: this client asks for UDP
                 TurnPollRet::AllocateTcpSocket { .. } | TurnPollRet::TcpClose { .. } => false,
             };
-            relay.flush(turn_now, &mut out);
+            changed |= relay.flush(turn_now, &mut out);
             if closed {
+                changed = true;
                 relay.lost(
                     now,
                     "no allocation: the server did not answer, or refused it",
@@ -329,15 +301,14 @@ impl Relays {
                 wake = wake.min(now + REALLOCATE_AFTER);
             }
         }
-        drop(relays);
-        self.changed.send_modify(|n| *n += 1);
+        self.changed |= changed;
         (out, wake)
     }
 
     /// Takes a datagram that came from `source` to the socket: a TURN server's answer, or a
     /// peer's datagram it relays.
     pub(crate) fn receive(
-        &self,
+        &mut self,
         source: SocketAddr,
         data: &Bytes,
         now: Instant,
@@ -347,12 +318,12 @@ impl Relays {
         // the same server may be named twice (other credentials): each client takes only
         // its own transactions and relays
         let error = allocate_error(data);
-        let mut relays = self.lock();
-        for relay in relays.iter_mut().filter(|r| r.server == source) {
+        let local = self.local;
+        for relay in self.relays.iter_mut().filter(|r| r.server == source) {
             let Some(client) = relay.client.as_mut() else {
                 continue;
             };
-            let transmit = Transmit::new(&data[..], TransportType::Udp, source, self.local);
+            let transmit = Transmit::new(&data[..], TransportType::Udp, source, local);
             let result = match client.recv(transmit, turn_now) {
                 TurnRecvRet::Ignored(_) => continue,
                 TurnRecvRet::PeerData(peer) => match relay.relayed {
@@ -369,24 +340,20 @@ impl Relays {
                 // the challenge to the request without credentials
                 relay.challenged.get_or_insert(transaction);
             }
-            relay.flush(turn_now, out);
-            if matches!(result, FromServer::Handled) {
-                self.changed.send_modify(|n| *n += 1);
-            }
+            self.changed |= relay.flush(turn_now, out);
             return result;
         }
         // no client took it: a 401 to the request with credentials refuses them (the
         // client would otherwise send them again for 40 s before giving up)
         if let Some((401, transaction)) = error {
-            let refused = relays.iter_mut().find(|r| {
+            let refused = self.relays.iter_mut().find(|r| {
                 r.server == source
                     && r.relayed.is_none()
                     && r.challenged.is_some_and(|first| first != transaction)
             });
             if let Some(relay) = refused {
                 relay.lost(now, "credentials refused (401 Unauthorized)");
-                drop(relays);
-                self.changed.send_modify(|n| *n += 1);
+                self.changed = true;
                 return FromServer::Handled;
             }
         }
@@ -397,7 +364,7 @@ impl Relays {
     /// to an address not yet allowed asks for the permission instead (the datagram is
     /// dropped; ICE sends again).
     pub(crate) fn send(
-        &self,
+        &mut self,
         relayed: SocketAddr,
         destination: SocketAddr,
         contents: &[u8],
@@ -405,8 +372,7 @@ impl Relays {
         out: &mut Vec<ToServer>,
     ) -> bool {
         let turn_now = self.turn_now(now);
-        let mut relays = self.lock();
-        let Some(relay) = relays.iter_mut().find(|r| r.relayed == Some(relayed)) else {
+        let Some(relay) = self.relays.iter_mut().find(|r| r.relayed == Some(relayed)) else {
             return false;
         };
         let Some(client) = relay.client.as_mut() else {
@@ -428,21 +394,21 @@ impl Relays {
                 false
             }
         };
-        relay.flush(turn_now, out);
+        self.changed |= relay.flush(turn_now, out);
         sent
     }
 
     /// Allows `peers` (the addresses of a peer's candidates) to send through the relays at
     /// `relayed` (those the peer is offered).
     pub(crate) fn permit(
-        &self,
+        &mut self,
         peers: &[IpAddr],
         relayed: &[SocketAddr],
         now: Instant,
         out: &mut Vec<ToServer>,
     ) {
         let turn_now = self.turn_now(now);
-        for relay in self.lock().iter_mut() {
+        for relay in self.relays.iter_mut() {
             let Some(relayed) = relay.relayed.filter(|r| relayed.contains(r)) else {
                 continue;
             };
@@ -452,9 +418,15 @@ impl Relays {
             for ip in peers.iter().filter(|ip| ip.is_ipv4() == relayed.is_ipv4()) {
                 permit(client, *ip, turn_now);
             }
-            relay.flush(turn_now, out);
+            self.changed |= relay.flush(turn_now, out);
         }
     }
+}
+
+/// The instant of the TURN clients' clock `at` (its zero is `base`).
+fn std_time(base: Instant, at: TurnInstant) -> Instant {
+    let nanos = u64::try_from(at.as_nanos()).unwrap_or(0);
+    base + Duration::from_nanos(nanos)
 }
 
 /// Asks for a permission for `ip` unless there is one or one is asked for.
@@ -466,10 +438,12 @@ fn permit(client: &mut TurnClientUdp, ip: IpAddr, now: TurnInstant) {
 }
 
 impl Relay {
-    /// Collects what the client has to send and handles its events.
-    fn flush(&mut self, now: TurnInstant, out: &mut Vec<ToServer>) {
+    /// Collects what the client has to send and handles its events; true if an
+    /// allocation was made.
+    fn flush(&mut self, now: TurnInstant, out: &mut Vec<ToServer>) -> bool {
+        let mut allocated = false;
         let Some(client) = self.client.as_mut() else {
-            return;
+            return allocated;
         };
         while let Some(transmit) = client.poll_transmit(now) {
             out.push((transmit.to, transmit.data.to_vec()));
@@ -480,6 +454,7 @@ impl Relay {
                     info!(server = %self.name, %relayed, "turn: relayed address allocated");
                     self.relayed = Some(relayed);
                     self.error = None;
+                    allocated = true;
                 }
                 TurnEvent::PermissionCreateFailed(_, ip) => {
                     debug!(server = %self.name, %ip, "turn permission refused");
@@ -490,6 +465,7 @@ impl Relay {
                 _ => {}
             }
         }
+        allocated
     }
 
     /// The allocation is gone or was not made (`why`): drop the client and ask again in
@@ -539,7 +515,7 @@ mod tests {
         ) {
             let base = super::super::clock();
             let server: SocketAddr = "192.0.2.9:3478".parse().unwrap();
-            let relays = Relays::new("0.0.0.0:8000".parse().unwrap(), base, Arc::default());
+            let mut relays = Relays::new("0.0.0.0:8000".parse().unwrap(), base);
             relays.add(
                 &TurnServer {
                     server: server.to_string(),
@@ -561,7 +537,7 @@ mod tests {
                 let _ = relays.receive(server, &Bytes::from(data), now, &mut out);
                 let _ = relays.drive(now);
             }
-            prop_assert!(relays.relayed().is_empty());
+            prop_assert!(relays.status().iter().all(|r| r.relayed.is_none()));
         }
     }
 
@@ -586,7 +562,7 @@ mod tests {
     #[test]
     fn requested_relays_are_shared_given_back_and_forgotten_when_idle() {
         let base = super::super::clock();
-        let relays = Relays::new("0.0.0.0:8000".parse().unwrap(), base, Arc::default());
+        let mut relays = Relays::new("0.0.0.0:8000".parse().unwrap(), base);
         let server: SocketAddr = "192.0.2.9:3478".parse().unwrap();
         let config = |user: &str| TurnServer {
             server: server.to_string(),
@@ -600,13 +576,13 @@ mod tests {
         assert_ne!(a, b);
         let (out, _) = relays.drive(base);
         assert_eq!(out.len(), 2, "an ALLOCATE each");
-        assert_eq!(
-            relays.leased(&[a, b]),
-            (Vec::new(), true),
-            "being allocated"
+        let status = relays.status();
+        assert!(
+            status
+                .iter()
+                .all(|r| r.requested && r.relayed.is_none() && r.error.is_none()),
+            "being allocated: {status:?}"
         );
-        // not offered to other peers
-        assert!(relays.relayed().is_empty());
 
         relays.release(&[a], base);
         relays.release(&[a, b], base);

@@ -1,70 +1,42 @@
-//! The one UDP socket of every WebRTC peer: receives with the address each datagram was
-//! sent to (`IP_PKTINFO`, through `quinn-udp`), routes it to its peer, and sends each peer's
-//! packets from the address that peer's packets arrived on.
+//! The one UDP socket of every WebRTC peer, and the thin loop around it: reads with the
+//! address each datagram was sent to (`IP_PKTINFO`, through `quinn-udp`), hands it to the
+//! [`Endpoint`] (sans-IO: routing, STUN, TURN) and the datagram to the peer it names; sends
+//! what the endpoint has to send; performs the commands the rest of the WebRTC side sends
+//! it (a peer registered or gone, a relay leased, a relayed packet); and publishes the
+//! endpoint's addresses ([`Addresses`]) on a watch channel. It owns the endpoint: no lock.
 //!
-//! Why the source address matters: a socket bound to `0.0.0.0` lets the kernel pick the
-//! source of each reply by route. A browser gathers a candidate per interface (loopback and
-//! the LAN address, say) and checks every pair; a reply to its loopback socket about the
-//! LAN candidate would leave from 127.0.0.1, which the browser does not expect for that
-//! pair, and drops. So each send names its source, the local address the peer's packets
-//! came to.
+//! Peers send their own packets on the socket ([`UdpMux::send`], through [`SendBatch`]: a
+//! frame's RTP packets in one `sendmsg` with UDP GSO), from the source their [`Paths`]
+//! name; only packets from a relayed address go through the loop (the endpoint wraps them
+//! for their TURN server).
 //!
-//! Routing: a STUN binding request names its peer in USERNAME (`{our ufrag}:{theirs}`); the
-//! source address it came from is then that peer's, and so is every later datagram from it
-//! (DTLS, SRTP, SRTCP). A datagram from an address nobody claimed is dropped (counted).
-//!
-//! STUN servers (`webrtc.stun_servers`): the socket asks each for its own address as seen
-//! from outside (a binding request, RFC 8489), at start and every [`STUN_REFRESH`]; their
-//! answers are taken out before routing, and the addresses they name are announced too
-//! (as host candidates, like `webrtc.public_ips`: an ICE-lite peer announces no others).
-//!
-//! TURN servers (`webrtc.turn_servers`, `relay.rs`): the socket holds an allocation on
-//! each; what the servers relay from peers is unwrapped here and routed like a datagram
-//! that came directly (marked with the relayed address it came to), and a peer's packets
-//! from a relayed address are wrapped for its server ([`UdpMux::send_relayed`]).
+//! [`Paths`]: super::endpoint::Paths
 
 use std::collections::HashMap;
 use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use bytes::Bytes;
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
-use str0m::ice::{StunMessage, StunMessageBuilder, TransId};
-use turn_client_proto::stun::types::attribute::{
-    AttributeType, MappedSocketAddr, XorMappedAddress,
-};
-use turn_client_proto::stun::types::message::{BINDING, Message, MessageClass};
-
-use super::clock;
-use super::relay::{FromServer, Relays, ToServer};
-use crate::config::TurnServer;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
+
+use super::clock;
+use super::endpoint::{Addresses, Datagram, Endpoint, Routed, STUN_REFRESH};
+use super::relay::REALLOCATE_AFTER;
+use crate::config::TurnServer;
 
 /// Datagrams queued for one peer before more are dropped (a peer task that stalls must
 /// not stall the socket or the other peers).
 pub(crate) const PEER_QUEUE: usize = 256;
 
-/// One datagram for a peer.
-#[derive(Debug)]
-pub(crate) struct Datagram {
-    /// When it was read.
-    pub(crate) at: Instant,
-    /// Who sent it.
-    pub(crate) source: SocketAddr,
-    /// The local address it was sent to (`None`: the socket's own address).
-    pub(crate) local_ip: Option<IpAddr>,
-    /// The relayed address (TURN) it came to, if it came through a relay.
-    pub(crate) relayed: Option<SocketAddr>,
-    /// The bytes.
-    pub(crate) data: Bytes,
-}
+/// Peers' packets from a relayed address queued for the loop before more are dropped.
+const RELAYED_QUEUE: usize = 1024;
 
 /// Counters of the socket, for `/api/webrtc`.
 #[derive(Debug, Default)]
@@ -96,79 +68,105 @@ impl UdpStats {
     }
 }
 
-#[derive(Debug, Default)]
-struct Routes {
-    /// Peers by their local ICE ufrag.
-    by_ufrag: HashMap<String, Route>,
-    /// Peers by the remote addresses that proved themselves with a STUN check.
-    by_addr: HashMap<SocketAddr, Route>,
+/// What the rest of the WebRTC side asks of the loop.
+#[derive(Debug)]
+enum Command {
+    /// Route the datagrams of the peer with local ufrag `ufrag` to `tx`.
+    Register {
+        peer: u64,
+        ufrag: String,
+        tx: mpsc::Sender<Datagram>,
+    },
+    /// The peer ended.
+    Unregister { peer: u64 },
+    /// Allow a peer's candidate addresses through the relays it is offered.
+    Permit {
+        peers: Vec<IpAddr>,
+        relayed: Vec<SocketAddr>,
+    },
+    /// A relay on a request's TURN server: its lease id (`None`: too many).
+    Lease {
+        config: TurnServer,
+        server: SocketAddr,
+        reply: oneshot::Sender<Option<u64>>,
+    },
+    /// Leases given back.
+    Release { ids: Vec<u64> },
+    /// A STUN server of `webrtc.stun_servers` (by index) resolved.
+    StunServer { index: usize, addr: SocketAddr },
+    /// A TURN server of `webrtc.turn_servers` resolved.
+    TurnServer {
+        config: TurnServer,
+        addr: SocketAddr,
+    },
 }
 
-#[derive(Debug, Clone)]
-struct Route {
-    peer: u64,
-    ufrag: String,
-    tx: mpsc::Sender<Datagram>,
+/// A peer's packet from a relayed address, for the endpoint to wrap.
+#[derive(Debug)]
+struct RelayedPacket {
+    relayed: SocketAddr,
+    destination: SocketAddr,
+    contents: Vec<u8>,
 }
 
-/// How often the STUN servers are asked again once they answered (keeps a NAT's mapping
-/// of the port alive, and notices a new one).
-const STUN_REFRESH: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Between the first binding requests, until a server answers.
-const STUN_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
-
-/// What the STUN servers were asked and what they answered.
-#[derive(Debug, Default)]
-struct Reflexive {
-    /// The transaction id of the request in flight to each server.
-    asked: HashMap<SocketAddr, [u8; 12]>,
-    /// Each server's last answer: the socket's address outside.
-    mapped: HashMap<SocketAddr, SocketAddr>,
-}
-
-/// The shared socket.
+/// The shared socket: what peers and offers use (sends, and messages to the loop).
 #[derive(Debug)]
 pub(crate) struct UdpMux {
     socket: UdpSocket,
     state: UdpSocketState,
     local: SocketAddr,
-    routes: Mutex<Routes>,
-    reflexive: Mutex<Reflexive>,
-    relays: Relays,
-    /// Bumped when the addresses offered change.
-    changes: Arc<tokio::sync::watch::Sender<u64>>,
-    /// Whether any TURN server is configured (every datagram would otherwise lock
-    /// `relays` to learn there is none).
-    relaying: std::sync::atomic::AtomicBool,
-    /// Wakes the relays' task when a peer's send or a server's answer moved a client.
-    relay_moved: tokio::sync::Notify,
+    commands_tx: mpsc::Sender<Command>,
+    relayed_tx: mpsc::Sender<RelayedPacket>,
+    addresses: watch::Receiver<Addresses>,
     pub(crate) stats: UdpStats,
 }
 
+/// The loop's own half: the endpoint and the peers' queues.
+#[derive(Debug)]
+pub(crate) struct UdpLoop {
+    endpoint: Endpoint,
+    peers: HashMap<u64, mpsc::Sender<Datagram>>,
+    commands_rx: mpsc::Receiver<Command>,
+    relayed_rx: mpsc::Receiver<RelayedPacket>,
+    addresses_tx: watch::Sender<Addresses>,
+}
+
 impl UdpMux {
-    /// Takes over a bound socket (must be called within a tokio runtime); `changes` is
-    /// bumped when the addresses it offers change (a STUN answer, a TURN allocation).
+    /// Takes over a bound socket (must be called within a tokio runtime): the socket's
+    /// shared half and its loop. The loop publishes the addresses it offers on
+    /// `addresses_tx`; it asks `stun_servers` (resolved by [`resolve_servers`]);
+    /// `max_peers` sizes its command queue.
     pub(crate) fn new(
         std_socket: std::net::UdpSocket,
-        changes: Arc<tokio::sync::watch::Sender<u64>>,
-    ) -> std::io::Result<UdpMux> {
+        addresses_tx: watch::Sender<Addresses>,
+        stun_servers: &[String],
+        max_peers: usize,
+    ) -> std::io::Result<(UdpMux, UdpLoop)> {
         std_socket.set_nonblocking(true)?;
         let state = UdpSocketState::new((&std_socket).into())?;
         let socket = UdpSocket::from_std(std_socket)?;
         let local = socket.local_addr()?;
-        Ok(UdpMux {
+        // each peer sends at most a register, a permit, a release and an unregister; the
+        // loop takes them between reads
+        let (commands_tx, commands_rx) = mpsc::channel(256 + 4 * max_peers);
+        let (relayed_tx, relayed_rx) = mpsc::channel(RELAYED_QUEUE);
+        let mux = UdpMux {
             socket,
             state,
             local,
-            routes: Mutex::new(Routes::default()),
-            reflexive: Mutex::new(Reflexive::default()),
-            relays: Relays::new(local, clock(), Arc::clone(&changes)),
-            changes,
-            relaying: std::sync::atomic::AtomicBool::new(false),
-            relay_moved: tokio::sync::Notify::new(),
+            commands_tx,
+            relayed_tx,
+            addresses: addresses_tx.subscribe(),
             stats: UdpStats::default(),
-        })
+        };
+        let udp_loop = UdpLoop {
+            endpoint: Endpoint::new(local, clock(), stun_servers),
+            peers: HashMap::new(),
+            commands_rx,
+            relayed_rx,
+            addresses_tx,
+        };
+        Ok((mux, udp_loop))
     }
 
     /// The bound address.
@@ -176,30 +174,26 @@ impl UdpMux {
         self.local
     }
 
-    fn routes(&self) -> MutexGuard<'_, Routes> {
-        // the map stays consistent if a holder panicked: each update is one insert/remove
-        self.routes.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The addresses offered, as the loop last published them.
+    pub(crate) fn addresses(&self) -> watch::Ref<'_, Addresses> {
+        self.addresses.borrow()
     }
 
-    /// Routes datagrams for the peer with local ICE ufrag `ufrag` to `tx`.
-    pub(crate) fn register(&self, peer: u64, ufrag: &str, tx: mpsc::Sender<Datagram>) {
-        self.routes().by_ufrag.insert(
-            ufrag.to_owned(),
-            Route {
-                peer,
-                ufrag: ufrag.to_owned(),
-                tx,
-            },
-        );
+    /// Has the datagrams for the peer with local ICE ufrag `ufrag` routed to `tx`; false
+    /// if the loop cannot take it (its queue is full, or it ended).
+    pub(crate) fn register(&self, peer: u64, ufrag: &str, tx: mpsc::Sender<Datagram>) -> bool {
+        let command = Command::Register {
+            peer,
+            ufrag: ufrag.to_owned(),
+            tx,
+        };
+        self.commands_tx.try_send(command).is_ok()
     }
 
     /// Forgets every route of `peer`.
-    pub(crate) fn unregister(&self, peer: u64, ufrag: &str) {
-        let mut routes = self.routes();
-        if routes.by_ufrag.get(ufrag).is_some_and(|r| r.peer == peer) {
-            routes.by_ufrag.remove(ufrag);
-        }
-        routes.by_addr.retain(|_, route| route.peer != peer);
+    pub(crate) async fn unregister(&self, peer: u64) {
+        // the loop gone (shutdown): nothing to forget
+        let _ = self.commands_tx.send(Command::Unregister { peer }).await;
     }
 
     /// How many datagrams one send may carry (UDP GSO; 1 where the kernel has none).
@@ -246,217 +240,52 @@ impl UdpMux {
         }
     }
 
-    /// Reads and routes datagrams until `shutdown`.
-    pub(crate) async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let batch = quinn_udp::BATCH_SIZE.min(8);
-        let segment = 2048 * self.state.gro_segments().max(1);
-        let mut buffers: Vec<Vec<u8>> = (0..batch).map(|_| vec![0u8; segment]).collect();
-        let mut metas = vec![RecvMeta::default(); batch];
-        loop {
-            let read = tokio::select! {
-                () = shutdown.cancelled() => return,
-                read = self.socket.async_io(Interest::READABLE, || {
-                    let mut slices: Vec<IoSliceMut<'_>> =
-                        buffers.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-                    self.state.recv((&self.socket).into(), &mut slices, &mut metas)
-                }) => read,
-            };
-            let count = match read {
-                Ok(count) => count,
-                Err(error) => {
-                    // ICMP errors of one peer surface here on some kernels: never fatal
-                    debug!(%error, "webrtc socket read");
-                    continue;
-                }
-            };
-            let at = clock();
-            for (meta, buffer) in metas.iter().zip(&buffers).take(count) {
-                let stride = meta.stride.max(1);
-                for datagram in buffer[..meta.len].chunks(stride) {
-                    self.stats.received.fetch_add(1, Ordering::Relaxed);
-                    self.route(Datagram {
-                        at,
-                        source: meta.addr,
-                        local_ip: meta.dst_ip,
-                        relayed: None,
-                        data: Bytes::copy_from_slice(datagram),
-                    });
-                }
-            }
-        }
-    }
-
-    fn reflexive(&self) -> MutexGuard<'_, Reflexive> {
-        // two maps, each updated by one insert: consistent after a panic
-        self.reflexive
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The socket's addresses outside, as the STUN servers last saw it (each once).
-    pub(crate) fn reflexive_addrs(&self) -> Vec<SocketAddr> {
-        let mut addrs: Vec<SocketAddr> = self.reflexive().mapped.values().copied().collect();
-        addrs.sort();
-        addrs.dedup();
-        addrs
-    }
-
-    /// Asks each of `servers` (`host:port`) for the socket's address outside: at once, again
-    /// every [`STUN_RETRY`] until it answers, then every [`STUN_REFRESH`], until `shutdown`.
-    pub(crate) async fn discover(
-        self: Arc<Self>,
-        servers: Vec<String>,
-        shutdown: CancellationToken,
+    /// Sends `contents` to `destination` through the relay whose relayed address is
+    /// `relayed` (a peer's packet from its relay candidate; the loop wraps it). Dropped
+    /// if the loop is that far behind.
+    pub(crate) fn send_relayed(
+        &self,
+        relayed: SocketAddr,
+        destination: SocketAddr,
+        contents: &[u8],
     ) {
-        let mut warned = std::collections::HashSet::new();
-        let mut unanswered_rounds = 0u32;
-        loop {
-            for server in &servers {
-                match self.resolve(server).await {
-                    Ok(addr) => self.ask(addr),
-                    Err(error) => {
-                        if warned.insert(server.clone()) {
-                            warn!(%server, %error, "stun server not resolved; asked again later");
-                        }
-                    }
-                }
-            }
-            let answered = !self.reflexive().mapped.is_empty();
-            if !answered {
-                unanswered_rounds += 1;
-                if unanswered_rounds == 6 {
-                    warn!(
-                        servers = ?servers,
-                        error = "no answer to 6 binding requests",
-                        "no stun server answered: no address outside announced; asking every 30 s"
-                    );
-                }
-            }
-            let wait = if answered || unanswered_rounds >= 6 {
-                STUN_REFRESH
-            } else {
-                STUN_RETRY
-            };
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(wait) => {}
-            }
-        }
-    }
-
-    /// The address of `server` (`host:port`) of the socket's family (a v4 socket cannot
-    /// reach a v6 server).
-    async fn resolve(&self, server: &str) -> Result<SocketAddr, String> {
-        let mut addrs = tokio::net::lookup_host(server)
-            .await
-            .map_err(|e| e.to_string())?;
-        addrs
-            .find(|a| a.is_ipv4() == self.local.is_ipv4())
-            .ok_or_else(|| "no address of the socket's family".to_owned())
-    }
-
-    /// Waits until `decided` holds for the relays (checked again whenever an allocation is
-    /// made or fails), or `deadline`.
-    async fn relays_until(&self, deadline: tokio::time::Instant, decided: impl Fn() -> bool) {
-        let mut changed = self.relays.watch();
-        while !decided() {
-            match tokio::time::timeout_at(deadline, changed.changed()).await {
-                Ok(Ok(())) => {}
-                _ => return,
-            }
-        }
-    }
-
-    /// Sends a binding request to `server` (it replaces the one in flight there).
-    fn ask(&self, server: SocketAddr) {
-        let mut buf = [0u8; 64];
-        let request = StunMessageBuilder::new()
-            .binding()
-            .request()
-            .build(TransId::new());
-        // no MESSAGE-INTEGRITY without a password: the HMAC is never called
-        match request.to_bytes(None, &mut buf, |_, _| [0; 20]) {
-            Ok(len) => {
-                let mut id = [0u8; 12];
-                id.copy_from_slice(&buf[8..20]);
-                self.reflexive().asked.insert(server, id);
-                self.send(None, server, &buf[..len], None);
-            }
-            Err(error) => warn!(%server, %error, "stun binding request not built"),
-        }
-    }
-
-    /// Takes a STUN server's answer to a request in flight; false for anything else.
-    fn take_stun_answer(&self, datagram: &Datagram) -> bool {
-        let data = &datagram.data[..];
-        if data.len() < 20 || data[0] > 3 || data[4..8] != STUN_COOKIE {
-            return false;
-        }
-        let mut reflexive = self.reflexive();
-        let Some(id) = reflexive.asked.get(&datagram.source).copied() else {
-            return false;
+        let packet = RelayedPacket {
+            relayed,
+            destination,
+            contents: contents.to_vec(),
         };
-        let Some(mapped) = binding_reply_address(data, &id) else {
-            return false;
+        if self.relayed_tx.try_send(packet).is_err() {
+            self.stats.send_failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Lets `peers` (a peer's candidate addresses) send through the relays at `relayed`
+    /// (those it is offered).
+    pub(crate) fn permit(&self, peers: &[IpAddr], relayed: &[SocketAddr]) {
+        if peers.is_empty() || relayed.is_empty() {
+            return;
+        }
+        let command = Command::Permit {
+            peers: peers.to_vec(),
+            relayed: relayed.to_vec(),
         };
-        reflexive.asked.remove(&datagram.source);
-        let before = reflexive.mapped.insert(datagram.source, mapped);
-        if before != Some(mapped) {
-            info!(server = %datagram.source, %mapped, "stun: the webrtc port outside");
-            self.changes.send_modify(|n| *n += 1);
+        if self.commands_tx.try_send(command).is_err() {
+            // the browser's checks through the relay then ask for it (and ICE sends again)
+            debug!("turn permissions not asked for ahead: the webrtc loop is behind");
         }
-        true
     }
 
-    /// Each TURN relay's state.
-    pub(crate) fn relay_status(&self) -> Vec<super::relay::RelayStatus> {
-        self.relays.status()
-    }
-
-    /// The relayed addresses allocated on the TURN servers now.
-    pub(crate) fn relayed_addrs(&self) -> Vec<SocketAddr> {
-        if !self.relaying.load(Ordering::Relaxed) {
-            return Vec::new();
+    /// Gives back the leases `ids` (their peer ended).
+    pub(crate) fn release_relays(&self, ids: &[u64]) {
+        if ids.is_empty() {
+            return;
         }
-        self.relays.relayed()
-    }
-
-    /// Allocates a relayed address on each of `servers` and keeps them (refreshes, asks
-    /// again after a failure) until `shutdown`.
-    pub(crate) async fn relay(
-        self: Arc<Self>,
-        servers: Vec<TurnServer>,
-        shutdown: CancellationToken,
-    ) {
-        let mut unresolved = servers;
-        let mut warned = std::collections::HashSet::new();
-        loop {
-            let mut still = Vec::new();
-            for server in unresolved {
-                match self.resolve(&server.server).await {
-                    Ok(addr) => {
-                        self.relays.add(&server, addr);
-                        self.relaying.store(true, Ordering::Relaxed);
-                    }
-                    Err(error) => {
-                        if warned.insert(server.server.clone()) {
-                            warn!(server = %server.server, %error, "turn server not resolved; asked again every 10 s");
-                        }
-                        still.push(server);
-                    }
-                }
-            }
-            unresolved = still;
-            let (out, mut wake) = self.relays.drive(clock());
-            self.send_to_servers(out, false);
-            if !unresolved.is_empty() {
-                wake = wake.min(clock() + super::relay::REALLOCATE_AFTER);
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep_until(wake.into()) => {}
-                () = self.relay_moved.notified() => {}
-            }
+        let command = Command::Release { ids: ids.to_vec() };
+        if self.commands_tx.try_send(command).is_err() {
+            warn!(
+                ?ids,
+                "turn relay leases not given back: the webrtc loop is behind or gone"
+            );
         }
     }
 
@@ -471,28 +300,37 @@ impl UdpMux {
         let deadline = tokio::time::Instant::now() + wait;
         let mut ids = Vec::new();
         for server in servers {
-            let found = tokio::time::timeout_at(deadline, self.resolve(&server.server)).await;
+            let found =
+                tokio::time::timeout_at(deadline, resolve(&server.server, self.local.is_ipv4()))
+                    .await;
             let Ok(Ok(addr)) = found else {
                 debug!(server = %server.server, "requested turn server not resolved");
                 continue;
             };
-            match self.relays.lease(server, addr) {
-                Some(id) => ids.push(id),
-                None => warn!(
+            let (reply, leased) = oneshot::channel();
+            let command = Command::Lease {
+                config: server.clone(),
+                server: addr,
+                reply,
+            };
+            if self.commands_tx.send(command).await.is_err() {
+                break;
+            }
+            match leased.await {
+                Ok(Some(id)) => ids.push(id),
+                Ok(None) => warn!(
                     server = %server.server,
                     limit = super::relay::MAX_REQUESTED,
                     "too many requested turn relays at once; this one is not allocated"
                 ),
+                Err(_) => break,
             }
         }
         if ids.is_empty() {
             return (ids, Vec::new());
         }
-        self.relaying.store(true, Ordering::Relaxed);
-        self.relay_moved.notify_one();
-        self.relays_until(deadline, || !self.relays.leased(&ids).1)
-            .await;
-        let (relayed, _) = self.relays.leased(&ids);
+        self.addresses_until(deadline, |a| !a.leased(&ids).1).await;
+        let (relayed, _) = self.addresses().leased(&ids);
         (ids, relayed)
     }
 
@@ -505,175 +343,245 @@ impl UdpMux {
         wait: std::time::Duration,
     ) {
         let deadline = tokio::time::Instant::now() + wait;
-        self.relays_until(deadline, || !self.relays.configured_undecided(configured))
+        self.addresses_until(deadline, |a| !a.configured_undecided(configured))
             .await;
     }
 
-    /// Whether some of the `configured` servers of `webrtc.turn_servers` have neither an
-    /// allocation nor a failure yet.
-    pub(crate) fn configured_relays_undecided(&self, configured: usize) -> bool {
-        self.relays.configured_undecided(configured)
-    }
-
-    /// Gives back the leases `ids` (their peer ended).
-    pub(crate) fn release_relays(&self, ids: &[u64]) {
-        if !ids.is_empty() {
-            self.relays.release(ids, clock());
-            self.relay_moved.notify_one();
-        }
-    }
-
-    /// Sends `contents` to `destination` through the relay whose relayed address is
-    /// `relayed` (a peer's packet from its relay candidate).
-    pub(crate) fn send_relayed(
+    /// Waits until `decided` holds for the addresses (checked again whenever they change),
+    /// or `deadline`.
+    async fn addresses_until(
         &self,
-        relayed: SocketAddr,
-        destination: SocketAddr,
-        contents: &[u8],
+        deadline: tokio::time::Instant,
+        decided: impl Fn(&Addresses) -> bool,
     ) {
-        let mut out = Vec::new();
-        let sent = self
-            .relays
-            .send(relayed, destination, contents, clock(), &mut out);
-        if sent {
-            self.stats.relayed_sent.fetch_add(1, Ordering::Relaxed);
-        }
-        // a peer's packet changes no timer; a permission asked for instead does
-        self.send_to_servers(out, !sent);
+        let mut changed = self.addresses.clone();
+        // a timeout or the loop gone: decided as far as it goes
+        let _ = tokio::time::timeout_at(deadline, changed.wait_for(|a| decided(a))).await;
     }
+}
 
-    /// Lets `peers` (a peer's candidate addresses) send through the relays at `relayed`
-    /// (those it is offered).
-    pub(crate) fn permit(&self, peers: &[IpAddr], relayed: &[SocketAddr]) {
-        if peers.is_empty() || relayed.is_empty() {
-            return;
-        }
-        let mut out = Vec::new();
-        self.relays.permit(peers, relayed, clock(), &mut out);
-        self.send_to_servers(out, true);
-    }
-
-    /// Sends what the TURN clients wrote; with `moved`, has their task look at their
-    /// timers again (a request went out, or an answer came).
-    fn send_to_servers(&self, out: Vec<ToServer>, moved: bool) {
-        if out.is_empty() && !moved {
-            return;
-        }
-        for (server, data) in out {
-            self.send(None, server, &data, None);
-        }
-        if moved {
-            self.relay_moved.notify_one();
-        }
-    }
-
-    /// A datagram as its peer sent it: unwrapped if a TURN server relayed it; `None` if it
-    /// was the server's own (handled here).
-    fn unrelay(&self, datagram: Datagram) -> Option<Datagram> {
-        if !self.relaying.load(Ordering::Relaxed) {
-            return Some(datagram);
-        }
-        let mut out = Vec::new();
-        let from = self
-            .relays
-            .receive(datagram.source, &datagram.data, datagram.at, &mut out);
-        self.send_to_servers(out, matches!(from, FromServer::Handled));
-        match from {
-            FromServer::NotRelayed => Some(datagram),
-            FromServer::Handled => None,
-            FromServer::Peer {
-                source,
-                relayed,
-                data,
-            } => {
-                self.stats.relayed_received.fetch_add(1, Ordering::Relaxed);
-                Some(Datagram {
-                    at: datagram.at,
-                    source,
-                    local_ip: None,
-                    relayed: Some(relayed),
-                    data,
-                })
-            }
-        }
-    }
-
-    fn route(&self, datagram: Datagram) {
-        if self.take_stun_answer(&datagram) {
-            return;
-        }
-        let Some(datagram) = self.unrelay(datagram) else {
-            return;
-        };
-        let route = {
-            let mut routes = self.routes();
-            let by_stun = stun_ufrag(&datagram.data)
-                .and_then(|ufrag| routes.by_ufrag.get(ufrag))
-                .cloned();
-            match by_stun {
-                Some(route) => {
-                    if routes.by_addr.get(&datagram.source).map(|r| r.peer) != Some(route.peer) {
-                        routes.by_addr.insert(datagram.source, route.clone());
+impl UdpLoop {
+    /// Reads and routes datagrams, performs commands and the endpoint's timers, until
+    /// `shutdown`.
+    pub(crate) async fn run(mut self, mux: std::sync::Arc<UdpMux>, shutdown: CancellationToken) {
+        let batch = quinn_udp::BATCH_SIZE.min(8);
+        let segment = 2048 * mux.state.gro_segments().max(1);
+        let mut buffers: Vec<Vec<u8>> = (0..batch).map(|_| vec![0u8; segment]).collect();
+        let mut metas = vec![RecvMeta::default(); batch];
+        loop {
+            self.flush(&mux);
+            let due = self.endpoint.poll_timeout();
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return,
+                Some(command) = self.commands_rx.recv() => self.command(command, clock()),
+                Some(packet) = self.relayed_rx.recv() => self.send_relayed(&mux, &packet),
+                () = sleep_until(due) => self.endpoint.handle_timeout(clock()),
+                read = mux.socket.async_io(Interest::READABLE, || {
+                    let mut slices: Vec<IoSliceMut<'_>> =
+                        buffers.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+                    mux.state.recv((&mux.socket).into(), &mut slices, &mut metas)
+                }) => {
+                    let count = match read {
+                        Ok(count) => count,
+                        Err(error) => {
+                            // ICMP errors of one peer surface here on some kernels: never fatal
+                            debug!(%error, "webrtc socket read");
+                            continue;
+                        }
+                    };
+                    // a peer registered before its answer left: its first check, read now,
+                    // finds its route
+                    while let Ok(command) = self.commands_rx.try_recv() {
+                        self.command(command, clock());
                     }
-                    Some(route)
+                    let at = clock();
+                    for (meta, buffer) in metas.iter().zip(&buffers).take(count) {
+                        let stride = meta.stride.max(1);
+                        for datagram in buffer[..meta.len].chunks(stride) {
+                            mux.stats.received.fetch_add(1, Ordering::Relaxed);
+                            self.route(&mux, Datagram {
+                                at,
+                                source: meta.addr,
+                                local_ip: meta.dst_ip,
+                                relayed: None,
+                                data: Bytes::copy_from_slice(datagram),
+                            });
+                        }
+                    }
                 }
-                None => routes.by_addr.get(&datagram.source).cloned(),
+            }
+        }
+    }
+
+    fn command(&mut self, command: Command, now: Instant) {
+        match command {
+            Command::Register { peer, ufrag, tx } => {
+                self.endpoint.register(peer, &ufrag);
+                self.peers.insert(peer, tx);
+            }
+            Command::Unregister { peer } => {
+                self.endpoint.unregister(peer);
+                self.peers.remove(&peer);
+            }
+            Command::Permit { peers, relayed } => self.endpoint.permit(&peers, &relayed, now),
+            Command::Lease {
+                config,
+                server,
+                reply,
+            } => {
+                let id = self.endpoint.lease(&config, server, now);
+                // the asker gone (its request timed out): the lease is given back below
+                if reply.send(id).is_err() {
+                    if let Some(id) = id {
+                        self.endpoint.release(&[id], now);
+                    }
+                }
+            }
+            Command::Release { ids } => self.endpoint.release(&ids, now),
+            Command::StunServer { index, addr } => {
+                self.endpoint.stun_server_resolved(index, addr, now);
+            }
+            Command::TurnServer { config, addr } => {
+                self.endpoint.add_turn_server(&config, addr, now);
+            }
+        }
+    }
+
+    fn send_relayed(&mut self, mux: &UdpMux, packet: &RelayedPacket) {
+        let sent = self.endpoint.send_relayed(
+            packet.relayed,
+            packet.destination,
+            &packet.contents,
+            clock(),
+        );
+        if sent {
+            mux.stats.relayed_sent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sends what the endpoint has to send; publishes its addresses if they changed.
+    fn flush(&mut self, mux: &UdpMux) {
+        while let Some(transmit) = self.endpoint.poll_transmit() {
+            mux.send(None, transmit.destination, &transmit.contents, None);
+        }
+        if self.endpoint.poll_event().is_some() {
+            self.addresses_tx.send_replace(self.endpoint.addresses());
+        }
+    }
+
+    fn route(&mut self, mux: &UdpMux, datagram: Datagram) {
+        let now = datagram.at;
+        let (peer, datagram) = match self.endpoint.handle(datagram, now) {
+            Routed::Peer { peer, datagram } => (peer, datagram),
+            Routed::Taken => return,
+            Routed::Unrouted => {
+                mux.stats.unrouted.fetch_add(1, Ordering::Relaxed);
+                return;
             }
         };
-        let Some(route) = route else {
-            self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
+        if datagram.relayed.is_some() {
+            mux.stats.relayed_received.fetch_add(1, Ordering::Relaxed);
+        }
+        let Some(tx) = self.peers.get(&peer) else {
+            mux.stats.unrouted.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        match route.tx.try_send(datagram) {
+        match tx.try_send(datagram) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                let n = self.stats.peer_queue_full.fetch_add(1, Ordering::Relaxed);
+                let n = mux.stats.peer_queue_full.fetch_add(1, Ordering::Relaxed);
                 if n.is_multiple_of(1000) {
-                    warn!(
-                        peer = route.peer,
-                        "webrtc peer is not keeping up: datagrams dropped"
-                    );
+                    warn!(peer, "webrtc peer is not keeping up: datagrams dropped");
                 }
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.unregister(route.peer, &route.ufrag);
+                self.endpoint.unregister(peer);
+                self.peers.remove(&peer);
             }
         }
     }
 }
 
-/// STUN's magic cookie (RFC 8489 §5).
-const STUN_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
-
-/// The address a binding success reply to transaction `id` names (XOR-MAPPED-ADDRESS,
-/// else MAPPED-ADDRESS; RFC 8489 §14.1-14.2). Read with `stun-types` (which the TURN client
-/// brings): `str0m`'s STUN parser refuses a reply without MESSAGE-INTEGRITY, and a STUN
-/// server's reply to a request without credentials has none.
-fn binding_reply_address(data: &[u8], id: &[u8; 12]) -> Option<SocketAddr> {
-    // another transaction's (or no STUN at all): not parsed
-    if data.get(8..20) != Some(&id[..]) {
-        return None;
+/// Sleeps until `due` (forever without one).
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due.into()).await,
+        None => std::future::pending().await,
     }
-    let message = Message::from_bytes(data).ok()?;
-    if !message.has_class(MessageClass::Success) || !message.has_method(BINDING) {
-        return None;
-    }
-    if let Ok(xor) = message.attribute::<XorMappedAddress>() {
-        return Some(xor.addr(message.transaction_id()));
-    }
-    let plain = message.raw_attribute(AttributeType::new(0x0001))?;
-    MappedSocketAddr::from_raw(&plain).ok().map(|m| m.addr())
 }
 
-/// The local ufrag a STUN binding request is addressed to (USERNAME `{ours}:{theirs}`).
-fn stun_ufrag(data: &[u8]) -> Option<&str> {
-    // STUN: first two bits zero and the magic cookie (RFC 5389); anything else is DTLS/RTP
-    if data.len() < 20 || data[0] > 3 || data[4..8] != STUN_COOKIE {
-        return None;
+/// Resolves the servers of `webrtc.stun_servers` and `webrtc.turn_servers` for the loop
+/// (DNS is the one thing the loop must not wait for): the STUN servers at once and again
+/// every [`STUN_REFRESH`] (a server's address may change), a TURN server until it
+/// resolves (every [`REALLOCATE_AFTER`]). Each name that does not resolve is logged once.
+pub(crate) async fn resolve_servers(
+    mux: std::sync::Arc<UdpMux>,
+    stun: Vec<String>,
+    turn: Vec<TurnServer>,
+    shutdown: CancellationToken,
+) {
+    let ipv4 = mux.local.is_ipv4();
+    let mut unresolved = turn;
+    let mut warned = std::collections::HashSet::new();
+    loop {
+        let mut commands = Vec::new();
+        let mut stun_unresolved = false;
+        for (index, server) in stun.iter().enumerate() {
+            match resolve(server, ipv4).await {
+                Ok(addr) => commands.push(Command::StunServer { index, addr }),
+                Err(error) => {
+                    stun_unresolved = true;
+                    if warned.insert(server.clone()) {
+                        warn!(%server, %error, "stun server not resolved; asked again later");
+                    }
+                }
+            }
+        }
+        let mut still = Vec::new();
+        for server in unresolved {
+            match resolve(&server.server, ipv4).await {
+                Ok(addr) => commands.push(Command::TurnServer {
+                    config: server,
+                    addr,
+                }),
+                Err(error) => {
+                    if warned.insert(server.server.clone()) {
+                        warn!(server = %server.server, %error, "turn server not resolved; asked again every 10 s");
+                    }
+                    still.push(server);
+                }
+            }
+        }
+        unresolved = still;
+        for command in commands {
+            if mux.commands_tx.send(command).await.is_err() {
+                return;
+            }
+        }
+        let wait = if !unresolved.is_empty() || stun_unresolved {
+            REALLOCATE_AFTER
+        } else if !stun.is_empty() {
+            STUN_REFRESH
+        } else {
+            return;
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
     }
-    let message = StunMessage::parse(data).ok()?;
-    let username = message.username()?;
-    username.split(':').next()
+}
+
+/// The address of `server` (`host:port`) of the socket's family (a v4 socket cannot
+/// reach a v6 server).
+async fn resolve(server: &str, ipv4: bool) -> Result<SocketAddr, String> {
+    let mut addrs = tokio::net::lookup_host(server)
+        .await
+        .map_err(|e| e.to_string())?;
+    addrs
+        .find(|a| a.is_ipv4() == ipv4)
+        .ok_or_else(|| "no address of the socket's family".to_owned())
 }
 
 /// Most bytes a [`SendBatch`] gathers (its one buffer, kept for the peer's life): a frame
@@ -740,74 +648,11 @@ impl SendBatch {
 mod tests {
     use super::*;
 
-    #[test]
-    fn non_stun_has_no_ufrag() {
-        assert_eq!(stun_ufrag(b""), None);
-        assert_eq!(stun_ufrag(&[0x16; 40]), None); // DTLS
-        assert_eq!(stun_ufrag(&[0x80; 40]), None); // RTP
-    }
-
-    fn from_hex(hex: &str) -> Vec<u8> {
-        (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-            .collect()
-    }
-
-    #[test]
-    fn a_stun_servers_binding_reply_names_the_address_it_saw() {
-        // coturn 4.6.1's reply to a binding request from 127.0.0.1:55309: XOR-MAPPED-ADDRESS,
-        // MAPPED-ADDRESS, RESPONSE-ORIGIN, SOFTWARE, no MESSAGE-INTEGRITY
-        let reply = from_hex(
-            "0101003c2112a442c19e0360db4d07c3a68b0ec4002000080001f91f5e12a443000100080001d80d7f000001802b0008000187dd7f00000180220014436f7475726e2d342e362e312027476f72737427",
-        );
-        let id: [u8; 12] = reply[8..20].try_into().unwrap();
-        let seen = SocketAddr::from(([127, 0, 0, 1], 55309));
-        assert_eq!(binding_reply_address(&reply, &id), Some(seen));
-        let mut other = id;
-        other[0] ^= 1;
-        assert_eq!(
-            binding_reply_address(&reply, &other),
-            None,
-            "another request's"
-        );
-        for cut in [0, 19, 20, 31, reply.len() - 1] {
-            assert_eq!(
-                binding_reply_address(&reply[..cut], &id),
-                None,
-                "cut at {cut}"
-            );
-        }
-        let mut request = reply.clone();
-        request[0] = 0x00; // 0x0001: a binding request, not its reply
-        assert_eq!(binding_reply_address(&request, &id), None);
-    }
-
-    #[test]
-    fn an_ipv6_address_is_xored_with_the_cookie_and_the_transaction() {
-        let id = [7u8; 12];
-        let seen: SocketAddr = "[2001:db8::1]:3478".parse().unwrap();
-        let IpAddr::V6(v6) = seen.ip() else {
-            unreachable!()
-        };
-        let mut key = [0u8; 16];
-        key[..4].copy_from_slice(&STUN_COOKIE);
-        key[4..].copy_from_slice(&id);
-        let mut value = vec![0, 2];
-        value.extend_from_slice(&(seen.port() ^ 0x2112).to_be_bytes());
-        value.extend(v6.octets().iter().zip(key).map(|(a, k)| a ^ k));
-        let mut reply = vec![0x01, 0x01, 0, 24];
-        reply.extend_from_slice(&STUN_COOKIE);
-        reply.extend_from_slice(&id);
-        reply.extend_from_slice(&[0x00, 0x20, 0, 20]);
-        reply.extend_from_slice(&value);
-        assert_eq!(binding_reply_address(&reply, &id), Some(seen));
-    }
-
     #[tokio::test]
     async fn a_batch_leaves_as_the_packets_it_gathered() {
         let bind = || std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let mux = UdpMux::new(bind(), Arc::default()).unwrap();
+        let (mux, _loop) =
+            UdpMux::new(bind(), watch::channel(Addresses::default()).0, &[], 1).unwrap();
         let (near, far) = (bind(), bind());
         let source = Some(IpAddr::from([127, 0, 0, 1]));
         let packet = |n: usize, fill: u8| vec![fill; n];
