@@ -201,7 +201,14 @@ impl App {
             &self.settings.bridge,
             &mqtt_settings,
             self.settings.control.lease,
-            plays,
+            plays.clone(),
+            &tasks,
+            shutdown.clone(),
+        )?;
+        let recordings = crate::output::record::Recordings::start(
+            &self.settings.record,
+            self.hub.clone(),
+            plays.clone(),
             &tasks,
             shutdown.clone(),
         )?;
@@ -216,6 +223,7 @@ impl App {
             .merge(api::routes(self.hub.clone()))
             .merge(bridge.api_routes())
             .merge(webrtc_api.unwrap_or_default())
+            .merge(recordings.api_routes())
             .layer(axum::middleware::from_fn_with_state(
                 ApiGuard::new(&self.settings.http),
                 crate::auth::guard_api,
@@ -226,6 +234,7 @@ impl App {
                 .merge(player.routes())
                 .merge(api)
                 .merge(bridge.routes())
+                .merge(recordings.routes())
                 .merge(whep.unwrap_or_default()),
             player,
             serve: http_serve::ServeOptions {

@@ -7,6 +7,7 @@ pub mod flv_mux;
 pub mod http_flv;
 pub mod http_serve;
 mod interleave;
+pub mod record;
 pub mod rtmp_push;
 pub mod tls;
 mod viewer_limits;
