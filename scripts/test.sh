@@ -42,8 +42,8 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}"
 fi
 
-echo "== third-party servers (scripts/tools.sh): SRS, mosquitto, redis, coturn, nginx-rtmp"
-tool_env="$(scripts/tools.sh srs mosquitto redis-server turnserver nginx)"
+echo "== third-party servers (scripts/tools.sh): SRS, mosquitto, redis, coturn, nginx-rtmp, Garage"
+tool_env="$(scripts/tools.sh srs mosquitto redis-server turnserver nginx garage)"
 eval "$tool_env"
 
 echo "== no code, test or script reads the shared folder beside the clone (data is in tests/data)"

@@ -496,6 +496,7 @@ pub(crate) fn flv_tags(flv: &[u8]) -> Vec<FlvTag> {
 pub(crate) mod bridge;
 pub(crate) mod browser;
 pub(crate) mod control;
+pub(crate) mod garage;
 pub(crate) mod http;
 pub(crate) mod mqtt;
 pub(crate) mod srs;

@@ -40,6 +40,7 @@ pub(super) fn routes(recordings: Recordings) -> Router {
 pub(super) fn api_routes(recordings: Recordings) -> Router {
     Router::new()
         .route("/api/records", get(list_records))
+        .route("/api/records/status", get(status))
         .with_state(recordings)
 }
 
@@ -229,6 +230,29 @@ async fn list_records(
         channel: wanted.channel,
         segments: names.len(),
         ranges,
+    })
+    .into_response()
+}
+
+/// The `/api/records/status` answer.
+#[derive(Debug, Serialize)]
+struct StatusOut<'a> {
+    /// The streams being recorded now (`live/{device}_{channel}`).
+    recording: Vec<String>,
+    /// The uploader's counters.
+    uploads: &'a super::UploadStats,
+}
+
+async fn status(State(recordings): State<Recordings>) -> Response {
+    let mut recording: Vec<String> = recordings
+        .active()
+        .keys()
+        .map(ToString::to_string)
+        .collect();
+    recording.sort();
+    Json(StatusOut {
+        recording,
+        uploads: recordings.stats(),
     })
     .into_response()
 }

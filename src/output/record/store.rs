@@ -73,9 +73,21 @@ pub(crate) fn open(
             if bucket.is_empty() {
                 anyhow::bail!("record.store = {:?}: no bucket after s3://", settings.store);
             }
+            // the uploader retries (spooled, with its own backoff): the client tries a
+            // request twice at most and within 10 s, so an outage shows at once
+            let retry = object_store::RetryConfig {
+                backoff: object_store::BackoffConfig::default(),
+                max_retries: 1,
+                retry_timeout: Duration::from_secs(10),
+            };
+            let options = object_store::ClientOptions::new()
+                .with_connect_timeout(Duration::from_secs(5))
+                .with_timeout(Duration::from_secs(60));
             let mut builder = object_store::aws::AmazonS3Builder::new()
                 .with_bucket_name(bucket)
-                .with_region(&settings.s3_region);
+                .with_region(&settings.s3_region)
+                .with_retry(retry)
+                .with_client_options(options);
             if !settings.s3_endpoint.is_empty() {
                 builder = builder
                     .with_endpoint(&settings.s3_endpoint)

@@ -1,0 +1,361 @@
+//! Recordings (issue 24): live streams recorded into a folder and into a real S3 store
+//! (Garage), found by time in `/api/records`, played back as HLS by ffmpeg and downloaded
+//! as one fMP4 with `Range`; an outage of the store loses no segment, a full spool drops
+//! its oldest segments and counts them.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "helpers of tests: a failure is a test failure"
+)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::garage::Garage;
+use common::*;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The H.264 + G.711A capture: 720x576, 102 video frames over 4.2 s.
+const CAPTURE: &str = "h264-g711a-156987000796-ch1.jt1078";
+const CAPTURE_DEVICE: &str = "156987000796";
+
+/// A GET with extra header lines over HTTP/1.0: status, head, body.
+async fn get(addr: SocketAddr, path: &str, headers: &str) -> (u16, String, Vec<u8>) {
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    socket
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n{headers}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    socket.read_to_end(&mut response).await.unwrap();
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head, response[split + 4..].to_vec())
+}
+
+async fn get_json(addr: SocketAddr, path: &str) -> Value {
+    let (status, _, body) = get(addr, path, "").await;
+    assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// Waits until `/api/records/status` satisfies `pred` (re-checked every 50 ms, 30 s at
+/// most): the uploader reports each object it spooled and uploaded.
+async fn wait_status(gateway: &Gateway, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = get_json(gateway.addrs.http, "/api/records/status").await;
+        if pred(&status) {
+            return status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn counter(status: &Value, name: &str) -> u64 {
+    status["uploads"][name].as_u64().unwrap()
+}
+
+/// Everything recorded reached the store: nothing recording, nothing spooled.
+fn all_stored(status: &Value) -> bool {
+    status["recording"].as_array().unwrap().is_empty()
+        && counter(status, "spooled") > 0
+        && counter(status, "pending") == 0
+}
+
+/// The recorded ranges of a device's channel 1.
+async fn ranges(gateway: &Gateway, device: &str) -> Value {
+    get_json(
+        gateway.addrs.http,
+        &format!("/api/records?device={device}&channel=1"),
+    )
+    .await
+}
+
+/// ffprobe of a URL or file: the format's duration and the first video and audio streams.
+async fn probe(input: &str) -> (f64, Value, Value) {
+    let (stdout, _) = run(
+        "ffprobe",
+        &[
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration:stream=codec_type,codec_name,width,height,sample_rate",
+            "-of",
+            "json",
+            input,
+        ],
+    )
+    .await;
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    let duration: f64 = v["format"]["duration"].as_str().unwrap().parse().unwrap();
+    let stream = |kind: &str| {
+        v["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["codec_type"] == kind)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    (duration, stream("video"), stream("audio"))
+}
+
+/// Video frames ffmpeg decodes from `input`.
+async fn decoded_video_frames(input: &str) -> u64 {
+    let (stdout, _) = run(
+        "ffprobe",
+        &[
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v",
+            "-show_entries",
+            "stream=nb_read_frames",
+            "-of",
+            "json",
+            input,
+        ],
+    )
+    .await;
+    // an HLS input lists its streams per program too
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    v["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["nb_read_frames"].as_str()?.parse().ok())
+        .max()
+        .unwrap_or_else(|| panic!("no video frames: {stdout}"))
+}
+
+/// Replays the capture in real time and waits until it is recorded and stored.
+async fn record_capture(gateway: &Gateway) -> Value {
+    let report = replay_realtime(&testdata(CAPTURE), gateway.addrs.live)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.connected, 1);
+    wait_status(gateway, "the recording stored", all_stored).await
+}
+
+/// The HLS playlist and the MP4 of the one recorded range of the capture play with its
+/// duration, picture and audio.
+async fn check_capture_playback(gateway: &Gateway, tmp: &TempDir) {
+    let records = ranges(gateway, CAPTURE_DEVICE).await;
+    let ranges = records["ranges"].as_array().unwrap();
+    assert_eq!(ranges.len(), 1, "one range without gaps: {records}");
+    let range = &ranges[0];
+    let seconds = range["duration_ms"].as_u64().unwrap() as f64 / 1000.0;
+    // the capture lasts 4.2 s; segments are cut at key frames (1 s segments here)
+    assert!(
+        (3.2..=5.2).contains(&seconds),
+        "recorded {seconds} s: {records}"
+    );
+
+    let hls = format!(
+        "http://{}{}",
+        gateway.addrs.http,
+        range["hls"].as_str().unwrap()
+    );
+    let (status, _, playlist) = get(gateway.addrs.http, range["hls"].as_str().unwrap(), "").await;
+    assert_eq!(status, 200);
+    let playlist = String::from_utf8(playlist).unwrap();
+    assert!(playlist.contains("#EXT-X-MAP:URI=\"o/"), "{playlist}");
+    assert!(playlist.ends_with("#EXT-X-ENDLIST\n"), "{playlist}");
+    let (duration, video, audio) = probe(&hls).await;
+    assert!(
+        (seconds - 1.0..=seconds + 1.0).contains(&duration),
+        "HLS plays {duration} s of {seconds} s"
+    );
+    assert_eq!(video["codec_name"], "h264");
+    assert_eq!(video["width"], 720);
+    assert_eq!(video["height"], 576);
+    assert_eq!(audio["codec_name"], "aac");
+    assert_eq!(audio["sample_rate"], "8000");
+    let frames = decoded_video_frames(&hls).await;
+    assert!((80..=102).contains(&frames), "{frames} of 102 frames play");
+
+    // the download: whole, then a head and a Range from the middle that read together
+    let mp4 = range["mp4"].as_str().unwrap();
+    let (status, head, whole) = get(gateway.addrs.http, mp4, "").await;
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(
+        header(&head, "content-length"),
+        Some(whole.len().to_string().as_str())
+    );
+    assert_eq!(header(&head, "accept-ranges"), Some("bytes"));
+    let file = tmp.path("whole.mp4");
+    std::fs::write(&file, &whole).unwrap();
+    assert_eq!(decoded_video_frames(file.to_str().unwrap()).await, frames);
+    let middle = whole.len() / 2;
+    let (status, head, tail) = get(
+        gateway.addrs.http,
+        mp4,
+        &format!("Range: bytes={middle}-\r\n"),
+    )
+    .await;
+    assert_eq!(status, 206, "{head}");
+    assert_eq!(
+        header(&head, "content-range"),
+        Some(format!("bytes {middle}-{}/{}", whole.len() - 1, whole.len()).as_str())
+    );
+    let (status, _, first) = get(
+        gateway.addrs.http,
+        mp4,
+        &format!("Range: bytes=0-{}\r\n", middle - 1),
+    )
+    .await;
+    assert_eq!(status, 206);
+    let joined = [first, tail].concat();
+    assert!(joined == whole, "head + tail is the file");
+    let file = tmp.path("joined.mp4");
+    std::fs::write(&file, &joined).unwrap();
+    assert_eq!(decoded_video_frames(file.to_str().unwrap()).await, frames);
+    let (status, _, _) = get(gateway.addrs.http, mp4, "Range: bytes=99999999-\r\n").await;
+    assert_eq!(status, 416);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_stream_recorded_into_a_folder_plays_as_hls_and_downloads_with_ranges() {
+    let tmp = TempDir::new("records-folder");
+    let store = tmp.path("recordings");
+    let gateway = Gateway::start(&[
+        ("JTGW__RECORD__AUTO", "all"),
+        ("JTGW__RECORD__STORE", store.to_str().unwrap()),
+        ("JTGW__RECORD__SEGMENT", "1s"),
+    ])
+    .await;
+    let status = record_capture(&gateway).await;
+    assert_eq!(counter(&status, "spool_dropped"), 0);
+    // the keys are the index: a day folder of segments and one init
+    let day = std::fs::read_dir(store.join(CAPTURE_DEVICE).join("1"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect::<Vec<_>>();
+    assert!(day.contains(&"init".to_owned()), "{day:?}");
+    check_capture_playback(&gateway, &tmp).await;
+    // a range with nothing in it
+    let (status, _, _) = get(
+        gateway.addrs.http,
+        &format!(
+            "/record/{CAPTURE_DEVICE}_1.m3u8?from=2020-01-01T00:00:00Z&to=2020-01-01T01:00:00Z"
+        ),
+        "",
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _, _) = get(gateway.addrs.http, "/record/x_1.m3u8?from=bad", "").await;
+    assert_eq!(status, 400);
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_into_garage_survives_an_outage_of_the_store() {
+    let tmp = TempDir::new("records-garage");
+    let mut garage = Garage::start().await;
+    let mut settings = garage.settings("fleet");
+    settings.extend([
+        ("JTGW__RECORD__AUTO".to_owned(), CAPTURE_DEVICE.to_owned()),
+        ("JTGW__RECORD__SEGMENT".to_owned(), "1s".to_owned()),
+        (
+            "JTGW__RECORD__SPOOL_DIR".to_owned(),
+            tmp.path("spool").to_str().unwrap().to_owned(),
+        ),
+    ]);
+    let settings: Vec<(&str, &str)> = settings
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let gateway = Gateway::start(&settings).await;
+    // the store goes down before the device connects and comes back after it left
+    garage.kill().await;
+    let replay = replay_realtime(&testdata(CAPTURE), gateway.addrs.live);
+    let down = wait_status(&gateway, "failed uploads while the store is down", |s| {
+        counter(s, "upload_failures") >= 1 && counter(s, "spooled") >= 2
+    })
+    .await;
+    assert_eq!(counter(&down, "uploaded"), 0);
+    replay.await.unwrap().unwrap();
+    let spooled = wait_status(&gateway, "the recording ended", |s| {
+        s["recording"].as_array().unwrap().is_empty()
+    })
+    .await;
+    garage.restart().await;
+    let stored = wait_status(&gateway, "the spool uploaded", all_stored).await;
+    assert_eq!(
+        counter(&stored, "uploaded"),
+        counter(&spooled, "spooled"),
+        "every spooled object reached the store: {stored}"
+    );
+    assert_eq!(counter(&stored, "spool_dropped"), 0);
+    // the objects are in the bucket, under the prefix
+    let listing = garage
+        .cli(&["bucket", "info", common::garage::BUCKET])
+        .await;
+    assert!(listing.contains("Objects:"), "{listing}");
+    check_capture_playback(&gateway, &tmp).await;
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_drops_its_oldest_segments_and_counts_them() {
+    let tmp = TempDir::new("records-spool");
+    let mut garage = Garage::start().await;
+    let mut settings = garage.settings("");
+    settings.extend([
+        ("JTGW__RECORD__AUTO".to_owned(), "all".to_owned()),
+        ("JTGW__RECORD__SEGMENT".to_owned(), "1s".to_owned()),
+        (
+            "JTGW__RECORD__SPOOL_DIR".to_owned(),
+            tmp.path("spool").to_str().unwrap().to_owned(),
+        ),
+        // room for the init and a segment or two of the capture (~100 KB a second)
+        (
+            "JTGW__RECORD__SPOOL_MAX_BYTES".to_owned(),
+            "150000".to_owned(),
+        ),
+    ]);
+    let settings: Vec<(&str, &str)> = settings
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let gateway = Gateway::start(&settings).await;
+    garage.kill().await;
+    replay_realtime(&testdata(CAPTURE), gateway.addrs.live)
+        .await
+        .unwrap()
+        .unwrap();
+    let full = wait_status(&gateway, "the recording ended", |s| {
+        s["recording"].as_array().unwrap().is_empty() && counter(s, "spooled") >= 3
+    })
+    .await;
+    let dropped = counter(&full, "spool_dropped");
+    assert!(dropped >= 1, "the oldest segments dropped: {full}");
+    assert!(counter(&full, "pending_bytes") <= 150_000, "{full}");
+    garage.restart().await;
+    let stored = wait_status(&gateway, "the spool uploaded", all_stored).await;
+    assert_eq!(
+        counter(&stored, "uploaded") + dropped,
+        counter(&stored, "spooled"),
+        "{stored}"
+    );
+    gateway.stop().await;
+}
