@@ -359,3 +359,48 @@ async fn a_full_spool_drops_its_oldest_segments_and_counts_them() {
     );
     gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retention_sweep_deletes_old_segments_and_keeps_recent_ones() {
+    let tmp = TempDir::new("records-keep");
+    let store = tmp.path("recordings");
+    let now_ms = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    let segment = |start_ms: u64| {
+        let date = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + Duration::from_millis(start_ms),
+        )
+        .to_string();
+        let dir = store.join("13800138000/1").join(&date[..10]);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join(format!("{start_ms}-10000-0123456789abcdef.m4s"));
+        std::fs::write(&file, b"segment").unwrap();
+        file
+    };
+    let old = segment(now_ms - 3 * 3_600_000);
+    let recent = segment(now_ms - 600_000);
+    let gateway = Gateway::start(&[
+        ("JTGW__RECORD__STORE", store.to_str().unwrap()),
+        ("JTGW__RECORD__KEEP", "1h"),
+        ("JTGW__RECORD__SWEEP_INTERVAL", "100ms"),
+    ])
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while old.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the old segment stays"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // the sweep that deleted the old segment listed the recent one too
+    assert!(recent.exists(), "a segment within record.keep was deleted");
+    let records = ranges(&gateway, "13800138000").await;
+    assert_eq!(records["segments"], 1, "{records}");
+    gateway.stop().await;
+}

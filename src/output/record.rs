@@ -16,6 +16,7 @@ mod fmp4;
 mod keys;
 mod playback;
 mod recorder;
+mod retention;
 mod store;
 
 use std::collections::HashMap;
@@ -102,6 +103,14 @@ impl Recordings {
                 shutdown,
             }),
         };
+        if !settings.keep.is_zero() {
+            tasks.spawn(retention::run(
+                Arc::clone(&recordings.inner.store),
+                settings.keep,
+                settings.sweep_interval,
+                recordings.inner.shutdown.clone(),
+            ));
+        }
         if settings.auto != crate::config::RecordAuto::Off {
             let auto = recordings.clone();
             tasks.spawn(async move { auto.run_auto().await });
