@@ -404,3 +404,116 @@ async fn the_retention_sweep_deletes_old_segments_and_keeps_recent_ones() {
     assert_eq!(records["segments"], 1, "{records}");
     gateway.stop().await;
 }
+
+/// `seconds` of H.265 (25 fps, a key frame a second) at `size`, Annex-B.
+async fn hevc(tmp: &TempDir, size: &str, seconds: &str) -> Vec<u8> {
+    let file = tmp.path(&format!("{size}.h265"));
+    run(
+        "ffmpeg",
+        &[
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            &format!("testsrc=size={size}:rate=25"),
+            "-t",
+            seconds,
+            "-c:v",
+            "libx265",
+            "-x265-params",
+            "keyint=25:bframes=0:log-level=error",
+            "-f",
+            "hevc",
+            file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    std::fs::read(file).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h265_and_device_aac_changing_picture_size_record_as_one_playlist_with_two_inits() {
+    use jt1078_gateway::codec::h26x::VideoCodec;
+    use jt1078_gateway::codec::jt1078::PayloadType;
+    use jt1078_gateway::simulate::pack::{PackOptions, pack};
+
+    let tmp = TempDir::new("records-h265");
+    // 2 s at 320x240, then 2 s at 160x120 in the same session; AAC 8 kHz from the device
+    let mut video = hevc(&tmp, "320x240", "2").await;
+    video.extend(hevc(&tmp, "160x120", "2").await);
+    let aac = tmp.path("in.aac");
+    run(
+        "ffmpeg",
+        &[
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=500:sample_rate=8000",
+            "-t",
+            "4",
+            "-ac",
+            "1",
+            "-c:a",
+            "aac",
+            "-f",
+            "adts",
+            aac.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let audio = std::fs::read(&aac).unwrap();
+    let options = PackOptions::default();
+    let packed = pack(
+        VideoCodec::H265,
+        &video,
+        Some((PayloadType::Aac, &audio)),
+        &options,
+    )
+    .unwrap();
+    let recording = tmp.path("h265-aac.jt1078");
+    std::fs::write(&recording, &packed).unwrap();
+
+    let store = tmp.path("recordings");
+    let gateway = Gateway::start(&[
+        ("JTGW__RECORD__AUTO", "13800138000_1"),
+        ("JTGW__RECORD__STORE", store.to_str().unwrap()),
+        ("JTGW__RECORD__SEGMENT", "1s"),
+    ])
+    .await;
+    replay_realtime(&recording, gateway.addrs.live)
+        .await
+        .unwrap()
+        .unwrap();
+    wait_status(&gateway, "the recording stored", all_stored).await;
+    let records = ranges(&gateway, "13800138000").await;
+    let ranges = records["ranges"].as_array().unwrap();
+    assert_eq!(ranges.len(), 1, "{records}");
+    let hls_path = ranges[0]["hls"].as_str().unwrap();
+    let (_, _, playlist) = get(gateway.addrs.http, hls_path, "").await;
+    let playlist = String::from_utf8(playlist).unwrap();
+    assert_eq!(playlist.matches("#EXT-X-MAP").count(), 2, "{playlist}");
+    assert_eq!(
+        playlist.matches("#EXT-X-DISCONTINUITY").count(),
+        1,
+        "{playlist}"
+    );
+    let hls = format!("http://{}{hls_path}", gateway.addrs.http);
+    let (duration, video, audio) = probe(&hls).await;
+    assert!(
+        (3.0..=5.0).contains(&duration),
+        "HLS plays {duration} s of 4 s"
+    );
+    assert_eq!(video["codec_name"], "hevc");
+    assert_eq!(video["width"], 320);
+    assert_eq!(audio["codec_name"], "aac");
+    assert_eq!(audio["sample_rate"], "8000");
+    let frames = decoded_video_frames(&hls).await;
+    assert!(
+        (90..=100).contains(&frames),
+        "{frames} of 100 frames play across the change"
+    );
+    gateway.stop().await;
+}
