@@ -189,11 +189,19 @@ impl App {
             }
             None => None,
         };
+        let recordings = crate::output::record::Recordings::start(
+            &self.settings.record,
+            self.hub.clone(),
+            plays.clone(),
+            &tasks,
+            shutdown.clone(),
+        )?;
         crate::control::spawn(
             control,
             self.hub.clone(),
             rtmp,
             webrtc,
+            recordings.clone(),
             &tasks,
             shutdown.clone(),
         )?;
@@ -201,13 +209,6 @@ impl App {
             &self.settings.bridge,
             &mqtt_settings,
             self.settings.control.lease,
-            plays.clone(),
-            &tasks,
-            shutdown.clone(),
-        )?;
-        let recordings = crate::output::record::Recordings::start(
-            &self.settings.record,
-            self.hub.clone(),
             plays.clone(),
             &tasks,
             shutdown.clone(),

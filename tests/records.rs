@@ -517,3 +517,145 @@ async fn h265_and_device_aac_changing_picture_size_record_as_one_playlist_with_t
     );
     gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt_record_request_records_from_before_it_until_its_duration_or_a_stop() {
+    use common::control::{
+        BrokerAt, WAIT, embedded_url, gateway_on, port_of, push_on_its_own, wait_online,
+    };
+    use common::mqtt::TestClient;
+
+    let tmp = TempDir::new("records-mqtt");
+    let store = tmp.path("recordings");
+    let url = embedded_url();
+    let gateway = gateway_on(
+        &url,
+        BrokerAt::Embedded,
+        &[
+            ("JTGW__RECORD__STORE", store.to_str().unwrap()),
+            ("JTGW__RECORD__SEGMENT", "1s"),
+        ],
+    )
+    .await;
+    let mut client =
+        TestClient::connect(port_of(&url), &["jt1078/client/#", "jt1078/status/#"]).await;
+    wait_online(&mut client).await;
+    // a device streaming on its own: its GOP cache holds the lead-up to the request
+    let device = push_on_its_own(gateway.addrs.live, "13800138000");
+    gateway
+        .wait_for_stream("a second of the stream", |s| s.video_frames >= 30)
+        .await;
+    let requested_ms = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    client
+        .publish(
+            "jt1078/gateway/13800138000/RECORD",
+            r#"{"seqid":"rec-1","client_id":"alarm-1","channel":1,"action":"start","duration":"3s","pre_roll":"10s"}"#,
+        )
+        .await;
+    let reply = client
+        .expect("OK to RECORD", WAIT, |r| {
+            r.topic == "jt1078/client/rec-1/OK"
+        })
+        .await
+        .json();
+    assert_eq!(reply["state"], "live", "{reply}");
+    assert_eq!(reply["record"]["action"], "start", "{reply}");
+    assert!(
+        reply["record"]["hls"]
+            .as_str()
+            .unwrap()
+            .contains("/record/13800138000_1.m3u8?from=")
+    );
+    let status = client
+        .expect("a retained status saying it records", WAIT, |r| {
+            r.topic == "jt1078/status/stream/13800138000/1" && r.json()["recording"] == true
+        })
+        .await;
+    assert_eq!(status.json()["live"], true);
+    // the duration runs out: the recording ends and is stored
+    let stored = wait_status(&gateway, "the recording ended by its duration", all_stored).await;
+    assert_eq!(counter(&stored, "spool_dropped"), 0);
+    let records = ranges(&gateway, "13800138000").await;
+    let first = &records["ranges"][0];
+    let from_ms = first["from_ms"].as_u64().unwrap();
+    assert!(
+        from_ms < requested_ms,
+        "the recording starts at the GOP cache's key frame, before the request: {records}"
+    );
+    let seconds = first["duration_ms"].as_u64().unwrap() as f64 / 1000.0;
+    assert!(
+        (3.0..=8.0).contains(&seconds),
+        "{seconds} s recorded for 3 s asked: {records}"
+    );
+    let hls = format!(
+        "http://{}{}",
+        gateway.addrs.http,
+        first["hls"].as_str().unwrap()
+    );
+    let (_, video, audio) = probe(&hls).await;
+    assert_eq!(video["codec_name"], "h264");
+    assert_eq!(audio["codec_name"], "aac");
+
+    // a stop ends a long recording; a stop of nothing is an error
+    client
+        .publish(
+            "jt1078/gateway/13800138000/RECORD",
+            r#"{"seqid":"rec-2","client_id":"alarm-2","action":"start","duration":"1h"}"#,
+        )
+        .await;
+    client
+        .expect("OK to RECORD", WAIT, |r| {
+            r.topic == "jt1078/client/rec-2/OK"
+        })
+        .await;
+    wait_status(&gateway, "recording again", |s| {
+        s["recording"].as_array().unwrap().len() == 1
+    })
+    .await;
+    client
+        .publish(
+            "jt1078/gateway/13800138000/RECORD",
+            r#"{"seqid":"rec-3","client_id":"alarm-2","action":"stop"}"#,
+        )
+        .await;
+    let stopped = client
+        .expect("OK to the stop", WAIT, |r| {
+            r.topic == "jt1078/client/rec-3/OK"
+        })
+        .await
+        .json();
+    assert_eq!(stopped["record"]["action"], "stop", "{stopped}");
+    wait_status(&gateway, "stopped and stored", all_stored).await;
+    client
+        .publish(
+            "jt1078/gateway/13800138000/RECORD",
+            r#"{"seqid":"rec-4","client_id":"nobody","action":"stop"}"#,
+        )
+        .await;
+    let error = client
+        .expect("ERROR to a stop of nothing", WAIT, |r| {
+            r.topic == "jt1078/client/rec-4/ERROR"
+        })
+        .await
+        .json();
+    assert_eq!(error["code"], "not_subscribed", "{error}");
+    client
+        .publish(
+            "jt1078/gateway/13800138000/RECORD",
+            r#"{"seqid":"rec-5","duration":"soon"}"#,
+        )
+        .await;
+    client
+        .expect("ERROR to a bad duration", WAIT, |r| {
+            r.topic == "jt1078/client/rec-5/ERROR"
+        })
+        .await;
+    device.cancel();
+    gateway.stop().await;
+}

@@ -24,10 +24,12 @@ use crate::output::rtmp_push::PushEvent;
 use crate::output::webrtc::{PeerEvent, WebRtc};
 
 mod outgoing;
+mod record;
 mod rtmp;
 mod webrtc;
 
 pub(crate) use outgoing::GatewayStatus;
+pub(crate) use record::RecordControl;
 pub(crate) use rtmp::RtmpControl;
 
 /// Most devices whose heartbeat is remembered (bounded against floods of made-up ids).
@@ -45,6 +47,8 @@ pub(crate) struct Control {
     heartbeats: u64,
     sequence: AtomicU64,
     rtmp: RtmpControl,
+    /// Requested recordings.
+    record: RecordControl,
     /// The WebRTC side (`None`: `webrtc.enabled = false`).
     webrtc: Option<WebRtc>,
     /// What the current step decided to publish; flushed after it with back-pressure.
@@ -65,6 +69,7 @@ impl Control {
         client: AsyncClient,
         rtmp: RtmpControl,
         webrtc: Option<WebRtc>,
+        record: RecordControl,
     ) -> Control {
         let (deferred_tx, deferred_rx) = mpsc::channel(webrtc::MAX_DEFERRED);
         Control {
@@ -82,6 +87,7 @@ impl Control {
             heartbeats: 0,
             sequence: AtomicU64::new(0),
             rtmp,
+            record,
             webrtc,
             outbox: RefCell::new(Outbox::default()),
             statuses: HashMap::new(),
@@ -144,6 +150,7 @@ impl Control {
                     self.demand.poll(Instant::now().into_std(), &mut actions);
                     self.perform(actions);
                     self.rtmp_prune();
+                    self.record_prune();
                     // a flood's stream parameters are gone once its devices were stopped
                     if self.pull_params.capacity() > 4 * self.pull_params.len() + 1024 {
                         self.pull_params.shrink_to_fit();
@@ -204,7 +211,7 @@ impl Control {
                 code: ErrorCode::UnknownMode,
                 message: format!(
                     "unknown mode {mode:?}; expected SUBSCRIBE, UNSUBSCRIBE, PLAYBACK, \
-                     PLAYBACK_CTRL, DEVPUSH, HEART, RTMP or WEBRTC"
+                     PLAYBACK_CTRL, DEVPUSH, HEART, RTMP, WEBRTC or RECORD"
                 ),
                 seqid: request.seqid,
             });
@@ -228,6 +235,7 @@ impl Control {
             }
             Mode::Rtmp => self.rtmp_request(&device, &request),
             Mode::WebRtc => self.webrtc_request(&device, &request),
+            Mode::Record => self.record_request(&device, &request),
         }
     }
 
@@ -384,6 +392,8 @@ impl Control {
         match event {
             HubEvent::StreamUp(key) => {
                 self.demand.stream_up(&key);
+                // recorded before its status says whether it is
+                self.record_stream_up(&key);
                 self.publish_stream_status(&key, true);
                 self.rtmp_stream_up(&key);
             }

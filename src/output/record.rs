@@ -67,6 +67,8 @@ struct Inner {
 struct Active {
     /// Unix ms the recording started.
     since_ms: u64,
+    /// Ends this recording.
+    stop: CancellationToken,
 }
 
 impl Recordings {
@@ -145,19 +147,36 @@ impl Recordings {
         };
         // the one place recording meets the viewer count: a recording is not a viewer
         let reader = reader.uncounted();
+        let stop = self.inner.shutdown.child_token();
         active.insert(
             key.clone(),
             Active {
                 since_ms: unix_ms(),
+                stop: stop.clone(),
             },
         );
         drop(active);
         info!(stream = %key, "record: recording");
         let this = self.clone();
         self.inner.tasks.spawn(async move {
-            this.run_recording(reader).await;
+            this.run_recording(reader, stop).await;
         });
         true
+    }
+
+    /// Stops recording `key` (its last segment is stored) unless `record.auto` names it;
+    /// true if a recording was stopped.
+    pub fn stop(&self, key: &StreamKey) -> bool {
+        if self.is_auto(key) {
+            return false;
+        }
+        match self.active().get(key) {
+            Some(active) => {
+                active.stop.cancel();
+                true
+            }
+            None => false,
+        }
     }
 
     /// The playback routes (`/record/…`), signed like play URLs.
@@ -204,7 +223,8 @@ impl Recordings {
         }
     }
 
-    fn is_auto(&self, key: &StreamKey) -> bool {
+    /// Whether `record.auto` names `key` (a live stream).
+    pub fn is_auto(&self, key: &StreamKey) -> bool {
         key.kind == StreamKind::Live
             && self
                 .inner
@@ -215,7 +235,7 @@ impl Recordings {
 
     /// One recording: the reader's frames through a recorder until the stream ends or
     /// the gateway stops; each finished segment (and its init) to the uploader.
-    async fn run_recording(self, mut reader: Reader) {
+    async fn run_recording(self, mut reader: Reader, stop: CancellationToken) {
         let key = reader.key().clone();
         let mut recorder = Recorder::new(
             key.device.as_str(),
@@ -225,7 +245,7 @@ impl Recordings {
         loop {
             let frame = tokio::select! {
                 frame = reader.recv() => frame,
-                () = self.inner.shutdown.cancelled() => None,
+                () = stop.cancelled() => None,
             };
             let Some(frame) = frame else { break };
             match recorder.push(&frame, unix_ms()) {
@@ -273,8 +293,13 @@ impl Recordings {
 #[cfg(test)]
 mod tests;
 
+/// Unix ms as RFC 3339 with milliseconds.
+pub(crate) fn rfc3339(unix_ms: u64) -> String {
+    keys::rfc3339(unix_ms)
+}
+
 /// Unix time in ms (0 if the clock is before 1970).
-fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
