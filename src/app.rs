@@ -221,7 +221,7 @@ impl App {
         let (whep, webrtc_api) = whep.unzip();
         // every /api/* route but the SRS hooks' (which have their own guard)
         let api = Router::new()
-            .merge(api::routes(self.hub.clone()))
+            .merge(api::routes(self.hub.clone(), recordings.clone()))
             .merge(bridge.api_routes())
             .merge(webrtc_api.unwrap_or_default())
             .merge(recordings.api_routes())

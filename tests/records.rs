@@ -578,6 +578,8 @@ async fn an_mqtt_record_request_records_from_before_it_until_its_duration_or_a_s
         })
         .await;
     assert_eq!(status.json()["live"], true);
+    let streams = get_json(gateway.addrs.http, "/api/streams").await;
+    assert_eq!(streams[0]["recording"], true, "{streams}");
     // the duration runs out: the recording ends and is stored
     let stored = wait_status(&gateway, "the recording ended by its duration", all_stored).await;
     assert_eq!(counter(&stored, "spool_dropped"), 0);

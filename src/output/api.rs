@@ -3,16 +3,42 @@
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
+use serde::Serialize;
 
 use crate::hub::{Hub, StreamSnapshot};
+use crate::media::{Channel, DeviceId, StreamKey};
+use crate::output::record::Recordings;
 
 /// The API routes.
-pub fn routes(hub: Hub) -> Router {
+pub fn routes(hub: Hub, recordings: Recordings) -> Router {
     Router::new()
         .route("/api/streams", get(list_streams))
-        .with_state(hub)
+        .with_state((hub, recordings))
 }
 
-async fn list_streams(State(hub): State<Hub>) -> Json<Vec<StreamSnapshot>> {
-    Json(hub.list())
+/// A stream in `/api/streams`: the hub's snapshot and whether it is being recorded.
+#[derive(Debug, Serialize)]
+struct ApiStream {
+    #[serde(flatten)]
+    snapshot: StreamSnapshot,
+    /// Being recorded now (`record.auto` or an MQTT RECORD request).
+    recording: bool,
+}
+
+async fn list_streams(State((hub, recordings)): State<(Hub, Recordings)>) -> Json<Vec<ApiStream>> {
+    Json(
+        hub.list()
+            .into_iter()
+            .map(|snapshot| {
+                let recording = DeviceId::parse(&snapshot.device).is_ok_and(|device| {
+                    let key = StreamKey::new(device, Channel(snapshot.channel), snapshot.kind);
+                    recordings.is_recording(&key)
+                });
+                ApiStream {
+                    snapshot,
+                    recording,
+                }
+            })
+            .collect(),
+    )
 }

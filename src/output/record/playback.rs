@@ -136,6 +136,10 @@ async fn find(store: &dyn ObjectStore, wanted: &Wanted) -> Result<Vec<Found>, Re
         ));
         let mut listing = store.list(Some(&prefix));
         while let Some(item) = listing.next().await {
+            if let Err(object_store::Error::NotFound { .. }) = item {
+                // a folder store's day that has no folder
+                continue;
+            }
             let meta = item.map_err(|error| {
                 tracing::warn!(%error, "record: listing the store");
                 Refusal {

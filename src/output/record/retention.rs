@@ -73,6 +73,8 @@ pub(crate) async fn run(
                     let modified = u64::try_from(last_modified.timestamp_millis()).unwrap_or(0);
                     objects.push((location.to_string(), modified));
                 }
+                // a folder store nothing was written to yet
+                Err(object_store::Error::NotFound { .. }) => {}
                 Err(error) => {
                     warn!(%error, "record: retention sweep could not list the store");
                     failed = true;

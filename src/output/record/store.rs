@@ -19,7 +19,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use object_store::local::LocalFileSystem;
-use object_store::path::Path as ObjectPath;
+use object_store::path::{Path as ObjectPath, PathPart};
 use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::Serialize;
@@ -66,7 +66,7 @@ pub struct UploadStats {
 /// The store `settings` name and the spool folder.
 pub(crate) fn open(
     settings: &RecordSettings,
-) -> anyhow::Result<(Arc<dyn ObjectStore>, Arc<LocalFileSystem>)> {
+) -> anyhow::Result<(Arc<dyn ObjectStore>, Arc<dyn ObjectStore>)> {
     let (store, default_spool): (Arc<dyn ObjectStore>, PathBuf) =
         if let Some(rest) = settings.store.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -123,7 +123,7 @@ pub(crate) fn open(
             let local = local_folder(&path, "record.store")?;
             let mut spool = path.into_os_string();
             spool.push(".spool");
-            (Arc::new(local), PathBuf::from(spool))
+            (local, PathBuf::from(spool))
         };
     let spool_dir = if settings.spool_dir.is_empty() {
         default_spool
@@ -131,15 +131,33 @@ pub(crate) fn open(
         PathBuf::from(&settings.spool_dir)
     };
     let spool = local_folder(&spool_dir, "record.spool_dir")?;
-    Ok((store, Arc::new(spool)))
+    Ok((store, spool))
 }
 
-/// A local folder as an object store (made if missing).
-fn local_folder(path: &std::path::Path, key: &str) -> anyhow::Result<LocalFileSystem> {
-    std::fs::create_dir_all(path).with_context(|| format!("{key}: creating {}", path.display()))?;
-    LocalFileSystem::new_with_prefix(path)
-        .map(|fs| fs.with_automatic_cleanup(true))
-        .with_context(|| format!("{key}: {}", path.display()))
+/// A local folder as an object store. Nothing is made on disk until the first object is
+/// written (a gateway that never records leaves no folder behind); an absolute path is
+/// fixed now, so a relative one means the working directory at start.
+fn local_folder(path: &std::path::Path, key: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    use std::path::Component;
+    let absolute = std::path::absolute(path)
+        .with_context(|| format!("{key}: {} has no absolute form", path.display()))?;
+    // `..` resolved by hand: `absolute` keeps it, and object keys may not contain it
+    let mut parts: Vec<String> = Vec::new();
+    for component in absolute.components() {
+        match component {
+            Component::Normal(part) => parts.push(
+                part.to_str()
+                    .with_context(|| format!("{key}: {} is not UTF-8", path.display()))?
+                    .to_owned(),
+            ),
+            Component::ParentDir => {
+                parts.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    let prefix: ObjectPath = parts.iter().map(|p| PathPart::from(p.as_str())).collect();
+    Ok(Arc::new(PrefixStore::new(LocalFileSystem::new(), prefix)))
 }
 
 type InFlight = Pin<Box<dyn Future<Output = (ObjectPath, Result<(), object_store::Error>)> + Send>>;
@@ -148,7 +166,7 @@ type InFlight = Pin<Box<dyn Future<Output = (ObjectPath, Result<(), object_store
 /// `shutdown` (then takes what still arrives for [`STOP_GRACE`] into the spool).
 pub(crate) async fn run_uploader(
     store: Arc<dyn ObjectStore>,
-    spool: Arc<LocalFileSystem>,
+    spool: Arc<dyn ObjectStore>,
     spool_max: u64,
     mut uploads_rx: mpsc::Receiver<Upload>,
     stats: Arc<UploadStats>,
@@ -160,6 +178,8 @@ pub(crate) async fn run_uploader(
     while let Some(item) = listing.next().await {
         match item {
             Ok(meta) => queue.push(meta.location, meta.size),
+            // no spool folder yet: nothing left over
+            Err(object_store::Error::NotFound { .. }) => {}
             Err(error) => warn!(%error, "record: listing the spool"),
         }
     }
@@ -235,7 +255,7 @@ pub(crate) async fn run_uploader(
 
 /// Writes one object to the spool, dropping the oldest segments if it would overflow.
 async fn spool_one(
-    spool: &LocalFileSystem,
+    spool: &dyn ObjectStore,
     upload: Upload,
     spool_max: u64,
     queue: &mut SpoolQueue,
@@ -278,7 +298,7 @@ async fn spool_one(
     stats.update(queue);
 }
 
-fn upload(store: Arc<dyn ObjectStore>, spool: Arc<LocalFileSystem>, key: ObjectPath) -> InFlight {
+fn upload(store: Arc<dyn ObjectStore>, spool: Arc<dyn ObjectStore>, key: ObjectPath) -> InFlight {
     Box::pin(async move {
         let result = async {
             let data = spool.get(&key).await?.bytes().await?;
