@@ -70,6 +70,9 @@ echo "== mqtt.js (v5) in target/npm (the browser pages' MQTT client, served loca
 echo "== mpegts.js (v1) in target/npm (the FLV player of the WS-FLV wall test, served locally)"
 [ -e target/npm/node_modules/mpegts.js/dist/mpegts.js ] \
   || npm install --prefix target/npm mpegts.js@1 --no-audit --no-fund
+echo "== hls.js (v1) in target/npm (the HLS player of the recordings' browser test, served locally)"
+[ -e target/npm/node_modules/hls.js/dist/hls.js ] \
+  || npm install --prefix target/npm hls.js@1 --no-audit --no-fund
 
 echo "== browser harness self-test (headless chromium plays a canvas to itself over WebRTC)"
 target/pyenv/bin/python tests/browser/selftest.py

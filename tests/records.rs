@@ -661,3 +661,52 @@ async fn an_mqtt_record_request_records_from_before_it_until_its_duration_or_a_s
     device.cancel();
     gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_plays_a_recording_with_hls_js() {
+    let tmp = TempDir::new("records-hlsjs");
+    let store = tmp.path("recordings");
+    let gateway = Gateway::start(&[
+        ("JTGW__RECORD__AUTO", "all"),
+        ("JTGW__RECORD__STORE", store.to_str().unwrap()),
+        ("JTGW__RECORD__SEGMENT", "1s"),
+    ])
+    .await;
+    record_capture(&gateway).await;
+    let records = ranges(&gateway, CAPTURE_DEVICE).await;
+    let hls = format!(
+        "http://{}{}",
+        gateway.addrs.http,
+        records["ranges"][0]["hls"].as_str().unwrap()
+    );
+    let params = serde_json::json!({ "url": hls, "seconds": 20 });
+    let result = common::browser::play("hls.html", params, Duration::from_secs(60)).await;
+    let page = &result.raw;
+    assert_eq!(page["ok"], true, "{page}");
+    assert!(
+        !page["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e.as_str().unwrap().contains("fatal=true")),
+        "{page}"
+    );
+    assert_eq!(page["width"], 720, "{page}");
+    assert_eq!(page["height"], 576, "{page}");
+    let presented = page["presented"].as_u64().unwrap();
+    assert!(
+        presented >= 95,
+        "{presented} frames presented of 102: {page}"
+    );
+    // muxed segments: one source buffer carries both ("audiovideo")
+    let codecs = page["codecs"].to_string();
+    assert!(
+        codecs.contains("mp4a.40.2") && codecs.contains("avc1"),
+        "{page}"
+    );
+    assert!(
+        page["audio_decoded_bytes"].as_u64().unwrap() > 0,
+        "audio decoded: {page}"
+    );
+    gateway.stop().await;
+}
