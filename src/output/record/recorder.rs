@@ -23,7 +23,9 @@ use crate::codec::h26x::VideoCodec;
 use crate::media::{Codec, Frame};
 use crate::output::flv_mux::decoder_config;
 
-/// A segment grown past this is cut at the next key frame whatever its duration.
+/// A segment grown past this is cut at the next key frame whatever its duration; past
+/// twice this (a device that sends no key frame) it is cut at once and the frames until the
+/// next key frame are left out (counted): a recording's memory is bounded.
 pub(crate) const MAX_SEGMENT_BYTES: usize = 32 * 1024 * 1024;
 
 /// The duration given to a segment's last video frame when no later frame tells it.
@@ -77,6 +79,8 @@ pub struct Recorder {
     sequence: u32,
     /// Frames left out (bad parameter sets, a codec the recording cannot carry).
     skipped: u64,
+    /// [`MAX_SEGMENT_BYTES`] (smaller in tests).
+    max_bytes: usize,
 }
 
 #[derive(Debug)]
@@ -108,7 +112,14 @@ impl Recorder {
             inits_written: Vec::new(),
             sequence: 0,
             skipped: 0,
+            max_bytes: MAX_SEGMENT_BYTES,
         }
+    }
+
+    /// The same recorder cutting past `max_bytes` instead of [`MAX_SEGMENT_BYTES`].
+    pub fn with_max_bytes(mut self, max_bytes: usize) -> Recorder {
+        self.max_bytes = max_bytes.max(1);
+        self
     }
 
     /// Frames left out so far.
@@ -176,7 +187,7 @@ impl Recorder {
             let cut_now = self.current.as_ref().is_some_and(|current| {
                 frame.pts.saturating_sub(current.start_pts) >= self.segment_ms
                     || current.video != config
-                    || current.bytes >= MAX_SEGMENT_BYTES
+                    || current.bytes >= self.max_bytes
                     || frame.pts < current.start_pts
             });
             if cut_now {
@@ -194,16 +205,21 @@ impl Recorder {
                     bytes: 0,
                 });
             }
-        } else if frame.is_key && self.current.is_none() {
-            self.skipped += 1;
         }
         let Some(current) = self.current.as_mut() else {
-            // nothing before the first key frame can be decoded
+            // nothing before a key frame with parameter sets can be decoded
+            self.skipped += 1;
             return Ok(finished);
         };
         let sample = fmp4::length_prefixed(codec, &frame.data);
         current.bytes += sample.len();
         current.frames.push((frame.pts, frame.is_key, sample));
+        if current.bytes >= self.max_bytes.saturating_mul(2) && finished.is_none() {
+            // no key frame came to cut at: cut here, wait for the next key frame
+            if let Some(current) = self.current.take() {
+                finished = Some(self.cut(current, frame.pts + LAST_FRAME_MS)?);
+            }
+        }
         Ok(finished)
     }
 

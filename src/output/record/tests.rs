@@ -315,3 +315,38 @@ fn frames_before_the_first_key_frame_and_garbage_are_left_out() {
     assert!(!recorder.is_recording());
     assert!(recorder.finish().unwrap().is_none());
 }
+
+#[test]
+fn a_stream_without_key_frames_is_cut_at_twice_the_byte_bound_and_waits_for_one() {
+    let scratch = Scratch::new("bound");
+    let video = video(&scratch, VideoCodec::H264, "160x120", 1);
+    let key = frames(VideoCodec::H264, &video, &[], 0)
+        .into_iter()
+        .find(|f| f.is_key)
+        .unwrap();
+    let mut recorder =
+        Recorder::new("13800138000", 1, Duration::from_secs(10)).with_max_bytes(10_000);
+    assert!(recorder.push(&key, BASE_MS).unwrap().is_none());
+    // P frames of 1,000 bytes, never a key frame
+    let mut p_frame = vec![0, 0, 0, 1, 0x41];
+    p_frame.resize(1_000, 0x5a);
+    let p_frame = Bytes::from(p_frame);
+    let mut finished = Vec::new();
+    for i in 1..=40u64 {
+        let frame = Frame {
+            codec: Codec::H264,
+            is_key: false,
+            pts: i * 40,
+            data: p_frame.clone(),
+        };
+        finished.extend(recorder.push(&frame, BASE_MS + i * 40).unwrap());
+    }
+    assert_eq!(finished.len(), 1, "cut once at 20,000 bytes");
+    assert!(finished[0].segment.data.len() >= 20_000);
+    assert!(!recorder.is_recording(), "waits for a key frame");
+    assert!(
+        recorder.skipped() >= 10,
+        "the frames after the cut are counted"
+    );
+    assert!(recorder.finish().unwrap().is_none());
+}
