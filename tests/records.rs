@@ -75,6 +75,8 @@ fn counter(status: &Value, name: &str) -> u64 {
 /// Everything recorded reached the store: nothing recording, nothing spooled.
 fn all_stored(status: &Value) -> bool {
     status["recording"].as_array().unwrap().is_empty()
+        && counter(status, "finishing") == 0
+        && counter(status, "queued") == 0
         && counter(status, "spooled") > 0
         && counter(status, "pending") == 0
 }
@@ -296,6 +298,8 @@ async fn a_recording_into_garage_survives_an_outage_of_the_store() {
     replay.await.unwrap().unwrap();
     let spooled = wait_status(&gateway, "the recording ended", |s| {
         s["recording"].as_array().unwrap().is_empty()
+            && counter(s, "finishing") == 0
+            && counter(s, "queued") == 0
     })
     .await;
     garage.restart().await;
@@ -344,7 +348,10 @@ async fn a_full_spool_drops_its_oldest_segments_and_counts_them() {
         .unwrap()
         .unwrap();
     let full = wait_status(&gateway, "the recording ended", |s| {
-        s["recording"].as_array().unwrap().is_empty() && counter(s, "spooled") >= 3
+        s["recording"].as_array().unwrap().is_empty()
+            && counter(s, "finishing") == 0
+            && counter(s, "queued") == 0
+            && counter(s, "spooled") >= 3
     })
     .await;
     let dropped = counter(&full, "spool_dropped");

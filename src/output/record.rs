@@ -257,6 +257,11 @@ impl Recordings {
             }
         }
         drop(reader);
+        // at once: a device that reconnects right away is recorded anew while this
+        // session's last segment is still on its way
+        let finishing = &self.inner.stats.finishing;
+        finishing.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.active().remove(&key);
         match recorder.finish() {
             Ok(Some(segment)) => self.upload(segment).await,
             Ok(None) => {}
@@ -264,7 +269,7 @@ impl Recordings {
                 warn!(stream = %key, %error, "record: the last segment could not be written")
             }
         }
-        self.active().remove(&key);
+        finishing.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         info!(stream = %key, skipped = recorder.skipped(), "record: recording ended");
     }
 
@@ -275,7 +280,10 @@ impl Recordings {
                 data: object.data,
             };
             // the uploader only spools; waiting here slows this reader, never ingest
+            let queued = &self.inner.stats.queued;
+            queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if self.inner.uploads_tx.send(upload).await.is_err() {
+                queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 warn!("record: the uploader has stopped; a segment is lost");
             }
         }

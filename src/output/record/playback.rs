@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use futures_util::StreamExt;
+use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 
 use super::Recordings;
@@ -25,7 +25,8 @@ use crate::media::DeviceId;
 const RANGE_GAP_MS: u64 = 1_000;
 /// Longest time range one request may ask for (days listed).
 const MAX_RANGE_MS: u64 = 31 * DAY_MS;
-/// Longest segment expected: a range starting after a segment's start still finds it.
+/// How far before a range the listing starts, at least (a range starting after a
+/// segment's start still finds it); twice `record.segment` when that is longer.
 const SEGMENT_SLACK_MS: u64 = 10 * 60 * 1000;
 /// Without `from`, this much before `to`.
 const DEFAULT_SPAN_MS: u64 = DAY_MS;
@@ -124,9 +125,13 @@ fn parse_range(
 }
 
 /// The segments of `wanted` in the store, by start time: one listing per UTC day.
-async fn find(store: &dyn ObjectStore, wanted: &Wanted) -> Result<Vec<Found>, Refusal> {
+async fn find(recordings: &Recordings, wanted: &Wanted) -> Result<Vec<Found>, Refusal> {
+    let store = recordings.inner.store.as_ref();
+    let segment_ms =
+        u64::try_from(recordings.inner.settings.segment.as_millis()).unwrap_or(u64::MAX);
+    let slack = SEGMENT_SLACK_MS.max(segment_ms.saturating_mul(2));
     let mut found = Vec::new();
-    let first_day = wanted.from_ms.saturating_sub(SEGMENT_SLACK_MS) / DAY_MS;
+    let first_day = wanted.from_ms.saturating_sub(slack) / DAY_MS;
     let last_day = wanted.to_ms / DAY_MS;
     for day in first_day..=last_day {
         let prefix = ObjectPath::from(keys::day_prefix(
@@ -197,7 +202,7 @@ async fn list_records(
         Ok(wanted) => wanted,
         Err(refusal) => return refusal.into_response(),
     };
-    let found = match find(recordings.inner.store.as_ref(), &wanted).await {
+    let found = match find(&recordings, &wanted).await {
         Ok(found) => found,
         Err(refusal) => return refusal.into_response(),
     };
@@ -298,7 +303,7 @@ async fn record_file(
         Ok(wanted) => wanted,
         Err(refusal) => return refusal.into_response(),
     };
-    let found = match find(recordings.inner.store.as_ref(), &wanted).await {
+    let found = match find(&recordings, &wanted).await {
         Ok(found) => found,
         Err(refusal) => return refusal.into_response(),
     };

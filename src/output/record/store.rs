@@ -47,6 +47,10 @@ pub(crate) struct Upload {
 /// Counters of the uploader, for `/api/records/status`.
 #[derive(Debug, Default, Serialize)]
 pub struct UploadStats {
+    /// Recordings that ended and whose last segment is on its way to the spool.
+    pub finishing: AtomicU64,
+    /// Objects handed to the uploader and not yet spooled.
+    pub queued: AtomicU64,
     /// Objects written to the spool.
     pub spooled: AtomicU64,
     /// Objects the store took.
@@ -219,6 +223,7 @@ pub(crate) async fn run_uploader(
             received = uploads_rx.recv() => {
                 let Some(upload) = received else { break };
                 spool_one(&spool, upload, spool_max, &mut queue, &stats).await;
+            stats.queued.fetch_sub(1, Ordering::Relaxed);
             }
             (key, result) = done => {
                 in_flight = None;
@@ -248,6 +253,7 @@ pub(crate) async fn run_uploader(
     let _ = tokio::time::timeout(STOP_GRACE, async {
         while let Some(upload) = uploads_rx.recv().await {
             spool_one(&spool, upload, spool_max, &mut queue, &stats).await;
+            stats.queued.fetch_sub(1, Ordering::Relaxed);
         }
     })
     .await;
