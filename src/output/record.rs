@@ -60,6 +60,8 @@ struct Inner {
     /// The streams being recorded now.
     active: Mutex<HashMap<StreamKey, Active>>,
     tasks: TaskTracker,
+    /// The recordings' tasks (also on `tasks`): the uploader waits for them at a stop.
+    recording_tasks: TaskTracker,
     shutdown: CancellationToken,
 }
 
@@ -84,12 +86,14 @@ impl Recordings {
         let (store, spool) = store::open(settings)?;
         let (uploads_tx, uploads_rx) = mpsc::channel(UPLOAD_QUEUE);
         let stats = Arc::new(UploadStats::default());
+        let recording_tasks = TaskTracker::new();
         tasks.spawn(store::run_uploader(
             Arc::clone(&store),
             spool,
             settings.spool_max_bytes.get(),
             uploads_rx,
             Arc::clone(&stats),
+            recording_tasks.clone(),
             shutdown.clone(),
         ));
         let recordings = Recordings {
@@ -102,6 +106,7 @@ impl Recordings {
                 plays,
                 active: Mutex::new(HashMap::new()),
                 tasks: tasks.clone(),
+                recording_tasks,
                 shutdown,
             }),
         };
@@ -158,9 +163,11 @@ impl Recordings {
         drop(active);
         info!(stream = %key, "record: recording");
         let this = self.clone();
-        self.inner.tasks.spawn(async move {
-            this.run_recording(reader, stop).await;
-        });
+        let recording = self
+            .inner
+            .recording_tasks
+            .track_future(async move { this.run_recording(reader, stop).await });
+        self.inner.tasks.spawn(recording);
         true
     }
 

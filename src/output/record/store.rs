@@ -167,13 +167,15 @@ fn local_folder(path: &std::path::Path, key: &str) -> anyhow::Result<Arc<dyn Obj
 type InFlight = Pin<Box<dyn Future<Output = (ObjectPath, Result<(), object_store::Error>)> + Send>>;
 
 /// The uploader: spools what arrives on `uploads_rx`, uploads oldest first, until
-/// `shutdown` (then takes what still arrives for [`STOP_GRACE`] into the spool).
+/// `shutdown`; then the recordings (`recordings`, their tasks) finish, for
+/// [`STOP_GRACE`] at most, and what they sent is spooled.
 pub(crate) async fn run_uploader(
     store: Arc<dyn ObjectStore>,
     spool: Arc<dyn ObjectStore>,
     spool_max: u64,
     mut uploads_rx: mpsc::Receiver<Upload>,
     stats: Arc<UploadStats>,
+    recordings: tokio_util::task::TaskTracker,
     shutdown: CancellationToken,
 ) {
     let mut queue = SpoolQueue::default();
@@ -250,8 +252,22 @@ pub(crate) async fn run_uploader(
         }
     }
     // stopping: what the recorders finish now still reaches the spool
+    recordings.close();
     let _ = tokio::time::timeout(STOP_GRACE, async {
-        while let Some(upload) = uploads_rx.recv().await {
+        loop {
+            tokio::select! {
+                received = uploads_rx.recv() => match received {
+                    Some(upload) => {
+                        spool_one(&spool, upload, spool_max, &mut queue, &stats).await;
+                        stats.queued.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    None => return,
+                },
+                () = recordings.wait() => break,
+            }
+        }
+        // every recording has ended: what they sent is in the queue
+        while let Ok(upload) = uploads_rx.try_recv() {
             spool_one(&spool, upload, spool_max, &mut queue, &stats).await;
             stats.queued.fetch_sub(1, Ordering::Relaxed);
         }
