@@ -717,3 +717,74 @@ async fn chromium_plays_a_recording_with_hls_js() {
     );
     gateway.stop().await;
 }
+
+/// Files under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(files_under(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_stopped_mid_recording_uploads_its_spool_at_the_next_start() {
+    let tmp = TempDir::new("records-restart");
+    let mut garage = Garage::start().await;
+    let spool = tmp.path("spool");
+    let mut settings = garage.settings("fleet");
+    settings.extend([
+        ("JTGW__RECORD__SEGMENT".to_owned(), "1s".to_owned()),
+        (
+            "JTGW__RECORD__SPOOL_DIR".to_owned(),
+            spool.to_str().unwrap().to_owned(),
+        ),
+    ]);
+    let mut first: Vec<(&str, &str)> = settings
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    first.push(("JTGW__RECORD__AUTO", "all"));
+    let gateway = Gateway::start(&first).await;
+    garage.kill().await;
+    let replay = replay_realtime(&testdata(CAPTURE), gateway.addrs.live);
+    wait_status(&gateway, "a segment spooled while recording", |s| {
+        counter(s, "spooled") >= 2 && !s["recording"].as_array().unwrap().is_empty()
+    })
+    .await;
+    // stopped mid-recording: the segment being gathered is finished into the spool
+    gateway.stop().await;
+    replay.abort();
+    let spooled = files_under(&spool).len();
+    assert!(
+        spooled >= 3,
+        "the init, a segment and the last one: {spooled}"
+    );
+    garage.restart().await;
+    let settings: Vec<(&str, &str)> = settings
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let gateway = Gateway::start(&settings).await;
+    let stored = wait_status(&gateway, "the spool of the last run uploaded", |s| {
+        counter(s, "uploaded") as usize == spooled && counter(s, "pending") == 0
+    })
+    .await;
+    assert_eq!(counter(&stored, "upload_failures"), 0, "{stored}");
+    assert!(files_under(&spool).is_empty(), "the spool is empty");
+    let records = ranges(&gateway, CAPTURE_DEVICE).await;
+    assert_eq!(
+        records["segments"].as_u64().unwrap() as usize,
+        spooled - 1,
+        "{records}"
+    );
+    gateway.stop().await;
+}
