@@ -83,7 +83,11 @@ impl Recordings {
         tasks: &TaskTracker,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Recordings> {
-        let (store, spool) = store::open(settings)?;
+        let store::Opened {
+            store,
+            spool,
+            direct,
+        } = store::open(settings)?;
         let (uploads_tx, uploads_rx) = mpsc::channel(UPLOAD_QUEUE);
         let stats = Arc::new(UploadStats::default());
         let recording_tasks = TaskTracker::new();
@@ -94,6 +98,7 @@ impl Recordings {
             uploads_rx,
             Arc::clone(&stats),
             recording_tasks.clone(),
+            direct,
             shutdown.clone(),
         ));
         let recordings = Recordings {

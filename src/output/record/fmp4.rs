@@ -9,9 +9,9 @@
 
 use bytes::Bytes;
 use mp4_atom::{
-    Atom, Audio, Avc1, Avcc, Dinf, Dref, Encode, Esds, Ftyp, Hdlr, Hvc1, Hvcc, Mdat, Mdhd, Mdia,
-    Mfhd, Minf, Moof, Moov, Mp4a, Mvex, Mvhd, Smhd, Stbl, Stco, Stsd, Tfdt, Tfhd, Tkhd, Traf, Trak,
-    Trex, Trun, TrunEntry, Url, Visual, Vmhd, esds,
+    Atom, Audio, Avc1, Avcc, Dinf, Dref, Encode, Esds, Ftyp, Hdlr, Hvc1, Hvcc, Mdhd, Mdia, Mfhd,
+    Minf, Moof, Moov, Mp4a, Mvex, Mvhd, Smhd, Stbl, Stco, Stsd, Tfdt, Tfhd, Tkhd, Traf, Trak, Trex,
+    Trun, TrunEntry, Url, Visual, Vmhd, esds,
 };
 
 use crate::codec::audio::aac::AacConfig;
@@ -302,15 +302,18 @@ pub(crate) fn fragment(
         at += run.samples.iter().map(|s| s.data.len()).sum::<usize>();
     }
     moof = self::moof(sequence, &runs, &offsets);
-    let mut data = Vec::with_capacity(media_len);
-    for (_, run) in &runs {
-        for sample in &run.samples {
-            data.extend_from_slice(&sample.data);
-        }
-    }
     let mut out = Vec::with_capacity(moof_len + mdat_header + media_len);
     moof.encode(&mut out).map_err(Fmp4Error::Encode)?;
-    Mdat { data }.encode(&mut out).map_err(Fmp4Error::Encode)?;
+    // the mdat written here, header then samples: `mp4_atom::Mdat` would take the media
+    // as one more copy first
+    let mdat_len = u32::try_from(mdat_header + media_len).map_err(|_| too_large())?;
+    out.extend_from_slice(&mdat_len.to_be_bytes());
+    out.extend_from_slice(b"mdat");
+    for (_, run) in &runs {
+        for sample in &run.samples {
+            out.extend_from_slice(&sample.data);
+        }
+    }
     Ok(out)
 }
 

@@ -67,10 +67,19 @@ pub struct UploadStats {
     pub pending_bytes: AtomicU64,
 }
 
+/// Where objects go.
+pub(crate) struct Opened {
+    /// The store.
+    pub(crate) store: Arc<dyn ObjectStore>,
+    /// The spool folder.
+    pub(crate) spool: Arc<dyn ObjectStore>,
+    /// The store is a local folder: objects are written to it directly (the spool only
+    /// takes what a write failed).
+    pub(crate) direct: bool,
+}
+
 /// The store `settings` name and the spool folder.
-pub(crate) fn open(
-    settings: &RecordSettings,
-) -> anyhow::Result<(Arc<dyn ObjectStore>, Arc<dyn ObjectStore>)> {
+pub(crate) fn open(settings: &RecordSettings) -> anyhow::Result<Opened> {
     let (store, default_spool): (Arc<dyn ObjectStore>, PathBuf) =
         if let Some(rest) = settings.store.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -135,7 +144,11 @@ pub(crate) fn open(
         PathBuf::from(&settings.spool_dir)
     };
     let spool = local_folder(&spool_dir, "record.spool_dir")?;
-    Ok((store, spool))
+    Ok(Opened {
+        store,
+        spool,
+        direct: !settings.store.starts_with("s3://"),
+    })
 }
 
 /// A local folder as an object store. Nothing is made on disk until the first object is
@@ -176,8 +189,12 @@ pub(crate) async fn run_uploader(
     mut uploads_rx: mpsc::Receiver<Upload>,
     stats: Arc<UploadStats>,
     recordings: tokio_util::task::TaskTracker,
+    direct: bool,
     shutdown: CancellationToken,
 ) {
+    // a folder store is written at once (one write instead of spool, read, write); the
+    // spool takes what such a write failed, and retries it
+    let direct = direct.then(|| Arc::clone(&store));
     let mut queue = SpoolQueue::default();
     // what an earlier run left in the spool goes first
     let mut listing = spool.list(None);
@@ -224,7 +241,7 @@ pub(crate) async fn run_uploader(
         tokio::select! {
             received = uploads_rx.recv() => {
                 let Some(upload) = received else { break };
-                spool_one(&spool, upload, spool_max, &mut queue, &stats).await;
+                store_one(direct.as_deref(), &spool, upload, spool_max, &mut queue, &stats).await;
             stats.queued.fetch_sub(1, Ordering::Relaxed);
             }
             (key, result) = done => {
@@ -258,7 +275,7 @@ pub(crate) async fn run_uploader(
             tokio::select! {
                 received = uploads_rx.recv() => match received {
                     Some(upload) => {
-                        spool_one(&spool, upload, spool_max, &mut queue, &stats).await;
+                        store_one(direct.as_deref(), &spool, upload, spool_max, &mut queue, &stats).await;
                         stats.queued.fetch_sub(1, Ordering::Relaxed);
                     }
                     None => return,
@@ -268,11 +285,41 @@ pub(crate) async fn run_uploader(
         }
         // every recording has ended: what they sent is in the queue
         while let Ok(upload) = uploads_rx.try_recv() {
-            spool_one(&spool, upload, spool_max, &mut queue, &stats).await;
+            store_one(direct.as_deref(), &spool, upload, spool_max, &mut queue, &stats).await;
             stats.queued.fetch_sub(1, Ordering::Relaxed);
         }
     })
     .await;
+}
+
+/// Writes one object to the folder store directly (`direct`), else (or if that failed) to
+/// the spool.
+async fn store_one(
+    direct: Option<&dyn ObjectStore>,
+    spool: &dyn ObjectStore,
+    upload: Upload,
+    spool_max: u64,
+    queue: &mut SpoolQueue,
+    stats: &UploadStats,
+) {
+    if let Some(store) = direct {
+        let key = ObjectPath::from(upload.key.as_str());
+        match store
+            .put(&key, PutPayload::from_bytes(upload.data.clone()))
+            .await
+        {
+            Ok(_) => {
+                stats.spooled.fetch_add(1, Ordering::Relaxed);
+                stats.uploaded.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Err(error) => {
+                stats.upload_failures.fetch_add(1, Ordering::Relaxed);
+                warn!(%error, key = %upload.key, "record: writing to the store failed; spooled");
+            }
+        }
+    }
+    spool_one(spool, upload, spool_max, queue, stats).await;
 }
 
 /// Writes one object to the spool, dropping the oldest segments if it would overflow.
