@@ -83,22 +83,17 @@ impl Recordings {
         tasks: &TaskTracker,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Recordings> {
-        let store::Opened {
-            store,
-            spool,
-            direct,
-        } = store::open(settings)?;
+        let target = store::open(settings)?;
+        let store = Arc::clone(&target.store);
         let (uploads_tx, uploads_rx) = mpsc::channel(UPLOAD_QUEUE);
         let stats = Arc::new(UploadStats::default());
         let recording_tasks = TaskTracker::new();
         tasks.spawn(store::run_uploader(
-            Arc::clone(&store),
-            spool,
+            target,
             settings.spool_max_bytes.get(),
             uploads_rx,
             Arc::clone(&stats),
             recording_tasks.clone(),
-            direct,
             shutdown.clone(),
         ));
         let recordings = Recordings {

@@ -183,15 +183,18 @@ type InFlight = Pin<Box<dyn Future<Output = (ObjectPath, Result<(), object_store
 /// `shutdown`; then the recordings (`recordings`, their tasks) finish, for
 /// [`STOP_GRACE`] at most, and what they sent is spooled.
 pub(crate) async fn run_uploader(
-    store: Arc<dyn ObjectStore>,
-    spool: Arc<dyn ObjectStore>,
+    target: Opened,
     spool_max: u64,
     mut uploads_rx: mpsc::Receiver<Upload>,
     stats: Arc<UploadStats>,
     recordings: tokio_util::task::TaskTracker,
-    direct: bool,
     shutdown: CancellationToken,
 ) {
+    let Opened {
+        store,
+        spool,
+        direct,
+    } = target;
     // a folder store is written at once (one write instead of spool, read, write); the
     // spool takes what such a write failed, and retries it
     let direct = direct.then(|| Arc::clone(&store));
