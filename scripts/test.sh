@@ -46,8 +46,8 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}"
 fi
 
-echo "== third-party servers (scripts/tools.sh): SRS, mosquitto, redis, coturn, nginx-rtmp"
-tool_env="$(scripts/tools.sh srs mosquitto redis-server turnserver nginx)"
+echo "== third-party servers (scripts/tools.sh): SRS, mosquitto, redis, coturn, nginx-rtmp, Garage"
+tool_env="$(scripts/tools.sh srs mosquitto redis-server turnserver nginx garage)"
 eval "$tool_env"
 
 echo "== no code, test or script reads the shared folder beside the clone (data is in tests/data)"
@@ -77,6 +77,9 @@ echo "== mqtt.js (v5) in target/npm (the browser pages' MQTT client, served loca
 echo "== mpegts.js (v1) in target/npm (the FLV player of the WS-FLV wall test, served locally)"
 [ -e target/npm/node_modules/mpegts.js/dist/mpegts.js ] \
   || npm install --prefix target/npm mpegts.js@1 --no-audit --no-fund
+echo "== hls.js (v1) in target/npm (the HLS player of the recordings' browser test, served locally)"
+[ -e target/npm/node_modules/hls.js/dist/hls.js ] \
+  || npm install --prefix target/npm hls.js@1 --no-audit --no-fund
 
 echo "== browser harness self-test (headless chromium plays a canvas to itself over WebRTC)"
 target/pyenv/bin/python tests/browser/selftest.py

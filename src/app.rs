@@ -194,11 +194,19 @@ impl App {
             }
             None => None,
         };
+        let recordings = crate::output::record::Recordings::start(
+            &self.settings.record,
+            self.hub.clone(),
+            plays.clone(),
+            &tasks,
+            shutdown.clone(),
+        )?;
         crate::control::spawn(
             control,
             self.hub.clone(),
             rtmp,
             webrtc,
+            recordings.clone(),
             &tasks,
             shutdown.clone(),
         )?;
@@ -206,7 +214,7 @@ impl App {
             &self.settings.bridge,
             &mqtt_settings,
             self.settings.control.lease,
-            plays,
+            plays.clone(),
             &tasks,
             shutdown.clone(),
         )?;
@@ -229,11 +237,15 @@ impl App {
         );
         // every /api/* route but the SRS hooks' (which have their own guard), and /metrics
         let api = Router::new()
-            .merge(api::routes(self.hub.clone()))
-            .merge(crate::output::console::api_routes(self.hub.clone()))
+            .merge(api::routes(self.hub.clone(), recordings.clone()))
+            .merge(crate::output::console::api_routes(
+                self.hub.clone(),
+                recordings.clone(),
+            ))
             .merge(metrics)
             .merge(bridge.api_routes())
             .merge(webrtc_api.unwrap_or_default())
+            .merge(recordings.api_routes())
             .layer(axum::middleware::from_fn_with_state(
                 ApiGuard::new(&self.settings.http),
                 crate::auth::guard_api,
@@ -245,6 +257,7 @@ impl App {
                 .merge(crate::output::console::routes())
                 .merge(api)
                 .merge(bridge.routes())
+                .merge(recordings.routes())
                 .merge(whep.unwrap_or_default()),
             player,
             serve: http_serve::ServeOptions {

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::num::{NonZeroU32, NonZeroUsize};
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::Path;
 use std::time::Duration;
 
@@ -39,6 +39,8 @@ pub struct Settings {
     pub bridge: BridgeSettings,
     /// WebRTC to browsers (MQTT-signalled and WHEP).
     pub webrtc: WebRtcSettings,
+    /// Recordings on object storage.
+    pub record: RecordSettings,
     /// Threads.
     pub runtime: RuntimeSettings,
     /// Logging.
@@ -359,6 +361,110 @@ pub struct RtmpSettings {
     pub retry_backoff_max: Duration,
     /// Failed attempts in a row before the push gives up.
     pub max_attempts: NonZeroUsize,
+}
+
+/// `[record]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RecordSettings {
+    /// Where recordings go: a folder path, `file://…` or `s3://bucket/prefix`.
+    pub store: String,
+    /// S3 endpoint URL (empty: AWS's).
+    pub s3_endpoint: String,
+    /// S3 region.
+    pub s3_region: String,
+    /// S3 access key id.
+    pub s3_access_key: Secret,
+    /// S3 secret key.
+    pub s3_secret_key: Secret,
+    /// Streams recorded while live.
+    pub auto: RecordAuto,
+    /// Segment length (cut at the first key frame on or after it).
+    #[serde(with = "humantime_serde")]
+    pub segment: Duration,
+    /// Recordings older than this are deleted (zero: never).
+    #[serde(with = "humantime_serde")]
+    pub keep: Duration,
+    /// How often the retention sweep runs.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+    /// Where segments wait for the store (empty: beside the store).
+    pub spool_dir: String,
+    /// Bytes the spool may hold.
+    pub spool_max_bytes: NonZeroU64,
+}
+
+/// `record.auto`: which live streams are recorded without a request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum RecordAuto {
+    /// None.
+    #[default]
+    Off,
+    /// Every live stream.
+    All,
+    /// Streams of these devices (`13800138000`) or these channels (`13800138000_2`).
+    Only(Vec<String>),
+}
+
+impl RecordAuto {
+    /// Whether a live stream of `device` channel `channel` is recorded.
+    pub fn matches(&self, device: &str, channel: u8) -> bool {
+        match self {
+            RecordAuto::Off => false,
+            RecordAuto::All => true,
+            RecordAuto::Only(names) => names
+                .iter()
+                .any(|name| name == device || *name == format!("{device}_{channel}")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RecordAuto {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        match text.trim() {
+            "off" | "" => Ok(RecordAuto::Off),
+            "all" => Ok(RecordAuto::All),
+            list => {
+                let mut names = Vec::new();
+                for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                    let (device, channel) = match name.split_once('_') {
+                        Some((device, channel)) => (device, Some(channel)),
+                        None => (name, None),
+                    };
+                    let device = crate::media::DeviceId::parse(device).map_err(|_| {
+                        serde::de::Error::custom(format!(
+                            "record.auto: {name:?} is not a device id or {{device}}_{{channel}} \
+                             (or \"off\", \"all\")"
+                        ))
+                    })?;
+                    let name = match channel {
+                        Some(channel) => {
+                            let channel: u8 = channel.parse().map_err(|_| {
+                                serde::de::Error::custom(format!(
+                                    "record.auto: {name:?} has no channel number after _"
+                                ))
+                            })?;
+                            format!("{device}_{channel}")
+                        }
+                        None => device.to_string(),
+                    };
+                    names.push(name);
+                }
+                Ok(RecordAuto::Only(names))
+            }
+        }
+    }
+}
+
+impl Serialize for RecordAuto {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RecordAuto::Off => serializer.serialize_str("off"),
+            RecordAuto::All => serializer.serialize_str("all"),
+            RecordAuto::Only(names) => serializer.serialize_str(&names.join(",")),
+        }
+    }
 }
 
 /// `[webrtc]`
@@ -882,6 +988,32 @@ mod tests {
         let env = HashMap::from([("JTGW__MQTT__ALLOW_ANONYMOUS".to_owned(), "yes".to_owned())]);
         let error = format!("{:#}", Settings::load_from(None, Some(env)).unwrap_err());
         assert!(error.contains("allow_anonymous"), "{error}");
+    }
+
+    #[test]
+    fn record_auto_takes_off_all_or_names_and_s3_keys_print_redacted() {
+        let load = |auto: &str| {
+            let env = HashMap::from([
+                ("JTGW__RECORD__AUTO".to_owned(), auto.to_owned()),
+                (
+                    "JTGW__RECORD__S3_SECRET_KEY".to_owned(),
+                    "hunter2".to_owned(),
+                ),
+            ]);
+            Settings::load_from(None, Some(env))
+        };
+        let s = load("all").unwrap();
+        assert_eq!(s.record.auto, RecordAuto::All);
+        assert_eq!(s.record.s3_secret_key.expose(), "hunter2");
+        let printed = serde_json::to_string(&s).unwrap();
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert_eq!(load("off").unwrap().record.auto, RecordAuto::Off);
+        let some = load("13800138000, 13900139000_2").unwrap().record.auto;
+        assert!(some.matches("13800138000", 3));
+        assert!(some.matches("13900139000", 2));
+        assert!(!some.matches("13900139000", 1));
+        let error = format!("{:#}", load("13900139000_x").unwrap_err());
+        assert!(error.contains("record.auto"), "{error}");
     }
 
     #[test]

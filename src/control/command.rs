@@ -5,6 +5,8 @@
 //! Error codes and messages are the contract of docs/mqtt.md: the checks here say what the
 //! dispatcher used to say, in the same words.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 
 use super::messages::{ErrorCode, Fields, Mode, RequestError, SessionDescription, bcd_time};
@@ -46,7 +48,33 @@ pub(crate) enum Command {
     },
     /// A WebRTC offer.
     WebRtc(WebRtcOffer),
+    /// Record the stream, or stop recording it.
+    Record(RecordAction),
 }
+
+/// RECORD's fields: `action` start (default) or stop.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum RecordAction {
+    /// Record for `duration` (the requester holds the stream until then); the reply's
+    /// range reaches `pre_roll` back.
+    Start {
+        /// The stream and its pull fields.
+        wanted: Wanted,
+        /// `duration`: default [`RECORD_DURATION`], at most [`MAX_RECORD_DURATION`].
+        duration: Duration,
+        /// `pre_roll`: default none, at most [`MAX_PRE_ROLL`].
+        pre_roll: Duration,
+    },
+    /// Stop this requester's recording.
+    Stop(StreamKey),
+}
+
+/// Default `duration` of a RECORD request.
+pub(crate) const RECORD_DURATION: Duration = Duration::from_secs(600);
+/// Longest `duration` of a RECORD request.
+pub(crate) const MAX_RECORD_DURATION: Duration = Duration::from_secs(86_400);
+/// Longest `pre_roll` a reply's playback range reaches back.
+pub(crate) const MAX_PRE_ROLL: Duration = Duration::from_secs(60);
 
 /// A stream a requester wants, with the fields that shape its device command.
 #[derive(Debug, Clone, PartialEq)]
@@ -149,6 +177,7 @@ impl Command {
                 url: fields.url.clone(),
             },
             Mode::WebRtc => Command::WebRtc(webrtc_offer(key, fields)?),
+            Mode::Record => Command::Record(record_action(key, fields)?),
         })
     }
 }
@@ -296,6 +325,70 @@ fn webrtc_offer(key: StreamKey, fields: &Fields) -> Result<WebRtcOffer, FieldErr
         audio: fields.audio.unwrap_or(true),
         ice_servers,
     })
+}
+
+fn record_action(key: StreamKey, fields: &Fields) -> Result<RecordAction, FieldError> {
+    let duration = duration_field(
+        fields.duration.as_deref(),
+        "duration",
+        RECORD_DURATION,
+        MAX_RECORD_DURATION,
+    )?;
+    // zero is the default, not a recording that ends at once
+    let duration = if duration.is_zero() {
+        RECORD_DURATION
+    } else {
+        duration
+    };
+    let pre_roll = duration_field(
+        fields.pre_roll.as_deref(),
+        "pre_roll",
+        Duration::ZERO,
+        MAX_PRE_ROLL,
+    )?;
+    match fields.action.as_deref().unwrap_or("start") {
+        "start" => Ok(RecordAction::Start {
+            wanted: wanted(key, fields)?,
+            duration,
+            pre_roll,
+        }),
+        "stop" => Ok(RecordAction::Stop(key)),
+        other => Err((
+            ErrorCode::InvalidField,
+            format!(
+                "action: {:?}; expected \"start\" or \"stop\"",
+                crate::media::echo(other)
+            ),
+        )),
+    }
+}
+
+/// A duration field (`"10m"`, `"30s"`): `default` when absent, at most `max`.
+fn duration_field(
+    value: Option<&str>,
+    name: &str,
+    default: Duration,
+    max: Duration,
+) -> Result<Duration, FieldError> {
+    let Some(text) = value else {
+        return Ok(default);
+    };
+    let parsed = humantime::parse_duration(text).map_err(|e| {
+        (
+            ErrorCode::InvalidField,
+            format!(
+                "{name}: {:?} is not a duration like \"10m\" ({e})",
+                crate::media::echo(text)
+            ),
+        )
+    })?;
+    if parsed > max {
+        return Err((
+            ErrorCode::InvalidField,
+            format!("{name}: at most {}", humantime::format_duration(max)),
+        ));
+    }
+    Ok(parsed)
 }
 
 /// `iceserver`: a list of `RTCIceServer` objects, one object, or nothing.

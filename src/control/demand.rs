@@ -380,6 +380,30 @@ impl Demand {
         None
     }
 
+    /// Makes `requester`'s lease on `key` last until `until` (a RECORD request holds the
+    /// stream for its `duration`, not for `control.lease`). False if it holds none.
+    pub fn lease_until(
+        &mut self,
+        key: &StreamKey,
+        requester: &RequesterId,
+        until: Instant,
+    ) -> bool {
+        let Some(lease) = self
+            .entries
+            .get_mut(key)
+            .and_then(|e| e.requesters.get_mut(requester))
+        else {
+            return false;
+        };
+        lease.expires = Some(until);
+        if let Some(entry) = self.entries.get_mut(key) {
+            // the item in the heap may be later than the new deadline: schedule afresh
+            entry.scheduled = None;
+        }
+        self.schedule(key);
+        true
+    }
+
     /// Requesters of `key` (for status and tests).
     pub fn requesters(&self, key: &StreamKey) -> usize {
         self.entries.get(key).map_or(0, |e| e.requesters.len())

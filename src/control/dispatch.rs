@@ -23,10 +23,12 @@ use crate::output::rtmp_push::PushEvent;
 use crate::output::webrtc::{PeerEvent, WebRtc};
 
 mod outgoing;
+mod record;
 mod rtmp;
 mod webrtc;
 
 pub(crate) use outgoing::GatewayStatus;
+pub(crate) use record::RecordControl;
 pub(crate) use rtmp::RtmpControl;
 
 /// Most devices whose heartbeat is remembered (bounded against floods of made-up ids).
@@ -49,6 +51,8 @@ pub(crate) struct Control {
     /// The last seqid the gateway made up (device commands, requests without one).
     sequence: u64,
     rtmp: RtmpControl,
+    /// Requested recordings.
+    record: RecordControl,
     /// The WebRTC side and its offers waiting for relays (`None`: `webrtc.enabled = false`).
     webrtc: Option<webrtc::WebRtcControl>,
     /// What the current step decided to publish; flushed after it with back-pressure.
@@ -71,6 +75,7 @@ impl Control {
         client: AsyncClient,
         rtmp: RtmpControl,
         webrtc: Option<WebRtc>,
+        record: RecordControl,
         tasks: tokio_util::task::TaskTracker,
     ) -> Control {
         Control {
@@ -85,6 +90,7 @@ impl Control {
             heartbeats: 0,
             sequence: 0,
             rtmp,
+            record,
             webrtc: webrtc.map(webrtc::WebRtcControl::new),
             outbox: Outbox::default(),
             statuses: HashMap::new(),
@@ -149,6 +155,7 @@ impl Control {
                     self.demand.poll(Instant::now().into_std(), &mut actions);
                     self.perform(actions);
                     self.rtmp_prune();
+                    self.record_prune();
                     // a flood's stream parameters are gone once its devices were stopped
                     if self.pull_params.capacity() > 4 * self.pull_params.len() + 1024 {
                         self.pull_params.shrink_to_fit();
@@ -229,7 +236,7 @@ impl Control {
                 code: ErrorCode::UnknownMode,
                 message: format!(
                     "unknown mode {mode:?}; expected SUBSCRIBE, UNSUBSCRIBE, PLAYBACK, \
-                     PLAYBACK_CTRL, DEVPUSH, HEART, RTMP or WEBRTC"
+                     PLAYBACK_CTRL, DEVPUSH, HEART, RTMP, WEBRTC or RECORD"
                 ),
                 seqid: fields.seqid,
             });
@@ -257,6 +264,7 @@ impl Control {
             Command::Heart => {}
             Command::Rtmp { wanted, url } => self.rtmp_request(wanted, url, &requester, &seqid),
             Command::WebRtc(offer) => self.webrtc_request(offer, client, seqid),
+            Command::Record(action) => self.record_request(action, &requester, &seqid),
         }
     }
 
@@ -343,6 +351,8 @@ impl Control {
         match event {
             HubEvent::StreamUp(key) => {
                 self.demand.stream_up(&key);
+                // recorded before its status says whether it is
+                self.record_stream_up(&key);
                 self.publish_stream_status(&key, true);
                 self.rtmp_stream_up(&key);
             }

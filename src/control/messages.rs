@@ -71,6 +71,9 @@ pub enum Mode {
     Rtmp,
     /// A WebRTC offer: answered on `ANSWER` with the gateway's SDP answer.
     WebRtc,
+    /// Record the stream (`action` start/stop, `duration`, `pre_roll`); counts as a
+    /// requester like SUBSCRIBE until `duration` or stop.
+    Record,
 }
 
 impl Mode {
@@ -85,6 +88,7 @@ impl Mode {
             "HEART" => Mode::Heart,
             "RTMP" => Mode::Rtmp,
             "WEBRTC" => Mode::WebRtc,
+            "RECORD" => Mode::Record,
             _ => return None,
         })
     }
@@ -100,6 +104,7 @@ impl Mode {
             Mode::Heart => "HEART",
             Mode::Rtmp => "RTMP",
             Mode::WebRtc => "WEBRTC",
+            Mode::Record => "RECORD",
         }
     }
 }
@@ -150,6 +155,13 @@ pub(crate) struct Fields {
     /// `webrtc.request_ice_servers` the gateway allocates a relay on each TURN server in it
     /// for this request's peer; otherwise ignored.
     pub iceserver: Option<serde_json::Value>,
+    /// RECORD: `start` (default) or `stop`.
+    pub action: Option<String>,
+    /// RECORD: how long to record (`"10m"`, default; at most a day).
+    pub duration: Option<String>,
+    /// RECORD: how much before the request the recording may start (`"10s"`): what the GOP
+    /// cache holds of it.
+    pub pre_roll: Option<String>,
 }
 
 /// An SDP offer or answer as browsers write it (`RTCSessionDescription.toJSON()`).
@@ -309,12 +321,36 @@ pub struct Reply {
     /// The RTMP push, for replies to RTMP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtmp: Option<RtmpReply>,
+    /// The recording, for replies to RECORD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<RecordReply>,
     /// Error code, for ERROR/REFUSE.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<ErrorCode>,
     /// Human-readable message, for ERROR/REFUSE.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// What an OK reply to RECORD says of the recording.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RecordReply {
+    /// `start` or `stop`.
+    pub action: String,
+    /// When the recording started (RFC 3339): the request's time less what the GOP cache
+    /// holds before it, at most `pre_roll` (for start, when the stream is live; else when
+    /// it comes up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// When it stops unless renewed or stopped (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    /// The HLS playlist of the recording's time range (through the gateway's HTTP port).
+    pub hls: String,
+    /// The fMP4 download of the same range.
+    pub mp4: String,
+    /// The recorded ranges (`/api/records`).
+    pub api: String,
 }
 
 /// Longest `message` of an error reply, in bytes.
@@ -364,6 +400,7 @@ impl Reply {
             urls: None,
             lease_secs: None,
             rtmp: None,
+            record: None,
             code: Some(code),
             message: Some(message),
         }

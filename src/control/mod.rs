@@ -28,6 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{ControlSettings, MqttSettings, RtmpSettings};
 use crate::hub::Hub;
+use crate::output::record::Recordings;
 use crate::output::rtmp_push::{PushEvent, RtmpPusher};
 use crate::output::webrtc::{PeerEvent, WebRtc};
 use demand::DemandSettings;
@@ -103,6 +104,7 @@ pub fn spawn(
     hub: Hub,
     rtmp: RtmpSide,
     webrtc: Option<(WebRtc, mpsc::Receiver<PeerEvent>)>,
+    recordings: Recordings,
     tasks: &TaskTracker,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -148,7 +150,16 @@ pub fn spawn(
         // never sends: the sender is dropped at once
         None => (None, mpsc::channel(1).1),
     };
-    let control = Control::new(ctx, hub, client.clone(), rtmp, webrtc, tasks.clone());
+    let record = dispatch::RecordControl::new(recordings);
+    let control = Control::new(
+        ctx,
+        hub,
+        client.clone(),
+        rtmp,
+        webrtc,
+        record,
+        tasks.clone(),
+    );
     tasks.spawn(async move {
         control
             .run(

@@ -87,7 +87,7 @@ pub const PUSH_STATES: [&str; 4] = ["connecting", "publishing", "retrying", "fai
 
 /// Request modes as the label `mode` names them (`unknown`: a mode the gateway does not
 /// know).
-const REQUEST_MODES: [&str; 9] = [
+const REQUEST_MODES: [&str; 10] = [
     "SUBSCRIBE",
     "UNSUBSCRIBE",
     "PLAYBACK",
@@ -96,6 +96,7 @@ const REQUEST_MODES: [&str; 9] = [
     "HEART",
     "RTMP",
     "WEBRTC",
+    "RECORD",
     "unknown",
 ];
 

@@ -22,7 +22,8 @@ use futures_util::Stream;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use super::api::ApiStream;
+use super::api;
+use super::record::Recordings;
 use crate::hub::{Hub, HubEvent};
 
 /// A snapshot goes out at least this often.
@@ -69,10 +70,10 @@ pub fn routes() -> Router {
 }
 
 /// `GET /api/events` (guarded with the rest of `/api/*` by `app`).
-pub fn api_routes(hub: Hub) -> Router {
+pub fn api_routes(hub: Hub, recordings: Recordings) -> Router {
     Router::new()
         .route("/api/events", get(events))
-        .with_state(hub)
+        .with_state((hub, recordings))
 }
 
 async fn index() -> Response {
@@ -101,23 +102,29 @@ fn serve(name: &str) -> Response {
 /// `/api/streams`; one at once, then every second, and as soon as a stream comes or goes
 /// (at most every 200 ms). The stream is polled by the connection's own task: nothing is
 /// spawned, and it ends with the connection.
-async fn events(State(hub): State<Hub>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+async fn events(
+    State((hub, recordings)): State<(Hub, Recordings)>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let events_rx = hub.events();
-    let state = (hub, events_rx, None::<Instant>);
-    let stream = futures_util::stream::unfold(state, |(hub, mut events_rx, last)| async move {
-        if let Some(last) = last {
-            if !next_snapshot_due(&mut events_rx, last).await {
-                return None;
+    let state = (hub, recordings, events_rx, None::<Instant>);
+    let stream =
+        futures_util::stream::unfold(state, |(hub, recordings, mut events_rx, last)| async move {
+            if let Some(last) = last {
+                if !next_snapshot_due(&mut events_rx, last).await {
+                    return None;
+                }
+                tokio::time::sleep_until(last + SNAPSHOT_GAP).await;
             }
-            tokio::time::sleep_until(last + SNAPSHOT_GAP).await;
-        }
-        let streams: Vec<ApiStream> = hub.list().into_iter().map(ApiStream::from).collect();
-        let event = Event::default()
-            .event("streams")
-            .json_data(&streams)
-            .unwrap_or_else(|error| Event::default().comment(format!("not encoded: {error}")));
-        Some((Ok(event), (hub, events_rx, Some(Instant::now()))))
-    });
+            let streams = api::streams(&hub, &recordings);
+            let event = Event::default()
+                .event("streams")
+                .json_data(&streams)
+                .unwrap_or_else(|error| Event::default().comment(format!("not encoded: {error}")));
+            Some((
+                Ok(event),
+                (hub, recordings, events_rx, Some(Instant::now())),
+            ))
+        });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 

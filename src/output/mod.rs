@@ -4,6 +4,7 @@
 pub mod api;
 pub mod console;
 pub mod http_flv;
+pub mod record;
 pub mod rtmp_push;
 pub mod shared;
 pub mod webrtc;

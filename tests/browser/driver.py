@@ -35,6 +35,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 MQTT_JS = ROOT / "target/npm/node_modules/mqtt/dist/mqtt.min.js"
 MPEGTS_JS = ROOT / "target/npm/node_modules/mpegts.js/dist/mpegts.js"
+HLS_JS = ROOT / "target/npm/node_modules/hls.js/dist/hls.js"
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
     "--no-sandbox",
@@ -55,7 +56,7 @@ ARGS = [
 
 
 class Handler(http.server.SimpleHTTPRequestHandler):
-    """This directory, plus /mqtt.min.js and /mpegts.js from target/npm; never cached, never
+    """This directory, plus /mqtt.min.js, /mpegts.js and /hls.js from target/npm; never cached, never
     logged."""
 
     extensions_map = {
@@ -69,6 +70,8 @@ class Handler(http.server.SimpleHTTPRequestHandler):
             return str(MQTT_JS)
         if urllib.parse.urlsplit(path).path == "/mpegts.js":
             return str(MPEGTS_JS)
+        if urllib.parse.urlsplit(path).path == "/hls.js":
+            return str(HLS_JS)
         return super().translate_path(path)
 
     def end_headers(self):
@@ -219,6 +222,7 @@ def main():
                         "base": base,
                         "mqtt_js": MQTT_JS.is_file(),
                         "mpegts_js": MPEGTS_JS.is_file(),
+                        "hls_js": HLS_JS.is_file(),
                         "start_ms": round((time.monotonic() - started) * 1000),
                     }
                 )

@@ -498,6 +498,7 @@ pub(crate) mod audio;
 pub(crate) mod bridge;
 pub(crate) mod browser;
 pub(crate) mod control;
+pub(crate) mod garage;
 pub(crate) mod http;
 pub(crate) mod mqtt;
 pub(crate) mod srs;

@@ -39,6 +39,8 @@ pub(super) struct StreamStatus {
     width: Option<u32>,
     height: Option<u32>,
     urls: PlayUrls,
+    /// Whether the stream is being recorded (`record.auto` or a RECORD request).
+    recording: bool,
     /// The RTMP push of this stream, while one runs or after it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     rtmp: Option<super::rtmp::PushStatus>,
@@ -99,6 +101,7 @@ impl Control {
             urls: Some(self.signed_urls(key)),
             lease_secs,
             rtmp,
+            record: None,
             code: None,
             message: None,
         };
@@ -162,6 +165,7 @@ impl Control {
             width: snapshot.and_then(|s| s.width),
             height: snapshot.and_then(|s| s.height),
             urls: self.urls(key),
+            recording: live && self.record.is_recording(key),
             rtmp: self.rtmp.status(key),
         };
         let payload = match serde_json::to_vec(&status) {

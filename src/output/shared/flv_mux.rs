@@ -258,7 +258,7 @@ fn sound_format(codec: Codec) -> Option<SoundFormat> {
 }
 
 /// The decoder configuration record and picture size from a key frame's parameter sets.
-fn decoder_config(codec: VideoCodec, access_unit: &[u8]) -> Option<(Bytes, (u32, u32))> {
+pub(crate) fn decoder_config(codec: VideoCodec, access_unit: &[u8]) -> Option<(Bytes, (u32, u32))> {
     let sps = codec.find(access_unit, NalKind::Sps)?;
     let pps = codec.find(access_unit, NalKind::Pps)?;
     let info = codec.parse_sps(sps)?;
