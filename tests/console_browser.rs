@@ -27,10 +27,17 @@ async fn the_console_lists_requests_and_plays_streams() {
     let url = embedded_url();
     let ws_port = free_port();
     let ws_listen = format!("127.0.0.1:{ws_port}");
+    // recordings (the RECORD button) into a folder of the test's, cut every second or so
+    let recordings = TempDir::new("console-records");
+    let store = recordings.0.to_str().unwrap().to_owned();
     let gateway = gateway_on(
         &url,
         BrokerAt::Embedded,
-        &[("JTGW__MQTT__EMBEDDED_WS_LISTEN", ws_listen.as_str())],
+        &[
+            ("JTGW__MQTT__EMBEDDED_WS_LISTEN", ws_listen.as_str()),
+            ("JTGW__RECORD__STORE", store.as_str()),
+            ("JTGW__RECORD__SEGMENT", "1s"),
+        ],
     )
     .await;
     let mut backend = TestClient::connect(port_of(&url), &["jt1078/gateway/+/HEART"]).await;
@@ -104,6 +111,15 @@ async fn the_console_lists_requests_and_plays_streams() {
     assert!(flv["frames"].as_u64().unwrap() >= 20, "{flv}");
     assert!(flv["audio_bytes"].as_u64().unwrap() > 0, "{flv}");
     assert_eq!(flv["muted"], false, "{flv}");
+    let recording = &result["recording"];
+    assert!(recording["frames"].as_u64().unwrap() >= 10, "{recording}");
+    assert!(
+        result["record_playlist"]
+            .as_str()
+            .unwrap()
+            .ends_with("13900000011_1.m3u8"),
+        "{result}"
+    );
     let whep = &result["whep"];
     assert!(whep["frames"].as_u64().unwrap() >= 20, "{whep}");
     assert!(whep["audio_packets"].as_u64().unwrap() > 0, "{whep}");

@@ -1,9 +1,10 @@
 //! The operator console: a page at `GET /` and `/console/` that lists the live streams
 //! (updated by `GET /api/events`, Server-Sent Events), plays one (HTTP-FLV through
 //! mpegts.js, or WebRTC through WHEP), and asks a device for its camera over MQTT
-//! (WebSocket) as a backend does.
+//! (WebSocket) as a backend does, and records it (MQTT `RECORD`), playing the recording
+//! back through hls.js.
 //!
-//! Served from the binary: the page, its script and the two JavaScript libraries it uses
+//! Served from the binary: the page, its script and the three JavaScript libraries it uses
 //! (vendored with their licences in `console/vendor/`) are embedded with `include_str!`,
 //! so it works offline and needs no build step. The page and its files carry no data and
 //! are served to anyone; the data comes from `/api/*`, guarded as the API is (the page
@@ -32,7 +33,7 @@ const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
 const SNAPSHOT_GAP: Duration = Duration::from_millis(200);
 
 /// The console's files: path under `/console/`, content type, content.
-const FILES: [(&str, &str, &str); 5] = [
+const FILES: [(&str, &str, &str); 6] = [
     (
         "index.html",
         "text/html; charset=utf-8",
@@ -57,6 +58,11 @@ const FILES: [(&str, &str, &str); 5] = [
         "vendor/mqtt.min.js",
         "text/javascript; charset=utf-8",
         include_str!("console/vendor/mqtt.min.js"),
+    ),
+    (
+        "vendor/hls.light.min.js",
+        "text/javascript; charset=utf-8",
+        include_str!("console/vendor/hls.light.min.js"),
     ),
 ];
 

@@ -2,7 +2,8 @@
 // pushes, asks a cold device for its camera with the page's SUBSCRIBE button (the reply
 // and the REQPULL must show in the page's log, the stream in its table), plays a stream
 // over HTTP-FLV (mpegts.js: frames decoded, audio decoded) and over WHEP (frames decoded),
-// and returns what it saw. params: { pushed: [device…], cold: device, play: key, timeout_ms }
+// records it with the page's RECORD button and plays the recording back (hls.js: frames
+// decoded), and returns what it saw. params: { pushed: [device…], cold: device, play: key, timeout_ms }
 async (params) => {
   const started = performance.now();
   const deadline = started + params.timeout_ms - 3000;
@@ -71,6 +72,29 @@ async (params) => {
       height: v.frameHeight,
       audio_packets: (await inbound("audio")).packetsReceived,
     };
+    // record the playing stream from the page (MQTT RECORD), play the recording back
+    // through hls.js once the playlist has a segment, and stop it
+    document.getElementById("req-device").value = params.play;
+    document.getElementById("req-channel").value = "1";
+    document.getElementById("record-start").click();
+    await until("RECORD reply with its playlist", () => document.querySelector("button.play-recording"));
+    const recordRow = () => rowOf(params.play)?.textContent || "";
+    const playlist = new URL(c.lastRecord.hls, location.origin);
+    result.record_playlist = playlist.pathname;
+    await until("a recorded segment", async () => {
+      const text = await (await fetch(playlist.pathname + playlist.search)).text();
+      return text.includes("#EXTINF");
+    });
+    document.querySelector("button.play-recording").click();
+    await until("recording frames decoded", () => video.getVideoPlaybackQuality().totalVideoFrames >= 10);
+    result.recording = {
+      frames: video.getVideoPlaybackQuality().totalVideoFrames,
+      width: video.videoWidth,
+      height: video.videoHeight,
+      row: recordRow(),
+    };
+    document.getElementById("record-stop").click();
+    await until("RECORD stop answered", () => (logText().match(/"action":"stop"/g) || []).length >= 1);
     // back to HTTP-FLV for the screenshot, the stats beside the player filled in
     document.querySelector("input[name=via][value=flv]").click();
     await until("FLV playing again", () => video.getVideoPlaybackQuality().totalVideoFrames >= 10);

@@ -1,7 +1,8 @@
 // The jt1078-gateway console: the live streams from GET /api/events (Server-Sent Events,
 // read with fetch so the API token can go in a header), a player (HTTP-FLV through
 // mpegts.js, or WebRTC through WHEP), requests to devices over MQTT (WebSocket) as a
-// backend sends them, and the devices' heartbeats. No build step: plain script.
+// backend sends them (RECORD too, its recording played back with hls.js), and the devices'
+// heartbeats. No build step: plain script.
 "use strict";
 
 const HISTORY = 300; // samples of the bit rate kept per stream: 5 minutes at one a second
@@ -11,6 +12,7 @@ const state = {
   streams: new Map(), // key → { snapshot, history: [{ t, bytes }] }
   selected: null, // key of the stream playing
   player: null, // mpegts.js player
+  hls: null, // hls.js player of a recording
   pc: null, // RTCPeerConnection of a WHEP play
   whepSession: null, // its Location
   mqtt: null,
@@ -183,6 +185,10 @@ async function stopPlay() {
     state.player.destroy();
     state.player = null;
   }
+  if (state.hls) {
+    state.hls.destroy();
+    state.hls = null;
+  }
   if (state.pc) {
     state.pc.close();
     state.pc = null;
@@ -241,6 +247,25 @@ async function play(key) {
   render();
 }
 
+// A recording's HLS playlist (a RECORD reply's `record.hls`), through hls.js, or natively
+// where the browser plays HLS itself (Safari).
+async function playRecording(url) {
+  await stopPlay();
+  const video = $("video");
+  $("playing").textContent = `recording ${url.split("?")[0].split("/").pop()}`;
+  if (window.Hls && Hls.isSupported()) {
+    const hls = new Hls({ xhrSetup: (xhr) => state.token && xhr.setRequestHeader("Authorization", `Bearer ${state.token}`) });
+    hls.on(Hls.Events.ERROR, (_, data) => data.fatal && log(`recording: ${data.type} ${data.details}`, "error"));
+    hls.loadSource(url);
+    hls.attachMedia(video);
+    state.hls = hls;
+  } else {
+    video.src = url;
+  }
+  video.muted = false;
+  video.play().catch((e) => console.debug("autoplay:", e));
+}
+
 function showStats(s) {
   const video = $("video");
   const quality = video.getVideoPlaybackQuality ? video.getVideoPlaybackQuality() : {};
@@ -264,6 +289,7 @@ function log(line, cls = "") {
   item.className = cls;
   item.textContent = `${new Date().toLocaleTimeString()} ${line}`;
   $("mqtt-log").prepend(item);
+  return item;
 }
 
 function broker() {
@@ -325,7 +351,21 @@ function onMessage(prefix, topic, body) {
     if (!state.asked.has(id)) return;
   }
   const cls = parts[0] === "client" ? (parts[2] === "OK" ? "reply" : "error") : "";
-  log(`${topic} ${body}`, cls);
+  const line = log(`${topic} ${body}`, cls);
+  // a RECORD reply names the recording's playlist: a button plays it
+  let record = null;
+  try {
+    record = parts[0] === "client" ? JSON.parse(body).record : null;
+  } catch {}
+  if (record && record.hls) {
+    state.lastRecord = record;
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "play-recording";
+    button.textContent = "play recording";
+    button.addEventListener("click", () => playRecording(new URL(record.hls, location.origin).href));
+    line.append(" ", button);
+  }
 }
 
 function renderDevices() {
@@ -345,13 +385,13 @@ function renderDevices() {
 }
 setInterval(renderDevices, 5000);
 
-function request(mode) {
+function request(mode, extra = {}) {
   const client = broker();
   const prefix = $("prefix").value.trim();
   const device = $("req-device").value.trim();
   const channel = Number($("req-channel").value) || 1;
   if (!device) return log("a device id is needed", "error");
-  const seqid = `console-${Date.now().toString(36)}`;
+  const seqid = `console-${Date.now().toString(36)}-${(state.sent = (state.sent || 0) + 1)}`;
   state.asked.add(device);
   // the reply, the command to the device (REQPULL, STOP) and the stream's status
   client.subscribe([
@@ -359,7 +399,7 @@ function request(mode) {
     `${prefix}/device/${device}/#`,
     `${prefix}/status/stream/${device}/${channel}`,
   ]);
-  const body = JSON.stringify({ seqid, client_id: client.options.clientId, channel });
+  const body = JSON.stringify({ seqid, client_id: client.options.clientId, channel, ...extra });
   client.publish(`${prefix}/gateway/${device}/${mode}`, body, { qos: 1 });
   log(`→ ${prefix}/gateway/${device}/${mode} ${body}`);
 }
@@ -371,6 +411,10 @@ $("connect").addEventListener("click", () => {
 });
 $("subscribe").addEventListener("click", () => request("SUBSCRIBE"));
 $("unsubscribe").addEventListener("click", () => request("UNSUBSCRIBE"));
+$("record-start").addEventListener("click", () =>
+  request("RECORD", { action: "start", duration: $("rec-duration").value.trim() || "10m" }),
+);
+$("record-stop").addEventListener("click", () => request("RECORD", { action: "stop" }));
 if (query.get("mqtt") !== "off") broker();
 
 follow();
