@@ -116,7 +116,7 @@ impl Recorder {
         }
     }
 
-    /// The same recorder cutting past `max_bytes` instead of [`MAX_SEGMENT_BYTES`].
+    /// The same recorder cutting past `max_bytes` instead of `MAX_SEGMENT_BYTES`.
     pub fn with_max_bytes(mut self, max_bytes: usize) -> Recorder {
         self.max_bytes = max_bytes.max(1);
         self
