@@ -247,7 +247,7 @@ impl App {
             .merge(webrtc_api.unwrap_or_default())
             .merge(recordings.api_routes())
             .layer(axum::middleware::from_fn_with_state(
-                ApiGuard::new(&self.settings.http),
+                ApiGuard::new(&self.settings.http, &self.settings.mqtt.users),
                 crate::auth::guard_api,
             ));
         let sides = IoSides {

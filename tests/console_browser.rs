@@ -205,3 +205,45 @@ async fn the_event_stream_lists_a_stream_as_it_goes_live() {
     device.cancel();
     gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_credential_the_console_logs_in_as_an_mqtt_viewer() {
+    let tmp = TempDir::new("console-login");
+    let file = tmp.path("gateway.toml");
+    let hash = jt1078_gateway::cli::hash_password("wall-pw").unwrap();
+    std::fs::write(
+        &file,
+        format!("[[mqtt.users]]\nname = \"wall\"\npassword_hash = {hash:?}\nrole = \"viewer\"\n"),
+    )
+    .unwrap();
+    // an API token: the page's first requests are refused, so it asks for a login
+    let gateway = Gateway::start_from(Some(&file), &[("JTGW__HTTP__API_TOKEN", "t0ken")]).await;
+    let device = push_on_its_own(gateway.addrs.live, "13900000021");
+    gateway
+        .wait_for_stream("the pushed stream", |s| s.device == "13900000021")
+        .await;
+    let page = format!("http://{}/console/?mqtt=off", gateway.addrs.http);
+    let params = json!({ "user": "wall", "password": "wall-pw", "device": "13900000021" });
+    let result = tokio::task::spawn_blocking(move || {
+        Browser::shared()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .run_script(
+                &page,
+                "console_login_check.js",
+                params,
+                None,
+                Duration::from_secs(60),
+            )
+    })
+    .await
+    .unwrap();
+    assert_eq!(result["ok"], true, "{result:#}");
+    assert_eq!(
+        result["rows_before"], 0,
+        "nothing listed before the login: {result:#}"
+    );
+    assert_eq!(result["login_hidden"], true, "{result:#}");
+    device.cancel();
+    gateway.stop().await;
+}

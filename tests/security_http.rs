@@ -205,6 +205,53 @@ async fn ok_replies_carry_signed_urls_and_retained_status_unsigned_ones() {
 }
 
 #[tokio::test]
+async fn an_mqtt_viewer_or_admin_logs_into_the_api_with_basic_and_other_roles_do_not() {
+    use base64::Engine;
+    let tmp = TempDir::new("api-logins");
+    let file = tmp.path("gateway.toml");
+    let mut toml = String::from("[mqtt]\n");
+    for (name, role) in [("ops", "admin"), ("wall", "viewer"), ("fleet", "backend")] {
+        let hash = jt1078_gateway::cli::hash_password(&format!("{name}-pw")).unwrap();
+        toml += &format!(
+            "[[mqtt.users]]\nname = {name:?}\npassword_hash = {hash:?}\nrole = {role:?}\n"
+        );
+    }
+    std::fs::write(&file, toml).unwrap();
+    // a remote client behind a trusted proxy, no API token: Basic logins of MQTT users
+    let gateway = Gateway::start_from(
+        Some(&file),
+        &[("JTGW__HTTP__TRUSTED_PROXIES", "127.0.0.0/8")],
+    )
+    .await;
+    let http = gateway.addrs.http;
+    let get = |login: &str| {
+        let basic = base64::engine::general_purpose::STANDARD.encode(login);
+        format!(
+            "GET /api/streams HTTP/1.0\r\nX-Forwarded-For: 203.0.113.9\r\n\
+             Authorization: Basic {basic}\r\n\r\n"
+        )
+    };
+    for login in ["ops:ops-pw", "wall:wall-pw"] {
+        let (status, body) = exchange(http, &get(login)).await;
+        assert_eq!((status, body.as_str()), (200, "[]"), "{login}");
+    }
+    let (status, body) = exchange(http, &get("fleet:fleet-pw")).await;
+    assert_eq!(status, 403, "a backend is not an API user: {body}");
+    assert!(body.contains("viewer or admin"), "{body}");
+    let (status, body) = exchange(http, &get("ops:wrong")).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("wrong user or password"), "{body}");
+    // without a login the remote client is still refused, and told it may log in
+    let (status, _) = exchange(
+        http,
+        "GET /api/streams HTTP/1.0\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 403);
+    gateway.stop().await;
+}
+
+#[tokio::test]
 async fn the_api_answers_loopback_only_without_a_token_and_the_bearer_with_one() {
     // a trusted proxy on loopback forwards a remote client: the API sees the client
     let gateway = Gateway::start(&[("JTGW__HTTP__TRUSTED_PROXIES", "127.0.0.0/8")]).await;

@@ -23,6 +23,7 @@ pub use play_url::{PlayDenied, PlaySigner};
 pub use secret::Secret;
 
 use crate::config::HttpSettings;
+use crate::control::access::Role;
 
 /// The play-URL policy of `[http]`: open (no `http.play_secret`) or signed (cheap to
 /// clone).
@@ -80,17 +81,26 @@ impl PlayAccess {
 }
 
 /// The `/api/*` guard: with `http.api_token`, `Authorization: Bearer {token}`; without,
-/// loopback clients only.
+/// loopback clients only. Either way, an `[[mqtt.users]]` user of the `viewer` or `admin`
+/// role may log in with HTTP Basic (the console beyond loopback).
 #[derive(Debug, Clone)]
 pub struct ApiGuard {
     token: Secret,
+    logins: Option<std::sync::Arc<ApiLogins>>,
 }
 
 impl ApiGuard {
-    /// The guard `settings` configure.
-    pub fn new(settings: &HttpSettings) -> ApiGuard {
+    /// The guard `settings` configure, with `users` (`[[mqtt.users]]`) as Basic logins.
+    pub fn new(settings: &HttpSettings, users: &[crate::config::MqttUser]) -> ApiGuard {
+        let logins = users
+            .iter()
+            .any(|u| matches!(u.role, Role::Viewer | Role::Admin))
+            .then(|| ApiLogins::new(users))
+            .flatten()
+            .map(std::sync::Arc::new);
         ApiGuard {
             token: settings.api_token.clone(),
+            logins,
         }
     }
 
@@ -140,16 +150,123 @@ pub async fn guard_api(State(guard): State<ApiGuard>, request: Request, next: Ne
         .headers()
         .get(header::AUTHORIZATION)
         .map(HeaderValue::as_bytes);
-    match guard.admit(client, authorization) {
-        Ok(()) => next.run(request).await,
-        Err((status, reason)) => {
-            let mut response = (status, reason).into_response();
-            if status == StatusCode::UNAUTHORIZED {
-                response
-                    .headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    let refused = match guard.admit(client, authorization) {
+        Ok(()) => return next.run(request).await,
+        Err(refused) => refused,
+    };
+    // an MQTT user's Basic login, when the configuration has such users
+    let basic = authorization.and_then(basic_credentials);
+    if let (Some(logins), Some((user, password)), Some(ip)) = (&guard.logins, basic, client) {
+        return match logins.check(ip, user, password).await {
+            Ok(()) => next.run(request).await,
+            Err(refusal) => refusal.into_response(),
+        };
+    }
+    let (status, reason) = refused;
+    let mut response = (status, reason).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        let challenge = if guard.logins.is_some() {
+            "Bearer, Basic realm=\"jt1078-gateway\""
+        } else {
+            "Bearer"
+        };
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        );
+    }
+    response
+}
+
+/// User and password of `Authorization: Basic …`.
+fn basic_credentials(authorization: &[u8]) -> Option<(String, String)> {
+    use base64::Engine;
+    let encoded = authorization.strip_prefix(b"Basic ")?.trim_ascii();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
+}
+
+/// `[[mqtt.users]]` of the `viewer` or `admin` role as API logins: the broker's checks
+/// (argon2id, the first time, then a cached digest) behind the broker's brute-force brake.
+pub struct ApiLogins {
+    users: crate::control::auth::Authenticator,
+    throttle: std::sync::Mutex<crate::control::auth::Throttle>,
+}
+
+impl std::fmt::Debug for ApiLogins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiLogins").finish_non_exhaustive()
+    }
+}
+
+impl ApiLogins {
+    /// `None` when the users do not load (the broker refuses to start on them anyway).
+    fn new(users: &[crate::config::MqttUser]) -> Option<ApiLogins> {
+        use crate::config::AllowAnonymous;
+        use crate::control::auth::Authenticator;
+        use argon2::password_hash::rand_core::{OsRng, RngCore};
+        // no device logins, no anonymous one, and a gateway password nobody knows
+        let nobody = format!(
+            "{:032x}",
+            u128::from(OsRng.next_u64()) << 64 | u128::from(OsRng.next_u64())
+        );
+        let users = Authenticator::new(users, "", AllowAnonymous::Never, nobody).ok()?;
+        Some(ApiLogins {
+            users,
+            throttle: std::sync::Mutex::new(Default::default()),
+        })
+    }
+
+    /// Whether `user` with `password` from `ip` may use the API.
+    async fn check(
+        self: &std::sync::Arc<Self>,
+        ip: IpAddr,
+        user: String,
+        password: String,
+    ) -> Result<(), (StatusCode, &'static str)> {
+        use crate::control::access::Principal;
+        use crate::control::auth::Admission;
+        let admission = match self.throttle.lock() {
+            Ok(mut throttle) => throttle.admit(ip, &user, tokio::time::Instant::now()),
+            Err(_) => Admission::Refuse,
+        };
+        match admission {
+            Admission::Wait(wait) => tokio::time::sleep(wait).await,
+            Admission::Refuse => {
+                return Err((
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many failed logins from this address; try again later\n",
+                ));
             }
-            response
+        }
+        let this = std::sync::Arc::clone(self);
+        let name = user.clone();
+        // argon2id takes tens of milliseconds the first time: off the I/O thread
+        let verdict = tokio::task::spawn_blocking(move || {
+            this.users
+                .authenticate(ip, "http-api", Some(&name), Some(&password))
+                .map(|identity| identity.principal)
+        })
+        .await;
+        match verdict {
+            Ok(Ok(Principal::User {
+                role: Role::Viewer | Role::Admin,
+                ..
+            })) => Ok(()),
+            Ok(Ok(_)) => Err((
+                StatusCode::FORBIDDEN,
+                "this user's role may not use the API (viewer or admin may)\n",
+            )),
+            _ => {
+                if let Ok(mut throttle) = self.throttle.lock() {
+                    throttle.failed(ip, &user, tokio::time::Instant::now());
+                }
+                Err((StatusCode::FORBIDDEN, "wrong user or password\n"))
+            }
         }
     }
 }
@@ -175,6 +292,7 @@ mod tests {
     #[test]
     fn the_api_guard_wants_loopback_or_the_token() {
         let open = ApiGuard {
+            logins: None,
             token: Secret::default(),
         };
         let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
@@ -187,6 +305,7 @@ mod tests {
         assert!(open.admit(None, None).is_err());
 
         let guarded = ApiGuard {
+            logins: None,
             token: Secret::new("t0ken"),
         };
         assert_eq!(

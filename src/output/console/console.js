@@ -9,6 +9,7 @@ const HISTORY = 300; // samples of the bit rate kept per stream: 5 minutes at on
 const query = new URLSearchParams(location.search);
 const state = {
   token: sessionStorage.getItem("jt1078.token") || "",
+  basic: sessionStorage.getItem("jt1078.basic") || "", // base64 of user:password (an MQTT viewer or admin)
   streams: new Map(), // key → { snapshot, history: [{ t, bytes }] }
   selected: null, // key of the stream playing
   player: null, // mpegts.js player
@@ -26,7 +27,8 @@ const $ = (id) => document.getElementById(id);
 const keyOf = (s) => `${s.kind}/${s.device}_${s.channel}`;
 
 function authHeaders() {
-  return state.token ? { Authorization: `Bearer ${state.token}` } : {};
+  if (state.token) return { Authorization: `Bearer ${state.token}` };
+  return state.basic ? { Authorization: `Basic ${state.basic}` } : {};
 }
 
 // ---- the live table ------------------------------------------------------------------
@@ -154,13 +156,17 @@ function setConn(label, cls) {
 
 function askLogin(reason) {
   $("login").hidden = false;
-  $("login-error").textContent = state.token ? reason : "";
+  $("login-error").textContent = state.token || state.basic ? reason : "";
 }
 
 $("login-form").addEventListener("submit", (e) => {
   e.preventDefault();
-  state.token = $("token").value.trim();
+  // the API token, or a user of [[mqtt.users]] with the viewer or admin role
+  const user = $("login-user").value.trim();
+  state.token = user ? "" : $("token").value.trim();
+  state.basic = user ? btoa(`${user}:${$("login-password").value}`) : "";
   sessionStorage.setItem("jt1078.token", state.token);
+  sessionStorage.setItem("jt1078.basic", state.basic);
   $("login").hidden = true;
   follow();
 });
@@ -254,7 +260,8 @@ async function playRecording(url) {
   const video = $("video");
   $("playing").textContent = `recording ${url.split("?")[0].split("/").pop()}`;
   if (window.Hls && Hls.isSupported()) {
-    const hls = new Hls({ xhrSetup: (xhr) => state.token && xhr.setRequestHeader("Authorization", `Bearer ${state.token}`) });
+    const auth = authHeaders().Authorization;
+    const hls = new Hls({ xhrSetup: (xhr) => auth && xhr.setRequestHeader("Authorization", auth) });
     hls.on(Hls.Events.ERROR, (_, data) => data.fatal && log(`recording: ${data.type} ${data.details}`, "error"));
     hls.loadSource(url);
     hls.attachMedia(video);
