@@ -196,6 +196,19 @@ pub enum Codec {
 }
 
 impl Codec {
+    /// The PCM decoder of a telephony codec devices send (G.711, G.726, IMA ADPCM), if it
+    /// is one.
+    pub const fn pcm_format(self) -> Option<crate::codec::audio::PcmFormat> {
+        use crate::codec::audio::PcmFormat;
+        match self {
+            Codec::G711A => Some(PcmFormat::G711A),
+            Codec::G711U => Some(PcmFormat::G711U),
+            Codec::G726 => Some(PcmFormat::G726),
+            Codec::Adpcm => Some(PcmFormat::ImaAdpcm),
+            _ => None,
+        }
+    }
+
     /// True for video codecs.
     pub const fn is_video(self) -> bool {
         matches!(self, Codec::H264 | Codec::H265)

@@ -62,17 +62,6 @@ pub(crate) struct StreamAudio {
     encoded: Vec<EncodedFrame>,
 }
 
-/// The decoder for a device codec, if there is one.
-pub(crate) fn pcm_format(codec: Codec) -> Option<PcmFormat> {
-    match codec {
-        Codec::G711A => Some(PcmFormat::G711A),
-        Codec::G711U => Some(PcmFormat::G711U),
-        Codec::G726 => Some(PcmFormat::G726),
-        Codec::Adpcm => Some(PcmFormat::ImaAdpcm),
-        _ => None,
-    }
-}
-
 impl StreamAudio {
     /// Makes the AAC of one device audio frame for outputs taking AAC (appended to
     /// `derived`). The device's frame itself goes to every reader (see the module docs).
@@ -97,7 +86,7 @@ impl StreamAudio {
             }
             return;
         }
-        let Some(format) = pcm_format(frame.codec) else {
+        let Some(format) = frame.codec.pcm_format() else {
             self.undecodable(frame.codec, &AudioError::NoDecoder, key, stats);
             return;
         };

@@ -546,10 +546,8 @@ fn watch(channels: &[ChannelEntry]) -> Option<Pin<Box<WaitForCancellationFutureO
 /// Drops the 4-byte HiSilicon audio frame header (`00 01 LL 00`, LL = 16-bit words that
 /// follow) that many devices put in front of each audio frame.
 pub(super) fn strip_hisilicon_header(data: Bytes) -> Bytes {
-    match data.get(..4) {
-        Some(&[0, 1, words, 0]) if usize::from(words) * 2 == data.len() - 4 => data.slice(4..),
-        _ => data,
-    }
+    let body = crate::codec::audio::without_hisilicon_header(&data).len();
+    data.slice(data.len() - body..)
 }
 
 #[cfg(test)]

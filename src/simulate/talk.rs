@@ -15,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{PaceClock, Rewriter};
-use crate::codec::audio::{PcmDecoder, PcmFormat, TELEPHONY_RATE};
+use crate::codec::audio::{PcmDecoder, TELEPHONY_RATE, without_hisilicon_header};
 use crate::codec::jt1078::{DEFAULT_MAX_BODY, DataType, Decoder, Packet, PayloadType, Sim};
+use crate::media::Codec;
 
 /// Most audio a talk keeps for its WAV file: an hour at 8 kHz (bounded against a gateway
 /// that never stops talking).
@@ -145,7 +146,7 @@ impl Downlink {
                 continue;
             }
             report.received += 1;
-            let Some(format) = pcm_format(packet.payload_type) else {
+            let Some(format) = Codec::from(packet.payload_type).pcm_format() else {
                 continue;
             };
             let pcm = match &mut self.pcm {
@@ -157,32 +158,13 @@ impl Downlink {
                         .1
                 }
             };
-            let body = strip_hisilicon(&packet.body);
+            let body = without_hisilicon_header(&packet.body);
             if heard.len() < MAX_SAMPLES {
                 if let Err(error) = pcm.decode(body, heard) {
                     warn!(%error, "talk audio not decoded");
                 }
             }
         }
-    }
-}
-
-/// The decoder of a talk payload type.
-fn pcm_format(payload_type: PayloadType) -> Option<PcmFormat> {
-    Some(match payload_type {
-        PayloadType::G711A => PcmFormat::G711A,
-        PayloadType::G711U => PcmFormat::G711U,
-        PayloadType::G726 => PcmFormat::G726,
-        PayloadType::AdpcmA => PcmFormat::ImaAdpcm,
-        _ => return None,
-    })
-}
-
-/// A payload without the HiSilicon header (`00 01 LL 00`), if it has one.
-fn strip_hisilicon(body: &[u8]) -> &[u8] {
-    match body.split_first_chunk::<4>() {
-        Some((&[0, 1, words, 0], rest)) if usize::from(words) * 2 == rest.len() => rest,
-        _ => body,
     }
 }
 

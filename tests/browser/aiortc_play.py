@@ -59,6 +59,7 @@ def mqtt_signal(address, device, channel, seqid, offer_sdp, timeout):
     host, port = address.rsplit(":", 1)
     replies = []
     subscribed = asyncio.Event()
+    replied = asyncio.Event()
     loop = asyncio.get_running_loop()
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"aiortc-{seqid}")
 
@@ -72,6 +73,7 @@ def mqtt_signal(address, device, channel, seqid, offer_sdp, timeout):
         body = json.loads(message.payload)
         body["topic"] = message.topic
         loop.call_soon_threadsafe(replies.append, body)
+        loop.call_soon_threadsafe(replied.set)
 
     client.on_connect = on_connect
     client.on_subscribe = on_subscribe
@@ -88,10 +90,11 @@ def mqtt_signal(address, device, channel, seqid, offer_sdp, timeout):
             "offer": {"type": "offer", "sdp": offer_sdp},
         }
         client.publish(f"jt1078/gateway/{device}/WEBRTC", json.dumps(body), qos=1)
-        deadline = time.monotonic() + timeout
-        while not replies and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        return replies[0] if replies else None
+        try:
+            await asyncio.wait_for(replied.wait(), timeout)
+        except asyncio.TimeoutError:
+            return None
+        return replies[0]
 
     return client, exchange()
 

@@ -13,8 +13,8 @@ use std::borrow::Cow;
 use str0m::format::{Codec as RtpCodec, PayloadParams};
 use str0m::media::{Frequency, MediaKind, MediaTime, Mid, Pt};
 
+use crate::codec::audio::PcmDecoder;
 use crate::codec::audio::aac_decode::AacToTelephony;
-use crate::codec::audio::{PcmDecoder, PcmFormat};
 use crate::media::{Codec, Frame, Track};
 
 /// What the peer sends, as negotiated (filled by [`Tracks::media_added`]).
@@ -169,13 +169,7 @@ impl AudioOut {
             let aac = self.aac.get_or_insert_with(Box::default);
             aac.decode(&frame.data, &mut self.pcm).ok()?;
         } else {
-            let format = match frame.codec {
-                Codec::G711A => PcmFormat::G711A,
-                Codec::G711U => PcmFormat::G711U,
-                Codec::G726 => PcmFormat::G726,
-                Codec::Adpcm => PcmFormat::ImaAdpcm,
-                _ => return None,
-            };
+            let format = frame.codec.pcm_format()?;
             if self.decoder.as_ref().map(PcmDecoder::format) != Some(format) {
                 self.decoder = Some(PcmDecoder::new(format));
             }

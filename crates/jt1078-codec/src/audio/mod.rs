@@ -27,6 +27,16 @@ pub use transcode::{EncodedFrame, Transcoder};
 /// Sample rate of every telephony codec devices send (G.711, G.726, IMA ADPCM).
 pub const TELEPHONY_RATE: u32 = 8000;
 
+/// `payload` without the 4-byte HiSilicon audio frame header (`00 01 LL 00`, LL = the
+/// 16-bit words that follow) many devices put in front of each audio frame; unchanged when
+/// it has none.
+pub fn without_hisilicon_header(payload: &[u8]) -> &[u8] {
+    match payload.split_first_chunk::<4>() {
+        Some((&[0, 1, words, 0], rest)) if usize::from(words) * 2 == rest.len() => rest,
+        _ => payload,
+    }
+}
+
 /// The audio formats a device sends that decode to PCM here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PcmFormat {
